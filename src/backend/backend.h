@@ -1,0 +1,99 @@
+/* backend.h - the ops table: the seam between model/trainer/generator code and devices.
+ *
+ * A backend is a struct of function pointers plus a private context. Model code allocates
+ * device buffers through it, moves bytes with to_device/to_host, and calls ops; it never
+ * dereferences a device pointer. Activation buffers are `void *` holding elements of
+ * be->act_dtype (MC_F32 on the CPU backends); pointer arithmetic on them goes through
+ * mc_act_at(). Weights are mc_wt views: device pointer + stored dtype (bf16/f16/f32).
+ *
+ * Shapes are row-major; comments give them as [rows, cols]. All ops are synchronous from
+ * the caller's view on CPU; a device backend may queue work and complete it at sync or
+ * to_host. Ops validate nothing: the model checks shapes once at load.
+ *
+ * Backends here: "cpu-ref" (plain loops: the specification) and "cpu" (AVX2/F16C kernels,
+ * OpenBLAS GEMM on tiles converted on the fly, OpenMP threads). Tests compare the two. */
+#ifndef MC_BACKEND_H
+#define MC_BACKEND_H
+
+#include "../core/core.h"
+
+/* A weight tensor on the device: data in its stored dtype. data == NULL means "absent"
+ * (e.g. no bias). */
+typedef struct mc_wt {
+    const void *data;
+    mc_dtype dtype;
+} mc_wt;
+
+typedef struct mc_backend mc_backend;
+
+struct mc_backend {
+    const char *name;  /* "cpu", "cpu-ref", ... */
+    mc_dtype act_dtype; /* element type of activation buffers */
+    int n_threads;
+    void *impl;        /* backend-private state */
+
+    /* ---- memory ---- */
+    /* Device buffer of `bytes` bytes (64-byte aligned on CPU); NULL on failure. */
+    void *(*alloc)(mc_backend *be, size_t bytes);
+    void (*free)(mc_backend *be, void *p);
+    /* Copies host -> device / device -> host / device -> device. */
+    mc_status (*to_device)(mc_backend *be, void *dst, const void *host_src, size_t bytes);
+    mc_status (*to_host)(mc_backend *be, void *host_dst, const void *src, size_t bytes);
+    mc_status (*copy)(mc_backend *be, void *dst, const void *src, size_t bytes);
+    /* Makes host weight bytes (e.g. an mmapped tensor) usable by ops. CPU: *dev = host,
+     * nothing copied. A device backend uploads and frees the copy in release_weights.
+     * Optional: NULL means "use the host pointer". */
+    mc_status (*weights)(mc_backend *be, const void *host, size_t bytes, const void **dev);
+    void (*release_weights)(mc_backend *be, const void *dev);
+    /* Waits for queued work; reports asynchronous failures. Optional (NULL = no-op). */
+    mc_status (*sync)(mc_backend *be);
+    /* Frees the backend itself. */
+    void (*destroy)(mc_backend *be);
+
+    /* ---- forward ops ---- */
+    /* out[t,:] = table[ids[t],:] as activations. ids are device int32 [T]. */
+    void (*embedding)(mc_backend *be, void *out /* [T, D] */, const int32_t *ids /* [T] */,
+                      mc_wt table /* [V, D] */, int T, int D);
+    /* out = x / sqrt(mean(x^2) + eps) * w, per row. out may equal x. */
+    void (*rmsnorm)(mc_backend *be, void *out /* [T, D] */, const void *x /* [T, D] */,
+                    mc_wt w /* [D] */, int T, int D, float eps);
+    /* out = x W^T (+ b). Rows of out may have a stride: out row m starts at
+     * out + m * ldo elements (ldo >= N), so results can land in a KV cache slice. */
+    void (*matmul)(mc_backend *be, void *out /* [M, ldo] */, int ldo, const void *x /* [M, K] */,
+                   mc_wt w /* [N, K] */, mc_wt bias /* [N] or absent */, int M, int N, int K);
+    /* Rotary embedding in place, rotate-half convention (HF): for each head, pairs
+     * (i, i + hd/2) rotated by angle pos * theta^(-2i/hd). Row t of x starts at
+     * x + t * ldx elements and holds H heads of hd. */
+    void (*rope)(mc_backend *be, void *x /* [T, ldx] */, int ldx, const int32_t *pos /* [T] */,
+                 int T, int H, int hd, float theta);
+    /* Causal grouped-query attention over a cache. Query row t (absolute position
+     * pos0 + t) attends keys 0..pos0+t. k/v rows have kv_dim = Hkv*hd elements; query head
+     * h uses kv head h / (Hq/Hkv). Scale 1/sqrt(hd). */
+    void (*attention)(mc_backend *be, void *out /* [T, Hq*hd] */, const void *q /* [T, Hq*hd] */,
+                      const void *k /* [>= pos0+T, Hkv*hd] */, const void *v /* same */,
+                      int T, int pos0, int Hq, int Hkv, int hd);
+    /* out = silu(gate) * up, elementwise. out may equal gate or up. */
+    void (*swiglu)(mc_backend *be, void *out /* [n] */, const void *gate, const void *up,
+                   size_t n);
+    /* y += x, elementwise. */
+    void (*add)(mc_backend *be, void *y /* [n] */, const void *x /* [n] */, size_t n);
+    /* Converts n activations to host f32. */
+    mc_status (*to_host_f32)(mc_backend *be, float *host_dst, const void *src, size_t n);
+};
+
+/* Element i of an activation buffer (pointer arithmetic only; never dereferenced). */
+static inline void *mc_act_at(const mc_backend *be, void *p, size_t i) {
+    return (char *)p + i * mc_dtype_size(be->act_dtype);
+}
+static inline const void *mc_act_at_c(const mc_backend *be, const void *p, size_t i) {
+    return (const char *)p + i * mc_dtype_size(be->act_dtype);
+}
+
+/* Creates a CPU backend: reference kernels (plain loops, one thread) or fast kernels
+ * (n_threads; 0 = all cores). */
+mc_status mc_backend_cpu_create(int n_threads, bool reference, mc_backend **out);
+
+/* Frees a backend (NULL is a no-op). */
+void mc_backend_free(mc_backend *be);
+
+#endif /* MC_BACKEND_H */

@@ -1,0 +1,81 @@
+/* model.h - internal model representation: config, bound weights, and the forward state
+ * (KV cache + activation scratch) that the generator and trainer drive.
+ *
+ * A model is immutable after load: weights are views into the mmapped safetensors files
+ * (made usable by the backend through be->weights). Per-run state lives in mc_fwd. */
+#ifndef MC_MODEL_H
+#define MC_MODEL_H
+
+#include "../backend/backend.h"
+#include "../io/io.h"
+
+/* Weights of one decoder layer. Absent optional tensors have data == NULL. */
+typedef struct mc_layer_w {
+    mc_wt attn_norm;          /* [D] */
+    mc_wt q_w, q_b;           /* [Hq*hd, D], [Hq*hd] */
+    mc_wt k_w, k_b;           /* [Hkv*hd, D], [Hkv*hd] */
+    mc_wt v_w, v_b;           /* [Hkv*hd, D], [Hkv*hd] */
+    mc_wt o_w, o_b;           /* [D, Hq*hd], [D] (o_b: llama with attention_bias) */
+    mc_wt q_norm, k_norm;     /* [hd] (qwen3) */
+    mc_wt mlp_norm;           /* [D] */
+    mc_wt gate_w, up_w;       /* [F, D] */
+    mc_wt down_w;             /* [D, F] */
+} mc_layer_w;
+
+struct mc_model {
+    mc_config cfg;
+    mc_st_set st;             /* mapped files; weights point into them */
+    mc_backend *be;
+    mc_wt embed;              /* [V, D] */
+    mc_wt final_norm;         /* [D] */
+    mc_wt lm_head;            /* [V, D] (== embed when tied) */
+    mc_layer_w *layers;       /* [L] */
+    const void **dev_weights; /* [n_dev] device copies to release (backends that upload) */
+    size_t n_dev;
+    uint64_t n_params;
+    uint64_t weight_bytes;
+    mc_dtype dtype;           /* dtype of the embedding as stored */
+};
+
+/* Dimensions derived from the config, used everywhere in the forward pass. */
+typedef struct mc_dims {
+    int D, F, V, L, Hq, Hkv, hd, q_dim, kv_dim;
+} mc_dims;
+
+mc_dims mc_model_dims(const mc_model *m);
+
+/* Forward state: KV cache for n_ctx positions and scratch for up to n_batch tokens. */
+typedef struct mc_fwd {
+    const mc_model *m;
+    int n_ctx, n_batch;
+    int n_past;               /* positions already in the cache */
+    void *k_cache, *v_cache;  /* [L, n_ctx, kv_dim] each */
+    void *x;                  /* [n_batch, D] residual stream */
+    void *xn;                 /* [n_batch, D] normed input */
+    void *q;                  /* [n_batch, q_dim] */
+    void *att;                /* [n_batch, q_dim] attention output */
+    void *gate, *up;          /* [n_batch, F] */
+    void *logits;             /* [n_batch, V] */
+    int32_t *ids_dev;         /* [n_batch] */
+    int32_t *pos_dev;         /* [n_batch] */
+    int32_t *pos_host;        /* [n_batch] */
+} mc_fwd;
+
+/* Allocates a forward state. MC_ERR_OOM names the bytes wanted. */
+mc_status mc_fwd_create(const mc_model *m, int n_ctx, int n_batch, mc_fwd **out);
+void mc_fwd_free(mc_fwd *f);
+/* Bytes mc_fwd_create would allocate. */
+uint64_t mc_fwd_bytes(const mc_model *m, int n_ctx, int n_batch);
+
+/* Runs ids[0..T) (T <= n_batch) at positions n_past..n_past+T-1, appends their keys and
+ * values to the cache and advances n_past. Logits: when want_logits is
+ * MC_LOGITS_ALL, logits_host (if not NULL) receives [T, V]; MC_LOGITS_LAST gives only
+ * the last row [V]; MC_LOGITS_NONE computes none. */
+typedef enum mc_logits_mode { MC_LOGITS_NONE = 0, MC_LOGITS_LAST = 1, MC_LOGITS_ALL = 2 } mc_logits_mode;
+mc_status mc_fwd_run(mc_fwd *f, const int32_t *ids, int T, mc_logits_mode mode, float *logits_host);
+
+/* Mean next-token cross-entropy helper: -log softmax(logits)[target] for one row, in
+ * double; logits [V]. */
+double mc_row_nll(const float *logits, int V, int target);
+
+#endif /* MC_MODEL_H */

@@ -1,68 +1,82 @@
-/* forward.c - the decoder forward pass over the backend ops table, with a KV cache.
+/* forward.c - the decoder forward pass over the backend ops table, with KV caches for
+ * one or more sequences.
  *
  * Per layer (HF Qwen2 order):
- *   xn = rmsnorm(x); q = xn Wq^T + bq; k,v = (written straight into the cache slice);
- *   [qwen3: q,k = rmsnorm per head]; rope(q), rope(k); att = attention(q, K, V);
- *   x += att Wo^T; xn = rmsnorm(x); x += (silu(xn Wg^T) * (xn Wu^T)) Wd^T
- * then logits = rmsnorm(x) W_lm^T. */
+ *   xn = rmsnorm(x); q = xn Wq^T + bq; k = xn Wk^T + bk; v = xn Wv^T + bv
+ *   [qwen3: q, k = rmsnorm per head]; rope(q), rope(k); append k, v to the cache;
+ *   att = attention(q, K, V); x += att Wo^T
+ *   xn = rmsnorm(x); x += (silu(xn Wg^T) * (xn Wu^T)) Wd^T
+ * then logits = rmsnorm(x) W_lm^T.
+ * Rows of one call either all belong to one sequence at consecutive positions (prefill:
+ * k and v land straight in the cache) or each to its own sequence (batched decode step:
+ * k and v go through scratch rows that are copied into each sequence's cache). */
 #include "model.h"
 
 /* Sizes of every buffer of a forward state, in bytes; returns false on overflow. */
 typedef struct fwd_sizes {
-    size_t kv, x, q, ff, logits, ids;
+    size_t kv, x, q, kvt, ff, logits, ids;
 } fwd_sizes;
 
-static bool fwd_sizes_get(const mc_model *m, int n_ctx, int n_batch, fwd_sizes *z) {
+static bool fwd_sizes_get(const mc_model *m, int n_seq, int n_ctx, int n_batch, fwd_sizes *z) {
     mc_dims d = mc_model_dims(m);
     size_t a = mc_dtype_size(m->be->act_dtype);
-    size_t B = (size_t)n_batch;
-    bool ok = mc_mul_ok((size_t)d.L * (size_t)n_ctx, (size_t)d.kv_dim * a, &z->kv);
+    size_t B = (size_t)n_batch, rows;
+    bool ok = mc_mul_ok((size_t)d.L * (size_t)n_seq, (size_t)n_ctx, &rows);
+    ok = ok && mc_mul_ok(rows, (size_t)d.kv_dim * a, &z->kv);
     ok = ok && mc_mul_ok(B, (size_t)d.D * a, &z->x);
     ok = ok && mc_mul_ok(B, (size_t)d.q_dim * a, &z->q);
+    ok = ok && mc_mul_ok(B, (size_t)d.kv_dim * a, &z->kvt);
     ok = ok && mc_mul_ok(B, (size_t)d.F * a, &z->ff);
     ok = ok && mc_mul_ok(B, (size_t)d.V * a, &z->logits);
     z->ids = B * sizeof(int32_t);
     return ok;
 }
 
-uint64_t mc_fwd_bytes(const mc_model *m, int n_ctx, int n_batch) {
+uint64_t mc_fwd_bytes(const mc_model *m, int n_seq, int n_ctx, int n_batch) {
     fwd_sizes z;
-    if (!fwd_sizes_get(m, n_ctx, n_batch, &z)) return UINT64_MAX;
-    return (uint64_t)(2 * z.kv + 2 * z.x + 2 * z.q + 2 * z.ff + z.logits + 2 * z.ids);
+    if (!fwd_sizes_get(m, n_seq, n_ctx, n_batch, &z)) return UINT64_MAX;
+    return (uint64_t)z.kv * 2 + (uint64_t)z.x * 2 + (uint64_t)z.q * 2 + (uint64_t)z.kvt * 2 +
+           (uint64_t)z.ff * 2 + (uint64_t)z.logits + (uint64_t)z.ids * 2;
 }
 
-mc_status mc_fwd_create(const mc_model *m, int n_ctx, int n_batch, mc_fwd **out) {
+mc_status mc_fwd_create(const mc_model *m, int n_seq, int n_ctx, int n_batch, mc_fwd **out) {
     mc_backend *be = m->be;
     fwd_sizes z;
     mc_fwd *f;
     *out = NULL;
-    if (n_ctx <= 0 || n_batch <= 0 || n_batch > n_ctx)
-        return mc_fail(MC_ERR_INVALID_ARG, "context of %d positions with batch %d is invalid", n_ctx,
-                       n_batch);
-    if (!fwd_sizes_get(m, n_ctx, n_batch, &z))
-        return mc_fail(MC_ERR_INVALID_ARG, "context of %d positions is too large", n_ctx);
+    if (n_seq <= 0 || n_ctx <= 0 || n_batch <= 0 || (n_seq == 1 && n_batch > n_ctx))
+        return mc_fail(MC_ERR_INVALID_ARG, "%d sequences of %d positions with batch %d is invalid",
+                       n_seq, n_ctx, n_batch);
+    if (!fwd_sizes_get(m, n_seq, n_ctx, n_batch, &z))
+        return mc_fail(MC_ERR_INVALID_ARG, "context of %d x %d positions is too large", n_seq, n_ctx);
     f = mc_calloc(1, sizeof *f);
     if (!f) return mc_fail(MC_ERR_OOM, "out of memory for a forward state");
     f->m = m;
+    f->n_seq = n_seq;
     f->n_ctx = n_ctx;
     f->n_batch = n_batch;
+    f->n_past = mc_calloc((size_t)n_seq, sizeof *f->n_past);
     f->k_cache = be->alloc(be, z.kv);
     f->v_cache = be->alloc(be, z.kv);
     f->x = be->alloc(be, z.x);
     f->xn = be->alloc(be, z.x);
     f->q = be->alloc(be, z.q);
     f->att = be->alloc(be, z.q);
+    f->k_tmp = be->alloc(be, z.kvt);
+    f->v_tmp = be->alloc(be, z.kvt);
     f->gate = be->alloc(be, z.ff);
     f->up = be->alloc(be, z.ff);
     f->logits = be->alloc(be, z.logits);
     f->ids_dev = be->alloc(be, z.ids);
     f->pos_dev = be->alloc(be, z.ids);
     f->pos_host = mc_malloc(z.ids);
-    if (!f->k_cache || !f->v_cache || !f->x || !f->xn || !f->q || !f->att || !f->gate || !f->up ||
-        !f->logits || !f->ids_dev || !f->pos_dev || !f->pos_host) {
+    if (!f->n_past || !f->k_cache || !f->v_cache || !f->x || !f->xn || !f->q || !f->att ||
+        !f->k_tmp || !f->v_tmp || !f->gate || !f->up || !f->logits || !f->ids_dev || !f->pos_dev ||
+        !f->pos_host) {
         mc_fwd_free(f);
-        return mc_fail(MC_ERR_OOM, "out of memory: a context of %d positions (batch %d) needs %llu "
-                       "bytes", n_ctx, n_batch, (unsigned long long)mc_fwd_bytes(m, n_ctx, n_batch));
+        return mc_fail(MC_ERR_OOM, "out of memory: a context of %d x %d positions (batch %d) "
+                       "needs %llu bytes", n_seq, n_ctx, n_batch,
+                       (unsigned long long)mc_fwd_bytes(m, n_seq, n_ctx, n_batch));
     }
     *out = f;
     return MC_OK;
@@ -70,40 +84,63 @@ mc_status mc_fwd_create(const mc_model *m, int n_ctx, int n_batch, mc_fwd **out)
 
 void mc_fwd_free(mc_fwd *f) {
     mc_backend *be;
+    void *bufs[15];
+    size_t i;
     if (!f) return;
     be = f->m->be;
-    be->free(be, f->k_cache);
-    be->free(be, f->v_cache);
-    be->free(be, f->x);
-    be->free(be, f->xn);
-    be->free(be, f->q);
-    be->free(be, f->att);
-    be->free(be, f->gate);
-    be->free(be, f->up);
-    be->free(be, f->logits);
-    be->free(be, f->ids_dev);
-    be->free(be, f->pos_dev);
+    bufs[0] = f->k_cache;
+    bufs[1] = f->v_cache;
+    bufs[2] = f->x;
+    bufs[3] = f->xn;
+    bufs[4] = f->q;
+    bufs[5] = f->att;
+    bufs[6] = f->k_tmp;
+    bufs[7] = f->v_tmp;
+    bufs[8] = f->gate;
+    bufs[9] = f->up;
+    bufs[10] = f->logits;
+    bufs[11] = f->ids_dev;
+    bufs[12] = f->pos_dev;
+    for (i = 0; i < 13; i++)
+        if (bufs[i]) be->free(be, bufs[i]);
     mc_free(f->pos_host);
+    mc_free(f->n_past);
     mc_free(f);
 }
 
-/* One decoder layer over T tokens whose keys/values go to cache rows n_past.. . */
-static void layer_forward(mc_fwd *f, int l, int T) {
+void mc_fwd_truncate(mc_fwd *f, int seq, int n) {
+    if (seq >= 0 && seq < f->n_seq && n >= 0 && n < f->n_past[seq]) f->n_past[seq] = n;
+}
+
+/* Element offset of cache row (layer l, sequence s, position p). */
+static size_t cache_off(const mc_fwd *f, int l, int s, int p) {
+    size_t kv_dim = (size_t)mc_model_dims(f->m).kv_dim;
+    return (((size_t)l * (size_t)f->n_seq + (size_t)s) * (size_t)f->n_ctx + (size_t)p) * kv_dim;
+}
+
+/* Which rows a call covers: all of sequence `seq` (seqs == NULL), or row r of seqs[r]. */
+typedef struct row_plan {
+    int T;
+    int seq;
+    const int *seqs;
+} row_plan;
+
+/* Attention block of layer l: x += attention(rmsnorm(x)) Wo^T. */
+static void attention_block(mc_fwd *f, int l, const row_plan *rp) {
     const mc_model *m = f->m;
     mc_backend *be = m->be;
     const mc_layer_w *w = &m->layers[l];
     mc_dims d = mc_model_dims(m);
     float eps = (float)m->cfg.rms_norm_eps;
-    float theta = (float)m->cfg.rope_theta;
-    size_t layer_off = (size_t)l * (size_t)f->n_ctx * (size_t)d.kv_dim;
-    size_t row_off = layer_off + (size_t)f->n_past * (size_t)d.kv_dim;
-    void *k_layer = mc_act_at(be, f->k_cache, layer_off); /* [n_ctx, kv_dim] */
-    void *v_layer = mc_act_at(be, f->v_cache, layer_off);
-    void *k_new = mc_act_at(be, f->k_cache, row_off);     /* [T, kv_dim] */
-    void *v_new = mc_act_at(be, f->v_cache, row_off);
-    mc_wt none = {NULL, MC_F32};
-
-    /* attention block */
+    int T = rp->T, r;
+    void *k_new, *v_new; /* [T, kv_dim] */
+    if (rp->seqs) {
+        k_new = f->k_tmp;
+        v_new = f->v_tmp;
+    } else {
+        k_new = mc_act_at(be, f->k_cache, cache_off(f, l, rp->seq, f->n_past[rp->seq]));
+        v_new = mc_act_at(be, f->v_cache, cache_off(f, l, rp->seq, f->n_past[rp->seq]));
+    }
     be->rmsnorm(be, f->xn, f->x, w->attn_norm, T, d.D, eps);
     be->matmul(be, f->q, d.q_dim, f->xn, w->q_w, w->q_b, T, d.q_dim, d.D);
     be->matmul(be, k_new, d.kv_dim, f->xn, w->k_w, w->k_b, T, d.kv_dim, d.D);
@@ -112,14 +149,40 @@ static void layer_forward(mc_fwd *f, int l, int T) {
         be->rmsnorm(be, f->q, f->q, w->q_norm, T * d.Hq, d.hd, eps);
         be->rmsnorm(be, k_new, k_new, w->k_norm, T * d.Hkv, d.hd, eps);
     }
-    be->rope(be, f->q, d.q_dim, f->pos_dev, T, d.Hq, d.hd, theta);
-    be->rope(be, k_new, d.kv_dim, f->pos_dev, T, d.Hkv, d.hd, theta);
-    be->attention(be, f->att, f->q, k_layer, v_layer, T, f->n_past, d.Hq, d.Hkv, d.hd);
+    be->rope(be, f->q, d.q_dim, f->pos_dev, T, d.Hq, d.hd, (float)m->cfg.rope_theta);
+    be->rope(be, k_new, d.kv_dim, f->pos_dev, T, d.Hkv, d.hd, (float)m->cfg.rope_theta);
+    if (!rp->seqs) {
+        be->attention(be, f->att, f->q, mc_act_at(be, f->k_cache, cache_off(f, l, rp->seq, 0)),
+                      mc_act_at(be, f->v_cache, cache_off(f, l, rp->seq, 0)), T,
+                      f->n_past[rp->seq], d.Hq, d.Hkv, d.hd);
+    } else {
+        size_t row_bytes = (size_t)d.kv_dim * mc_dtype_size(be->act_dtype);
+        for (r = 0; r < T; r++) {
+            int s = rp->seqs[r];
+            size_t row = (size_t)r * (size_t)d.kv_dim;
+            (void)be->copy(be, mc_act_at(be, f->k_cache, cache_off(f, l, s, f->n_past[s])),
+                           mc_act_at(be, f->k_tmp, row), row_bytes);
+            (void)be->copy(be, mc_act_at(be, f->v_cache, cache_off(f, l, s, f->n_past[s])),
+                           mc_act_at(be, f->v_tmp, row), row_bytes);
+            be->attention(be, mc_act_at(be, f->att, (size_t)r * (size_t)d.q_dim),
+                          mc_act_at(be, f->q, (size_t)r * (size_t)d.q_dim),
+                          mc_act_at(be, f->k_cache, cache_off(f, l, s, 0)),
+                          mc_act_at(be, f->v_cache, cache_off(f, l, s, 0)), 1, f->n_past[s], d.Hq,
+                          d.Hkv, d.hd);
+        }
+    }
     be->matmul(be, f->xn, d.D, f->att, w->o_w, w->o_b, T, d.D, d.q_dim);
     be->add(be, f->x, f->xn, (size_t)T * (size_t)d.D);
+}
 
-    /* MLP block */
-    be->rmsnorm(be, f->xn, f->x, w->mlp_norm, T, d.D, eps);
+/* MLP block of layer l: x += (silu(xn Wg^T) * (xn Wu^T)) Wd^T with xn = rmsnorm(x). */
+static void mlp_block(mc_fwd *f, int l, int T) {
+    const mc_model *m = f->m;
+    mc_backend *be = m->be;
+    const mc_layer_w *w = &m->layers[l];
+    mc_dims d = mc_model_dims(m);
+    mc_wt none = {NULL, MC_F32};
+    be->rmsnorm(be, f->xn, f->x, w->mlp_norm, T, d.D, (float)m->cfg.rms_norm_eps);
     be->matmul(be, f->gate, d.F, f->xn, w->gate_w, none, T, d.F, d.D);
     be->matmul(be, f->up, d.F, f->xn, w->up_w, none, T, d.F, d.D);
     be->swiglu(be, f->gate, f->gate, f->up, (size_t)T * (size_t)d.F);
@@ -127,40 +190,82 @@ static void layer_forward(mc_fwd *f, int l, int T) {
     be->add(be, f->x, f->xn, (size_t)T * (size_t)d.D);
 }
 
-mc_status mc_fwd_run(mc_fwd *f, const int32_t *ids, int T, mc_logits_mode mode, float *logits_host) {
+/* Embeds ids, runs every layer and computes the requested logits rows. Positions must
+ * already be in pos_host. */
+static mc_status run_rows(mc_fwd *f, const row_plan *rp, const int32_t *ids, mc_logits_mode mode,
+                          float *logits_host) {
     const mc_model *m = f->m;
     mc_backend *be = m->be;
     mc_dims d = mc_model_dims(m);
     mc_wt none = {NULL, MC_F32};
+    size_t ids_bytes = (size_t)rp->T * sizeof(int32_t);
     mc_status s;
-    int t, l;
-    if (T <= 0 || T > f->n_batch)
-        return mc_fail(MC_ERR_INVALID_ARG, "forward of %d tokens (batch capacity %d)", T, f->n_batch);
-    if (f->n_past + T > f->n_ctx)
-        return mc_fail(MC_ERR_CONTEXT_FULL, "context full: %d cached + %d new > %d positions",
-                       f->n_past, T, f->n_ctx);
-    for (t = 0; t < T; t++) {
-        if (ids[t] < 0 || ids[t] >= d.V)
+    int l, r;
+    for (r = 0; r < rp->T; r++)
+        if (ids[r] < 0 || ids[r] >= d.V)
             return mc_fail(MC_ERR_TOKEN_ID, "token id %d is outside the vocabulary (size %d)",
-                           ids[t], d.V);
-        f->pos_host[t] = f->n_past + t;
-    }
-    s = be->to_device(be, f->ids_dev, ids, (size_t)T * sizeof(int32_t));
-    if (s == MC_OK) s = be->to_device(be, f->pos_dev, f->pos_host, (size_t)T * sizeof(int32_t));
+                           ids[r], d.V);
+    s = be->to_device(be, f->ids_dev, ids, ids_bytes);
+    if (s == MC_OK) s = be->to_device(be, f->pos_dev, f->pos_host, ids_bytes);
     if (s != MC_OK) return s;
-
-    be->embedding(be, f->x, f->ids_dev, m->embed, T, d.D);
-    for (l = 0; l < d.L; l++) layer_forward(f, l, T);
-    f->n_past += T;
-
+    be->embedding(be, f->x, f->ids_dev, m->embed, rp->T, d.D);
+    for (l = 0; l < d.L; l++) {
+        attention_block(f, l, rp);
+        mlp_block(f, l, rp->T);
+    }
+    if (rp->seqs) {
+        for (r = 0; r < rp->T; r++) f->n_past[rp->seqs[r]]++;
+    } else {
+        f->n_past[rp->seq] += rp->T;
+    }
     if (mode == MC_LOGITS_NONE) return be->sync ? be->sync(be) : MC_OK;
     {
-        int first = mode == MC_LOGITS_LAST ? T - 1 : 0;
-        int rows = T - first;
+        int first = mode == MC_LOGITS_LAST ? rp->T - 1 : 0;
+        int rows = rp->T - first;
         const void *xr = mc_act_at(be, f->x, (size_t)first * (size_t)d.D);
         be->rmsnorm(be, f->xn, xr, m->final_norm, rows, d.D, (float)m->cfg.rms_norm_eps);
         be->matmul(be, f->logits, d.V, f->xn, m->lm_head, none, rows, d.V, d.D);
         if (!logits_host) return be->sync ? be->sync(be) : MC_OK;
         return be->to_host_f32(be, logits_host, f->logits, (size_t)rows * (size_t)d.V);
     }
+}
+
+mc_status mc_fwd_run(mc_fwd *f, int seq, const int32_t *ids, int T, mc_logits_mode mode,
+                     float *logits_host) {
+    row_plan rp;
+    int t;
+    if (seq < 0 || seq >= f->n_seq)
+        return mc_fail(MC_ERR_INVALID_ARG, "sequence %d of %d does not exist", seq, f->n_seq);
+    if (T <= 0 || T > f->n_batch)
+        return mc_fail(MC_ERR_INVALID_ARG, "forward of %d tokens (batch capacity %d)", T, f->n_batch);
+    if (f->n_past[seq] + T > f->n_ctx)
+        return mc_fail(MC_ERR_CONTEXT_FULL, "context full: %d cached + %d new > %d positions",
+                       f->n_past[seq], T, f->n_ctx);
+    for (t = 0; t < T; t++) f->pos_host[t] = f->n_past[seq] + t;
+    rp.T = T;
+    rp.seq = seq;
+    rp.seqs = NULL;
+    return run_rows(f, &rp, ids, mode, logits_host);
+}
+
+mc_status mc_fwd_step(mc_fwd *f, const int *seqs, const int32_t *ids, int B, float *logits_host) {
+    row_plan rp;
+    int b, c;
+    if (B <= 0 || B > f->n_batch)
+        return mc_fail(MC_ERR_INVALID_ARG, "step of %d sequences (batch capacity %d)", B, f->n_batch);
+    for (b = 0; b < B; b++) {
+        int s = seqs[b];
+        if (s < 0 || s >= f->n_seq)
+            return mc_fail(MC_ERR_INVALID_ARG, "sequence %d of %d does not exist", s, f->n_seq);
+        for (c = 0; c < b; c++)
+            if (seqs[c] == s) return mc_fail(MC_ERR_INVALID_ARG, "sequence %d appears twice", s);
+        if (f->n_past[s] + 1 > f->n_ctx)
+            return mc_fail(MC_ERR_CONTEXT_FULL, "context full for sequence %d (%d positions)", s,
+                           f->n_ctx);
+        f->pos_host[b] = f->n_past[s];
+    }
+    rp.T = B;
+    rp.seq = -1;
+    rp.seqs = seqs;
+    return run_rows(f, &rp, ids, MC_LOGITS_ALL, logits_host);
 }

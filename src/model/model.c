@@ -221,7 +221,7 @@ mc_status mc_model_get_info(const mc_model *m, mc_model_info *info) {
 
 uint64_t mc_model_context_bytes(const mc_model *m, int n_ctx, int n_batch) {
     if (!m || n_ctx <= 0 || n_batch <= 0) return 0;
-    return mc_fwd_bytes(m, n_ctx, n_batch);
+    return mc_fwd_bytes(m, 1, n_ctx, n_batch);
 }
 
 double mc_row_nll(const float *logits, int V, int target) {
@@ -252,7 +252,7 @@ mc_status mc_model_eval(mc_model *m, const int32_t *ids, size_t n, float *logits
         if (ids[i] < 0 || ids[i] >= d.V)
             return mc_fail(MC_ERR_TOKEN_ID, "token id %d at position %zu is outside the vocabulary "
                            "(size %d)", ids[i], i, d.V);
-    s = mc_fwd_create(m, (int)n, (int)MC_MIN(n, (size_t)EVAL_CHUNK), &f);
+    s = mc_fwd_create(m, 1, (int)n, (int)MC_MIN(n, (size_t)EVAL_CHUNK), &f);
     if (s != MC_OK) return s;
     if (!logits) {
         chunk_logits = mc_malloc((size_t)EVAL_CHUNK * (size_t)d.V * sizeof(float));
@@ -265,7 +265,7 @@ mc_status mc_model_eval(mc_model *m, const int32_t *ids, size_t n, float *logits
         int T = (int)MC_MIN((size_t)EVAL_CHUNK, n - t0);
         float *out = logits ? logits + t0 * (size_t)d.V : chunk_logits;
         int t;
-        s = mc_fwd_run(f, ids + t0, T, MC_LOGITS_ALL, out);
+        s = mc_fwd_run(f, 0, ids + t0, T, MC_LOGITS_ALL, out);
         if (s != MC_OK) break;
         for (t = 0; t < T; t++)
             if (t0 + (size_t)t + 1 < n) nll += mc_row_nll(out + (size_t)t * d.V, d.V, ids[t0 + t + 1]);

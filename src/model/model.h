@@ -44,16 +44,18 @@ typedef struct mc_dims {
 
 mc_dims mc_model_dims(const mc_model *m);
 
-/* Forward state: KV cache for n_ctx positions and scratch for up to n_batch tokens. */
+/* Forward state: KV caches for n_seq sequences of n_ctx positions each, and scratch for
+ * up to n_batch rows per call. */
 typedef struct mc_fwd {
     const mc_model *m;
-    int n_ctx, n_batch;
-    int n_past;               /* positions already in the cache */
-    void *k_cache, *v_cache;  /* [L, n_ctx, kv_dim] each */
+    int n_seq, n_ctx, n_batch;
+    int *n_past;              /* [n_seq] positions already cached per sequence */
+    void *k_cache, *v_cache;  /* [L, n_seq, n_ctx, kv_dim] each */
     void *x;                  /* [n_batch, D] residual stream */
     void *xn;                 /* [n_batch, D] normed input */
     void *q;                  /* [n_batch, q_dim] */
     void *att;                /* [n_batch, q_dim] attention output */
+    void *k_tmp, *v_tmp;      /* [n_batch, kv_dim] new keys/values of a multi-sequence step */
     void *gate, *up;          /* [n_batch, F] */
     void *logits;             /* [n_batch, V] */
     int32_t *ids_dev;         /* [n_batch] */
@@ -62,17 +64,26 @@ typedef struct mc_fwd {
 } mc_fwd;
 
 /* Allocates a forward state. MC_ERR_OOM names the bytes wanted. */
-mc_status mc_fwd_create(const mc_model *m, int n_ctx, int n_batch, mc_fwd **out);
+mc_status mc_fwd_create(const mc_model *m, int n_seq, int n_ctx, int n_batch, mc_fwd **out);
 void mc_fwd_free(mc_fwd *f);
 /* Bytes mc_fwd_create would allocate. */
-uint64_t mc_fwd_bytes(const mc_model *m, int n_ctx, int n_batch);
+uint64_t mc_fwd_bytes(const mc_model *m, int n_seq, int n_ctx, int n_batch);
 
-/* Runs ids[0..T) (T <= n_batch) at positions n_past..n_past+T-1, appends their keys and
- * values to the cache and advances n_past. Logits: when want_logits is
- * MC_LOGITS_ALL, logits_host (if not NULL) receives [T, V]; MC_LOGITS_LAST gives only
- * the last row [V]; MC_LOGITS_NONE computes none. */
 typedef enum mc_logits_mode { MC_LOGITS_NONE = 0, MC_LOGITS_LAST = 1, MC_LOGITS_ALL = 2 } mc_logits_mode;
-mc_status mc_fwd_run(mc_fwd *f, const int32_t *ids, int T, mc_logits_mode mode, float *logits_host);
+
+/* Runs ids[0..T) (T <= n_batch) of sequence seq at its positions n_past..n_past+T-1,
+ * appends their keys and values to its cache and advances its n_past. MC_LOGITS_ALL:
+ * logits_host (if not NULL) receives [T, V]; MC_LOGITS_LAST: only the last row [V];
+ * MC_LOGITS_NONE: none computed. MC_ERR_CONTEXT_FULL if the tokens do not fit. */
+mc_status mc_fwd_run(mc_fwd *f, int seq, const int32_t *ids, int T, mc_logits_mode mode,
+                     float *logits_host);
+
+/* One token for each of B distinct sequences (B <= n_batch) in one batched pass: row b is
+ * ids[b] of sequence seqs[b] at its next position. logits_host receives [B, V]. */
+mc_status mc_fwd_step(mc_fwd *f, const int *seqs, const int32_t *ids, int B, float *logits_host);
+
+/* Forgets cached positions of seq from n onwards (n <= n_past). */
+void mc_fwd_truncate(mc_fwd *f, int seq, int n);
 
 /* Mean next-token cross-entropy helper: -log softmax(logits)[target] for one row, in
  * double; logits [V]. */

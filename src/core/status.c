@@ -65,7 +65,8 @@ void mc_error_prefix(const char *fmt, ...) {
     (void)vsnprintf(prefix, sizeof prefix, fmt, ap);
     va_end(ap);
     memcpy(old, g_errmsg, sizeof old);
-    (void)snprintf(g_errmsg, sizeof g_errmsg, "%s: %s", prefix, old);
+    /* Too long a message loses its tail; the context at its start is what matters. */
+    if (snprintf(g_errmsg, sizeof g_errmsg, "%s: %s", prefix, old) < 0) g_errmsg[0] = '\0';
 }
 
 void mc_set_log(mc_log_fn fn, void *user) {

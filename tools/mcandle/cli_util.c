@@ -100,6 +100,8 @@ int cli_opt(int argc, char **argv, int *i, const char *name, const char **val, i
     return 1;
 }
 
+/* The signature is fixed by mc_log_fn, so user cannot be a pointer to const. */
+/* cppcheck-suppress constParameter */
 static void log_to_stderr(mc_log_level level, const char *msg, void *user) {
     int verbose = user != NULL;
     static const char *names[] = {"debug", "info", "warning", "error"};

@@ -79,6 +79,66 @@ struct mc_backend {
     void (*add)(mc_backend *be, void *y /* [n] */, const void *x /* [n] */, size_t n);
     /* Converts n activations to host f32. */
     mc_status (*to_host_f32)(mc_backend *be, float *host_dst, const void *src, size_t n);
+
+    /* ---- training ops ----
+     * Base weights are frozen: their backward gives input gradients only. Gradient outputs
+     * named "+=" accumulate (so residual branches and micro-batches add up); the others
+     * overwrite. Each backward quotes the forward it differentiates. LoRA parameters,
+     * their gradients and optimizer moments are f32 buffers (device memory). */
+
+    /* C = alpha * op(A) op(B) + beta * C on f32 buffers, row-major with leading dims.
+     * op(A) is [M, K] (A stored [K, M] when ta), op(B) is [K, N] (B stored [N, K] when tb).
+     * beta == 0 ignores C's old contents (even NaN). Used for the LoRA paths. */
+    void (*gemm_f32)(mc_backend *be, bool ta, bool tb, int M, int N, int K, float alpha,
+                     const float *A, int lda, const float *B, int ldb, float beta, float *C,
+                     int ldc);
+    /* forward: y = x W^T + b.  backward: dx (+)= dy W (accumulate selects += vs =). */
+    void (*matmul_dx)(mc_backend *be, void *dx /* [M, K] */, const void *dy /* [M, N] */,
+                      mc_wt w /* [N, K] */, int M, int N, int K, bool accumulate);
+    /* forward: y = x * rsqrt(mean(x^2) + eps) * w.  backward: dx += dL/dx given dy. */
+    void (*rmsnorm_backward)(mc_backend *be, void *dx /* [T, D] += */, const void *dy /* [T, D] */,
+                             const void *x /* [T, D] forward input */, mc_wt w /* [D] */, int T,
+                             int D, float eps);
+    /* forward: rope(x) rotates pairs by +angle.  backward: rotates dy by -angle, in place
+     * (same layout arguments as rope). */
+    void (*rope_backward)(mc_backend *be, void *dx /* [T, ldx] */, int ldx,
+                          const int32_t *pos /* [T] */, int T, int H, int hd, float theta);
+    /* forward: out = attention(q, k, v) for T rows at positions 0..T-1 (causal, GQA).
+     * backward: dq = ..., dk = ..., dv = ... (overwrite; dk/dv sum over the query heads
+     * that share a kv head). Rows of q/dq have q_dim = Hq*hd, rows of k/v/dk/dv kv_dim. */
+    void (*attention_backward)(mc_backend *be, void *dq /* [T, q_dim] */, void *dk /* [T, kv_dim] */,
+                               void *dv /* [T, kv_dim] */, const void *dout /* [T, q_dim] */,
+                               const void *q, const void *k, const void *v, int T, int Hq,
+                               int Hkv, int hd);
+    /* forward: out = silu(gate) * up.  backward: dgate = dout * up * silu'(gate),
+     * dup = dout * silu(gate) (overwrite; dgate may alias dout). */
+    void (*swiglu_backward)(mc_backend *be, void *dgate /* [n] */, void *dup /* [n] */,
+                            const void *dout /* [n] */, const void *gate, const void *up, size_t n);
+    /* Fused lm_head + softmax + cross-entropy over T rows, never holding more than a chunk
+     * of the [T, V] logits: logits = h W^T; for each row with targets[t] >= 0,
+     * loss_sum += logsumexp(logits[t]) - logits[t][targets[t]] (double) and, when dh is
+     * not NULL, dh[t] = grad_scale * (softmax(logits[t]) - onehot(targets[t])) W
+     * (rows with target -1 get dh = 0). targets are device int32 [T]. */
+    mc_status (*linear_xent)(mc_backend *be, void *dh /* [T, D] or NULL */, double *loss_sum,
+                             const void *h /* [T, D] */, mc_wt w /* [V, D] */,
+                             const int32_t *targets /* [T] */, int T, int D, int V,
+                             float grad_scale);
+    /* Inverted dropout with a counter-based mask: out[i] = keep(i) ? x[i] / (1 - p) : 0,
+     * keep(i) a pure function of (seed, i), so the backward regenerates the same mask by
+     * calling it again on dy. p == 0 copies. out may equal x. */
+    void (*dropout)(mc_backend *be, void *out /* [n] */, const void *x /* [n] */, size_t n,
+                    float p, uint64_t seed);
+    /* One AdamW step exactly as torch.optim.AdamW (decoupled weight decay):
+     *   p *= 1 - lr*wd; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
+     *   p -= (lr / (1 - b1^step)) * m / (sqrt(v) / sqrt(1 - b2^step) + eps). step >= 1. */
+    void (*adamw)(mc_backend *be, float *p, const float *g, float *m, float *v, size_t n, float lr,
+                  float b1, float b2, float eps, float wd, int step);
+    /* Sum of squares of n f32 values, in double (for the global gradient norm). */
+    double (*sumsq_f32)(mc_backend *be, const float *x, size_t n);
+    /* x *= alpha on n f32 values. */
+    void (*scale_f32)(mc_backend *be, float *x, size_t n, float alpha);
+    /* Sets bytes of device memory to zero. */
+    void (*zero)(mc_backend *be, void *p, size_t bytes);
 };
 
 /* Element i of an activation buffer (pointer arithmetic only; never dereferenced). */

@@ -10,6 +10,7 @@
  * Rows of one call either all belong to one sequence at consecutive positions (prefill:
  * k and v land straight in the cache) or each to its own sequence (batched decode step:
  * k and v go through scratch rows that are copied into each sequence's cache). */
+#include "../lora/lora.h"
 #include "model.h"
 
 /* Sizes of every buffer of a forward state, in bytes; returns false on overflow. */
@@ -104,6 +105,7 @@ void mc_fwd_free(mc_fwd *f) {
     for (i = 0; i < 13; i++)
         if (bufs[i]) be->free(be, bufs[i]);
     mc_free(f->pos_host);
+    mc_free(f->lora_tmp);
     mc_free(f->n_past);
     mc_free(f);
 }
@@ -125,6 +127,29 @@ typedef struct row_plan {
     const int *seqs;
 } row_plan;
 
+/* y = x W^T + b for one projection of layer l, plus its LoRA path when adapted. */
+static void proj(mc_fwd *f, int l, mc_lora_module which, void *y, int ldy, const void *x, mc_wt w,
+                 mc_wt b, int T, int N, int K) {
+    mc_backend *be = f->m->be;
+    const mc_lora_mod *mod = mc_adapter_mod(f->adapter, l, which);
+    be->matmul(be, y, ldy, x, w, b, T, N, K);
+    if (mod) mc_lora_apply(be, mod, f->adapter->rank, f->lora_scale, y, ldy, x, T, f->lora_tmp);
+}
+
+mc_status mc_fwd_set_adapter(mc_fwd *f, const struct mc_adapter *a, float scale_mul) {
+    mc_free(f->lora_tmp);
+    f->lora_tmp = NULL;
+    f->adapter = NULL;
+    if (!a) return MC_OK;
+    if (a->model != f->m)
+        return mc_fail(MC_ERR_INVALID_ARG, "the adapter belongs to another model");
+    f->lora_tmp = mc_malloc((size_t)f->n_batch * (size_t)a->rank * sizeof(float));
+    if (!f->lora_tmp) return mc_fail(MC_ERR_OOM, "out of memory for LoRA scratch");
+    f->adapter = a;
+    f->lora_scale = a->scale * scale_mul;
+    return MC_OK;
+}
+
 /* Attention block of layer l: x += attention(rmsnorm(x)) Wo^T. */
 static void attention_block(mc_fwd *f, int l, const row_plan *rp) {
     const mc_model *m = f->m;
@@ -142,9 +167,9 @@ static void attention_block(mc_fwd *f, int l, const row_plan *rp) {
         v_new = mc_act_at(be, f->v_cache, cache_off(f, l, rp->seq, f->n_past[rp->seq]));
     }
     be->rmsnorm(be, f->xn, f->x, w->attn_norm, T, d.D, eps);
-    be->matmul(be, f->q, d.q_dim, f->xn, w->q_w, w->q_b, T, d.q_dim, d.D);
-    be->matmul(be, k_new, d.kv_dim, f->xn, w->k_w, w->k_b, T, d.kv_dim, d.D);
-    be->matmul(be, v_new, d.kv_dim, f->xn, w->v_w, w->v_b, T, d.kv_dim, d.D);
+    proj(f, l, MC_LM_Q, f->q, d.q_dim, f->xn, w->q_w, w->q_b, T, d.q_dim, d.D);
+    proj(f, l, MC_LM_K, k_new, d.kv_dim, f->xn, w->k_w, w->k_b, T, d.kv_dim, d.D);
+    proj(f, l, MC_LM_V, v_new, d.kv_dim, f->xn, w->v_w, w->v_b, T, d.kv_dim, d.D);
     if (w->q_norm.data) { /* qwen3: RMSNorm over each head's hd values */
         be->rmsnorm(be, f->q, f->q, w->q_norm, T * d.Hq, d.hd, eps);
         be->rmsnorm(be, k_new, k_new, w->k_norm, T * d.Hkv, d.hd, eps);
@@ -171,7 +196,7 @@ static void attention_block(mc_fwd *f, int l, const row_plan *rp) {
                           d.Hkv, d.hd);
         }
     }
-    be->matmul(be, f->xn, d.D, f->att, w->o_w, w->o_b, T, d.D, d.q_dim);
+    proj(f, l, MC_LM_O, f->xn, d.D, f->att, w->o_w, w->o_b, T, d.D, d.q_dim);
     be->add(be, f->x, f->xn, (size_t)T * (size_t)d.D);
 }
 
@@ -183,10 +208,10 @@ static void mlp_block(mc_fwd *f, int l, int T) {
     mc_dims d = mc_model_dims(m);
     mc_wt none = {NULL, MC_F32};
     be->rmsnorm(be, f->xn, f->x, w->mlp_norm, T, d.D, (float)m->cfg.rms_norm_eps);
-    be->matmul(be, f->gate, d.F, f->xn, w->gate_w, none, T, d.F, d.D);
-    be->matmul(be, f->up, d.F, f->xn, w->up_w, none, T, d.F, d.D);
+    proj(f, l, MC_LM_GATE, f->gate, d.F, f->xn, w->gate_w, none, T, d.F, d.D);
+    proj(f, l, MC_LM_UP, f->up, d.F, f->xn, w->up_w, none, T, d.F, d.D);
     be->swiglu(be, f->gate, f->gate, f->up, (size_t)T * (size_t)d.F);
-    be->matmul(be, f->xn, d.D, f->gate, w->down_w, none, T, d.D, d.F);
+    proj(f, l, MC_LM_DOWN, f->xn, d.D, f->gate, w->down_w, none, T, d.D, d.F);
     be->add(be, f->x, f->xn, (size_t)T * (size_t)d.D);
 }
 

@@ -237,6 +237,11 @@ double mc_row_nll(const float *logits, int V, int target) {
 enum { EVAL_CHUNK = 256 };
 
 mc_status mc_model_eval(mc_model *m, const int32_t *ids, size_t n, float *logits, double *loss) {
+    return mc_model_eval_adapter(m, NULL, 1.0f, ids, n, logits, loss);
+}
+
+mc_status mc_model_eval_adapter(mc_model *m, const mc_adapter *adapter, float scale,
+                                const int32_t *ids, size_t n, float *logits, double *loss) {
     mc_dims d;
     mc_fwd *f = NULL;
     float *chunk_logits = NULL;
@@ -254,6 +259,11 @@ mc_status mc_model_eval(mc_model *m, const int32_t *ids, size_t n, float *logits
                            "(size %d)", ids[i], i, d.V);
     s = mc_fwd_create(m, 1, (int)n, (int)MC_MIN(n, (size_t)EVAL_CHUNK), &f);
     if (s != MC_OK) return s;
+    s = mc_fwd_set_adapter(f, adapter, scale);
+    if (s != MC_OK) {
+        mc_fwd_free(f);
+        return s;
+    }
     if (!logits) {
         chunk_logits = mc_malloc((size_t)EVAL_CHUNK * (size_t)d.V * sizeof(float));
         if (!chunk_logits) {

@@ -61,7 +61,13 @@ typedef struct mc_fwd {
     int32_t *ids_dev;         /* [n_batch] */
     int32_t *pos_dev;         /* [n_batch] */
     int32_t *pos_host;        /* [n_batch] */
+    const struct mc_adapter *adapter; /* LoRA applied unmerged, or NULL */
+    float lora_scale;         /* adapter scale x user multiplier */
+    float *lora_tmp;          /* [n_batch, rank] scratch of the LoRA path */
 } mc_fwd;
+
+/* Attaches an adapter (NULL detaches); allocates the LoRA scratch. */
+mc_status mc_fwd_set_adapter(mc_fwd *f, const struct mc_adapter *a, float scale_mul);
 
 /* Allocates a forward state. MC_ERR_OOM names the bytes wanted. */
 mc_status mc_fwd_create(const mc_model *m, int n_seq, int n_ctx, int n_batch, mc_fwd **out);

@@ -1,0 +1,263 @@
+/* init.c - random-weight checkpoints with the exact Qwen2.5-Coder configs, written as
+ * Hugging Face folders (config.json, generation_config.json, model.safetensors). */
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <stdio.h>
+#include <sys/stat.h>
+
+#include "model.h"
+
+typedef struct preset {
+    const char *name;
+    int vocab, hidden, inter, layers, heads, kv_heads, max_pos;
+    bool tied;
+} preset;
+
+/* The published Qwen2.5-Coder configurations (plus a tiny one for tests and demos). */
+static const preset k_presets[] = {
+    {"tiny", 151936, 64, 160, 2, 4, 2, 32768, true},
+    {"qwen2.5-coder-0.5b", 151936, 896, 4864, 24, 14, 2, 32768, true},
+    {"qwen2.5-coder-1.5b", 151936, 1536, 8960, 28, 12, 2, 32768, true},
+    {"qwen2.5-coder-3b", 151936, 2048, 11008, 36, 16, 2, 32768, true},
+    {"qwen2.5-coder-7b", 152064, 3584, 18944, 28, 28, 4, 32768, false},
+};
+
+static void config_from_preset(const preset *p, mc_config *c) {
+    memset(c, 0, sizeof *c);
+    c->arch = MC_ARCH_QWEN2;
+    snprintf(c->architecture, sizeof c->architecture, "Qwen2ForCausalLM");
+    snprintf(c->model_type, sizeof c->model_type, "qwen2");
+    c->vocab_size = p->vocab;
+    c->hidden_size = p->hidden;
+    c->intermediate_size = p->inter;
+    c->num_hidden_layers = p->layers;
+    c->num_attention_heads = p->heads;
+    c->num_key_value_heads = p->kv_heads;
+    c->head_dim = p->hidden / p->heads;
+    c->max_position_embeddings = p->max_pos;
+    c->rope_theta = 1000000.0;
+    c->rms_norm_eps = 1e-6;
+    c->tie_word_embeddings = p->tied;
+    c->qkv_bias = true;
+    c->bos_token_id = 151643;
+    c->n_eos = 1;
+    c->eos_token_ids[0] = 151643;
+}
+
+static const char *dtype_torch_name(mc_dtype t) {
+    switch (t) {
+    case MC_F32: return "float32";
+    case MC_F16: return "float16";
+    case MC_BF16: return "bfloat16";
+    }
+    return "float32";
+}
+
+/* Writes config.json and generation_config.json for c. */
+static mc_status write_configs(const mc_config *c, mc_dtype dtype, const char *dir) {
+    cJSON *j = cJSON_CreateObject(), *g = cJSON_CreateObject();
+    char *text = NULL, *gtext = NULL, *path = NULL, *gpath = NULL;
+    mc_status s = MC_OK;
+    const char *arch = c->architecture[0] ? c->architecture : "Qwen2ForCausalLM";
+    cJSON *eos = NULL;
+    int i;
+    if (!j || !g) {
+        s = mc_fail(MC_ERR_OOM, "out of memory writing config.json");
+        goto done;
+    }
+    cJSON_AddItemToObject(j, "architectures", cJSON_CreateStringArray(&arch, 1));
+    cJSON_AddStringToObject(j, "model_type", c->model_type);
+    cJSON_AddStringToObject(j, "hidden_act", "silu");
+    cJSON_AddNumberToObject(j, "vocab_size", c->vocab_size);
+    cJSON_AddNumberToObject(j, "hidden_size", c->hidden_size);
+    cJSON_AddNumberToObject(j, "intermediate_size", c->intermediate_size);
+    cJSON_AddNumberToObject(j, "num_hidden_layers", c->num_hidden_layers);
+    cJSON_AddNumberToObject(j, "num_attention_heads", c->num_attention_heads);
+    cJSON_AddNumberToObject(j, "num_key_value_heads", c->num_key_value_heads);
+    if (c->arch == MC_ARCH_QWEN3) cJSON_AddNumberToObject(j, "head_dim", c->head_dim);
+    if (c->arch != MC_ARCH_QWEN2) cJSON_AddBoolToObject(j, "attention_bias", c->qkv_bias);
+    cJSON_AddNumberToObject(j, "max_position_embeddings", c->max_position_embeddings);
+    cJSON_AddNumberToObject(j, "rope_theta", c->rope_theta);
+    cJSON_AddNumberToObject(j, "rms_norm_eps", c->rms_norm_eps);
+    cJSON_AddBoolToObject(j, "tie_word_embeddings", c->tie_word_embeddings);
+    cJSON_AddBoolToObject(j, "use_sliding_window", 0);
+    cJSON_AddStringToObject(j, "torch_dtype", dtype_torch_name(dtype));
+    if (c->bos_token_id >= 0) {
+        cJSON_AddNumberToObject(j, "bos_token_id", c->bos_token_id);
+        cJSON_AddNumberToObject(g, "bos_token_id", c->bos_token_id);
+    }
+    if (c->n_eos > 0) cJSON_AddNumberToObject(j, "eos_token_id", c->eos_token_ids[0]);
+    eos = cJSON_AddArrayToObject(g, "eos_token_id");
+    for (i = 0; eos && i < c->n_eos; i++) cJSON_AddItemToArray(eos, cJSON_CreateNumber(c->eos_token_ids[i]));
+    text = cJSON_Print(j);
+    gtext = cJSON_Print(g);
+    path = mc_path_join(dir, "config.json");
+    gpath = mc_path_join(dir, "generation_config.json");
+    if (!text || !gtext || !path || !gpath) {
+        s = mc_fail(MC_ERR_OOM, "out of memory writing config.json");
+        goto done;
+    }
+    s = mc_write_file_atomic(path, text, strlen(text));
+    if (s == MC_OK) s = mc_write_file_atomic(gpath, gtext, strlen(gtext));
+done:
+    cJSON_Delete(j);
+    cJSON_Delete(g);
+    cJSON_free(text);
+    cJSON_free(gtext);
+    mc_free(path);
+    mc_free(gpath);
+    return s;
+}
+
+/* A tensor to create: name, shape and how to fill it. */
+typedef enum fill_kind { FILL_RANDOM, FILL_ONES, FILL_ZEROS } fill_kind;
+
+/* Fills n elements of dtype t: uniform with std 0.02, ones or zeros. */
+static void fill(void *dst, mc_dtype t, size_t n, fill_kind k, mc_rng *rng) {
+    const float a = 0.02f * 1.7320508f; /* uniform(-a, a) has std 0.02 */
+    float chunk[1024];
+    size_t i, j;
+    for (i = 0; i < n; i += 1024) {
+        size_t m = MC_MIN((size_t)1024, n - i);
+        for (j = 0; j < m; j++) {
+            if (k == FILL_RANDOM)
+                chunk[j] = (float)(mc_rng_uniform(rng) * 2.0 - 1.0) * a;
+            else
+                chunk[j] = k == FILL_ONES ? 1.0f : 0.0f;
+        }
+        mc_convert_from_f32((char *)dst + i * mc_dtype_size(t), chunk, t, m);
+    }
+}
+
+/* Collects the tensor list of config c (names in HF order). */
+typedef struct tensor_spec {
+    char name[96];
+    int64_t rows, cols; /* cols == 0: vector */
+    fill_kind kind;
+} tensor_spec;
+
+static size_t spec_list(const mc_config *c, tensor_spec *ts) {
+    size_t n = 0;
+    int l;
+    int q = c->num_attention_heads * c->head_dim, kv = c->num_key_value_heads * c->head_dim;
+#define ADD(nm, r, cc, k)                                                                   \
+    do {                                                                                    \
+        if (ts) {                                                                           \
+            snprintf(ts[n].name, sizeof ts[n].name, "%s", nm);                              \
+            ts[n].rows = (r);                                                               \
+            ts[n].cols = (cc);                                                              \
+            ts[n].kind = (k);                                                               \
+        }                                                                                   \
+        n++;                                                                                \
+    } while (0)
+#define ADDL(suffix, r, cc, k)                                                              \
+    do {                                                                                    \
+        char nm_[96];                                                                       \
+        snprintf(nm_, sizeof nm_, "model.layers.%d.%s", l, suffix);                        \
+        ADD(nm_, r, cc, k);                                                                 \
+    } while (0)
+    ADD("model.embed_tokens.weight", c->vocab_size, c->hidden_size, FILL_RANDOM);
+    for (l = 0; l < c->num_hidden_layers; l++) {
+        ADDL("input_layernorm.weight", c->hidden_size, 0, FILL_ONES);
+        ADDL("self_attn.q_proj.weight", q, c->hidden_size, FILL_RANDOM);
+        ADDL("self_attn.k_proj.weight", kv, c->hidden_size, FILL_RANDOM);
+        ADDL("self_attn.v_proj.weight", kv, c->hidden_size, FILL_RANDOM);
+        ADDL("self_attn.o_proj.weight", c->hidden_size, q, FILL_RANDOM);
+        if (c->qkv_bias) {
+            ADDL("self_attn.q_proj.bias", q, 0, FILL_ZEROS);
+            ADDL("self_attn.k_proj.bias", kv, 0, FILL_ZEROS);
+            ADDL("self_attn.v_proj.bias", kv, 0, FILL_ZEROS);
+            if (c->arch == MC_ARCH_LLAMA) ADDL("self_attn.o_proj.bias", c->hidden_size, 0, FILL_ZEROS);
+        }
+        if (c->qk_norm) {
+            ADDL("self_attn.q_norm.weight", c->head_dim, 0, FILL_ONES);
+            ADDL("self_attn.k_norm.weight", c->head_dim, 0, FILL_ONES);
+        }
+        ADDL("post_attention_layernorm.weight", c->hidden_size, 0, FILL_ONES);
+        ADDL("mlp.gate_proj.weight", c->intermediate_size, c->hidden_size, FILL_RANDOM);
+        ADDL("mlp.up_proj.weight", c->intermediate_size, c->hidden_size, FILL_RANDOM);
+        ADDL("mlp.down_proj.weight", c->hidden_size, c->intermediate_size, FILL_RANDOM);
+    }
+    ADD("model.norm.weight", c->hidden_size, 0, FILL_ONES);
+    if (!c->tie_word_embeddings) ADD("lm_head.weight", c->vocab_size, c->hidden_size, FILL_RANDOM);
+#undef ADDL
+#undef ADD
+    return n;
+}
+
+/* Writes model.safetensors with random weights for c. */
+static mc_status write_weights(const mc_config *c, mc_dtype dtype, uint64_t seed, const char *dir) {
+    size_t n = spec_list(c, NULL), i, total = 0;
+    tensor_spec *ts = mc_calloc(n, sizeof *ts);
+    mc_st_out *outs = mc_calloc(n, sizeof *outs);
+    char *data = NULL, *path = mc_path_join(dir, "model.safetensors");
+    mc_st_dtype sd = dtype == MC_F32 ? MC_ST_F32 : dtype == MC_F16 ? MC_ST_F16 : MC_ST_BF16;
+    mc_rng rng;
+    mc_status s = MC_OK;
+    if (!ts || !outs || !path) {
+        s = mc_fail(MC_ERR_OOM, "out of memory preparing weights");
+        goto done;
+    }
+    (void)spec_list(c, ts);
+    for (i = 0; i < n; i++) total += (size_t)ts[i].rows * (size_t)(ts[i].cols ? ts[i].cols : 1);
+    data = mc_malloc(total * mc_dtype_size(dtype));
+    if (!data) {
+        s = mc_fail(MC_ERR_OOM, "out of memory: %zu bytes of weights", total * mc_dtype_size(dtype));
+        goto done;
+    }
+    mc_rng_seed(&rng, seed);
+    total = 0;
+    for (i = 0; i < n; i++) {
+        size_t numel = (size_t)ts[i].rows * (size_t)(ts[i].cols ? ts[i].cols : 1);
+        outs[i].name = ts[i].name;
+        outs[i].st_dtype = sd;
+        outs[i].ndim = ts[i].cols ? 2 : 1;
+        outs[i].shape[0] = ts[i].rows;
+        outs[i].shape[1] = ts[i].cols;
+        outs[i].data = data + total * mc_dtype_size(dtype);
+        fill(data + total * mc_dtype_size(dtype), dtype, numel, ts[i].kind, &rng);
+        total += numel;
+    }
+    s = mc_st_write(path, outs, n, NULL, 0);
+done:
+    mc_free(data);
+    mc_free(ts);
+    mc_free(outs);
+    mc_free(path);
+    return s;
+}
+
+mc_status mc_checkpoint_init(const char *preset_name, const char *config_path, mc_dtype dtype,
+                             uint64_t seed, const char *out_dir) {
+    mc_config c;
+    mc_status s;
+    size_t i;
+    if (!out_dir || (!preset_name == !config_path))
+        return mc_fail(MC_ERR_INVALID_ARG, "mc_checkpoint_init: give an output folder and exactly "
+                       "one of a preset or a config file");
+    if (dtype != MC_F32 && dtype != MC_F16 && dtype != MC_BF16)
+        return mc_fail(MC_ERR_INVALID_ARG, "mc_checkpoint_init: unknown dtype %d", (int)dtype);
+    if (preset_name) {
+        for (i = 0; i < sizeof k_presets / sizeof *k_presets; i++)
+            if (!strcmp(preset_name, k_presets[i].name)) break;
+        if (i == sizeof k_presets / sizeof *k_presets)
+            return mc_fail(MC_ERR_INVALID_ARG, "unknown preset '%s' (known: tiny, "
+                           "qwen2.5-coder-0.5b, qwen2.5-coder-1.5b, qwen2.5-coder-3b, "
+                           "qwen2.5-coder-7b)", preset_name);
+        config_from_preset(&k_presets[i], &c);
+    } else {
+        char *text = NULL;
+        size_t len = 0;
+        s = mc_read_file(config_path, &text, &len);
+        if (s != MC_OK) return s;
+        s = mc_config_parse(text, len, config_path, &c);
+        mc_free(text);
+        if (s != MC_OK) return s;
+    }
+    if (mkdir(out_dir, 0755) != 0 && errno != EEXIST)
+        return mc_fail(MC_ERR_IO, "%s: cannot create folder: %s", out_dir, strerror(errno));
+    if (!mc_path_is_dir(out_dir)) return mc_fail(MC_ERR_NOT_DIR, "%s: not a folder", out_dir);
+    s = write_configs(&c, dtype, out_dir);
+    if (s == MC_OK) s = write_weights(&c, dtype, seed, out_dir);
+    return s;
+}

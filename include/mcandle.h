@@ -167,6 +167,88 @@ MC_API uint64_t mc_model_context_bytes(const mc_model *model, int n_ctx, int n_b
 MC_API mc_status mc_model_eval(mc_model *model, const int32_t *ids, size_t n, float *logits,
                                double *loss);
 
+/** Writes a random-weight Hugging Face checkpoint (config.json, generation_config.json,
+ *  model.safetensors) into out_dir (created if needed), for demos and benchmarks.
+ *  preset: "tiny" or the exact configs of "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b",
+ *  "qwen2.5-coder-3b", "qwen2.5-coder-7b"; or NULL with config_path naming a config.json
+ *  to copy the architecture from. dtype: MC_BF16, MC_F16 or MC_F32. Matrices are uniform
+ *  with standard deviation 0.02 from seed; norm weights 1; biases 0.
+ *  MC_ERR_INVALID_ARG for an unknown preset (the message lists the known ones). */
+MC_API mc_status mc_checkpoint_init(const char *preset, const char *config_path, mc_dtype dtype,
+                                    uint64_t seed, const char *out_dir);
+
+/** Writes a little-endian float32 C-order .npy file (format 1.0) of ndim dims
+ *  (1..8) with the given shape, atomically (temporary name, fsync, rename). */
+MC_API mc_status mc_npy_write_f32(const char *path, const float *data, const size_t *shape,
+                                  int ndim);
+
+/* ------------------------------------------------------------------------------------ */
+/* LoRA adapters                                                                         */
+/* ------------------------------------------------------------------------------------ */
+
+/** A LoRA adapter for one model: rank, alpha, target projections, and the A/B weights
+ *  (f32). It borrows the model, which must outlive it. */
+typedef struct mc_adapter mc_adapter;
+
+/** Target projection bits for mc_lora_params.targets. */
+enum {
+    MC_LORA_Q = 1 << 0,    /**< self_attn.q_proj */
+    MC_LORA_K = 1 << 1,    /**< self_attn.k_proj */
+    MC_LORA_V = 1 << 2,    /**< self_attn.v_proj */
+    MC_LORA_O = 1 << 3,    /**< self_attn.o_proj */
+    MC_LORA_GATE = 1 << 4, /**< mlp.gate_proj */
+    MC_LORA_UP = 1 << 5,   /**< mlp.up_proj */
+    MC_LORA_DOWN = 1 << 6, /**< mlp.down_proj */
+    MC_LORA_ALL = 0x7f     /**< all seven projections */
+};
+
+/** Shape of a new adapter. */
+typedef struct mc_lora_params {
+    int rank;          /**< r >= 1. Default 8 */
+    float alpha;       /**< > 0; scale = alpha / r (alpha / sqrt(r) with rslora). Default 16 */
+    float dropout;     /**< in [0, 1), applied to the LoRA input while training. Default 0 */
+    int rslora;        /**< 1: rank-stabilised scale alpha / sqrt(r). Default 0 */
+    unsigned targets;  /**< MC_LORA_* bits. Default MC_LORA_ALL */
+    int num_layers;    /**< adapt the last num_layers layers; 0 or -1 = all. Default 0 */
+    uint64_t seed;     /**< initialisation seed (A kaiming-uniform as PEFT, B zero). Default 0 */
+} mc_lora_params;
+
+/** Default LoRA parameters (see the field comments). */
+MC_API mc_lora_params mc_lora_default_params(void);
+
+/** Creates a freshly initialised adapter for model (A kaiming-uniform, B zero: it does not
+ *  change the model's outputs until trained). MC_ERR_INVALID_ARG names a bad parameter. */
+MC_API mc_status mc_adapter_create(const mc_model *model, const mc_lora_params *params,
+                                   mc_adapter **out);
+
+/** Loads an adapter folder: PEFT (adapter_config.json + adapter_model.safetensors) or
+ *  mlx-lm (adapter_config.json + adapters.safetensors). Every tensor is checked against the
+ *  model (MC_ERR_SHAPE, MC_ERR_MISSING_TENSOR, MC_ERR_CONFIG_TYPE naming it); PEFT options
+ *  this library does not implement (DoRA, rank_pattern, alpha_pattern, modules_to_save,
+ *  biases, fan_in_fan_out, ...) give MC_ERR_UNSUPPORTED naming the option. */
+MC_API mc_status mc_adapter_load(const mc_model *model, const char *dir, mc_adapter **out);
+
+/** Writes the adapter in PEFT format (adapter_config.json + adapter_model.safetensors)
+ *  into dir (created if needed), each file atomically. */
+MC_API mc_status mc_adapter_save(const mc_adapter *adapter, const char *dir);
+
+/** Frees an adapter. NULL is a no-op. */
+MC_API void mc_adapter_free(mc_adapter *adapter);
+
+/** Number of trainable parameters (all A and B elements). */
+MC_API size_t mc_adapter_n_params(const mc_adapter *adapter);
+
+/** Like mc_model_eval, with the adapter applied unmerged (scale multiplies its LoRA
+ *  scale; 1 = as trained). adapter NULL = the base model. */
+MC_API mc_status mc_model_eval_adapter(mc_model *model, const mc_adapter *adapter, float scale,
+                                       const int32_t *ids, size_t n, float *logits, double *loss);
+
+/** Writes a merged Hugging Face checkpoint into out_dir: W' = W + scale * B A for every
+ *  adapted projection, stored in the base model's dtype; other tensors copied; config.json,
+ *  generation_config.json and tokenizer files copied from model_dir (the base folder). */
+MC_API mc_status mc_adapter_fuse(const mc_model *model, const mc_adapter *adapter,
+                                 const char *model_dir, const char *out_dir);
+
 /* ------------------------------------------------------------------------------------ */
 /* Tokenizer                                                                             */
 /* ------------------------------------------------------------------------------------ */
@@ -175,12 +257,237 @@ MC_API mc_status mc_model_eval(mc_model *model, const int32_t *ids, size_t n, fl
 /* ------------------------------------------------------------------------------------ */
 /* Sampling                                                                              */
 /* ------------------------------------------------------------------------------------ */
-/* (sampler declarations go here) */
+/* A sampler turns one row of next-token logits into a token id. It applies one fixed
+ * chain, in this order (each stage is skipped when its parameter has the "off" value):
+ *   1. logit bias           l[id] += bias                     (mc_logit_bias entries)
+ *   2. repetition penalty   for each distinct id among the last repetition_last_n
+ *                           accepted tokens (prompt and generated):
+ *                           l = l > 0 ? l / penalty : l * penalty   (Hugging Face)
+ *   3. presence/frequency   l[id] -= presence * (c > 0) + frequency * c, where c counts
+ *                           the generated tokens only (prompt tokens do not count;
+ *                           OpenAI semantics, as vLLM implements them)
+ *   4. greedy               if temperature == 0: argmax (ties -> lowest id); stop here
+ *   5. temperature          x = (l - max(l)) / temperature; p ~ exp(x)
+ *   6. top-k                keep the k most probable tokens (ties -> lowest ids)
+ *   7. top-p                keep the smallest most-probable set whose probability,
+ *                           renormalized after top-k, is >= top_p
+ *   8. min-p                keep tokens with p >= min_p * p_max
+ *   9. draw                 one uniform draw from the seeded RNG over what is left
+ * This is the order of Hugging Face transformers' generate (bias, penalties, then the
+ * temperature, top-k, top-p and min-p warpers). Tokens whose logit is -inf have
+ * probability 0 and are never chosen. Sampling is exact (the same distribution as a full
+ * sort of the vocabulary) but does not sort the vocabulary on every step.
+ * Same seed + same parameters + same logits -> the same tokens on every machine. */
+
+/** A sampler: parameters, token history for the penalties, scratch space and an RNG.
+ *  One sampler serves one sequence; it is not thread-safe. */
+typedef struct mc_sampler mc_sampler;
+
+/** One logit-bias entry: bias is added to the logit of token (stage 1). A bias of
+ *  -INFINITY bans the token; NaN and +INFINITY are rejected. */
+typedef struct mc_logit_bias {
+    int32_t token; /**< token id in [0, vocab_size) */
+    float bias;    /**< added to the logit; entries for the same id add up */
+} mc_logit_bias;
+
+/** Sampler parameters. Take them from mc_sampler_default_params() and change fields. */
+typedef struct mc_sampler_params {
+    float temperature;        /**< >= 0; 0 = greedy (argmax). Default 0.8 */
+    int32_t top_k;            /**< >= 0; 0 = off. Default 40 */
+    float top_p;              /**< in (0, 1]; 1 = off. Default 0.95 */
+    float min_p;              /**< in [0, 1]; 0 = off. Default 0.05 */
+    float repetition_penalty; /**< > 0; 1 = off; > 1 discourages repeats. Default 1 */
+    int32_t repetition_last_n; /**< >= 0: how many most recent accepted tokens (prompt and
+                                    generated) the repetition penalty looks at; 0 = all of
+                                    them (Hugging Face semantics). Default 0 */
+    float presence_penalty;   /**< finite; 0 = off (OpenAI uses [-2, 2]). Default 0 */
+    float frequency_penalty;  /**< finite; 0 = off (OpenAI uses [-2, 2]). Default 0 */
+    const mc_logit_bias *logit_bias; /**< n_logit_bias entries, or NULL; copied by
+                                          mc_sampler_create (borrowed only during the call) */
+    size_t n_logit_bias;      /**< entries in logit_bias. Default 0 */
+    uint64_t seed;            /**< RNG seed. Default 0 (fixed, so runs repeat; pass e.g.
+                                   a time-derived value for varied output) */
+} mc_sampler_params;
+
+/** Default sampler parameters, the same as llama.cpp's: temperature 0.8, top_k 40,
+ *  top_p 0.95, min_p 0.05, no repetition/presence/frequency penalty, no logit bias, seed 0.
+ *  The repetition window defaults to the whole history (Hugging Face semantics). */
+MC_API mc_sampler_params mc_sampler_default_params(void);
+
+/** Creates a sampler for logits rows of vocab_size floats. params NULL = the defaults.
+ *  Every parameter is checked: MC_ERR_INVALID_ARG (with a message naming the parameter and
+ *  its value) for temperature < 0, top_k < 0, top_p outside (0, 1], min_p outside [0, 1],
+ *  repetition_penalty <= 0, repetition_last_n < 0, a NaN or infinite value (a logit bias may
+ *  be -INFINITY), a logit-bias id outside [0, vocab_size), or vocab_size <= 0.
+ *  MC_ERR_OOM when memory runs out. On success *out owns the sampler. */
+MC_API mc_status mc_sampler_create(const mc_sampler_params *params, int32_t vocab_size,
+                                   mc_sampler **out);
+
+/** Frees a sampler. NULL is a no-op. */
+MC_API void mc_sampler_free(mc_sampler *s);
+
+/** Forgets the token history and re-seeds the RNG with params.seed, so the sampler behaves
+ *  as if just created. */
+MC_API void mc_sampler_reset(mc_sampler *s);
+
+/** Records prompt tokens ids[0..n) in the history: they count for the repetition penalty
+ *  but not for the presence and frequency penalties. Call once per prompt before sampling.
+ *  MC_ERR_TOKEN_ID (nothing recorded) when an id is outside [0, vocab_size). */
+MC_API mc_status mc_sampler_accept_prompt(mc_sampler *s, const int32_t *ids, size_t n);
+
+/** Records one generated token that the sampler did not choose itself (a forced token,
+ *  or the tokens of a resumed run): it counts for all penalties. mc_sampler_sample already
+ *  records the tokens it returns, so do not call this for those.
+ *  MC_ERR_TOKEN_ID when token is outside [0, vocab_size). */
+MC_API mc_status mc_sampler_accept(mc_sampler *s, int32_t token);
+
+/** Chooses the next token from logits[0..vocab_size) (not modified) with the chain above,
+ *  writes it to *token_out and records it as generated (like mc_sampler_accept).
+ *  logprob_out (may be NULL) receives the log-probability of the chosen token under the
+ *  model's raw distribution, log_softmax(logits)[token], before bias, penalties,
+ *  temperature and truncation (what mlx-lm and OpenAI report). Greedy sampling uses no
+ *  random numbers; any other sample uses exactly one 64-bit draw.
+ *  Errors: MC_ERR_INVALID_ARG for NULL pointers; MC_ERR_NUMERIC when a logit is NaN or
+ *  +inf (after bias and penalties) or when every logit is -inf (all tokens banned). */
+MC_API mc_status mc_sampler_sample(mc_sampler *s, const float *logits, int32_t *token_out,
+                                   float *logprob_out);
+
+/** Copies the RNG state (4 words of xoshiro256**) for a checkpoint. To resume a run
+ *  exactly: create a sampler with the same parameters, accept the prompt, accept each
+ *  token generated so far, then mc_sampler_set_rng_state with the saved words. */
+MC_API void mc_sampler_get_rng_state(const mc_sampler *s, uint64_t state[4]);
+
+/** Restores an RNG state saved by mc_sampler_get_rng_state. MC_ERR_INVALID_ARG for the
+ *  all-zero state, which no seed produces and which would repeat forever. */
+MC_API mc_status mc_sampler_set_rng_state(mc_sampler *s, const uint64_t state[4]);
 
 /* ------------------------------------------------------------------------------------ */
 /* Contexts and generation                                                               */
 /* ------------------------------------------------------------------------------------ */
-/* (context and generation declarations go here) */
+/* A context is the per-run state of a model: KV caches for n_seq sequences of n_ctx
+ * positions each, and activation scratch. It borrows the model, which must outlive it.
+ * A context is not thread-safe; use one per thread. */
+
+/** Per-run state of a model (KV caches and scratch). */
+typedef struct mc_context mc_context;
+
+/** A loaded tokenizer (see the Tokenizer section). */
+typedef struct mc_tokenizer mc_tokenizer;
+
+/** Options for mc_context_create. */
+typedef struct mc_context_params {
+    int n_ctx;   /**< positions per sequence; 0 = min(max_position_embeddings, 4096) */
+    int n_batch; /**< prompt tokens per forward pass (prefill chunk); 0 = 512 */
+    int n_seq;   /**< sequences with their own caches (batch generation); 0 = 1 */
+} mc_context_params;
+
+/** Default context parameters (all zero: take them from the model). */
+MC_API mc_context_params mc_context_default_params(void);
+
+/** Creates a context for model. MC_ERR_OOM says how many bytes were needed. */
+MC_API mc_status mc_context_create(mc_model *model, const mc_context_params *params,
+                                   mc_context **out);
+
+/** Frees a context. NULL is a no-op. */
+MC_API void mc_context_free(mc_context *ctx);
+
+/** Positions per sequence of the context. */
+MC_API int mc_context_n_ctx(const mc_context *ctx);
+
+/** Positions already cached for sequence seq (0 for an unknown seq). */
+MC_API int mc_context_n_past(const mc_context *ctx, int seq);
+
+/** Applies adapter (unmerged) to everything the context computes from now on, with its
+ *  LoRA scale multiplied by scale (1 = as trained); NULL removes it. The adapter must
+ *  belong to the context's model and outlive its use. Caches are reset. */
+MC_API mc_status mc_context_set_adapter(mc_context *ctx, const mc_adapter *adapter, float scale);
+
+/** Empties the cache of sequence seq, or of all sequences when seq < 0. */
+MC_API void mc_context_reset(mc_context *ctx, int seq);
+
+/** Appends ids[0..n) to sequence seq (in passes of n_batch tokens) and, when logits is not
+ *  NULL, writes the vocab_size logits that follow the last of them.
+ *  MC_ERR_CONTEXT_FULL when they do not fit (nothing is appended), MC_ERR_TOKEN_ID for an
+ *  id outside the vocabulary, MC_ERR_INVALID_ARG for n == 0 or an unknown seq. */
+MC_API mc_status mc_context_decode(mc_context *ctx, int seq, const int32_t *ids, size_t n,
+                                   float *logits);
+
+/** Why a generation ended. */
+typedef enum mc_stop_reason {
+    MC_STOP_NONE = 0,         /**< still running (never in a finished result) */
+    MC_STOP_EOS = 1,          /**< an end-of-sequence token was sampled (not included) */
+    MC_STOP_MAX_TOKENS = 2,   /**< max_tokens were generated */
+    MC_STOP_STRING = 3,       /**< a stop string completed (it is not in the text) */
+    MC_STOP_CONTEXT_FULL = 4, /**< the sequence filled its context */
+    MC_STOP_CALLBACK = 5      /**< the token callback asked to stop (e.g. on SIGINT) */
+} mc_stop_reason;
+
+/** Lower-case name of a stop reason: "eos", "max_tokens", "stop_string", "context_full",
+ *  "callback" or "none". */
+MC_API const char *mc_stop_reason_name(mc_stop_reason r);
+
+/** Streaming callback, called once per generated token (EOS excluded) of sequence seq:
+ *  text[0..len) is the text that became visible with it (possibly empty while a stop string
+ *  or an unfinished UTF-8 character is held back; always empty without a tokenizer),
+ *  logprob its log-probability under the model. Return non-zero to stop generating.
+ *  When generation ends with text still held back (an unfinished stop-string prefix),
+ *  one last call delivers it with token -1 (its return value is ignored). */
+typedef int (*mc_token_callback)(int seq, const char *text, size_t len, int32_t token,
+                                 float logprob, void *user);
+
+/** Options for mc_generate. */
+typedef struct mc_generate_params {
+    int max_tokens;                /**< > 0: most tokens to generate. Default 256 */
+    int ignore_eos;                /**< 1: never stop on EOS (exactly max_tokens unless the
+                                        context fills). Default 0 */
+    const int32_t *eos_ids;        /**< n_eos ids that end generation; NULL = the model's
+                                        (config.json and generation_config.json) */
+    int n_eos;                     /**< entries in eos_ids */
+    const char *const *stop;       /**< n_stop stop strings, matched on the decoded text
+                                        across token boundaries; need a tokenizer */
+    int n_stop;                    /**< entries in stop */
+    const mc_tokenizer *tokenizer; /**< optional: decodes text for the callback, the result
+                                        and stop strings; borrowed for the call */
+    mc_sampler_params sampler;     /**< sampling; default mc_sampler_default_params() */
+    mc_token_callback on_token;    /**< optional streaming callback */
+    void *user;                    /**< passed to on_token */
+} mc_generate_params;
+
+/** Default generation parameters: 256 tokens, stop on the model's EOS, default sampler. */
+MC_API mc_generate_params mc_generate_default_params(void);
+
+/** A finished generation; release with mc_generation_clear. */
+typedef struct mc_generation {
+    int32_t *tokens;         /**< [n_tokens] generated ids (EOS not included) */
+    size_t n_tokens;
+    char *text;              /**< NUL-terminated text shown (NULL without a tokenizer) */
+    size_t text_len;
+    mc_stop_reason stop_reason;
+    size_t prompt_tokens;
+    double prefill_seconds;  /**< time to process the prompt and get the first logits */
+    double decode_seconds;   /**< time of the token-by-token steps */
+} mc_generation;
+
+/** Generates a continuation of prompt[0..n_prompt) in sequence 0 of ctx, whose cache is
+ *  reset first. The prompt is processed in one batched pass per n_batch tokens, then one
+ *  token per step. Errors (nothing generated): MC_ERR_INVALID_ARG for an empty prompt,
+ *  max_tokens <= 0, stop strings without a tokenizer, or invalid sampler parameters;
+ *  MC_ERR_TOKEN_ID for an id outside the vocabulary; MC_ERR_CONTEXT_FULL when the prompt
+ *  leaves no room to generate. On success *out owns the result. */
+MC_API mc_status mc_generate(mc_context *ctx, const int32_t *prompt, size_t n_prompt,
+                             const mc_generate_params *params, mc_generation *out);
+
+/** Generates continuations of n prompts at once (n <= the context's n_seq): prompt i is
+ *  prompts[i][0..n_prompt[i]) in sequence i, with its own positions, cache, sampler (seed
+ *  params->sampler.seed + i) and stop state; decode steps run the active sequences
+ *  together. With greedy sampling each result equals mc_generate on that prompt alone.
+ *  results[0..n) receive the outputs; the callback gets the sequence index. */
+MC_API mc_status mc_generate_batch(mc_context *ctx, const int32_t *const *prompts,
+                                   const size_t *n_prompt, int n,
+                                   const mc_generate_params *params, mc_generation *results);
+
+/** Frees what a result owns and zeroes it. NULL is a no-op. */
+MC_API void mc_generation_clear(mc_generation *g);
 
 #ifdef __cplusplus
 }

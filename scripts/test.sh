@@ -163,7 +163,7 @@ stage_cppcheck() {
         --enable=warning,style,performance,portability --inline-suppr \
         --error-exitcode=1 --quiet -j "$JOBS" --cppcheck-build-dir="$BUILD_ROOT/cppcheck" \
         --template='{file}:{line}:{column}: {severity}: {message} [{id}]\n{code}' \
-        -D__GNUC__=12 -D__x86_64__=1 -D__linux__=1 \
+        -D__GNUC__=12 -D__x86_64__=1 -D__linux__=1 -D__CPPCHECK__=1 \
         src tools
     echo "cppcheck: no findings"
 }

@@ -126,7 +126,7 @@ static inline const char *t_src(const char *rel) {
 /* A fresh scratch folder under the build tree: MC_BINARY_DIR/tmp/<name> (emptied). */
 static inline const char *t_tmpdir(const char *name) {
     static char buf[4096];
-    char cmd[4200];
+    char cmd[2 * sizeof buf + 64];
     snprintf(buf, sizeof buf, "%s/tmp/%s", MC_BINARY_DIR, name);
     snprintf(cmd, sizeof cmd, "rm -rf '%s' && mkdir -p '%s'", buf, buf);
     if (system(cmd) != 0) fprintf(stderr, "cannot create %s\n", buf);

@@ -11,7 +11,7 @@ static const char *const k_models[] = {"tiny_tied_f32", "qwen2_bf16_sharded", "l
 
 /* Reads ref/ids.json of a fixture: sequences and HF losses. Returns the parsed root. */
 static cJSON *read_ids(const char *dir) {
-    char path[1024];
+    char path[1100];
     char *text = NULL;
     size_t len = 0;
     cJSON *root;

@@ -180,7 +180,7 @@ static void test_info(void) {
 static void test_alloc_failures(void) {
     size_t nth;
     int32_t ids[5] = {1, 2, 3, 4, 5};
-    for (nth = 1; nth < 400; nth++) {
+    for (nth = 1; nth < 4000; nth++) {
         mc_model *m = NULL;
         mc_status s;
         double loss;
@@ -196,7 +196,7 @@ static void test_alloc_failures(void) {
             break;
         }
     }
-    CHECK(nth < 400);
+    CHECK(nth < 4000);
 }
 
 int main(void) {

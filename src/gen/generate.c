@@ -1,0 +1,245 @@
+/* generate.c - the generation loop: prefill, then sample / stream / step until a stop
+ * condition, for one sequence or several decoded together. */
+#include <math.h>
+
+#include "gen.h"
+#include "sampler.h"
+#include "stop.h"
+
+const char *mc_stop_reason_name(mc_stop_reason r) {
+    switch (r) {
+    case MC_STOP_NONE: return "none";
+    case MC_STOP_EOS: return "eos";
+    case MC_STOP_MAX_TOKENS: return "max_tokens";
+    case MC_STOP_STRING: return "stop_string";
+    case MC_STOP_CONTEXT_FULL: return "context_full";
+    case MC_STOP_CALLBACK: return "callback";
+    }
+    return "none";
+}
+
+mc_generate_params mc_generate_default_params(void) {
+    mc_generate_params p;
+    memset(&p, 0, sizeof p);
+    p.max_tokens = 256;
+    p.sampler = mc_sampler_default_params();
+    return p;
+}
+
+void mc_generation_clear(mc_generation *g) {
+    if (!g) return;
+    mc_free(g->tokens);
+    mc_free(g->text);
+    memset(g, 0, sizeof *g);
+}
+
+/* State of one sequence being generated. */
+typedef struct gen_seq {
+    mc_sampler *sampler;
+    mc_stopper stopper;
+    float *logits;       /* [V] logits for the next token */
+    mc_generation *out;
+    size_t tok_cap, text_cap;
+    bool active;
+} gen_seq;
+
+/* Appends bytes to the result text (kept NUL-terminated). */
+static mc_status append_text(gen_seq *g, const char *s, size_t n) {
+    mc_generation *o = g->out;
+    if (o->text_len + n + 1 > g->text_cap) {
+        size_t cap = MC_MAX(2 * g->text_cap, o->text_len + n + 64);
+        char *t = mc_realloc(o->text, cap);
+        if (!t) return mc_fail(MC_ERR_OOM, "out of memory for generated text");
+        o->text = t;
+        g->text_cap = cap;
+    }
+    memcpy(o->text + o->text_len, s, n);
+    o->text_len += n;
+    o->text[o->text_len] = '\0';
+    return MC_OK;
+}
+
+static mc_status append_token(gen_seq *g, int32_t tok) {
+    mc_generation *o = g->out;
+    if (o->n_tokens == g->tok_cap) {
+        size_t cap = MC_MAX(2 * g->tok_cap, (size_t)64);
+        int32_t *t = mc_realloc(o->tokens, cap * sizeof *t);
+        if (!t) return mc_fail(MC_ERR_OOM, "out of memory for generated tokens");
+        o->tokens = t;
+        g->tok_cap = cap;
+    }
+    o->tokens[o->n_tokens++] = tok;
+    return MC_OK;
+}
+
+static bool is_eos(const mc_generate_params *p, const int32_t *eos, int n_eos, int32_t tok) {
+    int i;
+    if (p->ignore_eos) return false;
+    for (i = 0; i < n_eos; i++)
+        if (eos[i] == tok) return true;
+    return false;
+}
+
+/* Ends sequence i: flushes held-back text (to the result and the callback). */
+static mc_status finish(gen_seq *g, int i, mc_stop_reason why, const mc_generate_params *p) {
+    mc_stop_out so;
+    g->active = false;
+    g->out->stop_reason = why;
+    if (!p->tokenizer) return MC_OK;
+    mc_stopper_flush(&g->stopper, &so);
+    if (so.len == 0) return MC_OK;
+    if (p->on_token) (void)p->on_token(i, so.text, so.len, -1, 0.0f, p->user);
+    return append_text(g, so.text, so.len);
+}
+
+/* Samples the next token of sequence i and handles it. Returns MC_OK with g->active
+ * telling whether the sequence needs a decode step for `*tok`. */
+static mc_status next_token(gen_seq *g, int i, const mc_generate_params *p, const int32_t *eos,
+                            int n_eos, int n_past, int n_ctx, int32_t *tok) {
+    float lp = 0.0f;
+    mc_stop_out so;
+    char piece[256];
+    size_t plen = 0;
+    int stop_cb;
+    mc_status s = mc_sampler_sample(g->sampler, g->logits, tok, &lp);
+    if (s != MC_OK) return s;
+    if (is_eos(p, eos, n_eos, *tok)) return finish(g, i, MC_STOP_EOS, p);
+    s = append_token(g, *tok);
+    if (s != MC_OK) return s;
+    so.text = "";
+    so.len = 0;
+    so.stopped = 0;
+    if (p->tokenizer) {
+        s = mc_tokenizer_token_bytes(p->tokenizer, *tok, piece, sizeof piece, &plen);
+        if (s != MC_OK) return s;
+        s = mc_stopper_push(&g->stopper, piece, plen, &so);
+        if (s == MC_OK && so.len) s = append_text(g, so.text, so.len);
+        if (s != MC_OK) return s;
+    }
+    stop_cb = p->on_token ? p->on_token(i, so.text, so.len, *tok, lp, p->user) : 0;
+    if (so.stopped) return finish(g, i, MC_STOP_STRING, p);
+    if (stop_cb) return finish(g, i, MC_STOP_CALLBACK, p);
+    if (g->out->n_tokens >= (size_t)p->max_tokens) return finish(g, i, MC_STOP_MAX_TOKENS, p);
+    if (n_past >= n_ctx) return finish(g, i, MC_STOP_CONTEXT_FULL, p);
+    return MC_OK;
+}
+
+/* Checks the parameters shared by single and batch generation. */
+static mc_status check_params(const mc_generate_params *p) {
+    int i;
+    if (p->max_tokens <= 0)
+        return mc_fail(MC_ERR_INVALID_ARG, "max_tokens must be > 0 (got %d)", p->max_tokens);
+    if (p->n_stop < 0 || p->n_eos < 0 || (p->n_stop > 0 && !p->stop) || (p->n_eos > 0 && !p->eos_ids))
+        return mc_fail(MC_ERR_INVALID_ARG, "stop strings or eos ids: count and array disagree");
+    if (p->n_stop > 0 && !p->tokenizer)
+        return mc_fail(MC_ERR_INVALID_ARG, "stop strings need a tokenizer to decode text");
+    for (i = 0; i < p->n_stop; i++)
+        if (!p->stop[i] || !p->stop[i][0])
+            return mc_fail(MC_ERR_INVALID_ARG, "stop string %d is empty", i);
+    return MC_OK;
+}
+
+static void seqs_free(gen_seq *g, int n) {
+    int i;
+    if (!g) return;
+    for (i = 0; i < n; i++) {
+        mc_sampler_free(g[i].sampler);
+        mc_stopper_free(&g[i].stopper);
+        mc_free(g[i].logits);
+    }
+    mc_free(g);
+}
+
+mc_status mc_generate_batch(mc_context *ctx, const int32_t *const *prompts, const size_t *n_prompt,
+                            int n, const mc_generate_params *params, mc_generation *results) {
+    mc_generate_params p = params ? *params : mc_generate_default_params();
+    gen_seq *g = NULL;
+    int *seqs = NULL, i, B, V, n_eos;
+    int32_t *step_ids = NULL;
+    float *step_logits = NULL;
+    const int32_t *eos;
+    mc_fwd *f;
+    double t0;
+    mc_status s;
+    if (!ctx || !prompts || !n_prompt || !results)
+        return mc_fail(MC_ERR_INVALID_ARG, "mc_generate: NULL argument");
+    f = ctx->fwd;
+    if (n <= 0 || n > f->n_seq)
+        return mc_fail(MC_ERR_INVALID_ARG, "%d prompts for a context of %d sequences", n, f->n_seq);
+    s = check_params(&p);
+    if (s != MC_OK) return s;
+    V = ctx->model->cfg.vocab_size;
+    eos = p.eos_ids ? p.eos_ids : ctx->model->cfg.eos_token_ids;
+    n_eos = p.eos_ids ? p.n_eos : ctx->model->cfg.n_eos;
+    for (i = 0; i < n; i++) {
+        if (!prompts[i] || n_prompt[i] == 0)
+            return mc_fail(MC_ERR_INVALID_ARG, "prompt %d is empty", i);
+        if (n_prompt[i] >= (size_t)f->n_ctx)
+            return mc_fail(MC_ERR_CONTEXT_FULL, "prompt %d has %zu tokens; the context holds %d "
+                           "positions, which leaves no room to generate", i, n_prompt[i], f->n_ctx);
+    }
+    g = mc_calloc((size_t)n, sizeof *g);
+    seqs = mc_calloc((size_t)n, sizeof *seqs);
+    step_ids = mc_calloc((size_t)n, sizeof *step_ids);
+    step_logits = mc_malloc((size_t)n * (size_t)V * sizeof *step_logits);
+    if (!g || !seqs || !step_ids || !step_logits) {
+        s = mc_fail(MC_ERR_OOM, "out of memory for generation state");
+        goto done;
+    }
+    for (i = 0; i < n; i++) {
+        mc_sampler_params sp = p.sampler;
+        memset(&results[i], 0, sizeof results[i]);
+        g[i].out = &results[i];
+        sp.seed += (uint64_t)i;
+        s = mc_sampler_create(&sp, V, &g[i].sampler);
+        if (s == MC_OK) s = mc_sampler_accept_prompt(g[i].sampler, prompts[i], n_prompt[i]);
+        if (s == MC_OK && p.tokenizer) s = mc_stopper_init(&g[i].stopper, p.stop, (size_t)p.n_stop);
+        if (s != MC_OK) goto done;
+        g[i].logits = mc_malloc((size_t)V * sizeof(float));
+        if (!g[i].logits) {
+            s = mc_fail(MC_ERR_OOM, "out of memory for logits");
+            goto done;
+        }
+    }
+    /* prefill each prompt in its own sequence */
+    for (i = 0; i < n; i++) {
+        t0 = mc_time_now();
+        mc_context_reset(ctx, i);
+        s = mc_context_decode(ctx, i, prompts[i], n_prompt[i], g[i].logits);
+        if (s != MC_OK) goto done;
+        results[i].prompt_tokens = n_prompt[i];
+        results[i].prefill_seconds = mc_time_now() - t0;
+        g[i].active = true;
+    }
+    /* sample, then one batched step for the sequences still running */
+    t0 = mc_time_now();
+    for (;;) {
+        B = 0;
+        for (i = 0; i < n; i++) {
+            if (!g[i].active) continue;
+            s = next_token(&g[i], i, &p, eos, n_eos, f->n_past[i], f->n_ctx, &step_ids[B]);
+            if (s != MC_OK) goto done;
+            if (g[i].active) seqs[B++] = i;
+        }
+        if (B == 0) break;
+        s = mc_fwd_step(f, seqs, step_ids, B, step_logits);
+        if (s != MC_OK) goto done;
+        for (i = 0; i < B; i++) results[seqs[i]].decode_steps++;
+        for (i = 0; i < B; i++)
+            memcpy(g[seqs[i]].logits, step_logits + (size_t)i * (size_t)V, (size_t)V * sizeof(float));
+    }
+    for (i = 0; i < n; i++) results[i].decode_seconds = mc_time_now() - t0;
+done:
+    if (s != MC_OK && g)
+        for (i = 0; i < n; i++) mc_generation_clear(&results[i]);
+    seqs_free(g, n);
+    mc_free(seqs);
+    mc_free(step_ids);
+    mc_free(step_logits);
+    return s;
+}
+
+mc_status mc_generate(mc_context *ctx, const int32_t *prompt, size_t n_prompt,
+                      const mc_generate_params *params, mc_generation *out) {
+    return mc_generate_batch(ctx, &prompt, &n_prompt, 1, params, out);
+}

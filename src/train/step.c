@@ -1,0 +1,405 @@
+/* step.c - forward and backward of one training micro-batch over the ops table.
+ *
+ * The decoder layer is a fixed sequence of ops; the forward keeps what the backward needs
+ * (or, with activation checkpointing, only each layer's input, recomputing the rest layer
+ * by layer in the backward pass). Base weights are frozen: only LoRA A/B get gradients,
+ * so the backward stops at the lowest adapted layer. Gradients accumulate (+=) into
+ * c->grads, scaled by grad_scale through the loss gradient. */
+#include "train.h"
+
+/* ---- buffers ---- */
+
+static void *act_alloc(mc_trainer_core *c, size_t rows, int width, bool *ok) {
+    size_t bytes;
+    void *p;
+    if (!mc_mul_ok(rows * (size_t)width, mc_dtype_size(c->m->be->act_dtype), &bytes)) {
+        *ok = false;
+        return NULL;
+    }
+    p = c->m->be->alloc(c->m->be, bytes);
+    if (!p) *ok = false;
+    return p;
+}
+
+static void acts_alloc(mc_trainer_core *c, mc_layer_acts *a, bool full, bool *ok) {
+    mc_dims d = mc_model_dims(c->m);
+    size_t N = (size_t)c->max_rows;
+    if (!full) return;
+    a->xn1 = act_alloc(c, N, d.D, ok);
+    a->q = act_alloc(c, N, d.q_dim, ok);
+    a->k = act_alloc(c, N, d.kv_dim, ok);
+    a->v = act_alloc(c, N, d.kv_dim, ok);
+    if (c->m->cfg.qk_norm) {
+        a->qn = act_alloc(c, N, d.q_dim, ok);
+        a->kn = act_alloc(c, N, d.kv_dim, ok);
+    }
+    a->att = act_alloc(c, N, d.q_dim, ok);
+    a->x_mid = act_alloc(c, N, d.D, ok);
+    a->xn2 = act_alloc(c, N, d.D, ok);
+    a->gate = act_alloc(c, N, d.F, ok);
+    a->up = act_alloc(c, N, d.F, ok);
+    a->h = act_alloc(c, N, d.F, ok);
+}
+
+static void acts_free(mc_backend *be, mc_layer_acts *a) {
+    void *p[13];
+    size_t i;
+    p[0] = a->x_in; p[1] = a->xn1; p[2] = a->q; p[3] = a->k; p[4] = a->v; p[5] = a->qn;
+    p[6] = a->kn; p[7] = a->att; p[8] = a->x_mid; p[9] = a->xn2; p[10] = a->gate; p[11] = a->up;
+    p[12] = a->h;
+    for (i = 0; i < 13; i++)
+        if (p[i]) be->free(be, p[i]);
+}
+
+mc_status mc_trainer_core_create(mc_model *m, mc_adapter *a, int max_rows, bool checkpointing,
+                                 mc_trainer_core **out) {
+    mc_dims d = mc_model_dims(m);
+    mc_backend *be = m->be;
+    mc_trainer_core *c;
+    size_t N = (size_t)max_rows, widest;
+    bool ok = true;
+    int l;
+    *out = NULL;
+    if (max_rows <= 0) return mc_fail(MC_ERR_INVALID_ARG, "training batch of %d rows", max_rows);
+    if (a->model != m) return mc_fail(MC_ERR_INVALID_ARG, "the adapter belongs to another model");
+    c = mc_calloc(1, sizeof *c);
+    if (!c) return mc_fail(MC_ERR_OOM, "out of memory for training state");
+    c->m = m;
+    c->a = a;
+    c->max_rows = max_rows;
+    c->checkpointing = checkpointing;
+    c->acts = mc_calloc((size_t)d.L, sizeof *c->acts);
+    if (!c->acts) ok = false;
+    for (l = 0; ok && l < d.L; l++) {
+        c->acts[l].x_in = act_alloc(c, N, d.D, &ok);
+        acts_alloc(c, &c->acts[l], !checkpointing, &ok);
+    }
+    acts_alloc(c, &c->work, checkpointing, &ok);
+    widest = (size_t)MC_MAX(MC_MAX(d.F, d.q_dim), d.D);
+    c->x_final = act_alloc(c, N, d.D, &ok);
+    c->h_final = act_alloc(c, N, d.D, &ok);
+    c->dx = act_alloc(c, N, d.D, &ok);
+    c->dtmp = act_alloc(c, N, d.D, &ok);
+    c->dq = act_alloc(c, N, d.q_dim, &ok);
+    c->dk = act_alloc(c, N, d.kv_dim, &ok);
+    c->dv = act_alloc(c, N, d.kv_dim, &ok);
+    c->dF1 = act_alloc(c, N, (int)widest, &ok);
+    c->dF2 = act_alloc(c, N, (int)widest, &ok);
+    c->drop_buf = act_alloc(c, N, (int)widest, &ok);
+    c->grads = be->alloc(be, MC_MAX(a->n_params, (size_t)1) * sizeof(float));
+    c->lora_tmp = be->alloc(be, N * (size_t)a->rank * sizeof(float));
+    c->lora_tmp2 = be->alloc(be, N * (size_t)a->rank * sizeof(float));
+    c->ids_dev = be->alloc(be, N * sizeof(int32_t));
+    c->tg_dev = be->alloc(be, N * sizeof(int32_t));
+    c->pos_dev = be->alloc(be, N * sizeof(int32_t));
+    if (!ok || !c->grads || !c->lora_tmp || !c->lora_tmp2 || !c->ids_dev || !c->tg_dev ||
+        !c->pos_dev) {
+        mc_trainer_core_free(c);
+        return mc_fail(MC_ERR_OOM, "out of memory for training activations (%d rows%s)", max_rows,
+                       checkpointing ? "" : "; try activation checkpointing");
+    }
+    be->zero(be, c->grads, a->n_params * sizeof(float));
+    *out = c;
+    return MC_OK;
+}
+
+void mc_trainer_core_free(mc_trainer_core *c) {
+    mc_backend *be;
+    void *p[13];
+    size_t i;
+    int l;
+    if (!c) return;
+    be = c->m->be;
+    if (c->acts)
+        for (l = 0; l < c->m->cfg.num_hidden_layers; l++) acts_free(be, &c->acts[l]);
+    acts_free(be, &c->work);
+    p[0] = c->x_final; p[1] = c->h_final; p[2] = c->dx; p[3] = c->dtmp; p[4] = c->dq;
+    p[5] = c->dk; p[6] = c->dv; p[7] = c->dF1; p[8] = c->dF2; p[9] = c->drop_buf;
+    p[10] = c->ids_dev; p[11] = c->tg_dev; p[12] = c->pos_dev;
+    for (i = 0; i < 13; i++)
+        if (p[i]) be->free(be, p[i]);
+    if (c->grads) be->free(be, c->grads);
+    if (c->lora_tmp) be->free(be, c->lora_tmp);
+    if (c->lora_tmp2) be->free(be, c->lora_tmp2);
+    mc_free(c->acts);
+    mc_free(c);
+}
+
+/* ---- LoRA pieces ---- */
+
+/* Dropout seed of projection (l, k) in this step. */
+static uint64_t drop_seed(const mc_trainer_core *c, int l, int k) {
+    uint64_t z = c->dropout_seed ^ ((uint64_t)(l + 1) << 32) ^ (uint64_t)(k + 1) * 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    return z ^ (z >> 27);
+}
+
+/* The LoRA input: dropout(x) in drop_buf while training with dropout, else x. */
+static const float *lora_input(mc_trainer_core *c, int l, int k, const void *x, int N, int in) {
+    mc_backend *be = c->m->be;
+    if (c->a->dropout <= 0) return (const float *)x;
+    be->dropout(be, c->drop_buf, x, (size_t)N * (size_t)in, c->a->dropout, drop_seed(c, l, k));
+    return (const float *)c->drop_buf;
+}
+
+/* y = x W^T + b (+ s * (dropout(x) A^T) B^T) for projection k of layer l over N rows. */
+static void proj_fwd(mc_trainer_core *c, int l, mc_lora_module k, void *y, const void *x, mc_wt w,
+                     mc_wt b, int N, int out, int in) {
+    mc_backend *be = c->m->be;
+    const mc_lora_mod *mod = mc_adapter_mod(c->a, l, k);
+    be->matmul(be, y, out, x, w, b, N, out, in);
+    if (mod) {
+        const float *xd = lora_input(c, l, (int)k, x, N, in);
+        mc_lora_apply(be, mod, c->a->rank, c->a->scale, y, out, xd, N, c->lora_tmp);
+    }
+}
+
+/* Backward of proj_fwd given dy [N, out]: dx_acc (+)= dy W (accumulate selects), and when
+ * adapted: gB += s dy^T (xd A^T); gA += (s dy B)^T xd; dx_acc += dropout'(s dy B A). */
+static void proj_bwd(mc_trainer_core *c, int l, mc_lora_module k, void *dx_acc, bool accumulate,
+                     const void *dy, const void *x, mc_wt w, int N, int out, int in) {
+    mc_backend *be = c->m->be;
+    const mc_lora_mod *mod = mc_adapter_mod(c->a, l, k);
+    const mc_adapter *a = c->a;
+    int r = a->rank;
+    float *gA, *gB, s = a->scale;
+    const float *xd;
+    be->matmul_dx(be, dx_acc, dy, w, N, out, in, accumulate);
+    if (!mod) return;
+    gA = c->grads + (mod->A - a->params);
+    gB = c->grads + (mod->B - a->params);
+    xd = lora_input(c, l, (int)k, x, N, in);
+    /* tmp = xd A^T [N, r]; gB [out, r] += s * dy^T tmp */
+    be->gemm_f32(be, false, true, N, r, in, 1.0f, xd, in, mod->A, in, 0.0f, c->lora_tmp, r);
+    be->gemm_f32(be, true, false, out, r, N, s, (const float *)dy, out, c->lora_tmp, r, 1.0f, gB, r);
+    /* tmp2 = s * dy B [N, r]; gA [r, in] += tmp2^T xd */
+    be->gemm_f32(be, false, false, N, r, out, s, (const float *)dy, out, mod->B, r, 0.0f,
+                 c->lora_tmp2, r);
+    be->gemm_f32(be, true, false, r, in, N, 1.0f, c->lora_tmp2, r, xd, in, 1.0f, gA, in);
+    if (a->dropout <= 0) {
+        be->gemm_f32(be, false, false, N, in, r, 1.0f, c->lora_tmp2, r, mod->A, in, 1.0f,
+                     (float *)dx_acc, in);
+    } else {
+        size_t n = (size_t)N * (size_t)in;
+        be->gemm_f32(be, false, false, N, in, r, 1.0f, c->lora_tmp2, r, mod->A, in, 0.0f,
+                     (float *)c->drop_buf, in);
+        be->dropout(be, c->drop_buf, c->drop_buf, n, a->dropout, drop_seed(c, l, (int)k));
+        be->add(be, dx_acc, c->drop_buf, n);
+    }
+}
+
+/* ---- layers ---- */
+
+/* Attention over every segment of the batch (positions restart in each). */
+static void attention_segments(mc_trainer_core *c, const mc_batch *b, void *att, const void *q,
+                               const void *k, const void *v) {
+    mc_backend *be = c->m->be;
+    mc_dims d = mc_model_dims(c->m);
+    int s;
+    for (s = 0; s < b->n_seg; s++) {
+        size_t r0 = (size_t)b->seg_start[s];
+        be->attention(be, mc_act_at(be, att, r0 * (size_t)d.q_dim),
+                      mc_act_at_c(be, q, r0 * (size_t)d.q_dim),
+                      mc_act_at_c(be, k, r0 * (size_t)d.kv_dim),
+                      mc_act_at_c(be, v, r0 * (size_t)d.kv_dim), b->seg_len[s], 0, d.Hq, d.Hkv,
+                      d.hd);
+    }
+}
+
+/* Forward of layer l from x_in into acts a (all but x_in) and x_out. */
+static void layer_fwd(mc_trainer_core *c, const mc_batch *b, int l, const void *x_in,
+                      mc_layer_acts *a, void *x_out) {
+    const mc_model *m = c->m;
+    mc_backend *be = m->be;
+    const mc_layer_w *w = &m->layers[l];
+    mc_dims d = mc_model_dims(m);
+    int N = b->N;
+    size_t nd = (size_t)N * (size_t)d.D;
+    float eps = (float)m->cfg.rms_norm_eps, theta = (float)m->cfg.rope_theta;
+    mc_wt none = {NULL, MC_F32};
+
+    be->rmsnorm(be, a->xn1, x_in, w->attn_norm, N, d.D, eps);
+    proj_fwd(c, l, MC_LM_Q, m->cfg.qk_norm ? a->qn : a->q, a->xn1, w->q_w, w->q_b, N, d.q_dim, d.D);
+    proj_fwd(c, l, MC_LM_K, m->cfg.qk_norm ? a->kn : a->k, a->xn1, w->k_w, w->k_b, N, d.kv_dim, d.D);
+    proj_fwd(c, l, MC_LM_V, a->v, a->xn1, w->v_w, w->v_b, N, d.kv_dim, d.D);
+    if (m->cfg.qk_norm) {
+        be->rmsnorm(be, a->q, a->qn, w->q_norm, N * d.Hq, d.hd, eps);
+        be->rmsnorm(be, a->k, a->kn, w->k_norm, N * d.Hkv, d.hd, eps);
+    }
+    be->rope(be, a->q, d.q_dim, c->pos_dev, N, d.Hq, d.hd, theta);
+    be->rope(be, a->k, d.kv_dim, c->pos_dev, N, d.Hkv, d.hd, theta);
+    attention_segments(c, b, a->att, a->q, a->k, a->v);
+    proj_fwd(c, l, MC_LM_O, c->dtmp, a->att, w->o_w, w->o_b, N, d.D, d.q_dim);
+    (void)be->copy(be, a->x_mid, x_in, nd * mc_dtype_size(be->act_dtype));
+    be->add(be, a->x_mid, c->dtmp, nd);
+
+    be->rmsnorm(be, a->xn2, a->x_mid, w->mlp_norm, N, d.D, eps);
+    proj_fwd(c, l, MC_LM_GATE, a->gate, a->xn2, w->gate_w, none, N, d.F, d.D);
+    proj_fwd(c, l, MC_LM_UP, a->up, a->xn2, w->up_w, none, N, d.F, d.D);
+    be->swiglu(be, a->h, a->gate, a->up, (size_t)N * (size_t)d.F);
+    proj_fwd(c, l, MC_LM_DOWN, c->dtmp, a->h, w->down_w, none, N, d.D, d.F);
+    (void)be->copy(be, x_out, a->x_mid, nd * mc_dtype_size(be->act_dtype));
+    be->add(be, x_out, c->dtmp, nd);
+}
+
+/* Backward of layer l: c->dx holds dL/dx_out on entry and dL/dx_in on return. */
+static void layer_bwd(mc_trainer_core *c, const mc_batch *b, int l, const void *x_in,
+                      const mc_layer_acts *a) {
+    const mc_model *m = c->m;
+    mc_backend *be = m->be;
+    const mc_layer_w *w = &m->layers[l];
+    mc_dims d = mc_model_dims(m);
+    int N = b->N, s;
+    float eps = (float)m->cfg.rms_norm_eps, theta = (float)m->cfg.rope_theta;
+    void *dh = c->dF1, *dup = c->dF2, *datt = c->dF1;
+
+    /* MLP: x_out = x_mid + down(h); h = silu(gate) * up; gate, up = proj(xn2) */
+    proj_bwd(c, l, MC_LM_DOWN, dh, false, c->dx, a->h, w->down_w, N, d.D, d.F);
+    be->swiglu_backward(be, dh, dup, dh, a->gate, a->up, (size_t)N * (size_t)d.F);
+    proj_bwd(c, l, MC_LM_GATE, c->dtmp, false, dh, a->xn2, w->gate_w, N, d.F, d.D);
+    proj_bwd(c, l, MC_LM_UP, c->dtmp, true, dup, a->xn2, w->up_w, N, d.F, d.D);
+    /* xn2 = rmsnorm(x_mid): dx_mid = dx_out + rmsnorm'(dxn2) */
+    be->rmsnorm_backward(be, c->dx, c->dtmp, a->x_mid, w->mlp_norm, N, d.D, eps);
+
+    /* attention: x_mid = x_in + o(att) */
+    proj_bwd(c, l, MC_LM_O, datt, false, c->dx, a->att, w->o_w, N, d.D, d.q_dim);
+    for (s = 0; s < b->n_seg; s++) {
+        size_t r0 = (size_t)b->seg_start[s];
+        be->attention_backward(be, mc_act_at(be, c->dq, r0 * (size_t)d.q_dim),
+                               mc_act_at(be, c->dk, r0 * (size_t)d.kv_dim),
+                               mc_act_at(be, c->dv, r0 * (size_t)d.kv_dim),
+                               mc_act_at_c(be, datt, r0 * (size_t)d.q_dim),
+                               mc_act_at_c(be, a->q, r0 * (size_t)d.q_dim),
+                               mc_act_at_c(be, a->k, r0 * (size_t)d.kv_dim),
+                               mc_act_at_c(be, a->v, r0 * (size_t)d.kv_dim), b->seg_len[s], d.Hq,
+                               d.Hkv, d.hd);
+    }
+    be->rope_backward(be, c->dq, d.q_dim, c->pos_dev, N, d.Hq, d.hd, theta);
+    be->rope_backward(be, c->dk, d.kv_dim, c->pos_dev, N, d.Hkv, d.hd, theta);
+    if (m->cfg.qk_norm) { /* q = rmsnorm_head(qn): dqn = rmsnorm'(dq), via zeroed scratch */
+        size_t qb = (size_t)N * (size_t)d.q_dim * mc_dtype_size(be->act_dtype);
+        size_t kb = (size_t)N * (size_t)d.kv_dim * mc_dtype_size(be->act_dtype);
+        be->zero(be, c->dF2, qb);
+        be->rmsnorm_backward(be, c->dF2, c->dq, a->qn, w->q_norm, N * d.Hq, d.hd, eps);
+        (void)be->copy(be, c->dq, c->dF2, qb);
+        be->zero(be, c->dF2, kb);
+        be->rmsnorm_backward(be, c->dF2, c->dk, a->kn, w->k_norm, N * d.Hkv, d.hd, eps);
+        (void)be->copy(be, c->dk, c->dF2, kb);
+    }
+    proj_bwd(c, l, MC_LM_Q, c->dtmp, false, c->dq, a->xn1, w->q_w, N, d.q_dim, d.D);
+    proj_bwd(c, l, MC_LM_K, c->dtmp, true, c->dk, a->xn1, w->k_w, N, d.kv_dim, d.D);
+    proj_bwd(c, l, MC_LM_V, c->dtmp, true, c->dv, a->xn1, w->v_w, N, d.kv_dim, d.D);
+    /* xn1 = rmsnorm(x_in): dx_in = dx_mid + rmsnorm'(dxn1) */
+    be->rmsnorm_backward(be, c->dx, c->dtmp, x_in, w->attn_norm, N, d.D, eps);
+}
+
+/* ---- the step ---- */
+
+mc_status mc_train_microbatch(mc_trainer_core *c, const mc_batch *b, float grad_scale,
+                              bool want_grad, double *loss_sum) {
+    mc_model *m = c->m;
+    mc_backend *be = m->be;
+    mc_dims d = mc_model_dims(m);
+    int N = b->N, l;
+    double loss = 0;
+    size_t ids_bytes = (size_t)N * sizeof(int32_t);
+    mc_status s;
+    if (N <= 0 || N > c->max_rows)
+        return mc_fail(MC_ERR_INVALID_ARG, "micro-batch of %d rows (capacity %d)", N, c->max_rows);
+    s = be->to_device(be, c->ids_dev, b->ids, ids_bytes);
+    if (s == MC_OK) s = be->to_device(be, c->tg_dev, b->targets, ids_bytes);
+    if (s == MC_OK) s = be->to_device(be, c->pos_dev, b->pos, ids_bytes);
+    if (s != MC_OK) return s;
+
+    be->embedding(be, c->acts[0].x_in, c->ids_dev, m->embed, N, d.D);
+    for (l = 0; l < d.L; l++) {
+        mc_layer_acts *a = c->checkpointing ? &c->work : &c->acts[l];
+        void *x_out = l + 1 < d.L ? c->acts[l + 1].x_in : c->x_final;
+        layer_fwd(c, b, l, c->acts[l].x_in, a, x_out);
+    }
+    be->rmsnorm(be, c->h_final, c->x_final, m->final_norm, N, d.D, (float)m->cfg.rms_norm_eps);
+    s = be->linear_xent(be, want_grad ? c->dtmp : NULL, &loss, c->h_final, m->lm_head, c->tg_dev,
+                        N, d.D, d.V, grad_scale);
+    if (s != MC_OK) return s;
+    if (!(loss == loss) || loss > 1e300)
+        return mc_fail(MC_ERR_NUMERIC, "the loss is %g (not finite)", loss);
+    *loss_sum += loss;
+    if (!want_grad) return be->sync ? be->sync(be) : MC_OK;
+
+    be->zero(be, c->dx, (size_t)N * (size_t)d.D * mc_dtype_size(be->act_dtype));
+    be->rmsnorm_backward(be, c->dx, c->dtmp, c->x_final, m->final_norm, N, d.D,
+                         (float)m->cfg.rms_norm_eps);
+    for (l = d.L - 1; l >= c->a->first_layer; l--) {
+        mc_layer_acts *a = &c->acts[l];
+        if (c->checkpointing) {
+            /* recompute this layer's activations; its output goes to scratch */
+            layer_fwd(c, b, l, c->acts[l].x_in, &c->work, c->h_final);
+            a = &c->work;
+        }
+        layer_bwd(c, b, l, c->acts[l].x_in, a);
+    }
+    return be->sync ? be->sync(be) : MC_OK;
+}
+
+/* ---- batches ---- */
+
+mc_status mc_batch_reserve(mc_batch *b, int rows, int segs) {
+    if (rows > b->cap_rows) {
+        int32_t *ids = mc_realloc(b->ids, (size_t)rows * sizeof *ids);
+        int32_t *tg, *pos;
+        if (!ids) return mc_fail(MC_ERR_OOM, "out of memory for a batch");
+        b->ids = ids;
+        tg = mc_realloc(b->targets, (size_t)rows * sizeof *tg);
+        if (!tg) return mc_fail(MC_ERR_OOM, "out of memory for a batch");
+        b->targets = tg;
+        pos = mc_realloc(b->pos, (size_t)rows * sizeof *pos);
+        if (!pos) return mc_fail(MC_ERR_OOM, "out of memory for a batch");
+        b->pos = pos;
+        b->cap_rows = rows;
+    }
+    if (segs > b->cap_seg) {
+        int *st = mc_realloc(b->seg_start, (size_t)segs * sizeof *st);
+        int *ln;
+        if (!st) return mc_fail(MC_ERR_OOM, "out of memory for a batch");
+        b->seg_start = st;
+        ln = mc_realloc(b->seg_len, (size_t)segs * sizeof *ln);
+        if (!ln) return mc_fail(MC_ERR_OOM, "out of memory for a batch");
+        b->seg_len = ln;
+        b->cap_seg = segs;
+    }
+    return MC_OK;
+}
+
+void mc_batch_clear(mc_batch *b) {
+    b->N = 0;
+    b->n_seg = 0;
+    b->n_targets = 0;
+}
+
+void mc_batch_free(mc_batch *b) {
+    mc_free(b->ids);
+    mc_free(b->targets);
+    mc_free(b->pos);
+    mc_free(b->seg_start);
+    mc_free(b->seg_len);
+    memset(b, 0, sizeof *b);
+}
+
+mc_status mc_batch_add(mc_batch *b, const int32_t *ids, const int32_t *tg, int n) {
+    int i;
+    mc_status s;
+    if (n <= 0) return MC_OK;
+    s = mc_batch_reserve(b, MC_MAX(b->N + n, 2 * b->cap_rows), MC_MAX(b->n_seg + 1, 2 * b->cap_seg));
+    if (s != MC_OK) return s;
+    b->seg_start[b->n_seg] = b->N;
+    b->seg_len[b->n_seg] = n;
+    b->n_seg++;
+    for (i = 0; i < n; i++) {
+        b->ids[b->N + i] = ids[i];
+        b->targets[b->N + i] = tg[i];
+        b->pos[b->N + i] = i;
+        if (tg[i] >= 0) b->n_targets++;
+    }
+    b->N += n;
+    return MC_OK;
+}

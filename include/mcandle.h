@@ -275,8 +275,9 @@ MC_API mc_status mc_adapter_fuse(const mc_model *model, const mc_adapter *adapte
  *   9. draw                 one uniform draw from the seeded RNG over what is left
  * This is the order of Hugging Face transformers' generate (bias, penalties, then the
  * temperature, top-k, top-p and min-p warpers). Tokens whose logit is -inf have
- * probability 0 and are never chosen. Sampling is exact (the same distribution as a full
- * sort of the vocabulary) but does not sort the vocabulary on every step.
+ * probability 0 and are never chosen. Each stage keeps exactly the set that a full sort
+ * of the vocabulary would give (up to the rounding of probability sums at the top-p
+ * boundary), without sorting the vocabulary: a step costs a few passes over the logits.
  * Same seed + same parameters + same logits -> the same tokens on every machine. */
 
 /** A sampler: parameters, token history for the penalties, scratch space and an RNG.

@@ -252,7 +252,185 @@ MC_API mc_status mc_adapter_fuse(const mc_model *model, const mc_adapter *adapte
 /* ------------------------------------------------------------------------------------ */
 /* Tokenizer                                                                             */
 /* ------------------------------------------------------------------------------------ */
-/* (tokenizer declarations go here) */
+/* A tokenizer turns UTF-8 text into token ids exactly as Hugging Face `tokenizers` does for
+ * the tokenizer.json it was loaded from, and back. Supported: the BPE model (merges as
+ * "a b" strings or [a, b] pairs, ignore_merges, unk_token/fuse_unk; no dropout, no
+ * byte_fallback, no continuing_subword_prefix/end_of_word_suffix), normalizers NFC, NFD,
+ * NFKC, NFKD and Sequence, pre-tokenizers Split (regex or string, every behaviour,
+ * invert), ByteLevel (add_prefix_space, use_regex) and Sequence, post-processors
+ * ByteLevel, TemplateProcessing (single sequence), BertProcessing, RobertaProcessing and
+ * Sequence, decoder ByteLevel or none, and added tokens with lstrip, rstrip, single_word,
+ * normalized and special. Anything else is refused with MC_ERR_UNSUPPORTED naming the
+ * component (Unigram, WordPiece, Lowercase, Metaspace, ...), never silently wrong ids.
+ *
+ * Pipeline of mc_tokenizer_encode, as in Hugging Face: added tokens are found in the raw
+ * text first (leftmost-longest), the rest is normalized, added tokens flagged
+ * "normalized" are found in the normalized text, the pre-tokenizer splits the remaining
+ * pieces, BPE encodes each piece, and the post-processor adds special tokens.
+ *
+ * Input text must be valid UTF-8: anything else fails with MC_ERR_UTF8 and a message
+ * "invalid UTF-8 at byte offset N" (N counted from the start of the text, the first byte
+ * of the offending sequence). Overlong forms, surrogates (U+D800..U+DFFF) and code points
+ * above U+10FFFF are invalid; NUL bytes are valid text.
+ *
+ * A loaded tokenizer is immutable apart from an internal cache and may be used from
+ * several threads at once. Strings it returns stay valid until mc_tokenizer_free. */
+
+/** A loaded tokenizer (tokenizer.json, plus tokenizer_config.json when present). */
+typedef struct mc_tokenizer mc_tokenizer;
+
+/** Loads a tokenizer. path is either a tokenizer.json file or a model folder holding
+ *  tokenizer.json (and then tokenizer_config.json too, when present: it supplies the
+ *  eos/bos/pad tokens and the chat template). Errors: MC_ERR_FILE_NOT_FOUND,
+ *  MC_ERR_JSON (malformed JSON, with the byte offset), MC_ERR_TOKENIZER (an inconsistent
+ *  file: missing or mistyped fields, duplicate ids, merges naming unknown tokens, ...),
+ *  MC_ERR_UNSUPPORTED (a component this library does not implement, named in the message).
+ *  On success *out owns the tokenizer. */
+MC_API mc_status mc_tokenizer_load(const char *path, mc_tokenizer **out);
+
+/** Loads tokenizer_json (a file) and, when config_json is not NULL, that
+ *  tokenizer_config.json file; otherwise as mc_tokenizer_load. */
+MC_API mc_status mc_tokenizer_load_files(const char *tokenizer_json, const char *config_json,
+                                         mc_tokenizer **out);
+
+/** Parses a tokenizer from memory: json[0..len) is the tokenizer.json text, config[0..
+ *  config_len) the tokenizer_config.json text (config may be NULL). name is used in
+ *  messages only. Errors as mc_tokenizer_load. */
+MC_API mc_status mc_tokenizer_parse(const char *json, size_t len, const char *config,
+                                    size_t config_len, const char *name, mc_tokenizer **out);
+
+/** Frees a tokenizer. NULL is a no-op. */
+MC_API void mc_tokenizer_free(mc_tokenizer *tok);
+
+/** Encodes text[0..len) into token ids. add_special != 0 lets the post-processor add its
+ *  special tokens (a BOS for Llama-3-style files; nothing for Qwen), as Hugging Face's
+ *  add_special_tokens=True. Added tokens written in the text (e.g. "<|im_start|>") are
+ *  always recognised, as in Hugging Face. ids[0..cap) receives the ids and *n_out how many
+ *  there are; when they do not fit, MC_ERR_BUFFER_TOO_SMALL is returned with *n_out = the
+ *  count needed (ids holds the first cap of them). ids may be NULL when cap == 0.
+ *  Errors: MC_ERR_UTF8 (offset in the message), MC_ERR_OOM. */
+MC_API mc_status mc_tokenizer_encode(const mc_tokenizer *tok, const char *text, size_t len,
+                                     int add_special, int32_t *ids, size_t cap, size_t *n_out);
+
+/** Decodes ids[0..n) into UTF-8 text, as Hugging Face's decode: byte-level tokens are
+ *  mapped back to bytes and any invalid UTF-8 that results (a token sequence cut inside a
+ *  character) is replaced by U+FFFD, one per maximal invalid subsequence. skip_special != 0
+ *  drops special added tokens. buf[0..cap) receives the text and a terminating NUL;
+ *  *len_out the text length (without the NUL). When buf is too small (cap < length + 1),
+ *  MC_ERR_BUFFER_TOO_SMALL is returned with *len_out = the length. buf may be NULL when
+ *  cap == 0. Errors: MC_ERR_TOKEN_ID for an id outside the vocabulary (the message gives
+ *  its position). */
+MC_API mc_status mc_tokenizer_decode(const mc_tokenizer *tok, const int32_t *ids, size_t n,
+                                     int skip_special, char *buf, size_t cap, size_t *len_out);
+
+/** Writes the bytes one token stands for (a byte-level token's raw bytes, which may be part
+ *  of a UTF-8 character; an added token's text) into buf[0..cap) and its length into
+ *  *len_out; a NUL follows when it fits. For streaming decoders that join pieces
+ *  themselves. MC_ERR_TOKEN_ID for an unknown id, MC_ERR_BUFFER_TOO_SMALL when cap < length
+ *  (*len_out = length). */
+MC_API mc_status mc_tokenizer_token_bytes(const mc_tokenizer *tok, int32_t id, char *buf,
+                                          size_t cap, size_t *len_out);
+
+/** Number of token ids: 1 + the largest id of the vocabulary and the added tokens
+ *  (151,669 for the Qwen tokenizer; a model's embedding may have more rows). */
+MC_API int32_t mc_tokenizer_vocab_size(const mc_tokenizer *tok);
+
+/** Id of a token given as it is spelled in tokenizer.json (byte-level form, e.g. "Ġthe",
+ *  or an added token such as "<|im_end|>"); -1 when there is none. */
+MC_API int32_t mc_tokenizer_token_to_id(const mc_tokenizer *tok, const char *token);
+
+/** Spelling of token id as in tokenizer.json (NUL-terminated, owned by the tokenizer);
+ *  NULL for an id outside the vocabulary. */
+MC_API const char *mc_tokenizer_id_to_token(const mc_tokenizer *tok, int32_t id);
+
+/** 1 when id is a special added token (skipped by decode with skip_special), else 0. */
+MC_API int mc_tokenizer_is_special(const mc_tokenizer *tok, int32_t id);
+
+/** Well-known tokens, for mc_tokenizer_special_id. */
+typedef enum mc_special_token {
+    MC_TOKEN_BOS = 0,        /**< tokenizer_config.json bos_token, else the post-processor's
+                                  single leading token; Qwen has none */
+    MC_TOKEN_EOS = 1,        /**< tokenizer_config.json eos_token, else <|endoftext|> */
+    MC_TOKEN_PAD = 2,        /**< tokenizer_config.json pad_token */
+    MC_TOKEN_ENDOFTEXT = 3,  /**< <|endoftext|> */
+    MC_TOKEN_IM_START = 4,   /**< <|im_start|> (ChatML) */
+    MC_TOKEN_IM_END = 5,     /**< <|im_end|> (ChatML) */
+    MC_TOKEN_FIM_PREFIX = 6, /**< <|fim_prefix|> */
+    MC_TOKEN_FIM_MIDDLE = 7, /**< <|fim_middle|> */
+    MC_TOKEN_FIM_SUFFIX = 8, /**< <|fim_suffix|> */
+    MC_TOKEN_FIM_PAD = 9,    /**< <|fim_pad|> */
+    MC_TOKEN_REPO_NAME = 10, /**< <|repo_name|> */
+    MC_TOKEN_FILE_SEP = 11   /**< <|file_sep|> */
+} mc_special_token;
+
+/** Id of a well-known token, or -1 when the tokenizer has none. */
+MC_API int32_t mc_tokenizer_special_id(const mc_tokenizer *tok, mc_special_token which);
+
+/** One chat message; both strings NUL-terminated UTF-8. */
+typedef struct mc_chat_message {
+    const char *role;    /**< "system", "user", "assistant" or "tool" */
+    const char *content; /**< message text */
+} mc_chat_message;
+
+/** Options for mc_chat_render. */
+typedef struct mc_chat_params {
+    const char *template_name; /**< NULL: the tokenizer's own chat template (from
+                                    tokenizer_config.json); or a name: "chatml" (plain
+                                    ChatML), "qwen2.5" (ChatML with Qwen2.5's default system
+                                    prompt and tool messages; also "qwen2.5-coder"), "qwen3"
+                                    (Qwen3's thinking format) */
+    int add_generation_prompt; /**< 1: end with "<|im_start|>assistant\n". Default 1 */
+    int enable_thinking;       /**< qwen3 only: 0 adds an empty think block after the
+                                    generation prompt. Default 1 */
+} mc_chat_params;
+
+/** Default chat parameters: the tokenizer's template, with a generation prompt. */
+MC_API mc_chat_params mc_chat_default_params(void);
+
+/** Name of the chat template style found in tokenizer_config.json ("qwen2.5", "qwen3",
+ *  "chatml"), or NULL when there is none or it is not of the ChatML family. A
+ *  "qwen2.5"-style template's default system prompt is read from the template itself. */
+MC_API const char *mc_tokenizer_chat_template(const mc_tokenizer *tok);
+
+/** Renders messages[0..n) as the prompt text the chat template produces (what
+ *  transformers' apply_chat_template(tokenize=False) returns), into buf[0..cap) with a
+ *  NUL; *len_out = its length. Qwen2.5 style: "<|im_start|>{role}\n{content}<|im_end|>\n"
+ *  per message, a default system message ("You are Qwen, created by Alibaba Cloud. You are
+ *  a helpful assistant.") when the first message is not a system one, and consecutive
+ *  "tool" messages grouped in one user turn; roles other than system, user, assistant and
+ *  tool are left out, as the template does. tok may be NULL when params->template_name is
+ *  set. Errors: MC_ERR_UNSUPPORTED when the tokenizer's template is not ChatML-family and
+ *  no name was given, MC_ERR_INVALID_ARG for an unknown name or a NULL role/content,
+ *  MC_ERR_BUFFER_TOO_SMALL as mc_tokenizer_decode. Encode the text with
+ *  mc_tokenizer_encode(add_special = 0) to get the prompt ids. */
+MC_API mc_status mc_chat_render(const mc_tokenizer *tok, const mc_chat_message *messages,
+                                size_t n, const mc_chat_params *params, char *buf, size_t cap,
+                                size_t *len_out);
+
+/** Builds a Qwen2.5-Coder fill-in-the-middle prompt,
+ *  "<|fim_prefix|>{prefix}<|fim_suffix|>{suffix}<|fim_middle|>", into buf[0..cap) with a
+ *  NUL; the model then generates the middle. tok may be NULL; otherwise
+ *  MC_ERR_UNSUPPORTED when it lacks the FIM tokens. MC_ERR_BUFFER_TOO_SMALL as
+ *  mc_tokenizer_decode. */
+MC_API mc_status mc_fim_render(const mc_tokenizer *tok, const char *prefix, const char *suffix,
+                               char *buf, size_t cap, size_t *len_out);
+
+/** One file of a repository-level prompt. */
+typedef struct mc_repo_file {
+    const char *path;    /**< file path as shown to the model */
+    const char *content; /**< file text */
+} mc_repo_file;
+
+/** Builds a Qwen2.5-Coder repository-level prompt:
+ *  "<|repo_name|>{repo}\n", then "<|file_sep|>{path}\n{content}\n" for each context file,
+ *  then "<|file_sep|>{path}\n" for the file being written, followed by prefix (plain
+ *  continuation) or, when suffix is not NULL, by
+ *  "<|fim_prefix|>{prefix}<|fim_suffix|>{suffix}<|fim_middle|>". Output and errors as
+ *  mc_fim_render (MC_ERR_UNSUPPORTED also when <|repo_name|>/<|file_sep|> are missing). */
+MC_API mc_status mc_fim_render_repo(const mc_tokenizer *tok, const char *repo,
+                                    const mc_repo_file *files, size_t n_files, const char *path,
+                                    const char *prefix, const char *suffix, char *buf,
+                                    size_t cap, size_t *len_out);
 
 /* ------------------------------------------------------------------------------------ */
 /* Sampling                                                                              */

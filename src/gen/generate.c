@@ -111,6 +111,10 @@ static mc_status next_token(gen_seq *g, int i, const mc_generate_params *p, cons
     so.stopped = 0;
     if (p->tokenizer) {
         s = mc_tokenizer_token_bytes(p->tokenizer, *tok, piece, sizeof piece, &plen);
+        if (s == MC_ERR_TOKEN_ID) { /* a padded-vocabulary id: no text */
+            plen = 0;
+            s = MC_OK;
+        }
         if (s != MC_OK) return s;
         s = mc_stopper_push(&g->stopper, piece, plen, &so);
         if (s == MC_OK && so.len) s = append_text(g, so.text, so.len);

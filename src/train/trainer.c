@@ -226,10 +226,6 @@ static mc_status save_checkpoint(run *r) {
         s = mc_fail(MC_ERR_OOM, "out of memory saving a checkpoint");
         goto done;
     }
-    if (mkdir(r->p->adapter_path, 0755) != 0 && !mc_path_is_dir(r->p->adapter_path)) {
-        s = mc_fail(MC_ERR_IO, "%s: cannot create the adapter folder", r->p->adapter_path);
-        goto done;
-    }
     memset(t, 0, sizeof t);
     s = be->to_host(be, host, r->a->params, bytes);
     if (s == MC_OK) s = be->to_host(be, host + n, r->opt.m, bytes);
@@ -497,6 +493,8 @@ static mc_status run_setup(run *r, int *total) {
                       : MC_OPT_ADAMW, r->a->n_params);
     if (s != MC_OK) return s;
     r->best_val = INFINITY;
+    if (mkdir(p->adapter_path, 0755) != 0 && !mc_path_is_dir(p->adapter_path))
+        return mc_fail(MC_ERR_IO, "%s: cannot create the adapter folder", p->adapter_path);
     if (p->resume_dir) {
         s = load_checkpoint(r, p->resume_dir);
         if (s != MC_OK) return s;

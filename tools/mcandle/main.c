@@ -13,6 +13,12 @@ typedef struct command {
 static const command k_commands[] = {
     {"info", cmd_info, "describe a checkpoint: architecture, sizes, parameters, memory"},
     {"eval", cmd_eval, "score token ids: logits and next-token loss"},
+    {"tokenize", cmd_tokenize, "text -> token ids (Hugging Face tokenizer.json parity)"},
+    {"detokenize", cmd_detokenize, "token ids -> text"},
+    {"fuse", cmd_fuse, "merge a LoRA adapter into its base model (Hugging Face checkpoint)"},
+    {"generate", cmd_generate, "generate text from a prompt (streaming)"},
+    {"train", cmd_train, "fine-tune a LoRA adapter on jsonl data"},
+    {"init", cmd_init, "write a random-weight checkpoint (presets of Qwen2.5-Coder sizes)"},
 };
 
 static void usage(FILE *f) {
@@ -25,7 +31,7 @@ static void usage(FILE *f) {
 int main(int argc, char **argv) {
     size_t i;
     if (argc < 2) {
-        usage(stderr);
+        fprintf(stderr, "mcandle: no command given (mcandle --help lists them)\n");
         return 2;
     }
     if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
@@ -38,7 +44,6 @@ int main(int argc, char **argv) {
     }
     for (i = 0; i < sizeof k_commands / sizeof k_commands[0]; i++)
         if (!strcmp(argv[1], k_commands[i].name)) return k_commands[i].run(argc - 1, argv + 1);
-    fprintf(stderr, "mcandle: unknown command '%s'\n", argv[1]);
-    usage(stderr);
+    fprintf(stderr, "mcandle: unknown command '%s' (mcandle --help lists them)\n", argv[1]);
     return 2;
 }

@@ -129,12 +129,13 @@ static mc_status parse_normalizer(mc_tokenizer *tok, const cJSON *j, int depth) 
 
 /* ---- pre-tokenizer ------------------------------------------------------------------------ */
 
-static mc_status add_step(mc_tokenizer *tok, mc_pretok_step **out) {
-    if (tok->n_steps >= MC_TOK_MAX_STEPS)
-        return tok_err(tok, "more than %d pre-tokenizers", MC_TOK_MAX_STEPS);
-    *out = &tok->steps[tok->n_steps++];
-    memset(*out, 0, sizeof **out);
-    return MC_OK;
+/* The next free step (zeroed), or NULL when all are used. */
+static mc_pretok_step *add_step(mc_tokenizer *tok) {
+    mc_pretok_step *st;
+    if (tok->n_steps >= MC_TOK_MAX_STEPS) return NULL;
+    st = &tok->steps[tok->n_steps++];
+    memset(st, 0, sizeof *st);
+    return st;
 }
 
 static mc_status note_captures(mc_tokenizer *tok, const pcre2_code *re) {
@@ -148,7 +149,7 @@ static mc_status parse_split(mc_tokenizer *tok, const cJSON *j) {
     static const char *const k_beh[] = {"Removed", "Isolated", "MergedWithPrevious",
                                         "MergedWithNext", "Contiguous"};
     const cJSON *pat = member(j, "pattern"), *beh = member(j, "behavior"), *p;
-    mc_pretok_step *st;
+    mc_pretok_step *st = NULL;
     bool literal;
     int b;
     mc_status s;
@@ -164,8 +165,8 @@ static mc_status parse_split(mc_tokenizer *tok, const cJSON *j) {
     for (b = 0; b < 5; b++)
         if (!strcmp(beh->valuestring, k_beh[b])) break;
     if (b == 5) return unsupported(tok, "Split behavior", beh->valuestring);
-    s = add_step(tok, &st);
-    if (s != MC_OK) return s;
+    st = add_step(tok);
+    if (!st) return tok_err(tok, "more than %d pre-tokenizers", MC_TOK_MAX_STEPS);
     st->kind = MC_PT_SPLIT;
     st->behavior = (mc_split_behavior)b;
     s = get_bool(tok, j, "invert", false, "Split", &st->invert);
@@ -192,10 +193,10 @@ static mc_status parse_pretok(mc_tokenizer *tok, const cJSON *j, int depth) {
     }
     if (!strcmp(type, "Split")) return parse_split(tok, j);
     if (!strcmp(type, "ByteLevel")) {
-        mc_pretok_step *st;
-        bool use_regex;
-        mc_status s = add_step(tok, &st);
-        if (s != MC_OK) return s;
+        mc_pretok_step *st = add_step(tok);
+        bool use_regex = true;
+        mc_status s;
+        if (!st) return tok_err(tok, "more than %d pre-tokenizers", MC_TOK_MAX_STEPS);
         st->kind = MC_PT_BYTELEVEL;
         s = get_bool(tok, j, "add_prefix_space", true, "ByteLevel", &st->add_prefix_space);
         if (s == MC_OK) s = get_bool(tok, j, "use_regex", true, "ByteLevel", &use_regex);
@@ -240,7 +241,7 @@ static mc_status check_model(mc_tokenizer *tok, const cJSON *m) {
 /* Sizes the id arrays from the largest id of the vocabulary and the added tokens. */
 static mc_status alloc_ids(mc_tokenizer *tok, const cJSON *vocab, const cJSON *added) {
     const cJSON *it;
-    int32_t max_id = -1, id;
+    int32_t max_id = -1, id = 0;
     size_t count = 0, limit;
     mc_status s;
     cJSON_ArrayForEach(it, vocab) {

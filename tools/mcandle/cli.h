@@ -11,6 +11,8 @@
 /* Subcommands: each returns the process exit code (0 ok, 1 runtime error, 2 usage). */
 int cmd_eval(int argc, char **argv);
 int cmd_info(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
+int cmd_detokenize(int argc, char **argv);
 
 /* Prints "mcandle <cmd>: <message>" (and the library's last error when s != MC_OK) to
  * stderr on one line; returns 1. */

@@ -1,0 +1,77 @@
+/* roofline.h - the machine's two ceilings, measured in the same run as a benchmark:
+ * memory read bandwidth (a 512 MiB buffer summed on all threads) and the f32 GEMM rate
+ * (OpenBLAS sgemm). Header-only, shared by the benchmark programs in bench/. */
+#ifndef MC_BENCH_ROOFLINE_H
+#define MC_BENCH_ROOFLINE_H
+
+#include <cblas.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "core/core.h"
+
+void openblas_set_num_threads(int num_threads);
+
+/* Sum of p[0..n) with independent accumulators (vectorised by the compiler at -O2). */
+static inline uint64_t roofline_sum(const uint64_t *p, size_t n) {
+    uint64_t s[8] = {0};
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (size_t j = 0; j < 8; j++) s[j] += p[i + j];
+    for (; i < n; i++) s[0] += p[i];
+    return s[0] + s[1] + s[2] + s[3] + s[4] + s[5] + s[6] + s[7];
+}
+
+static volatile uint64_t roofline_sink;
+
+/* Best read bandwidth in bytes/s over `rounds` passes of a 512 MiB buffer on nt threads. */
+static inline double roofline_bandwidth(int nt, int rounds) {
+    size_t n = ((size_t)512 << 20) / sizeof(uint64_t);
+    uint64_t *buf = mc_aligned_alloc(n * sizeof(uint64_t));
+    double best = 0;
+    if (!buf) return 0;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (size_t i = 0; i < n; i++) buf[i] = i; /* first touch on the reading threads */
+    for (int r = 0; r < rounds; r++) {
+        double t = mc_time_now();
+        uint64_t total = 0;
+#pragma omp parallel num_threads(nt) reduction(+ : total)
+        {
+            size_t T = (size_t)omp_get_num_threads(), id = (size_t)omp_get_thread_num();
+            total += roofline_sum(buf + n * id / T, n * (id + 1) / T - n * id / T);
+        }
+        t = mc_time_now() - t;
+        roofline_sink += total;
+        if ((double)n * sizeof(uint64_t) / t > best) best = (double)n * sizeof(uint64_t) / t;
+    }
+    mc_aligned_free(buf);
+    return best;
+}
+
+/* Best FLOP/s of out[M, N] = x[M, K] W[N, K]^T with OpenBLAS sgemm on nt threads. */
+static inline double roofline_sgemm(int M, int N, int K, int nt, int rounds) {
+    float *x = mc_aligned_alloc((size_t)M * (size_t)K * sizeof(float));
+    float *w = mc_aligned_alloc((size_t)N * (size_t)K * sizeof(float));
+    float *o = mc_aligned_alloc((size_t)M * (size_t)N * sizeof(float));
+    double best = 0;
+    mc_rng rng;
+    if (!x || !w || !o) goto done;
+    mc_rng_seed(&rng, 1);
+    for (size_t i = 0; i < (size_t)M * (size_t)K; i++) x[i] = (float)mc_rng_uniform(&rng) - 0.5f;
+    for (size_t i = 0; i < (size_t)N * (size_t)K; i++) w[i] = (float)mc_rng_uniform(&rng) - 0.5f;
+    openblas_set_num_threads(nt);
+    for (int r = 0; r < rounds; r++) {
+        double t = mc_time_now();
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, x, K, w, K, 0.0f, o, N);
+        t = mc_time_now() - t;
+        if (2.0 * M * N * K / t > best) best = 2.0 * M * N * K / t;
+    }
+done:
+    mc_aligned_free(x);
+    mc_aligned_free(w);
+    mc_aligned_free(o);
+    return best;
+}
+
+#endif /* MC_BENCH_ROOFLINE_H */

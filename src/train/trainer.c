@@ -476,6 +476,22 @@ static void run_free(run *r) {
     if (r->log) fclose(r->log);
 }
 
+/* Most token rows one micro-batch can hold: batch_size of the longest examples, or the
+ * packing budget (activations are sized by this, not by max_seq_length alone). */
+static int max_batch_rows(const run *r) {
+    size_t longest = 2, i, rows;
+    const mc_dataset *sets[3];
+    int k;
+    sets[0] = &r->train;
+    sets[1] = &r->valid;
+    sets[2] = &r->test;
+    for (k = 0; k < 3; k++)
+        for (i = 0; i < sets[k]->n; i++) longest = MC_MAX(longest, (size_t)sets[k]->ex[i].n);
+    longest = MC_MIN(longest, (size_t)r->p->max_seq_length);
+    rows = (size_t)r->p->batch_size * (r->p->pack ? (size_t)r->p->max_seq_length : longest);
+    return (int)MC_MIN(rows, (size_t)INT32_MAX / 2);
+}
+
 /* Sets up data, state and (when resuming) the checkpoint; computes the step count. */
 static mc_status run_setup(run *r, int *total) {
     const mc_train_params *p = r->p;
@@ -486,8 +502,7 @@ static mc_status run_setup(run *r, int *total) {
     if (!r->order || !r->mb) return mc_fail(MC_ERR_OOM, "out of memory for the data order");
     mc_dataset_order(r->order, r->train.n, p->seed, 0, p->shuffle != 0);
     *total = p->iters > 0 ? p->iters : steps_per_epoch(r) * p->epochs;
-    s = mc_trainer_core_create(r->m, r->a, p->batch_size * p->max_seq_length,
-                               p->grad_checkpoint != 0, &r->core);
+    s = mc_trainer_core_create(r->m, r->a, max_batch_rows(r), p->grad_checkpoint != 0, &r->core);
     if (s != MC_OK) return s;
     s = mc_optim_init(&r->opt, r->m->be, p->optimizer && !strcmp(p->optimizer, "sgd") ? MC_OPT_SGD
                       : MC_OPT_ADAMW, r->a->n_params);

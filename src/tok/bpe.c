@@ -152,6 +152,10 @@ static void cache_release(mc_bpe_cache *c) {
     mc_free(c->n_ids);
     mc_free(c->keys);
     mc_free(c->ids);
+    c->slots = c->hashes = c->key_off = c->ids_off = NULL;
+    c->key_len = c->n_ids = NULL;
+    c->keys = NULL;
+    c->ids = NULL;
     c->ready = false;
 }
 

@@ -431,6 +431,7 @@ static mc_status add_ids(const mc_tokenizer *tok, int32_t **arr, size_t *n, cons
                          size_t k, bool front) {
     int32_t *p;
     size_t i;
+    if (k == 0) return MC_OK;
     for (i = 0; i < k; i++)
         if (ids[i] < 0 || ids[i] >= tok->n_ids || !(tok->flags[ids[i]] & MC_TF_PRESENT))
             return tok_err(tok, "post_processor uses token id %d, which is not in the vocabulary",
@@ -527,12 +528,15 @@ static mc_status parse_post(mc_tokenizer *tok, const cJSON *j, int depth) {
 
 /* Precomputes the bytes each id decodes to (Hugging Face's ByteLevel decoder: a token
  * whose characters are all in the byte alphabet gives those bytes, any other token its
- * UTF-8 spelling). */
+ * UTF-8 text). An added token flagged normalized decodes from its normalized text, as in
+ * Hugging Face. */
 static mc_status build_decode(mc_tokenizer *tok, const cJSON *dec) {
     const char *type = type_of(dec);
     bool byte_level = false;
     mc_buf out = {0};
+    uint32_t *norm_of = NULL; /* [n_ids] 1 + index of a normalized added token, or 0 */
     int32_t id;
+    size_t k;
     mc_status s = MC_OK;
     if (dec && !cJSON_IsNull(dec)) {
         if (!cJSON_IsObject(dec) || !type) return tok_err(tok, "decoder must be an object with a type");
@@ -541,10 +545,17 @@ static mc_status build_decode(mc_tokenizer *tok, const cJSON *dec) {
     }
     tok->dec_join_space = !byte_level;
     tok->dec_off = mc_malloc(((size_t)tok->n_ids + 1) * sizeof *tok->dec_off);
-    if (!tok->dec_off) return mc_fail(MC_ERR_OOM, "%s: out of memory", tok->name);
+    norm_of = mc_calloc((size_t)tok->n_ids, sizeof *norm_of);
+    if (!tok->dec_off || !norm_of) {
+        mc_free(norm_of);
+        return mc_fail(MC_ERR_OOM, "%s: out of memory", tok->name);
+    }
+    for (k = 0; k < tok->n_added; k++)
+        if (tok->added[k].normalized) norm_of[tok->added[k].id] = (uint32_t)k + 1;
     for (id = 0; id < tok->n_ids && s == MC_OK; id++) {
-        const uint8_t *p = (const uint8_t *)mc_tok_str(tok, id);
-        size_t len = tok->tok_len[id], i = 0, start = out.n;
+        const mc_added_tok *t = norm_of[id] ? &tok->added[norm_of[id] - 1] : NULL;
+        const uint8_t *p = (const uint8_t *)(t ? tok->strs + t->off : mc_tok_str(tok, id));
+        size_t len = t ? t->len : tok->tok_len[id], i = 0, start = out.n;
         bool mapped = byte_level && mc_utf8_check(p, len) == len;
         if (out.n > UINT32_MAX - 4 * (size_t)len) {
             s = tok_err(tok, "decoded vocabulary exceeds 4 GiB");
@@ -568,6 +579,7 @@ static mc_status build_decode(mc_tokenizer *tok, const cJSON *dec) {
     }
     tok->dec_off[tok->n_ids] = (uint32_t)out.n;
     tok->dec = out.p;
+    mc_free(norm_of);
     return s;
 }
 

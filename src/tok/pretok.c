@@ -130,7 +130,7 @@ mc_status mc_regex_compile(const char *pattern, size_t len, bool literal, const 
     re = pcre2_compile((PCRE2_SPTR)b.p, b.n - 1, opts, &err, &erroff, cc);
     if (!re) {
         PCRE2_UCHAR msg[160];
-        if (err == PCRE2_ERROR_HEAPLIMIT || err == PCRE2_ERROR_NOMEMORY) {
+        if (err == PCRE2_ERROR_HEAP_FAILED || err == PCRE2_ERROR_HEAPLIMIT || err == PCRE2_ERROR_NOMEMORY) {
             s = mc_fail(MC_ERR_OOM, "%s: out of memory compiling a regex", what);
             goto done;
         }

@@ -16,7 +16,7 @@
 #include "tok/tok_internal.h"
 
 /* Reads a whole file into a NUL-terminated heap buffer (free()); NULL on failure. */
-static char *tt_read(const char *path, size_t *len) {
+static inline char *tt_read(const char *path, size_t *len) {
     FILE *f = fopen(path, "rb");
     char *buf = NULL;
     long n;
@@ -38,7 +38,7 @@ static char *tt_read(const char *path, size_t *len) {
 
 /* Splits buf into lines in place (each NUL-terminated); returns the count, *lines is a
  * heap array (free()). */
-static size_t tt_lines(char *buf, char ***lines) {
+static inline size_t tt_lines(char *buf, char ***lines) {
     size_t n = 0, cap = 64;
     char *p = buf;
     *lines = malloc(cap * sizeof **lines);
@@ -60,7 +60,7 @@ static size_t tt_lines(char *buf, char ***lines) {
 
 /* The string value of top-level key in a JSON line, with its exact bytes (NUL allowed),
  * in a heap buffer (free()); NULL when absent. */
-static char *tt_field(const char *line, const char *key, size_t *len) {
+static inline char *tt_field(const char *line, const char *key, size_t *len) {
     char pat[64];
     const char *p;
     mc_buf b = {0};
@@ -86,7 +86,7 @@ static char *tt_field(const char *line, const char *key, size_t *len) {
 }
 
 /* Copies a JSON array of integers into a heap array (free()). */
-static int32_t *tt_ids(const cJSON *arr, size_t *n) {
+static inline int32_t *tt_ids(const cJSON *arr, size_t *n) {
     size_t k = (size_t)cJSON_GetArraySize(arr), i = 0;
     int32_t *ids = malloc((k ? k : 1) * sizeof *ids);
     const cJSON *it;
@@ -96,7 +96,7 @@ static int32_t *tt_ids(const cJSON *arr, size_t *n) {
 }
 
 /* Encodes text and returns a heap array of ids (free()); NULL on error (printed). */
-static int32_t *tt_encode(const mc_tokenizer *tok, const char *text, size_t len, int add_special,
+static inline int32_t *tt_encode(const mc_tokenizer *tok, const char *text, size_t len, int add_special,
                           size_t *n) {
     size_t cap = len + 16;
     int32_t *ids = malloc(cap * sizeof *ids);
@@ -115,7 +115,7 @@ static int32_t *tt_encode(const mc_tokenizer *tok, const char *text, size_t len,
 }
 
 /* Decodes ids into a heap string (free()); NULL on error (printed). */
-static char *tt_decode(const mc_tokenizer *tok, const int32_t *ids, size_t n, int skip,
+static inline char *tt_decode(const mc_tokenizer *tok, const int32_t *ids, size_t n, int skip,
                        size_t *len) {
     size_t cap = 0;
     char *buf;
@@ -136,7 +136,7 @@ static char *tt_decode(const mc_tokenizer *tok, const int32_t *ids, size_t n, in
 }
 
 /* Prints a text escaped on one line (at most 160 bytes). */
-static void tt_print_text(const char *label, const char *s, size_t n) {
+static inline void tt_print_text(const char *label, const char *s, size_t n) {
     size_t i;
     fprintf(stderr, "  %s (%zu bytes): \"", label, n);
     for (i = 0; i < n && i < 160; i++) {
@@ -150,7 +150,7 @@ static void tt_print_text(const char *label, const char *s, size_t n) {
 
 /* Compares id lists; on a difference prints the first differing position with some
  * context. Returns 1 when equal. */
-static int tt_same_ids(const char *what, const char *text, size_t text_len, const int32_t *got,
+static inline int tt_same_ids(const char *what, const char *text, size_t text_len, const int32_t *got,
                        size_t n_got, const int32_t *want, size_t n_want) {
     size_t i = 0, k;
     while (i < n_got && i < n_want && got[i] == want[i]) i++;
@@ -167,7 +167,7 @@ static int tt_same_ids(const char *what, const char *text, size_t text_len, cons
 }
 
 /* Folder of the real tokenizer, or NULL when it is not there. */
-static const char *tt_tokenizer_dir(void) {
+static inline const char *tt_tokenizer_dir(void) {
     static char buf[4096];
     const char *env = getenv("MC_TOKENIZER_DIR");
     const char *home = getenv("HOME");

@@ -220,9 +220,10 @@ static bool cache_get(mc_enc *e, const uint8_t *p, size_t len, uint32_t h, size_
             return false;
         }
         if (c->hashes[i] == h) {
-            uint32_t en = s - 1, k;
+            uint32_t en = s - 1;
             if (c->key_len[en] == len && memcmp(c->keys + c->key_off[en], p, len) == 0) {
                 const int32_t *ids = c->ids + c->ids_off[en];
+                uint32_t k;
                 for (k = 0; k < c->n_ids[en]; k++) mc_enc_emit(e, ids[k]);
                 return true;
             }

@@ -324,7 +324,7 @@ static mc_status read_added(mc_tokenizer *tok, const cJSON *added) {
     cJSON_ArrayForEach(it, added) {
         const cJSON *c = member(it, "content");
         mc_added_tok *t = &tok->added[tok->n_added];
-        int32_t id = (int32_t)member(it, "id")->valuedouble, other;
+        int32_t id = (int32_t)member(it, "id")->valuedouble;
         mc_status s;
         if (!cJSON_IsString(c) || !c->valuestring[0])
             return tok_err(tok, "added token %d needs a non-empty 'content' string", id);
@@ -341,6 +341,7 @@ static mc_status read_added(mc_tokenizer *tok, const cJSON *added) {
                 return tok_err(tok, "added token '%s' has id %d, which '%s' already has",
                               c->valuestring, id, mc_tok_str(tok, id));
         } else {
+            int32_t other;
             s = mc_tok_add_str(tok, c->valuestring, strlen(c->valuestring), &tok->tok_off[id]);
             if (s != MC_OK) return s;
             tok->tok_len[id] = (uint32_t)strlen(c->valuestring);
@@ -472,12 +473,12 @@ static mc_status parse_template(mc_tokenizer *tok, const cJSON *j, int32_t **pre
             continue;
         }
         name = sp ? member(sp, "id") : NULL;
-        if (!cJSON_IsString(name)) return tok_err(tok, "TemplateProcessing piece must be SpecialToken or Sequence");
+        if (!name || !cJSON_IsString(name)) return tok_err(tok, "TemplateProcessing piece must be SpecialToken or Sequence");
         ids = member(member(specials, name->valuestring), "ids");
         if (!cJSON_IsArray(ids))
             return tok_err(tok, "TemplateProcessing names unknown special token '%s'", name->valuestring);
         cJSON_ArrayForEach(x, ids) {
-            int32_t id;
+            int32_t id = 0;
             s = get_id(tok, x, "TemplateProcessing", &id);
             if (s == MC_OK) s = seqs ? add_ids(tok, post, n_post, &id, 1, false)
                                      : add_ids(tok, pre, n_pre, &id, 1, false);
@@ -689,10 +690,10 @@ mc_status mc_tok_parse_config(mc_tokenizer *tok, const char *json, size_t len) {
     tmpl = member(root, "chat_template");
     if (cJSON_IsArray(tmpl)) {
         /* [{"name": "default", "template": "..."}, ...]: the default one, else the first. */
-        const cJSON *it, *pick = NULL;
+        const cJSON *it, *pick = tmpl->child;
         cJSON_ArrayForEach(it, tmpl) {
             const cJSON *name = member(it, "name");
-            if (!pick || (cJSON_IsString(name) && !strcmp(name->valuestring, "default"))) pick = it;
+            if (cJSON_IsString(name) && !strcmp(name->valuestring, "default")) pick = it;
         }
         tmpl = pick ? member(pick, "template") : NULL;
     }

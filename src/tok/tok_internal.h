@@ -310,7 +310,7 @@ typedef struct mc_out {
 } mc_out;
 
 static inline void mc_out_put(mc_out *o, const char *s, size_t len) {
-    if (o->n + len <= o->cap && len) memcpy(o->buf + o->n, s, len);
+    if (o->buf && len && o->n + len <= o->cap) memcpy(o->buf + o->n, s, len);
     o->n += len;
 }
 static inline void mc_out_puts(mc_out *o, const char *s) { mc_out_put(o, s, strlen(s)); }

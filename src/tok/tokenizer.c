@@ -183,7 +183,7 @@ mc_status mc_tokenizer_decode(const mc_tokenizer *tok, const int32_t *ids, size_
     if (s != MC_OK) goto done;
     len = mc_utf8_lossy(raw.p, raw.n, (uint8_t *)buf, cap);
     *len_out = len;
-    if (len + 1 > cap) {
+    if (!buf || len + 1 > cap) {
         s = mc_fail(MC_ERR_BUFFER_TOO_SMALL, "decoded text of %zu bytes does not fit a buffer of %zu",
                     len, cap);
         goto done;

@@ -538,6 +538,49 @@ static void test_long_inputs_and_cache(void) {
     free(j);
 }
 
+/* Oniguruma escapes rewritten for PCRE2 (\\uHHHH, \\h, \\w in a class, POSIX classes), and
+ * a regex that exhausts PCRE2's match limit: a clean error, not a hang. */
+static void test_regex_translation(void) {
+    static const struct {
+        const char *regex, *behavior, *text;
+        size_t n_ids;
+        mc_status want;
+    } cases[] = {
+        {"\\\\u0078", "Removed", "axbxc", 3, MC_OK},           /* \u0078 = x */
+        {"[[:digit:]]+", "Removed", "a12b345c", 3, MC_OK},
+        {"\\\\h+", "Removed", "zz0fz", 3, MC_OK},                /* \h = hex digit: "zz", "z" */
+        {"[\\\\w]+", "Removed", "ab, c", 2, MC_OK},              /* ", " is left */
+        {"\\\\W", "Removed", "a,b", 2, MC_OK},
+        {"(x+x+)+y", "Isolated", "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxz y", 0, MC_ERR_UNSUPPORTED},
+    };
+    size_t i;
+    for (i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char top[512];
+        char *j;
+        mc_tokenizer *tok = NULL;
+        int32_t ids[64];
+        size_t n = 0;
+        snprintf(top, sizeof top,
+                 ",\"pre_tokenizer\":{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Split\","
+                 "\"pattern\":{\"Regex\":\"%s\"},\"behavior\":\"%s\"},{\"type\":\"ByteLevel\","
+                 "\"use_regex\":false,\"add_prefix_space\":false}]}" BL_DEC,
+                 cases[i].regex, cases[i].behavior);
+        j = mini_json(top, "", "[]");
+        CHECK_OK(parse(j, &tok));
+        if (tok) {
+            mc_status s = mc_tokenizer_encode(tok, cases[i].text, strlen(cases[i].text), 1, ids, 64, &n);
+            CHECK_STATUS(s, cases[i].want);
+            if (s == MC_OK && n != cases[i].n_ids) {
+                fprintf(stderr, "regex %s on %s: %zu ids, expected %zu\n", cases[i].regex,
+                        cases[i].text, n, cases[i].n_ids);
+                t_checks_failed++;
+            }
+        }
+        mc_tokenizer_free(tok);
+        free(j);
+    }
+}
+
 /* ---- concurrency ------------------------------------------------------------------------- */
 
 typedef struct worker {
@@ -757,6 +800,7 @@ int main(void) {
     RUN(test_buffers_and_lookups);
     RUN(test_utf8_helpers);
     RUN(test_long_inputs_and_cache);
+    RUN(test_regex_translation);
     RUN(test_threads);
     RUN(test_alloc_failures);
     RUN(test_chat_templates);

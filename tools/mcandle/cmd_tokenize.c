@@ -320,11 +320,11 @@ static int parse_args(const char *cmd, int argc, char **argv, tok_args *a, int r
 
 static int tokenize_jsonl(const mc_tokenizer *tok, int special) {
     char *line = NULL;
-    size_t line_cap = 0, lineno = 0, cap = 0, n = 0;
-    int32_t *ids = NULL;
+    size_t line_cap = 0, lineno = 0, cap = 256, n = 0;
+    int32_t *ids = malloc(cap * sizeof *ids);
     int rc = 0;
-    ssize_t got;
-    while ((got = getline(&line, &line_cap, stdin)) >= 0) {
+    if (!ids) return cli_fail("tokenize", MC_OK, "out of memory");
+    while (getline(&line, &line_cap, stdin) >= 0) {
         char *text = NULL;
         size_t len = 0;
         const char *why = NULL;
@@ -351,7 +351,7 @@ int cmd_tokenize(int argc, char **argv) {
     tok_args a;
     mc_tokenizer *tok = NULL;
     int32_t *ids = NULL;
-    size_t cap = 0, n = 0;
+    size_t cap = 256, n = 0;
     int rc = 0;
     mc_status s;
     if (parse_args("tokenize", argc, argv, &a, &rc) != 0) return rc;
@@ -362,7 +362,10 @@ int cmd_tokenize(int argc, char **argv) {
     } else {
         size_t len = 0;
         char *data = a.file ? read_file(a.file, &len) : NULL;
-        if (a.file && !data) {
+        ids = malloc(cap * sizeof *ids);
+        if (!ids) {
+            rc = cli_fail("tokenize", MC_OK, "out of memory");
+        } else if (a.file && !data) {
             rc = cli_fail("tokenize", MC_OK, "cannot read %s", a.file);
         } else {
             const char *text = a.file ? data : a.text;
@@ -379,11 +382,12 @@ int cmd_tokenize(int argc, char **argv) {
 }
 
 static int detokenize_jsonl(const mc_tokenizer *tok, int skip) {
-    char *line = NULL, *text = NULL;
-    size_t line_cap = 0, lineno = 0, cap = 0, len = 0;
+    char *line = NULL;
+    size_t line_cap = 0, lineno = 0, cap = 1024, len = 0;
+    char *text = malloc(cap);
     int rc = 0;
-    ssize_t got;
-    while ((got = getline(&line, &line_cap, stdin)) >= 0) {
+    if (!text) return cli_fail("detokenize", MC_OK, "out of memory");
+    while (getline(&line, &line_cap, stdin) >= 0) {
         int32_t *ids = NULL;
         size_t n = 0;
         const char *why = NULL;
@@ -418,9 +422,11 @@ int cmd_detokenize(int argc, char **argv) {
         rc = detokenize_jsonl(tok, a.skip_special);
     } else {
         int32_t *ids = NULL;
-        size_t n = 0, cap = 0, len = 0;
-        char *text = NULL;
-        if (cli_parse_ids(a.ids, &ids, &n) != 0) {
+        size_t n = 0, cap = 1024, len = 0;
+        char *text = malloc(cap);
+        if (!text) {
+            rc = cli_fail("detokenize", MC_OK, "out of memory");
+        } else if (cli_parse_ids(a.ids, &ids, &n) != 0) {
             rc = cli_usage_error("detokenize", "--ids must be comma-separated ids, e.g. 1,2,3");
         } else {
             s = decode(tok, ids, n, a.skip_special, &text, &cap, &len);

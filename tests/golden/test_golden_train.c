@@ -19,9 +19,12 @@ static int record(const mc_train_progress *p, void *user) {
     return 0;
 }
 
+static char g_train_data[1024];
+
 static mc_train_params base_params(const char *out, loss_log *log) {
     mc_train_params p = mc_train_default_params();
-    p.train_path = t_src("tests/fixtures/peft/train_data");
+    snprintf(g_train_data, sizeof g_train_data, "%s", t_src("tests/fixtures/peft/train_data"));
+    p.train_path = g_train_data;
     p.adapter_path = out;
     p.batch_size = 2;
     p.iters = 5;

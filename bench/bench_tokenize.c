@@ -72,11 +72,16 @@ int main(int argc, char **argv) {
     mc_tokenizer *tok = NULL;
     mc_status s;
     for (i = 1; i < (size_t)argc; i++) {
-        if (!strcmp(argv[i], "--tokenizer") && i + 1 < (size_t)argc) tok_path = argv[++i];
-        else if (!strcmp(argv[i], "--corpus") && i + 1 < (size_t)argc) corpus = argv[++i];
-        else if (!strcmp(argv[i], "--chunk") && i + 1 < (size_t)argc) chunk = (size_t)atol(argv[++i]);
-        else if (!strcmp(argv[i], "--repeat") && i + 1 < (size_t)argc) repeat = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--digests") && i + 1 < (size_t)argc) digests = argv[++i];
+        if (!strcmp(argv[i], "--tokenizer") && i + 1 < (size_t)argc)
+            tok_path = argv[++i];
+        else if (!strcmp(argv[i], "--corpus") && i + 1 < (size_t)argc)
+            corpus = argv[++i];
+        else if (!strcmp(argv[i], "--chunk") && i + 1 < (size_t)argc)
+            chunk = (size_t)atol(argv[++i]);
+        else if (!strcmp(argv[i], "--repeat") && i + 1 < (size_t)argc)
+            repeat = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--digests") && i + 1 < (size_t)argc)
+            digests = argv[++i];
         else {
             fprintf(stderr, "usage: bench_tokenize --tokenizer PATH --corpus FILE [--chunk N] "
                             "[--repeat N] [--digests FILE]\n");
@@ -122,7 +127,8 @@ int main(int argc, char **argv) {
         double t0 = now_s(), dt;
         for (i = 0; i < n_chunks; i++) {
             size_t n = 0;
-            s = mc_tokenizer_encode(tok, data + starts[i], starts[i + 1] - starts[i], 1, ids, cap, &n);
+            s = mc_tokenizer_encode(tok, data + starts[i], starts[i + 1] - starts[i], 1, ids, cap,
+                                    &n);
             if (s == MC_ERR_BUFFER_TOO_SMALL) {
                 int32_t *bigger = realloc(ids, n * sizeof *ids);
                 if (!bigger) goto done;
@@ -157,7 +163,8 @@ int main(int argc, char **argv) {
             fprintf(stderr, "bench_tokenize: cannot write %s\n", digests);
             goto done;
         }
-        for (i = 0; i < n_chunks; i++) fprintf(f, "%zu %zu %016llx\n", i, counts[i], (unsigned long long)dig[i]);
+        for (i = 0; i < n_chunks; i++)
+            fprintf(f, "%zu %zu %016llx\n", i, counts[i], (unsigned long long)dig[i]);
         fclose(f);
     }
     printf("metal-candle %s: %.2f MB, %zu chunks, %zu tokens, %.3f s, %.3f MB/s, digest %016llx\n",

@@ -125,8 +125,8 @@ mc_status mc_added_split(mc_enc *e, const mc_added_set *set, const uint8_t *s, s
         if (t->single_word) {
             uint32_t cp;
             bool word_before = start > 0 && (mc_utf8_prev(s, start, &cp), mc_uc_is_word(cp));
-            bool word_after = stop < len && (mc_utf8_next(s + stop, len - stop, &cp),
-                                             mc_uc_is_word(cp));
+            bool word_after =
+                stop < len && (mc_utf8_next(s + stop, len - stop, &cp), mc_uc_is_word(cp));
             if (word_before || word_after) continue;
         }
         if (t->lstrip) start = MC_MAX(trailing_space_start(s, start), start_offset);

@@ -83,8 +83,7 @@ int32_t mc_strmap_put(mc_tokenizer *tok, int32_t id) {
         }
         if ((uint32_t)(slot >> 32) == h) {
             int32_t other = (int32_t)((slot & 0xFFFFFFFFu) - 1);
-            if (tok->tok_len[other] == len &&
-                memcmp(tok->strs + tok->tok_off[other], s, len) == 0)
+            if (tok->tok_len[other] == len && memcmp(tok->strs + tok->tok_off[other], s, len) == 0)
                 return other;
         }
         i = (i + 1) & m->mask;
@@ -411,7 +410,8 @@ static int32_t whole_word(mc_enc *e, const uint8_t *p, size_t len) {
         size_t i;
         e->spell.n = 0;
         if (mc_buf_reserve(&e->spell, len * 2) != MC_OK) return -2;
-        for (i = 0; i < len; i++) e->spell.n += mc_utf8_put(mc_bl_char[p[i]], e->spell.p + e->spell.n);
+        for (i = 0; i < len; i++)
+            e->spell.n += mc_utf8_put(mc_bl_char[p[i]], e->spell.p + e->spell.n);
         id = mc_strmap_get(tok, e->spell.p, e->spell.n);
     } else {
         id = mc_strmap_get(tok, p, len);

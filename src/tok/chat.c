@@ -118,12 +118,16 @@ static void tool_turn(mc_out *o, const mc_chat_message *m, size_t i, size_t n) {
 
 static void render_qwen25(mc_out *o, const mc_chat_message *m, size_t n, const char *system) {
     size_t i;
-    if (is(m[0].role, "system")) turn(o, "system", m[0].content);
-    else turn(o, "system", system);
+    if (is(m[0].role, "system"))
+        turn(o, "system", m[0].content);
+    else
+        turn(o, "system", system);
     for (i = 0; i < n; i++) {
         const char *r = m[i].role;
-        if (is(r, "user") || (is(r, "system") && i > 0) || is(r, "assistant")) turn(o, r, m[i].content);
-        else if (is(r, "tool")) tool_turn(o, m, i, n);
+        if (is(r, "user") || (is(r, "system") && i > 0) || is(r, "assistant"))
+            turn(o, r, m[i].content);
+        else if (is(r, "tool"))
+            tool_turn(o, m, i, n);
     }
 }
 
@@ -185,9 +189,12 @@ static void render_qwen3(mc_out *o, const mc_chat_message *m, size_t n) {
         }
     for (i = 0; i < n; i++) {
         const char *r = m[i].role;
-        if (is(r, "user") || (is(r, "system") && i > 0)) turn(o, r, m[i].content);
-        else if (is(r, "assistant")) qwen3_assistant(o, m[i].content, i > last_query, i + 1 == n);
-        else if (is(r, "tool")) tool_turn(o, m, i, n);
+        if (is(r, "user") || (is(r, "system") && i > 0))
+            turn(o, r, m[i].content);
+        else if (is(r, "assistant"))
+            qwen3_assistant(o, m[i].content, i > last_query, i + 1 == n);
+        else if (is(r, "tool"))
+            tool_turn(o, m, i, n);
     }
 }
 
@@ -196,24 +203,32 @@ static mc_status pick_style(const mc_tokenizer *tok, const char *name, mc_chat_s
                             const char **system) {
     *system = QWEN25_SYSTEM;
     if (!name) {
-        if (!tok) return mc_fail(MC_ERR_INVALID_ARG, "mc_chat_render: no tokenizer and no template name");
+        if (!tok)
+            return mc_fail(MC_ERR_INVALID_ARG, "mc_chat_render: no tokenizer and no template name");
         *style = tok->chat_style;
         if (tok->chat_system) *system = tok->chat_system;
         if (*style == MC_CHAT_NONE)
-            return mc_fail(MC_ERR_UNSUPPORTED, "%s: no chat template in tokenizer_config.json; "
-                                               "choose one by name (chatml, qwen2.5, qwen3)",
+            return mc_fail(MC_ERR_UNSUPPORTED,
+                           "%s: no chat template in tokenizer_config.json; "
+                           "choose one by name (chatml, qwen2.5, qwen3)",
                            tok->name);
         if (*style == MC_CHAT_OTHER)
-            return mc_fail(MC_ERR_UNSUPPORTED, "%s: the chat template in tokenizer_config.json is "
-                                               "not ChatML; choose one by name (chatml, qwen2.5, "
-                                               "qwen3)",
+            return mc_fail(MC_ERR_UNSUPPORTED,
+                           "%s: the chat template in tokenizer_config.json is "
+                           "not ChatML; choose one by name (chatml, qwen2.5, "
+                           "qwen3)",
                            tok->name);
         return MC_OK;
     }
-    if (is(name, "chatml")) *style = MC_CHAT_CHATML;
-    else if (is(name, "qwen2.5") || is(name, "qwen2.5-coder")) *style = MC_CHAT_QWEN25;
-    else if (is(name, "qwen3")) *style = MC_CHAT_QWEN3;
-    else return mc_fail(MC_ERR_INVALID_ARG, "unknown chat template '%s' (chatml, qwen2.5, qwen3)", name);
+    if (is(name, "chatml"))
+        *style = MC_CHAT_CHATML;
+    else if (is(name, "qwen2.5") || is(name, "qwen2.5-coder"))
+        *style = MC_CHAT_QWEN25;
+    else if (is(name, "qwen3"))
+        *style = MC_CHAT_QWEN3;
+    else
+        return mc_fail(MC_ERR_INVALID_ARG, "unknown chat template '%s' (chatml, qwen2.5, qwen3)",
+                       name);
     return MC_OK;
 }
 
@@ -246,7 +261,8 @@ mc_status mc_chat_render(const mc_tokenizer *tok, const mc_chat_message *message
     }
     if (p.add_generation_prompt) {
         mc_out_puts(&o, "<|im_start|>assistant\n");
-        if (style == MC_CHAT_QWEN3 && !p.enable_thinking) mc_out_puts(&o, "<think>\n\n</think>\n\n");
+        if (style == MC_CHAT_QWEN3 && !p.enable_thinking)
+            mc_out_puts(&o, "<think>\n\n</think>\n\n");
     }
     return mc_out_finish(&o, len_out);
 }

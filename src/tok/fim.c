@@ -6,15 +6,25 @@
 
 /* MC_ERR_UNSUPPORTED unless tok (when given) has every token in which[0..n). */
 static mc_status need_tokens(const mc_tokenizer *tok, const mc_special_token *which, size_t n) {
-    static const char *const k_names[MC_N_SPECIAL] = {
-        "bos", "eos", "pad", "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|fim_prefix|>",
-        "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>"};
+    static const char *const k_names[MC_N_SPECIAL] = {"bos",
+                                                      "eos",
+                                                      "pad",
+                                                      "<|endoftext|>",
+                                                      "<|im_start|>",
+                                                      "<|im_end|>",
+                                                      "<|fim_prefix|>",
+                                                      "<|fim_middle|>",
+                                                      "<|fim_suffix|>",
+                                                      "<|fim_pad|>",
+                                                      "<|repo_name|>",
+                                                      "<|file_sep|>"};
     size_t i;
     if (!tok) return MC_OK;
     for (i = 0; i < n; i++)
         if (tok->special[which[i]] < 0)
-            return mc_fail(MC_ERR_UNSUPPORTED, "%s: the tokenizer has no %s token, needed for "
-                                               "fill-in-the-middle prompts",
+            return mc_fail(MC_ERR_UNSUPPORTED,
+                           "%s: the tokenizer has no %s token, needed for "
+                           "fill-in-the-middle prompts",
                            tok->name, k_names[which[i]]);
     return MC_OK;
 }
@@ -30,8 +40,8 @@ static void put_fim(mc_out *o, const char *prefix, const char *suffix) {
 static const mc_special_token k_fim[] = {MC_TOKEN_FIM_PREFIX, MC_TOKEN_FIM_SUFFIX,
                                          MC_TOKEN_FIM_MIDDLE};
 
-mc_status mc_fim_render(const mc_tokenizer *tok, const char *prefix, const char *suffix,
-                        char *buf, size_t cap, size_t *len_out) {
+mc_status mc_fim_render(const mc_tokenizer *tok, const char *prefix, const char *suffix, char *buf,
+                        size_t cap, size_t *len_out) {
     mc_out o;
     mc_status s;
     if (len_out) *len_out = 0;
@@ -78,7 +88,9 @@ mc_status mc_fim_render_repo(const mc_tokenizer *tok, const char *repo, const mc
     mc_out_puts(&o, "<|file_sep|>");
     mc_out_puts(&o, path);
     mc_out_puts(&o, "\n");
-    if (suffix) put_fim(&o, prefix, suffix);
-    else mc_out_puts(&o, prefix);
+    if (suffix)
+        put_fim(&o, prefix, suffix);
+    else
+        mc_out_puts(&o, prefix);
     return mc_out_finish(&o, len_out);
 }

@@ -106,7 +106,8 @@ static mc_status parse_normalizer(mc_tokenizer *tok, const cJSON *j, int depth) 
     mc_norm_form form;
     if (!j || cJSON_IsNull(j)) return MC_OK;
     type = type_of(j);
-    if (!cJSON_IsObject(j) || !type) return tok_err(tok, "normalizer must be an object with a type");
+    if (!cJSON_IsObject(j) || !type)
+        return tok_err(tok, "normalizer must be an object with a type");
     if (!strcmp(type, "Sequence")) {
         const cJSON *list = member(j, "normalizers"), *it;
         if (!cJSON_IsArray(list) || depth > 4)
@@ -117,12 +118,18 @@ static mc_status parse_normalizer(mc_tokenizer *tok, const cJSON *j, int depth) 
         }
         return MC_OK;
     }
-    if (!strcmp(type, "NFC")) form = MC_NORM_NFC;
-    else if (!strcmp(type, "NFD")) form = MC_NORM_NFD;
-    else if (!strcmp(type, "NFKC")) form = MC_NORM_NFKC;
-    else if (!strcmp(type, "NFKD")) form = MC_NORM_NFKD;
-    else return unsupported(tok, "normalizer", type);
-    if (tok->n_norms >= MC_TOK_MAX_NORMS) return tok_err(tok, "more than %d normalizers", MC_TOK_MAX_NORMS);
+    if (!strcmp(type, "NFC"))
+        form = MC_NORM_NFC;
+    else if (!strcmp(type, "NFD"))
+        form = MC_NORM_NFD;
+    else if (!strcmp(type, "NFKC"))
+        form = MC_NORM_NFKC;
+    else if (!strcmp(type, "NFKD"))
+        form = MC_NORM_NFKD;
+    else
+        return unsupported(tok, "normalizer", type);
+    if (tok->n_norms >= MC_TOK_MAX_NORMS)
+        return tok_err(tok, "more than %d normalizers", MC_TOK_MAX_NORMS);
     tok->norms[tok->n_norms++] = form;
     return MC_OK;
 }
@@ -154,13 +161,14 @@ static mc_status parse_split(mc_tokenizer *tok, const cJSON *j) {
     int b;
     mc_status s;
     if (tok->byte_level)
-        return mc_fail(MC_ERR_UNSUPPORTED, "%s: a Split pre-tokenizer after ByteLevel is not supported",
-                       tok->name);
+        return mc_fail(MC_ERR_UNSUPPORTED,
+                       "%s: a Split pre-tokenizer after ByteLevel is not supported", tok->name);
     if (!cJSON_IsObject(pat)) return tok_err(tok, "Split needs a 'pattern' object");
     p = member(pat, "Regex");
     literal = p == NULL;
     if (literal) p = member(pat, "String");
-    if (!cJSON_IsString(p)) return tok_err(tok, "Split pattern must be {\"Regex\": s} or {\"String\": s}");
+    if (!cJSON_IsString(p))
+        return tok_err(tok, "Split pattern must be {\"Regex\": s} or {\"String\": s}");
     if (!cJSON_IsString(beh)) return tok_err(tok, "Split needs a 'behavior' string");
     for (b = 0; b < 5; b++)
         if (!strcmp(beh->valuestring, k_beh[b])) break;
@@ -180,7 +188,8 @@ static mc_status parse_pretok(mc_tokenizer *tok, const cJSON *j, int depth) {
     const char *type;
     if (!j || cJSON_IsNull(j)) return MC_OK;
     type = type_of(j);
-    if (!cJSON_IsObject(j) || !type) return tok_err(tok, "pre_tokenizer must be an object with a type");
+    if (!cJSON_IsObject(j) || !type)
+        return tok_err(tok, "pre_tokenizer must be an object with a type");
     if (!strcmp(type, "Sequence")) {
         const cJSON *list = member(j, "pretokenizers"), *it;
         if (!cJSON_IsArray(list) || depth > 4)
@@ -201,7 +210,8 @@ static mc_status parse_pretok(mc_tokenizer *tok, const cJSON *j, int depth) {
         s = get_bool(tok, j, "add_prefix_space", true, "ByteLevel", &st->add_prefix_space);
         if (s == MC_OK) s = get_bool(tok, j, "use_regex", true, "ByteLevel", &use_regex);
         if (s == MC_OK && use_regex)
-            s = mc_regex_compile(mc_gpt2_pattern, strlen(mc_gpt2_pattern), false, tok->name, &st->re);
+            s = mc_regex_compile(mc_gpt2_pattern, strlen(mc_gpt2_pattern), false, tok->name,
+                                 &st->re);
         if (s == MC_OK && st->re) s = note_captures(tok, st->re);
         tok->byte_level = true;
         return s;
@@ -218,7 +228,8 @@ static mc_status check_model(mc_tokenizer *tok, const cJSON *m) {
     mc_status s;
     if (!cJSON_IsObject(m)) return tok_err(tok, "'model' must be an object");
     if (type && strcmp(type, "BPE") != 0) return unsupported(tok, "model type", type);
-    if (!type && !member(m, "merges")) return unsupported(tok, "model type", "(untyped, no merges)");
+    if (!type && !member(m, "merges"))
+        return unsupported(tok, "model type", "(untyped, no merges)");
     v = member(m, "dropout");
     if (v && !cJSON_IsNull(v) && !(cJSON_IsNumber(v) && v->valuedouble == 0.0))
         return unsupported(tok, "BPE option", "dropout");
@@ -279,15 +290,15 @@ static mc_status read_vocab(mc_tokenizer *tok, const cJSON *vocab) {
         mc_status s;
         if (tok->flags[id] & MC_TF_PRESENT)
             return tok_err(tok, "duplicate id %d in model.vocab ('%s' and '%s')", id,
-                          mc_tok_str(tok, id), it->string);
+                           mc_tok_str(tok, id), it->string);
         s = mc_tok_add_str(tok, it->string, len, &tok->tok_off[id]);
         if (s != MC_OK) return s;
         tok->tok_len[id] = (uint32_t)len;
         tok->flags[id] = MC_TF_PRESENT | MC_TF_MODEL;
         other = mc_strmap_put(tok, id);
         if (other >= 0)
-            return tok_err(tok, "token '%s' occurs twice in model.vocab (ids %d and %d)", it->string,
-                          other, id);
+            return tok_err(tok, "token '%s' occurs twice in model.vocab (ids %d and %d)",
+                           it->string, other, id);
     }
     return MC_OK;
 }
@@ -332,14 +343,15 @@ static mc_status read_added(mc_tokenizer *tok, const cJSON *added) {
         s = get_bool(tok, it, "special", false, "added_tokens", &t->special);
         if (s == MC_OK) s = get_bool(tok, it, "lstrip", false, "added_tokens", &t->lstrip);
         if (s == MC_OK) s = get_bool(tok, it, "rstrip", false, "added_tokens", &t->rstrip);
-        if (s == MC_OK) s = get_bool(tok, it, "single_word", false, "added_tokens", &t->single_word);
+        if (s == MC_OK)
+            s = get_bool(tok, it, "single_word", false, "added_tokens", &t->single_word);
         if (s == MC_OK)
             s = get_bool(tok, it, "normalized", !t->special, "added_tokens", &t->normalized);
         if (s != MC_OK) return s;
         if (tok->flags[id] & MC_TF_PRESENT) {
             if (strcmp(mc_tok_str(tok, id), c->valuestring) != 0)
                 return tok_err(tok, "added token '%s' has id %d, which '%s' already has",
-                              c->valuestring, id, mc_tok_str(tok, id));
+                               c->valuestring, id, mc_tok_str(tok, id));
         } else {
             int32_t other;
             s = mc_tok_add_str(tok, c->valuestring, strlen(c->valuestring), &tok->tok_off[id]);
@@ -349,7 +361,7 @@ static mc_status read_added(mc_tokenizer *tok, const cJSON *added) {
             other = mc_strmap_put(tok, id);
             if (other >= 0)
                 return tok_err(tok, "added token '%s' has id %d but also id %d", c->valuestring, id,
-                              other);
+                               other);
         }
         tok->flags[id] |= MC_TF_ADDED | (t->special ? MC_TF_SPECIAL : 0);
         s = added_pattern(tok, t, c->valuestring);
@@ -384,15 +396,15 @@ static mc_status read_merges(mc_tokenizer *tok, const cJSON *merges) {
             }
             if (!sp || strchr(sp + 1, ' ')) {
                 s = tok_err(tok, "merges[%zu] '%s' is not two tokens separated by one space", idx,
-                           it->valuestring);
+                            it->valuestring);
                 break;
             }
             a = it->valuestring;
             la = (size_t)(sp - a);
             b = sp + 1;
             lb = strlen(b);
-        } else if (cJSON_IsArray(it) && cJSON_GetArraySize(it) == 2 &&
-                   cJSON_IsString(it->child) && cJSON_IsString(it->child->next)) {
+        } else if (cJSON_IsArray(it) && cJSON_GetArraySize(it) == 2 && cJSON_IsString(it->child) &&
+                   cJSON_IsString(it->child->next)) {
             a = it->child->valuestring;
             la = strlen(a);
             b = it->child->next->valuestring;
@@ -405,7 +417,7 @@ static mc_status read_merges(mc_tokenizer *tok, const cJSON *merges) {
         ib = model_id(tok, b, lb);
         if (ia < 0 || ib < 0) {
             s = tok_err(tok, "merges[%zu] names '%.*s', which is not in the vocabulary", idx,
-                       (int)(ia < 0 ? la : lb), ia < 0 ? a : b);
+                        (int)(ia < 0 ? la : lb), ia < 0 ? a : b);
             break;
         }
         cat.n = 0;
@@ -415,7 +427,7 @@ static mc_status read_merges(mc_tokenizer *tok, const cJSON *merges) {
         inew = model_id(tok, (const char *)cat.p, cat.n);
         if (inew < 0) {
             s = tok_err(tok, "merges[%zu] makes '%.*s', which is not in the vocabulary", idx,
-                       (int)cat.n, (const char *)cat.p);
+                        (int)cat.n, (const char *)cat.p);
             break;
         }
         mc_mergemap_put(&tok->merges, ia, ib, rank++, inew);
@@ -436,7 +448,7 @@ static mc_status add_ids(const mc_tokenizer *tok, int32_t **arr, size_t *n, cons
     for (i = 0; i < k; i++)
         if (ids[i] < 0 || ids[i] >= tok->n_ids || !(tok->flags[ids[i]] & MC_TF_PRESENT))
             return tok_err(tok, "post_processor uses token id %d, which is not in the vocabulary",
-                          ids[i]);
+                           ids[i]);
     p = mc_realloc(*arr, (*n + k + 1) * sizeof *p);
     if (!p) return mc_fail(MC_ERR_OOM, "%s: out of memory", tok->name);
     if (front) {
@@ -473,15 +485,18 @@ static mc_status parse_template(mc_tokenizer *tok, const cJSON *j, int32_t **pre
             continue;
         }
         name = sp ? member(sp, "id") : NULL;
-        if (!name || !cJSON_IsString(name)) return tok_err(tok, "TemplateProcessing piece must be SpecialToken or Sequence");
+        if (!name || !cJSON_IsString(name))
+            return tok_err(tok, "TemplateProcessing piece must be SpecialToken or Sequence");
         ids = member(member(specials, name->valuestring), "ids");
         if (!cJSON_IsArray(ids))
-            return tok_err(tok, "TemplateProcessing names unknown special token '%s'", name->valuestring);
+            return tok_err(tok, "TemplateProcessing names unknown special token '%s'",
+                           name->valuestring);
         cJSON_ArrayForEach(x, ids) {
             int32_t id = 0;
             s = get_id(tok, x, "TemplateProcessing", &id);
-            if (s == MC_OK) s = seqs ? add_ids(tok, post, n_post, &id, 1, false)
-                                     : add_ids(tok, pre, n_pre, &id, 1, false);
+            if (s == MC_OK)
+                s = seqs ? add_ids(tok, post, n_post, &id, 1, false)
+                         : add_ids(tok, pre, n_pre, &id, 1, false);
             if (s != MC_OK) return s;
         }
     }
@@ -496,7 +511,8 @@ static mc_status parse_post(mc_tokenizer *tok, const cJSON *j, int depth) {
     mc_status s = MC_OK;
     if (!j || cJSON_IsNull(j)) return MC_OK;
     type = type_of(j);
-    if (!cJSON_IsObject(j) || !type) return tok_err(tok, "post_processor must be an object with a type");
+    if (!cJSON_IsObject(j) || !type)
+        return tok_err(tok, "post_processor must be an object with a type");
     if (!strcmp(type, "ByteLevel")) return MC_OK;
     if (!strcmp(type, "Sequence")) {
         const cJSON *list = member(j, "processors"), *it;
@@ -540,7 +556,8 @@ static mc_status build_decode(mc_tokenizer *tok, const cJSON *dec) {
     size_t k;
     mc_status s = MC_OK;
     if (dec && !cJSON_IsNull(dec)) {
-        if (!cJSON_IsObject(dec) || !type) return tok_err(tok, "decoder must be an object with a type");
+        if (!cJSON_IsObject(dec) || !type)
+            return tok_err(tok, "decoder must be an object with a type");
         if (strcmp(type, "ByteLevel") != 0) return unsupported(tok, "decoder", type);
         byte_level = true;
     }
@@ -594,10 +611,18 @@ static mc_status check_unsupported_top(const mc_tokenizer *tok, const cJSON *roo
 }
 
 static void default_specials(mc_tokenizer *tok) {
-    static const char *const k_names[MC_N_SPECIAL] = {
-        NULL, "<|endoftext|>", NULL, "<|endoftext|>", "<|im_start|>", "<|im_end|>",
-        "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>",
-        "<|file_sep|>"};
+    static const char *const k_names[MC_N_SPECIAL] = {NULL,
+                                                      "<|endoftext|>",
+                                                      NULL,
+                                                      "<|endoftext|>",
+                                                      "<|im_start|>",
+                                                      "<|im_end|>",
+                                                      "<|fim_prefix|>",
+                                                      "<|fim_middle|>",
+                                                      "<|fim_suffix|>",
+                                                      "<|fim_pad|>",
+                                                      "<|repo_name|>",
+                                                      "<|file_sep|>"};
     int i;
     for (i = 0; i < MC_N_SPECIAL; i++)
         tok->special[i] =
@@ -670,7 +695,8 @@ static mc_status config_token(mc_tokenizer *tok, const cJSON *root, const char *
     }
     if (!cJSON_IsString(v))
         return tok_err(tok, "tokenizer_config.json: %s must be a string, an object or null", key);
-    tok->special[which] = mc_strmap_get(tok, (const uint8_t *)v->valuestring, strlen(v->valuestring));
+    tok->special[which] =
+        mc_strmap_get(tok, (const uint8_t *)v->valuestring, strlen(v->valuestring));
     return MC_OK;
 }
 

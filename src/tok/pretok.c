@@ -38,8 +38,9 @@ pcre2_general_context *mc_regex_context(void) {
 /* Appends the class body for escape c (s, S, w, W, h, H) to b: bracketed when outside a
  * class, bare inside one. A negated escape inside a class cannot be expressed. */
 static mc_status put_class(mc_buf *b, char c, bool in_class, const char *what) {
-    const char *body = (c == 's' || c == 'S') ? k_space_body : (c == 'w' || c == 'W') ? k_word_body
-                                                                                    : k_hex_body;
+    const char *body = (c == 's' || c == 'S')   ? k_space_body
+                       : (c == 'w' || c == 'W') ? k_word_body
+                                                : k_hex_body;
     bool neg = c == 'S' || c == 'W' || c == 'H';
     mc_status s;
     if (in_class) {
@@ -130,7 +131,8 @@ mc_status mc_regex_compile(const char *pattern, size_t len, bool literal, const 
     re = pcre2_compile((PCRE2_SPTR)b.p, b.n - 1, opts, &err, &erroff, cc);
     if (!re) {
         PCRE2_UCHAR msg[160];
-        if (err == PCRE2_ERROR_HEAP_FAILED || err == PCRE2_ERROR_HEAPLIMIT || err == PCRE2_ERROR_NOMEMORY) {
+        if (err == PCRE2_ERROR_HEAP_FAILED || err == PCRE2_ERROR_HEAPLIMIT ||
+            err == PCRE2_ERROR_NOMEMORY) {
             s = mc_fail(MC_ERR_OOM, "%s: out of memory compiling a regex", what);
             goto done;
         }
@@ -158,10 +160,10 @@ typedef struct splitter {
     int next;
     const uint8_t *p;
     mc_split_behavior beh;
-    bool have;        /* a piece is held back */
-    size_t ps, pe;    /* its range */
-    bool pmatch;      /* it is a match (MergedWithNext) */
-    bool prev_match;  /* the previous item was a match */
+    bool have;       /* a piece is held back */
+    size_t ps, pe;   /* its range */
+    bool pmatch;     /* it is a match (MergedWithNext) */
+    bool prev_match; /* the previous item was a match */
 } splitter;
 
 static mc_status emit_piece(splitter *sp, size_t s, size_t e) {
@@ -195,13 +197,17 @@ static mc_status item(splitter *sp, size_t s, size_t e, bool is_match) {
         break;
     case MC_SPLIT_MERGED_PREV:
         /* A match joins the piece before it (unless that was a match too). */
-        if (is_match && !sp->prev_match && sp->have) sp->pe = e;
-        else st = hold(sp, s, e, is_match);
+        if (is_match && !sp->prev_match && sp->have)
+            sp->pe = e;
+        else
+            st = hold(sp, s, e, is_match);
         break;
     case MC_SPLIT_CONTIGUOUS:
         /* Runs of items of the same kind form one piece. */
-        if (is_match == sp->prev_match && sp->have) sp->pe = e;
-        else st = hold(sp, s, e, is_match);
+        if (is_match == sp->prev_match && sp->have)
+            sp->pe = e;
+        else
+            st = hold(sp, s, e, is_match);
         break;
     case MC_SPLIT_MERGED_NEXT:
         /* A match joins the piece after it when that one is not a match. */

@@ -16,7 +16,7 @@
 /* ---- growable byte buffer ------------------------------------------------------------ */
 
 typedef struct mc_buf {
-    uint8_t *p;  /* [cap] bytes, n used */
+    uint8_t *p; /* [cap] bytes, n used */
     size_t n;
     size_t cap;
 } mc_buf;
@@ -69,7 +69,10 @@ size_t mc_json_string_decode(const char *s, size_t len, mc_buf *out);
 /* ---- pre-tokenizer (pretok.c) ---------------------------------------------------------- */
 
 typedef enum mc_split_behavior {
-    MC_SPLIT_REMOVED, MC_SPLIT_ISOLATED, MC_SPLIT_MERGED_PREV, MC_SPLIT_MERGED_NEXT,
+    MC_SPLIT_REMOVED,
+    MC_SPLIT_ISOLATED,
+    MC_SPLIT_MERGED_PREV,
+    MC_SPLIT_MERGED_NEXT,
     MC_SPLIT_CONTIGUOUS
 } mc_split_behavior;
 
@@ -80,10 +83,10 @@ typedef enum mc_pretok_kind { MC_PT_SPLIT, MC_PT_BYTELEVEL } mc_pretok_kind;
 
 typedef struct mc_pretok_step {
     mc_pretok_kind kind;
-    pcre2_code *re;              /* SPLIT: its pattern; BYTELEVEL: GPT-2 regex or NULL */
-    mc_split_behavior behavior;  /* SPLIT */
-    bool invert;                 /* SPLIT */
-    bool add_prefix_space;       /* BYTELEVEL */
+    pcre2_code *re;             /* SPLIT: its pattern; BYTELEVEL: GPT-2 regex or NULL */
+    mc_split_behavior behavior; /* SPLIT */
+    bool invert;                /* SPLIT */
+    bool add_prefix_space;      /* BYTELEVEL */
 } mc_pretok_step;
 
 /* Compiles a tokenizer.json regex (Oniguruma syntax) or, with literal, a plain string,
@@ -105,7 +108,7 @@ enum { MC_TF_SPECIAL = 1, MC_TF_ADDED = 2, MC_TF_PRESENT = 4, MC_TF_MODEL = 8 };
 /* An added token. */
 typedef struct mc_added_tok {
     int32_t id;
-    uint32_t off, len;  /* pattern bytes in tok->strs: content, or its normalized form */
+    uint32_t off, len; /* pattern bytes in tok->strs: content, or its normalized form */
     bool special, lstrip, rstrip, normalized, single_word;
 } mc_added_tok;
 
@@ -115,8 +118,8 @@ typedef struct mc_added_set {
     uint32_t *order;     /* [n] indices into tok->added */
     uint32_t first[257]; /* order[first[b]..first[b+1]) start with byte b */
     size_t n;
-    int n_first;         /* distinct first bytes; with 1, memchr finds candidates */
-    uint8_t only_byte;   /* that byte when n_first == 1 */
+    int n_first;       /* distinct first bytes; with 1, memchr finds candidates */
+    uint8_t only_byte; /* that byte when n_first == 1 */
 } mc_added_set;
 
 /* Open-addressing map from a token's spelling to its id (keys live in tok->strs). */
@@ -141,15 +144,15 @@ typedef struct mc_mergemap {
 /* A cache of piece -> ids for one thread at a time (tok->caches[i]). */
 typedef struct mc_bpe_cache {
     pthread_mutex_t mu;
-    bool ready;              /* arrays allocated */
-    uint32_t *slots;         /* [MC_CACHE_SLOTS] entry index + 1, 0 = empty */
-    uint32_t *hashes;        /* [MC_CACHE_SLOTS] */
-    uint32_t *key_off;       /* [MC_CACHE_ENTRIES] */
-    uint32_t *ids_off;       /* [MC_CACHE_ENTRIES] */
-    uint16_t *key_len;       /* [MC_CACHE_ENTRIES] */
-    uint16_t *n_ids;         /* [MC_CACHE_ENTRIES] */
-    uint8_t *keys;           /* [MC_CACHE_KEY_BYTES] */
-    int32_t *ids;            /* [MC_CACHE_IDS] */
+    bool ready;        /* arrays allocated */
+    uint32_t *slots;   /* [MC_CACHE_SLOTS] entry index + 1, 0 = empty */
+    uint32_t *hashes;  /* [MC_CACHE_SLOTS] */
+    uint32_t *key_off; /* [MC_CACHE_ENTRIES] */
+    uint32_t *ids_off; /* [MC_CACHE_ENTRIES] */
+    uint16_t *key_len; /* [MC_CACHE_ENTRIES] */
+    uint16_t *n_ids;   /* [MC_CACHE_ENTRIES] */
+    uint8_t *keys;     /* [MC_CACHE_KEY_BYTES] */
+    int32_t *ids;      /* [MC_CACHE_IDS] */
     size_t n_entries, keys_used, ids_used;
 } mc_bpe_cache;
 
@@ -161,54 +164,58 @@ typedef struct mc_bpe_cache {
 #define MC_TOK_N_CACHES 4
 
 typedef enum mc_chat_style {
-    MC_CHAT_NONE, MC_CHAT_CHATML, MC_CHAT_QWEN25, MC_CHAT_QWEN3, MC_CHAT_OTHER
+    MC_CHAT_NONE,
+    MC_CHAT_CHATML,
+    MC_CHAT_QWEN25,
+    MC_CHAT_QWEN3,
+    MC_CHAT_OTHER
 } mc_chat_style;
 
 #define MC_N_SPECIAL 12
 
 struct mc_tokenizer {
-    char *name;                 /* for messages */
+    char *name; /* for messages */
     /* strings: every token spelling, NUL-terminated, and added-token patterns */
     char *strs;
     size_t strs_len, strs_cap;
     /* ids [0, n_ids) */
     int32_t n_ids;
-    uint32_t *tok_off;          /* [n_ids] spelling offset in strs */
-    uint32_t *tok_len;          /* [n_ids] */
-    uint8_t *flags;             /* [n_ids] MC_TF_* */
-    uint8_t *dec;               /* decoded bytes of every id, concatenated */
-    uint32_t *dec_off;          /* [n_ids + 1] id i decodes to dec[dec_off[i]..dec_off[i+1]) */
-    mc_strmap vocab;            /* spelling -> id (model vocabulary and added tokens) */
+    uint32_t *tok_off; /* [n_ids] spelling offset in strs */
+    uint32_t *tok_len; /* [n_ids] */
+    uint8_t *flags;    /* [n_ids] MC_TF_* */
+    uint8_t *dec;      /* decoded bytes of every id, concatenated */
+    uint32_t *dec_off; /* [n_ids + 1] id i decodes to dec[dec_off[i]..dec_off[i+1]) */
+    mc_strmap vocab;   /* spelling -> id (model vocabulary and added tokens) */
     /* normalizer */
     int n_norms;
     mc_norm_form norms[MC_TOK_MAX_NORMS];
     /* pre-tokenizer */
     int n_steps;
     mc_pretok_step steps[MC_TOK_MAX_STEPS];
-    bool byte_level;            /* pieces are raw bytes read through the byte alphabet */
-    uint32_t max_captures;      /* largest capture count of the regexes */
+    bool byte_level;             /* pieces are raw bytes read through the byte alphabet */
+    uint32_t max_captures;       /* largest capture count of the regexes */
     pcre2_general_context *gctx; /* allocator for match data */
     /* BPE model */
     mc_mergemap merges;
-    int32_t byte_id[256];       /* id of the one-byte token of each byte, or -1 */
+    int32_t byte_id[256]; /* id of the one-byte token of each byte, or -1 */
     bool ignore_merges;
-    int32_t unk_id;             /* -1 when no unk_token */
+    int32_t unk_id; /* -1 when no unk_token */
     bool fuse_unk;
-    mc_bpe_cache *caches;       /* [MC_TOK_N_CACHES]; mutable state behind a const tokenizer */
+    mc_bpe_cache *caches; /* [MC_TOK_N_CACHES]; mutable state behind a const tokenizer */
     /* added tokens */
     mc_added_tok *added;
     size_t n_added;
-    mc_added_set raw_set;       /* normalized == false: matched before normalization */
-    mc_added_set norm_set;      /* normalized == true: matched after */
+    mc_added_set raw_set;  /* normalized == false: matched before normalization */
+    mc_added_set norm_set; /* normalized == true: matched after */
     /* post-processor: single-sequence special tokens */
     int32_t *pre_ids, *post_ids;
     size_t n_pre, n_post;
     /* decoder */
-    bool dec_join_space;        /* no decoder: tokens joined with " " */
+    bool dec_join_space; /* no decoder: tokens joined with " " */
     /* tokenizer_config.json */
     int32_t special[MC_N_SPECIAL];
     mc_chat_style chat_style;
-    char *chat_system;          /* default system prompt of a qwen2.5-style template */
+    char *chat_system; /* default system prompt of a qwen2.5-style template */
 };
 
 /* ---- hash maps, BPE and cache (bpe.c) ------------------------------------------------- */
@@ -238,10 +245,10 @@ void mc_bpe_cache_release(struct mc_bpe_cache *c);
 /* ---- encoding state (tokenizer.c, pretok.c, bpe.c, added.c) ---------------------------- */
 
 typedef struct mc_bpe_sym {
-    int32_t c;      /* token id */
-    int32_t prev;   /* index of the previous live symbol, -1 at the start */
-    int32_t next;   /* index of the next live symbol, -1 at the end */
-    uint32_t len;   /* bytes covered; 0 = merged away */
+    int32_t c;    /* token id */
+    int32_t prev; /* index of the previous live symbol, -1 at the start */
+    int32_t next; /* index of the next live symbol, -1 at the end */
+    uint32_t len; /* bytes covered; 0 = merged away */
 } mc_bpe_sym;
 
 typedef struct mc_bpe_merge {
@@ -252,16 +259,16 @@ typedef struct mc_bpe_merge {
 
 typedef struct mc_enc {
     const mc_tokenizer *tok;
-    int32_t *ids;              /* caller buffer [cap] */
+    int32_t *ids; /* caller buffer [cap] */
     size_t cap, n;
-    pcre2_match_data *md;      /* for the pre-tokenizer regexes */
+    pcre2_match_data *md;             /* for the pre-tokenizer regexes */
     mc_buf scratch[MC_TOK_MAX_STEPS]; /* prefix-space copies, one per step */
-    mc_buf norm, norm2;        /* the current normalized segment (and a spare) */
-    mc_buf spell;              /* byte-level spelling for ignore_merges lookups */
+    mc_buf norm, norm2;               /* the current normalized segment (and a spare) */
+    mc_buf spell;                     /* byte-level spelling for ignore_merges lookups */
     mc_bpe_sym *syms;
     mc_bpe_merge *heap;
     size_t syms_cap, heap_cap, heap_n;
-    mc_bpe_cache *cache;       /* locked by this call, or NULL */
+    mc_bpe_cache *cache; /* locked by this call, or NULL */
 } mc_enc;
 
 static inline void mc_enc_emit(mc_enc *e, int32_t id) {
@@ -304,9 +311,9 @@ static inline const char *mc_tok_str(const mc_tokenizer *tok, int32_t id) {
 
 /* Text written into a caller buffer, counting what does not fit. */
 typedef struct mc_out {
-    char *buf;  /* [cap] */
+    char *buf; /* [cap] */
     size_t cap;
-    size_t n;   /* bytes produced so far (may exceed cap) */
+    size_t n; /* bytes produced so far (may exceed cap) */
 } mc_out;
 
 static inline void mc_out_put(mc_out *o, const char *s, size_t len) {

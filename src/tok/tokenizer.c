@@ -42,7 +42,8 @@ mc_status mc_tokenizer_load_files(const char *tokenizer_json, const char *config
     mc_status s;
     if (!out) return mc_fail(MC_ERR_INVALID_ARG, "mc_tokenizer_load_files: out is NULL");
     *out = NULL;
-    if (!tokenizer_json) return mc_fail(MC_ERR_INVALID_ARG, "mc_tokenizer_load_files: path is NULL");
+    if (!tokenizer_json)
+        return mc_fail(MC_ERR_INVALID_ARG, "mc_tokenizer_load_files: path is NULL");
     s = mc_read_file(tokenizer_json, &json, &len);
     if (s == MC_OK && config_json) s = mc_read_file(config_json, &cfg, &cfg_len);
     if (s == MC_OK) s = mc_tokenizer_parse(json, len, cfg, cfg_len, tokenizer_json, out);
@@ -170,22 +171,23 @@ mc_status mc_tokenizer_decode(const mc_tokenizer *tok, const int32_t *ids, size_
     for (i = 0; i < n && s == MC_OK; i++) {
         int32_t id = ids[i];
         if (!valid_id(tok, id)) {
-            s = mc_fail(MC_ERR_TOKEN_ID, "token id %d at position %zu is not in the vocabulary",
-                        id, i);
+            s = mc_fail(MC_ERR_TOKEN_ID, "token id %d at position %zu is not in the vocabulary", id,
+                        i);
             break;
         }
         if (skip_special && (tok->flags[id] & MC_TF_SPECIAL)) continue;
         if (tok->dec_join_space && !first) s = mc_buf_append(&raw, " ", 1);
         if (s == MC_OK)
-            s = mc_buf_append(&raw, tok->dec + tok->dec_off[id], tok->dec_off[id + 1] - tok->dec_off[id]);
+            s = mc_buf_append(&raw, tok->dec + tok->dec_off[id],
+                              tok->dec_off[id + 1] - tok->dec_off[id]);
         first = false;
     }
     if (s != MC_OK) goto done;
     len = mc_utf8_lossy(raw.p, raw.n, (uint8_t *)buf, cap);
     *len_out = len;
     if (!buf || len + 1 > cap) {
-        s = mc_fail(MC_ERR_BUFFER_TOO_SMALL, "decoded text of %zu bytes does not fit a buffer of %zu",
-                    len, cap);
+        s = mc_fail(MC_ERR_BUFFER_TOO_SMALL,
+                    "decoded text of %zu bytes does not fit a buffer of %zu", len, cap);
         goto done;
     }
     buf[len] = '\0';

@@ -23,15 +23,16 @@ static mc_tokenizer *synthetic(void) {
     size_t n = 0;
     int b;
     mc_tokenizer *tok = NULL;
-    n += (size_t)snprintf(json + n, 65536 - n,
-                          "{\"normalizer\":{\"type\":\"NFC\"},\"pre_tokenizer\":{\"type\":\"Sequence\","
-                          "\"pretokenizers\":[{\"type\":\"Split\",\"pattern\":{\"Regex\":\"%s\"},"
-                          "\"behavior\":\"Isolated\",\"invert\":false},{\"type\":\"ByteLevel\","
-                          "\"add_prefix_space\":false,\"use_regex\":false}]},\"decoder\":{\"type\":"
-                          "\"ByteLevel\"},\"added_tokens\":[{\"id\":300,\"content\":\"<|endoftext|>\","
-                          "\"special\":true},{\"id\":301,\"content\":\"<|im_start|>\",\"special\":true}],"
-                          "\"model\":{\"type\":\"BPE\",\"vocab\":{",
-                          k_qwen_regex);
+    n += (size_t)snprintf(
+        json + n, 65536 - n,
+        "{\"normalizer\":{\"type\":\"NFC\"},\"pre_tokenizer\":{\"type\":\"Sequence\","
+        "\"pretokenizers\":[{\"type\":\"Split\",\"pattern\":{\"Regex\":\"%s\"},"
+        "\"behavior\":\"Isolated\",\"invert\":false},{\"type\":\"ByteLevel\","
+        "\"add_prefix_space\":false,\"use_regex\":false}]},\"decoder\":{\"type\":"
+        "\"ByteLevel\"},\"added_tokens\":[{\"id\":300,\"content\":\"<|endoftext|>\","
+        "\"special\":true},{\"id\":301,\"content\":\"<|im_start|>\",\"special\":true}],"
+        "\"model\":{\"type\":\"BPE\",\"vocab\":{",
+        k_qwen_regex);
     for (b = 0; b < 256; b++) {
         uint8_t u[4];
         size_t k = mc_utf8_put(mc_bl_char[b], u), i;
@@ -57,7 +58,8 @@ static mc_tokenizer *load(void) {
     mc_tokenizer *tok = NULL;
     if (!dir || !*dir) {
         const char *home = getenv("HOME");
-        snprintf(path, sizeof path, "%s/.cache/metal-candle/tokenizer-qwen3-3.7.2", home ? home : "");
+        snprintf(path, sizeof path, "%s/.cache/metal-candle/tokenizer-qwen3-3.7.2",
+                 home ? home : "");
         dir = path;
     }
     if (mc_tokenizer_load(dir, &tok) == MC_OK) return tok;

@@ -38,8 +38,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         mc_tokenizer_free(tok);
         tok = NULL;
     }
-    if (mc_tokenizer_parse(k_base, sizeof k_base - 1, (const char *)data, size, "base.json", &tok) ==
-        MC_OK) {
+    if (mc_tokenizer_parse(k_base, sizeof k_base - 1, (const char *)data, size, "base.json",
+                           &tok) == MC_OK) {
         exercise(tok);
         mc_tokenizer_free(tok);
     }

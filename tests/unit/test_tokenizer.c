@@ -32,13 +32,16 @@ static void build_vocab_json(void) {
         n += (size_t)snprintf(g_vocab_json + n, cap - n, "\":%d,", b);
     }
     n += (size_t)snprintf(g_vocab_json + n, cap - n,
-                          "\"ab\":256,\"abc\":257,\"\xc4\xa0" "a\":258,\"\xc4\xa0" "ab\":259,\"bc\":260");
+                          "\"ab\":256,\"abc\":257,\"\xc4\xa0"
+                          "a\":258,\"\xc4\xa0"
+                          "ab\":259,\"bc\":260");
 }
 
 /* A complete tokenizer.json: extra_top is inserted at top level (starting with a comma),
  * model_extra into the model (starting with a comma), merges replaces the merges. */
 static char *mini_json(const char *extra_top, const char *model_extra, const char *merges) {
-    size_t cap = strlen(g_vocab_json) + strlen(extra_top) + strlen(model_extra) + strlen(merges) + 512;
+    size_t cap =
+        strlen(g_vocab_json) + strlen(extra_top) + strlen(model_extra) + strlen(merges) + 512;
     char *s = malloc(cap);
     snprintf(s, cap,
              "{\"version\":\"1.0\"%s,\"model\":{\"type\":\"BPE\",\"vocab\":{%s},\"merges\":%s%s}}",
@@ -46,9 +49,12 @@ static char *mini_json(const char *extra_top, const char *model_extra, const cha
     return s;
 }
 
-#define BL_PRE ",\"pre_tokenizer\":{\"type\":\"ByteLevel\",\"add_prefix_space\":false,\"use_regex\":true}"
+#define BL_PRE \
+    ",\"pre_tokenizer\":{\"type\":\"ByteLevel\",\"add_prefix_space\":false,\"use_regex\":true}"
 #define BL_DEC ",\"decoder\":{\"type\":\"ByteLevel\"}"
-#define MERGES "[\"a b\",\"ab c\",\"\xc4\xa0 a\",\"\xc4\xa0" "a b\",\"b c\"]"
+#define MERGES                                    \
+    "[\"a b\",\"ab c\",\"\xc4\xa0 a\",\"\xc4\xa0" \
+    "a b\",\"b c\"]"
 
 /* Loads mini_json(...) and checks the status (and a message fragment when failing). */
 static void expect_load(const char *top, const char *model, const char *merges, mc_status want,
@@ -93,8 +99,8 @@ static void test_synthetic_parity(void) {
             mc_tokenizer_free(tok);
             tok = NULL;
             snprintf(cur, sizeof cur, "%s", name);
-            snprintf(path, sizeof path, "%s/tests/fixtures/tokenizer/synthetic/%s.json", MC_SOURCE_DIR,
-                     name);
+            snprintf(path, sizeof path, "%s/tests/fixtures/tokenizer/synthetic/%s.json",
+                     MC_SOURCE_DIR, name);
             CHECK_OK(mc_tokenizer_load(path, &tok));
             loaded++;
         }
@@ -146,9 +152,11 @@ static void test_load_errors_json(void) {
     CHECK_STATUS(parse("[1, 2]", &tok), MC_ERR_TOKENIZER);
     CHECK_STATUS(parse("{}", &tok), MC_ERR_TOKENIZER);
     CHECK_MSG("'model'");
-    CHECK_STATUS(parse("{\"model\":{\"type\":\"Unigram\",\"vocab\":[]}}", &tok), MC_ERR_UNSUPPORTED);
+    CHECK_STATUS(parse("{\"model\":{\"type\":\"Unigram\",\"vocab\":[]}}", &tok),
+                 MC_ERR_UNSUPPORTED);
     CHECK_MSG("Unigram");
-    CHECK_STATUS(parse("{\"model\":{\"type\":\"WordPiece\",\"vocab\":{}}}", &tok), MC_ERR_UNSUPPORTED);
+    CHECK_STATUS(parse("{\"model\":{\"type\":\"WordPiece\",\"vocab\":{}}}", &tok),
+                 MC_ERR_UNSUPPORTED);
     CHECK_MSG("WordPiece");
     CHECK_STATUS(parse("{\"model\":{\"vocab\":{}}}", &tok), MC_ERR_UNSUPPORTED);
     CHECK_STATUS(parse("{\"model\":{\"type\":\"BPE\",\"vocab\":[],\"merges\":[]}}", &tok),
@@ -166,66 +174,89 @@ static void test_load_errors_json(void) {
 
 static void test_load_errors_components(void) {
     expect_load("", "", MERGES, MC_OK, NULL);
-    expect_load(",\"normalizer\":{\"type\":\"Lowercase\"}", "", MERGES, MC_ERR_UNSUPPORTED, "Lowercase");
+    expect_load(",\"normalizer\":{\"type\":\"Lowercase\"}", "", MERGES, MC_ERR_UNSUPPORTED,
+                "Lowercase");
     expect_load(",\"normalizer\":{\"type\":\"Sequence\",\"normalizers\":[{\"type\":\"NFC\"},"
-                "{\"type\":\"Strip\"}]}", "", MERGES, MC_ERR_UNSUPPORTED, "Strip");
-    expect_load(",\"normalizer\":{\"type\":\"Sequence\"}", "", MERGES, MC_ERR_TOKENIZER, "normalizers");
+                "{\"type\":\"Strip\"}]}",
+                "", MERGES, MC_ERR_UNSUPPORTED, "Strip");
+    expect_load(",\"normalizer\":{\"type\":\"Sequence\"}", "", MERGES, MC_ERR_TOKENIZER,
+                "normalizers");
     expect_load(",\"normalizer\":5", "", MERGES, MC_ERR_TOKENIZER, "normalizer");
     expect_load(",\"normalizer\":{\"type\":\"Sequence\",\"normalizers\":[{\"type\":\"NFC\"},"
                 "{\"type\":\"NFC\"},{\"type\":\"NFC\"},{\"type\":\"NFC\"},{\"type\":\"NFC\"},"
                 "{\"type\":\"NFC\"},{\"type\":\"NFC\"},{\"type\":\"NFC\"},{\"type\":\"NFC\"}]}",
                 "", MERGES, MC_ERR_TOKENIZER, "normalizers");
-    expect_load(",\"pre_tokenizer\":{\"type\":\"Metaspace\"}", "", MERGES, MC_ERR_UNSUPPORTED, "Metaspace");
+    expect_load(",\"pre_tokenizer\":{\"type\":\"Metaspace\"}", "", MERGES, MC_ERR_UNSUPPORTED,
+                "Metaspace");
     expect_load(",\"pre_tokenizer\":[]", "", MERGES, MC_ERR_TOKENIZER, "pre_tokenizer");
     expect_load(",\"pre_tokenizer\":{\"type\":\"Sequence\",\"pretokenizers\":3}", "", MERGES,
                 MC_ERR_TOKENIZER, "pretokenizers");
     expect_load(",\"pre_tokenizer\":{\"type\":\"Split\",\"behavior\":\"Isolated\"}", "", MERGES,
                 MC_ERR_TOKENIZER, "pattern");
     expect_load(",\"pre_tokenizer\":{\"type\":\"Split\",\"pattern\":{\"Other\":\"x\"},"
-                "\"behavior\":\"Isolated\"}", "", MERGES, MC_ERR_TOKENIZER, "Regex");
+                "\"behavior\":\"Isolated\"}",
+                "", MERGES, MC_ERR_TOKENIZER, "Regex");
     expect_load(",\"pre_tokenizer\":{\"type\":\"Split\",\"pattern\":{\"Regex\":\"x\"}}", "", MERGES,
                 MC_ERR_TOKENIZER, "behavior");
     expect_load(",\"pre_tokenizer\":{\"type\":\"Split\",\"pattern\":{\"Regex\":\"x\"},"
-                "\"behavior\":\"Sideways\"}", "", MERGES, MC_ERR_UNSUPPORTED, "Sideways");
+                "\"behavior\":\"Sideways\"}",
+                "", MERGES, MC_ERR_UNSUPPORTED, "Sideways");
     expect_load(",\"pre_tokenizer\":{\"type\":\"Split\",\"pattern\":{\"Regex\":\"(x\"},"
-                "\"behavior\":\"Isolated\"}", "", MERGES, MC_ERR_UNSUPPORTED, "regex");
+                "\"behavior\":\"Isolated\"}",
+                "", MERGES, MC_ERR_UNSUPPORTED, "regex");
     expect_load(",\"pre_tokenizer\":{\"type\":\"Split\",\"pattern\":{\"Regex\":\"[\\\\S]\"},"
-                "\"behavior\":\"Isolated\"}", "", MERGES, MC_ERR_UNSUPPORTED, "character class");
+                "\"behavior\":\"Isolated\"}",
+                "", MERGES, MC_ERR_UNSUPPORTED, "character class");
     expect_load(",\"pre_tokenizer\":{\"type\":\"Split\",\"pattern\":{\"Regex\":\"x\"},"
-                "\"behavior\":\"Isolated\",\"invert\":\"no\"}", "", MERGES, MC_ERR_TOKENIZER, "invert");
-    expect_load(",\"pre_tokenizer\":{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"ByteLevel\"},"
-                "{\"type\":\"Split\",\"pattern\":{\"Regex\":\"x\"},\"behavior\":\"Isolated\"}]}",
-                "", MERGES, MC_ERR_UNSUPPORTED, "after ByteLevel");
+                "\"behavior\":\"Isolated\",\"invert\":\"no\"}",
+                "", MERGES, MC_ERR_TOKENIZER, "invert");
+    expect_load(
+        ",\"pre_tokenizer\":{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"ByteLevel\"},"
+        "{\"type\":\"Split\",\"pattern\":{\"Regex\":\"x\"},\"behavior\":\"Isolated\"}]}",
+        "", MERGES, MC_ERR_UNSUPPORTED, "after ByteLevel");
     {
         char top[2048] = ",\"pre_tokenizer\":{\"type\":\"Sequence\",\"pretokenizers\":[";
         int i;
         for (i = 0; i < 9; i++)
-            strcat(top, i ? ",{\"type\":\"Split\",\"pattern\":{\"String\":\"x\"},\"behavior\":\"Isolated\"}"
-                          : "{\"type\":\"Split\",\"pattern\":{\"String\":\"x\"},\"behavior\":\"Isolated\"}");
+            strcat(
+                top,
+                i ? ",{\"type\":\"Split\",\"pattern\":{\"String\":\"x\"},\"behavior\":\"Isolated\"}"
+                  : "{\"type\":\"Split\",\"pattern\":{\"String\":\"x\"},\"behavior\":"
+                    "\"Isolated\"}");
         strcat(top, "]}");
         expect_load(top, "", MERGES, MC_ERR_TOKENIZER, "pre-tokenizers");
     }
-    expect_load(",\"decoder\":{\"type\":\"WordPiece\"}", "", MERGES, MC_ERR_UNSUPPORTED, "WordPiece");
+    expect_load(",\"decoder\":{\"type\":\"WordPiece\"}", "", MERGES, MC_ERR_UNSUPPORTED,
+                "WordPiece");
     expect_load(",\"decoder\":7", "", MERGES, MC_ERR_TOKENIZER, "decoder");
-    expect_load(",\"post_processor\":{\"type\":\"Mystery\"}", "", MERGES, MC_ERR_UNSUPPORTED, "Mystery");
+    expect_load(",\"post_processor\":{\"type\":\"Mystery\"}", "", MERGES, MC_ERR_UNSUPPORTED,
+                "Mystery");
     expect_load(",\"post_processor\":\"x\"", "", MERGES, MC_ERR_TOKENIZER, "post_processor");
-    expect_load(",\"post_processor\":{\"type\":\"Sequence\"}", "", MERGES, MC_ERR_TOKENIZER, "processors");
-    expect_load(",\"post_processor\":{\"type\":\"BertProcessing\",\"cls\":[\"a\"],\"sep\":[\"b\",1]}",
-                "", MERGES, MC_ERR_TOKENIZER, "cls");
+    expect_load(",\"post_processor\":{\"type\":\"Sequence\"}", "", MERGES, MC_ERR_TOKENIZER,
+                "processors");
+    expect_load(
+        ",\"post_processor\":{\"type\":\"BertProcessing\",\"cls\":[\"a\"],\"sep\":[\"b\",1]}", "",
+        MERGES, MC_ERR_TOKENIZER, "cls");
     expect_load(",\"post_processor\":{\"type\":\"RobertaProcessing\",\"cls\":[\"a\",0],"
-                "\"sep\":[\"x\",9999]}", "", MERGES, MC_ERR_TOKENIZER, "9999");
-    expect_load(",\"post_processor\":{\"type\":\"TemplateProcessing\"}", "", MERGES, MC_ERR_TOKENIZER,
-                "single");
-    expect_load(",\"post_processor\":{\"type\":\"TemplateProcessing\",\"single\":[{\"Sequence\":{\"id\":"
-                "\"B\",\"type_id\":0}}],\"special_tokens\":{}}", "", MERGES, MC_ERR_UNSUPPORTED, "$A");
-    expect_load(",\"post_processor\":{\"type\":\"TemplateProcessing\",\"single\":[{\"SpecialToken\":{"
-                "\"id\":\"<s>\",\"type_id\":0}}],\"special_tokens\":{}}", "", MERGES, MC_ERR_TOKENIZER,
-                "<s>");
-    expect_load(",\"post_processor\":{\"type\":\"TemplateProcessing\",\"single\":[{\"SpecialToken\":{"
-                "\"id\":\"<s>\",\"type_id\":0}}],\"special_tokens\":{\"<s>\":{\"ids\":[1]}}}", "",
-                MERGES, MC_ERR_UNSUPPORTED, "$A");
+                "\"sep\":[\"x\",9999]}",
+                "", MERGES, MC_ERR_TOKENIZER, "9999");
+    expect_load(",\"post_processor\":{\"type\":\"TemplateProcessing\"}", "", MERGES,
+                MC_ERR_TOKENIZER, "single");
+    expect_load(
+        ",\"post_processor\":{\"type\":\"TemplateProcessing\",\"single\":[{\"Sequence\":{\"id\":"
+        "\"B\",\"type_id\":0}}],\"special_tokens\":{}}",
+        "", MERGES, MC_ERR_UNSUPPORTED, "$A");
+    expect_load(
+        ",\"post_processor\":{\"type\":\"TemplateProcessing\",\"single\":[{\"SpecialToken\":{"
+        "\"id\":\"<s>\",\"type_id\":0}}],\"special_tokens\":{}}",
+        "", MERGES, MC_ERR_TOKENIZER, "<s>");
+    expect_load(
+        ",\"post_processor\":{\"type\":\"TemplateProcessing\",\"single\":[{\"SpecialToken\":{"
+        "\"id\":\"<s>\",\"type_id\":0}}],\"special_tokens\":{\"<s>\":{\"ids\":[1]}}}",
+        "", MERGES, MC_ERR_UNSUPPORTED, "$A");
     expect_load(",\"post_processor\":{\"type\":\"TemplateProcessing\",\"single\":[7],"
-                "\"special_tokens\":{}}", "", MERGES, MC_ERR_TOKENIZER, "SpecialToken");
+                "\"special_tokens\":{}}",
+                "", MERGES, MC_ERR_TOKENIZER, "SpecialToken");
     expect_load(",\"truncation\":{\"max_length\":5}", "", MERGES, MC_ERR_UNSUPPORTED, "truncation");
     expect_load(",\"padding\":{}", "", MERGES, MC_ERR_UNSUPPORTED, "padding");
     expect_load(",\"added_tokens\":{}", "", MERGES, MC_ERR_TOKENIZER, "added_tokens");
@@ -238,7 +269,8 @@ static void test_load_errors_model(void) {
     expect_load("", ",\"byte_fallback\":1", MERGES, MC_ERR_TOKENIZER, "byte_fallback");
     expect_load("", ",\"continuing_subword_prefix\":\"##\"", MERGES, MC_ERR_UNSUPPORTED, "prefix");
     expect_load("", ",\"end_of_word_suffix\":\"</w>\"", MERGES, MC_ERR_UNSUPPORTED, "suffix");
-    expect_load("", ",\"continuing_subword_prefix\":\"\",\"end_of_word_suffix\":null", MERGES, MC_OK, NULL);
+    expect_load("", ",\"continuing_subword_prefix\":\"\",\"end_of_word_suffix\":null", MERGES,
+                MC_OK, NULL);
     expect_load("", ",\"unk_token\":\"<unk>\"", MERGES, MC_ERR_TOKENIZER, "unk_token");
     expect_load("", ",\"unk_token\":3", MERGES, MC_ERR_TOKENIZER, "unk_token");
     expect_load("", "", "[\"a zz\"]", MC_ERR_TOKENIZER, "zz");
@@ -252,37 +284,50 @@ static void test_load_errors_model(void) {
     /* Vocabulary ids. */
     {
         mc_tokenizer *tok = NULL;
-        CHECK_STATUS(parse("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":0},\"merges\":[]}}", &tok),
-                     MC_ERR_TOKENIZER);
+        CHECK_STATUS(
+            parse("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":0},\"merges\":[]}}", &tok),
+            MC_ERR_TOKENIZER);
         CHECK_MSG("duplicate id 0");
-        CHECK_STATUS(parse("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"a\":1},\"merges\":[]}}", &tok),
-                     MC_ERR_TOKENIZER);
+        CHECK_STATUS(
+            parse("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"a\":1},\"merges\":[]}}", &tok),
+            MC_ERR_TOKENIZER);
         CHECK_MSG("occurs twice");
-        CHECK_STATUS(parse("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":1.5},\"merges\":[]}}", &tok),
-                     MC_ERR_TOKENIZER);
-        CHECK_STATUS(parse("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":\"0\"},\"merges\":[]}}", &tok),
-                     MC_ERR_TOKENIZER);
-        CHECK_STATUS(parse("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":900000},\"merges\":[]}}",
-                           &tok), MC_ERR_TOKENIZER);
+        CHECK_STATUS(
+            parse("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":1.5},\"merges\":[]}}", &tok),
+            MC_ERR_TOKENIZER);
+        CHECK_STATUS(
+            parse("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":\"0\"},\"merges\":[]}}", &tok),
+            MC_ERR_TOKENIZER);
+        CHECK_STATUS(
+            parse("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":900000},\"merges\":[]}}",
+                  &tok),
+            MC_ERR_TOKENIZER);
         CHECK_MSG("far beyond");
-        CHECK_STATUS(parse("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":3e12},\"merges\":[]}}", &tok),
-                     MC_ERR_TOKENIZER);
+        CHECK_STATUS(
+            parse("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":3e12},\"merges\":[]}}", &tok),
+            MC_ERR_TOKENIZER);
     }
     /* Added tokens. */
     expect_load(",\"added_tokens\":[{\"id\":5,\"content\":\"<x>\"}]", "", MERGES, MC_ERR_TOKENIZER,
                 "which");
-    expect_load(",\"added_tokens\":[{\"id\":300,\"content\":\"\"}]", "", MERGES, MC_ERR_TOKENIZER, "content");
+    expect_load(",\"added_tokens\":[{\"id\":300,\"content\":\"\"}]", "", MERGES, MC_ERR_TOKENIZER,
+                "content");
     expect_load(",\"added_tokens\":[{\"id\":300}]", "", MERGES, MC_ERR_TOKENIZER, "content");
-    expect_load(",\"added_tokens\":[{\"content\":\"<x>\"}]", "", MERGES, MC_ERR_TOKENIZER, "token id");
+    expect_load(",\"added_tokens\":[{\"content\":\"<x>\"}]", "", MERGES, MC_ERR_TOKENIZER,
+                "token id");
     expect_load(",\"added_tokens\":[7]", "", MERGES, MC_ERR_TOKENIZER, "objects");
-    expect_load(",\"added_tokens\":[{\"id\":300,\"content\":\"ab\"}]", "", MERGES, MC_ERR_TOKENIZER, "also id");
-    expect_load(",\"added_tokens\":[{\"id\":256,\"content\":\"ab\",\"special\":true}]", "", MERGES, MC_OK, NULL);
-    expect_load(",\"added_tokens\":[{\"id\":300,\"content\":\"<x>\",\"lstrip\":\"yes\"}]", "", MERGES,
-                MC_ERR_TOKENIZER, "lstrip");
-    expect_load(",\"added_tokens\":[{\"id\":300,\"content\":\"<x>\"},{\"id\":301,\"content\":\"<x>\"}]",
-                "", MERGES, MC_ERR_TOKENIZER, "also id");
-    expect_load(",\"added_tokens\":[{\"id\":300,\"content\":\"\xff" "x\",\"normalized\":true}]", "",
-                MERGES, MC_ERR_TOKENIZER, "not valid UTF-8");
+    expect_load(",\"added_tokens\":[{\"id\":300,\"content\":\"ab\"}]", "", MERGES, MC_ERR_TOKENIZER,
+                "also id");
+    expect_load(",\"added_tokens\":[{\"id\":256,\"content\":\"ab\",\"special\":true}]", "", MERGES,
+                MC_OK, NULL);
+    expect_load(",\"added_tokens\":[{\"id\":300,\"content\":\"<x>\",\"lstrip\":\"yes\"}]", "",
+                MERGES, MC_ERR_TOKENIZER, "lstrip");
+    expect_load(
+        ",\"added_tokens\":[{\"id\":300,\"content\":\"<x>\"},{\"id\":301,\"content\":\"<x>\"}]", "",
+        MERGES, MC_ERR_TOKENIZER, "also id");
+    expect_load(",\"added_tokens\":[{\"id\":300,\"content\":\"\xff"
+                "x\",\"normalized\":true}]",
+                "", MERGES, MC_ERR_TOKENIZER, "not valid UTF-8");
 }
 
 static void test_load_files_and_folders(void) {
@@ -309,7 +354,8 @@ static void test_load_files_and_folders(void) {
     f = fopen(cfg, "w");
     fputs("{\"eos_token\":{\"content\":\"ab\"},\"bos_token\":\"abc\",\"pad_token\":null,"
           "\"chat_template\":[{\"name\":\"tool_use\",\"template\":\"x\"},{\"name\":\"default\","
-          "\"template\":\"{{'<|im_start|>' + m + '<|im_end|>'}}\"}]}", f);
+          "\"template\":\"{{'<|im_start|>' + m + '<|im_end|>'}}\"}]}",
+          f);
     fclose(f);
     CHECK_OK(mc_tokenizer_load(dir, &tok));
     CHECK_INT(mc_tokenizer_special_id(tok, MC_TOKEN_EOS), 256);
@@ -328,7 +374,8 @@ static void test_load_files_and_folders(void) {
                                          MC_ERR_JSON};
         int i;
         for (i = 0; i < 4; i++) {
-            CHECK_STATUS(mc_tokenizer_parse(j, strlen(j), bad[i], strlen(bad[i]), "t", &tok), want[i]);
+            CHECK_STATUS(mc_tokenizer_parse(j, strlen(j), bad[i], strlen(bad[i]), "t", &tok),
+                         want[i]);
             CHECK(tok == NULL);
         }
     }
@@ -342,11 +389,11 @@ static void test_invalid_utf8(void) {
         const char *s;
         size_t len, offset;
     } cases[] = {
-        {"ab\xc0\x80", 4, 2},         /* overlong */
-        {"\xed\xa0\x80", 3, 0},       /* surrogate */
+        {"ab\xc0\x80", 4, 2},          /* overlong */
+        {"\xed\xa0\x80", 3, 0},        /* surrogate */
         {"xyz\xf5\x80\x80\x80", 7, 3}, /* beyond U+10FFFF */
-        {"\xe4\xb8", 2, 0},           /* truncated */
-        {"ok \x80", 4, 3},            /* lone continuation */
+        {"\xe4\xb8", 2, 0},            /* truncated */
+        {"ok \x80", 4, 3},             /* lone continuation */
         {"12345678901234\xff", 15, 14},
         {"\xf4\x90\x80\x80", 4, 0},
         {"\xe0\x80\x80", 3, 0},
@@ -358,7 +405,8 @@ static void test_invalid_utf8(void) {
     CHECK_OK(parse(j, &tok));
     for (i = 0; tok && i < sizeof cases / sizeof cases[0]; i++) {
         char want[64];
-        CHECK_STATUS(mc_tokenizer_encode(tok, cases[i].s, cases[i].len, 1, ids, 16, &n), MC_ERR_UTF8);
+        CHECK_STATUS(mc_tokenizer_encode(tok, cases[i].s, cases[i].len, 1, ids, 16, &n),
+                     MC_ERR_UTF8);
         snprintf(want, sizeof want, "byte offset %zu", cases[i].offset);
         CHECK_MSG(want);
     }
@@ -370,7 +418,8 @@ static void test_invalid_utf8(void) {
 
 static void test_buffers_and_lookups(void) {
     char *j = mini_json(BL_PRE BL_DEC ",\"added_tokens\":[{\"id\":300,\"content\":\"<s>\","
-                        "\"special\":true},{\"id\":302,\"content\":\"<x>\"}]", "", MERGES);
+                                      "\"special\":true},{\"id\":302,\"content\":\"<x>\"}]",
+                        "", MERGES);
     mc_tokenizer *tok = NULL;
     int32_t ids[8], bad_ids[2] = {0, 301};
     size_t n = 99, len = 99;
@@ -426,7 +475,9 @@ static void test_buffers_and_lookups(void) {
     /* Lookups. */
     CHECK_INT(mc_tokenizer_vocab_size(tok), 303);
     CHECK_INT(mc_tokenizer_vocab_size(NULL), 0);
-    CHECK_INT(mc_tokenizer_token_to_id(tok, "\xc4\xa0" "ab"), 259);
+    CHECK_INT(mc_tokenizer_token_to_id(tok, "\xc4\xa0"
+                                            "ab"),
+              259);
     CHECK_INT(mc_tokenizer_token_to_id(tok, "<x>"), 302);
     CHECK_INT(mc_tokenizer_token_to_id(tok, "nope"), -1);
     CHECK_INT(mc_tokenizer_token_to_id(tok, NULL), -1);
@@ -546,10 +597,10 @@ static void test_regex_translation(void) {
         size_t n_ids;
         mc_status want;
     } cases[] = {
-        {"\\\\u0078", "Removed", "axbxc", 3, MC_OK},           /* \u0078 = x */
+        {"\\\\u0078", "Removed", "axbxc", 3, MC_OK}, /* \u0078 = x */
         {"[[:digit:]]+", "Removed", "a12b345c", 3, MC_OK},
-        {"\\\\h+", "Removed", "zz0fz", 3, MC_OK},                /* \h = hex digit: "zz", "z" */
-        {"[\\\\w]+", "Removed", "ab, c", 2, MC_OK},              /* ", " is left */
+        {"\\\\h+", "Removed", "zz0fz", 3, MC_OK},   /* \h = hex digit: "zz", "z" */
+        {"[\\\\w]+", "Removed", "ab, c", 2, MC_OK}, /* ", " is left */
         {"\\\\W", "Removed", "a,b", 2, MC_OK},
         {"(x+x+)+y", "Isolated", "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxz y", 0, MC_ERR_UNSUPPORTED},
     };
@@ -568,7 +619,8 @@ static void test_regex_translation(void) {
         j = mini_json(top, "", "[]");
         CHECK_OK(parse(j, &tok));
         if (tok) {
-            mc_status s = mc_tokenizer_encode(tok, cases[i].text, strlen(cases[i].text), 1, ids, 64, &n);
+            mc_status s =
+                mc_tokenizer_encode(tok, cases[i].text, strlen(cases[i].text), 1, ids, 64, &n);
             CHECK_STATUS(s, cases[i].want);
             if (s == MC_OK && n != cases[i].n_ids) {
                 fprintf(stderr, "regex %s on %s: %zu ids, expected %zu\n", cases[i].regex,
@@ -635,7 +687,8 @@ static void test_alloc_failures(void) {
     char *json = NULL;
     size_t len = 0, k;
     static const char text[] = "Hello  world <s> [MASK] word \xc3\xa9t\xc3\xa9 e\xcc\x81 in x";
-    snprintf(path, sizeof path, "%s/tests/fixtures/tokenizer/synthetic/added_flags.json", MC_SOURCE_DIR);
+    snprintf(path, sizeof path, "%s/tests/fixtures/tokenizer/synthetic/added_flags.json",
+             MC_SOURCE_DIR);
     json = tt_read(path, &len);
     CHECK(json != NULL);
     for (k = 1; json && k < 100000; k++) {
@@ -645,14 +698,16 @@ static void test_alloc_failures(void) {
         size_t n = 0, used;
         mc_status s;
         (void)mc_debug_fail_alloc_after(k);
-        s = mc_tokenizer_parse(json, len, "{\"chat_template\":\"<|im_start|>system\\nHi<|im_end|>\"}",
-                               52, "added_flags.json", &tok);
+        s = mc_tokenizer_parse(json, len,
+                               "{\"chat_template\":\"<|im_start|>system\\nHi<|im_end|>\"}", 52,
+                               "added_flags.json", &tok);
         if (s == MC_OK) s = mc_tokenizer_encode(tok, text, sizeof text - 1, 1, ids, 256, &n);
         if (s == MC_OK) s = mc_tokenizer_decode(tok, ids, n, 1, out, sizeof out, &n);
         used = mc_debug_fail_alloc_after(0);
         mc_tokenizer_free(tok);
         if (s != MC_OK && s != MC_ERR_OOM) {
-            fprintf(stderr, "allocation %zu failing gave %s (%s)\n", k, mc_status_name(s), mc_last_error());
+            fprintf(stderr, "allocation %zu failing gave %s (%s)\n", k, mc_status_name(s),
+                    mc_last_error());
             t_checks_failed++;
             break;
         }
@@ -694,7 +749,8 @@ static void test_chat_templates(void) {
         p.enable_thinking = 0;
         CHECK_OK(mc_chat_render(NULL, conv, 1, &p, buf, sizeof buf, &len));
         CHECK(strstr(buf, "<|im_start|>assistant\n<think>\n\n</think>\n\n") != NULL);
-        CHECK_STATUS(mc_chat_render(NULL, conv, 1, NULL, buf, sizeof buf, &len), MC_ERR_INVALID_ARG);
+        CHECK_STATUS(mc_chat_render(NULL, conv, 1, NULL, buf, sizeof buf, &len),
+                     MC_ERR_INVALID_ARG);
     }
     CHECK_STATUS(render(NULL, "chatml", conv, 2, 1, buf, 10), MC_ERR_BUFFER_TOO_SMALL);
     CHECK_STATUS(render(NULL, "llama3", conv, 2, 1, buf, sizeof buf), MC_ERR_INVALID_ARG);
@@ -712,32 +768,38 @@ static void test_chat_templates(void) {
         } cases[] = {
             {"{}", NULL, MC_ERR_UNSUPPORTED, NULL},
             {"{\"chat_template\":null}", NULL, MC_ERR_UNSUPPORTED, NULL},
-            {"{\"chat_template\":\"{{ bos_token }}{% for m in messages %}[INST]{{m.content}}{% endfor %}\"}",
+            {"{\"chat_template\":\"{{ bos_token }}{% for m in messages %}[INST]{{m.content}}{% "
+             "endfor %}\"}",
              NULL, MC_ERR_UNSUPPORTED, NULL},
             /* Qwen2-Instruct's template: a literal default system prompt. */
-            {"{\"chat_template\":\"{% for message in messages %}{% if loop.first and messages[0]['role'] "
-             "!= 'system' %}{{ '<|im_start|>system\\\\nYou are a helpful assistant.<|im_end|>\\\\n' }}"
+            {"{\"chat_template\":\"{% for message in messages %}{% if loop.first and "
+             "messages[0]['role'] "
+             "!= 'system' %}{{ '<|im_start|>system\\\\nYou are a helpful "
+             "assistant.<|im_end|>\\\\n' }}"
              "{% endif %}{{'<|im_start|>' + message['role'] + '\\\\n' + message['content'] + "
              "'<|im_end|>' + '\\\\n'}}{% endfor %}\"}",
              "qwen2.5", MC_OK,
-             "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n"},
+             "<|im_start|>system\nYou are a helpful "
+             "assistant.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n"},
             /* A system prompt with escapes, written with a real newline. */
-            {"{\"chat_template\":\"{{ '<|im_start|>system\\nIt\\\\'s \\\\\\\"me\\\\\\\"\\\\t!<|im_end|>\\n' }}\"}",
+            {"{\"chat_template\":\"{{ '<|im_start|>system\\nIt\\\\'s "
+             "\\\\\\\"me\\\\\\\"\\\\t!<|im_end|>\\n' }}\"}",
              "qwen2.5", MC_OK,
              "<|im_start|>system\nIt's \"me\"\t!<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n"},
             /* Only dynamic system text: plain ChatML. */
             {"{\"chat_template\":\"{{ '<|im_start|>system\\\\n' + messages[0]['content'] + "
              "'<|im_end|>' }}{{ '<|im_start|>system\\\\nA' + x + 'B<|im_end|>' }}\"}",
              "chatml", MC_OK, "<|im_start|>user\nhi<|im_end|>\n"},
-            {"{\"chat_template\":[{\"name\":\"x\",\"template\":\"<|im_start|><|im_end|>\"}]}", "chatml",
-             MC_OK, "<|im_start|>user\nhi<|im_end|>\n"},
+            {"{\"chat_template\":[{\"name\":\"x\",\"template\":\"<|im_start|><|im_end|>\"}]}",
+             "chatml", MC_OK, "<|im_start|>user\nhi<|im_end|>\n"},
             {"{\"chat_template\":[]}", NULL, MC_ERR_UNSUPPORTED, NULL},
         };
         size_t i;
         for (i = 0; i < sizeof cases / sizeof cases[0]; i++) {
             const char *style;
             mc_status s;
-            CHECK_OK(mc_tokenizer_parse(j, strlen(j), cases[i].cfg, strlen(cases[i].cfg), "t", &tok));
+            CHECK_OK(
+                mc_tokenizer_parse(j, strlen(j), cases[i].cfg, strlen(cases[i].cfg), "t", &tok));
             if (!tok) continue;
             style = mc_tokenizer_chat_template(tok);
             CHECK((style == NULL && cases[i].style == NULL) ||
@@ -769,11 +831,13 @@ static void test_fim(void) {
     CHECK_STATUS(mc_fim_render(NULL, "p", "s", buf, 5, &len), MC_ERR_BUFFER_TOO_SMALL);
     CHECK_INT(len, 44);
     CHECK_STATUS(mc_fim_render(NULL, NULL, "s", buf, sizeof buf, &len), MC_ERR_INVALID_ARG);
-    CHECK_OK(mc_fim_render_repo(NULL, "r", files, 2, "c.py", "import a", NULL, buf, sizeof buf, &len));
+    CHECK_OK(
+        mc_fim_render_repo(NULL, "r", files, 2, "c.py", "import a", NULL, buf, sizeof buf, &len));
     CHECK(!strcmp(buf, "<|repo_name|>r\n<|file_sep|>a.py\nx = 1\n<|file_sep|>b.py\n\n"
                        "<|file_sep|>c.py\nimport a"));
     CHECK_OK(mc_fim_render_repo(NULL, "r", NULL, 0, "c.py", "p", "s", buf, sizeof buf, &len));
-    CHECK(!strcmp(buf, "<|repo_name|>r\n<|file_sep|>c.py\n<|fim_prefix|>p<|fim_suffix|>s<|fim_middle|>"));
+    CHECK(!strcmp(
+        buf, "<|repo_name|>r\n<|file_sep|>c.py\n<|fim_prefix|>p<|fim_suffix|>s<|fim_middle|>"));
     files[1].content = NULL;
     CHECK_STATUS(mc_fim_render_repo(NULL, "r", files, 2, "c", "p", NULL, buf, sizeof buf, &len),
                  MC_ERR_INVALID_ARG);

@@ -166,8 +166,8 @@ static int check_fim_row(const char *line, cJSON *row) {
         }
         s = mc_fim_render_repo(g_tok, cJSON_GetObjectItem(row, "repo")->valuestring, files, nf,
                                cJSON_GetObjectItem(row, "path")->valuestring, prefix,
-                               cJSON_IsString(suffix) ? suffix->valuestring : NULL, out,
-                               sizeof out, &out_len);
+                               cJSON_IsString(suffix) ? suffix->valuestring : NULL, out, sizeof out,
+                               &out_len);
     }
     ok = s == MC_OK && text && out_len == len && memcmp(out, text, len) == 0;
     if (!ok) {

@@ -96,8 +96,8 @@ static inline int32_t *tt_ids(const cJSON *arr, size_t *n) {
 }
 
 /* Encodes text and returns a heap array of ids (free()); NULL on error (printed). */
-static inline int32_t *tt_encode(const mc_tokenizer *tok, const char *text, size_t len, int add_special,
-                          size_t *n) {
+static inline int32_t *tt_encode(const mc_tokenizer *tok, const char *text, size_t len,
+                                 int add_special, size_t *n) {
     size_t cap = len + 16;
     int32_t *ids = malloc(cap * sizeof *ids);
     mc_status s = mc_tokenizer_encode(tok, text, len, add_special, ids, cap, n);
@@ -116,7 +116,7 @@ static inline int32_t *tt_encode(const mc_tokenizer *tok, const char *text, size
 
 /* Decodes ids into a heap string (free()); NULL on error (printed). */
 static inline char *tt_decode(const mc_tokenizer *tok, const int32_t *ids, size_t n, int skip,
-                       size_t *len) {
+                              size_t *len) {
     size_t cap = 0;
     char *buf;
     mc_status s = mc_tokenizer_decode(tok, ids, n, skip, NULL, 0, len);
@@ -141,17 +141,21 @@ static inline void tt_print_text(const char *label, const char *s, size_t n) {
     fprintf(stderr, "  %s (%zu bytes): \"", label, n);
     for (i = 0; i < n && i < 160; i++) {
         unsigned char c = (unsigned char)s[i];
-        if (c == '"' || c == '\\') fprintf(stderr, "\\%c", c);
-        else if (c < 0x20 || c == 0x7f) fprintf(stderr, "\\x%02x", c);
-        else fputc(c, stderr);
+        if (c == '"' || c == '\\')
+            fprintf(stderr, "\\%c", c);
+        else if (c < 0x20 || c == 0x7f)
+            fprintf(stderr, "\\x%02x", c);
+        else
+            fputc(c, stderr);
     }
     fprintf(stderr, "%s\"\n", n > 160 ? "..." : "");
 }
 
 /* Compares id lists; on a difference prints the first differing position with some
  * context. Returns 1 when equal. */
-static inline int tt_same_ids(const char *what, const char *text, size_t text_len, const int32_t *got,
-                       size_t n_got, const int32_t *want, size_t n_want) {
+static inline int tt_same_ids(const char *what, const char *text, size_t text_len,
+                              const int32_t *got, size_t n_got, const int32_t *want,
+                              size_t n_want) {
     size_t i = 0, k;
     while (i < n_got && i < n_want && got[i] == want[i]) i++;
     if (i == n_got && i == n_want) return 1;
@@ -173,9 +177,12 @@ static inline const char *tt_tokenizer_dir(void) {
     const char *home = getenv("HOME");
     const char *cache = getenv("MC_CACHE_DIR");
     struct stat st;
-    if (env && *env) snprintf(buf, sizeof buf, "%s", env);
-    else if (cache && *cache) snprintf(buf, sizeof buf, "%s/tokenizer-qwen3-3.7.2", cache);
-    else snprintf(buf, sizeof buf, "%s/.cache/metal-candle/tokenizer-qwen3-3.7.2", home ? home : "");
+    if (env && *env)
+        snprintf(buf, sizeof buf, "%s", env);
+    else if (cache && *cache)
+        snprintf(buf, sizeof buf, "%s/tokenizer-qwen3-3.7.2", cache);
+    else
+        snprintf(buf, sizeof buf, "%s/.cache/metal-candle/tokenizer-qwen3-3.7.2", home ? home : "");
     {
         char tj[4200];
         snprintf(tj, sizeof tj, "%s/tokenizer.json", buf);

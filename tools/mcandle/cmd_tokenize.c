@@ -107,7 +107,9 @@ static int parse_json_string(const char *line, char **out, size_t *len, const ch
         c = (unsigned char)p[1];
         p += 2;
         switch (c) {
-        case '"': case '\\': case '/': buf[n++] = (char)c; break;
+        case '"':
+        case '\\':
+        case '/': buf[n++] = (char)c; break;
         case 'b': buf[n++] = '\b'; break;
         case 'f': buf[n++] = '\f'; break;
         case 'n': buf[n++] = '\n'; break;
@@ -202,12 +204,18 @@ static void print_json_string(const char *s, size_t n) {
     putchar('"');
     for (i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
-        if (c == '"' || c == '\\') printf("\\%c", c);
-        else if (c == '\n') fputs("\\n", stdout);
-        else if (c == '\t') fputs("\\t", stdout);
-        else if (c == '\r') fputs("\\r", stdout);
-        else if (c < 0x20 || c == 0x7F) printf("\\u%04x", c);
-        else putchar(c);
+        if (c == '"' || c == '\\')
+            printf("\\%c", c);
+        else if (c == '\n')
+            fputs("\\n", stdout);
+        else if (c == '\t')
+            fputs("\\t", stdout);
+        else if (c == '\r')
+            fputs("\\r", stdout);
+        else if (c < 0x20 || c == 0x7F)
+            printf("\\u%04x", c);
+        else
+            putchar(c);
     }
     fputs("\"\n", stdout);
 }
@@ -227,8 +235,8 @@ static mc_status encode(const mc_tokenizer *tok, const char *text, size_t len, i
     return s;
 }
 
-static mc_status decode(const mc_tokenizer *tok, const int32_t *ids, size_t n, int skip,
-                        char **buf, size_t *cap, size_t *len) {
+static mc_status decode(const mc_tokenizer *tok, const int32_t *ids, size_t n, int skip, char **buf,
+                        size_t *cap, size_t *len) {
     mc_status s = mc_tokenizer_decode(tok, ids, n, skip, *buf, *cap, len);
     if (s == MC_ERR_BUFFER_TOO_SMALL) {
         char *b = realloc(*buf, *len + 1);
@@ -289,13 +297,20 @@ static int parse_args(const char *cmd, int argc, char **argv, tok_args *a, int r
             rc[0] = 0;
             return 1;
         }
-        if (cli_opt(argc, argv, &i, "--tokenizer", &v, &missing)) a->tokenizer = v;
-        else if (!strcmp(cmd, "tokenize") && cli_opt(argc, argv, &i, "--text", &v, &missing)) a->text = v;
-        else if (!strcmp(cmd, "tokenize") && cli_opt(argc, argv, &i, "--file", &v, &missing)) a->file = v;
-        else if (!strcmp(cmd, "detokenize") && cli_opt(argc, argv, &i, "--ids", &v, &missing)) a->ids = v;
-        else if (!strcmp(argv[i], "--jsonl")) a->jsonl = 1;
-        else if (!strcmp(cmd, "tokenize") && !strcmp(argv[i], "--no-special")) a->no_special = 1;
-        else if (!strcmp(cmd, "detokenize") && !strcmp(argv[i], "--skip-special")) a->skip_special = 1;
+        if (cli_opt(argc, argv, &i, "--tokenizer", &v, &missing))
+            a->tokenizer = v;
+        else if (!strcmp(cmd, "tokenize") && cli_opt(argc, argv, &i, "--text", &v, &missing))
+            a->text = v;
+        else if (!strcmp(cmd, "tokenize") && cli_opt(argc, argv, &i, "--file", &v, &missing))
+            a->file = v;
+        else if (!strcmp(cmd, "detokenize") && cli_opt(argc, argv, &i, "--ids", &v, &missing))
+            a->ids = v;
+        else if (!strcmp(argv[i], "--jsonl"))
+            a->jsonl = 1;
+        else if (!strcmp(cmd, "tokenize") && !strcmp(argv[i], "--no-special"))
+            a->no_special = 1;
+        else if (!strcmp(cmd, "detokenize") && !strcmp(argv[i], "--skip-special"))
+            a->skip_special = 1;
         else {
             rc[0] = cli_usage_error(cmd, "unknown option '%s'", argv[i]);
             return -1;
@@ -370,8 +385,10 @@ int cmd_tokenize(int argc, char **argv) {
         } else {
             const char *text = a.file ? data : a.text;
             s = encode(tok, text, a.file ? len : strlen(text), !a.no_special, &ids, &cap, &n);
-            if (s != MC_OK) rc = cli_fail("tokenize", s, "%s", a.file ? a.file : "--text");
-            else print_ids(ids, n);
+            if (s != MC_OK)
+                rc = cli_fail("tokenize", s, "%s", a.file ? a.file : "--text");
+            else
+                print_ids(ids, n);
         }
         free(data);
     }
@@ -430,8 +447,10 @@ int cmd_detokenize(int argc, char **argv) {
             rc = cli_usage_error("detokenize", "--ids must be comma-separated ids, e.g. 1,2,3");
         } else {
             s = decode(tok, ids, n, a.skip_special, &text, &cap, &len);
-            if (s != MC_OK) rc = cli_fail("detokenize", s, "--ids");
-            else fwrite(text, 1, len, stdout);
+            if (s != MC_OK)
+                rc = cli_fail("detokenize", s, "--ids");
+            else
+                fwrite(text, 1, len, stdout);
         }
         free(ids);
         free(text);

@@ -205,6 +205,10 @@ static mc_status line_tokens(const cJSON *j, const mc_dataset_opts *o, seq_buf *
 static mc_status add_example(mc_dataset *ds, seq_buf *q, const mc_dataset_opts *o) {
     mc_example *e;
     size_t i;
+    for (i = 0; i < q->n; i++) /* tokenizer ids must fit the model too */
+        if (q->ids[i] < 0 || q->ids[i] >= o->vocab_size)
+            return mc_fail(MC_ERR_DATA, "token id %d is outside the model's vocabulary of %d "
+                           "(does the tokenizer belong to the model?)", q->ids[i], o->vocab_size);
     if (q->n > (size_t)o->max_seq_length) {
         q->n = (size_t)o->max_seq_length;
         ds->n_truncated++;
@@ -248,8 +252,12 @@ mc_status mc_dataset_parse(const char *text, size_t len, const char *fname,
         for (k = 0; k < n && (start[k] == ' ' || start[k] == '\t' || start[k] == '\r'); k++) {
         }
         if (k == n) continue;
-        j = cJSON_ParseWithLength(start, n);
-        s = j ? line_tokens(j, o, &q) : mc_fail(MC_ERR_DATA, "invalid JSON");
+        /* mc_json_parse tells an allocation failure (MC_ERR_OOM) from bad JSON, never
+         * reads past the line, and rejects data after the object */
+        j = NULL;
+        s = mc_json_parse(start, n, "line", &j);
+        if (s == MC_OK) s = line_tokens(j, o, &q);
+        else if (s == MC_ERR_JSON) s = mc_fail(MC_ERR_DATA, "invalid JSON");
         cJSON_Delete(j);
         if (s == MC_OK) s = add_example(ds, &q, o);
         q.n = 0;

@@ -26,8 +26,9 @@ double mc_lr_at(mc_lr_kind kind, double lr, double min_lr, int warmup, int total
 
 double mc_clip_grads(mc_backend *be, float *g, size_t n, double max_norm) {
     double norm = sqrt(be->sumsq_f32(be, g, n));
-    if (max_norm > 0 && norm > max_norm) {
-        /* torch.nn.utils.clip_grad_norm_: coefficient max_norm / (norm + 1e-6), at most 1 */
+    if (max_norm > 0) {
+        /* torch.nn.utils.clip_grad_norm_: coefficient max_norm / (norm + 1e-6), at most 1
+         * (so a norm just below max_norm, within the 1e-6, is scaled too) */
         double coef = max_norm / (norm + 1e-6);
         if (coef < 1.0) be->scale_f32(be, g, n, (float)coef);
     }

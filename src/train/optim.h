@@ -15,9 +15,8 @@ mc_status mc_lr_schedule_parse(const char *name, mc_lr_kind *out);
  * decay from lr to min_lr reached at step `total`. */
 double mc_lr_at(mc_lr_kind kind, double lr, double min_lr, int warmup, int total, int step);
 
-/* Global L2 norm of g[0..n); when max_norm > 0 and the norm exceeds it, scales g by
- * max_norm / (norm + 1e-6) as torch.nn.utils.clip_grad_norm_. Returns the norm before
- * clipping. */
+/* Global L2 norm of g[0..n); when max_norm > 0, scales g by min(1, max_norm / (norm +
+ * 1e-6)) as torch.nn.utils.clip_grad_norm_. Returns the norm before clipping. */
 double mc_clip_grads(mc_backend *be, float *g, size_t n, double max_norm);
 
 typedef enum mc_optim_kind { MC_OPT_ADAMW, MC_OPT_SGD } mc_optim_kind;

@@ -389,7 +389,9 @@ mc_status mc_batch_add(mc_batch *b, const int32_t *ids, const int32_t *tg, int n
     int i;
     mc_status s;
     if (n <= 0) return MC_OK;
-    s = mc_batch_reserve(b, MC_MAX(b->N + n, 2 * b->cap_rows), MC_MAX(b->n_seg + 1, 2 * b->cap_seg));
+    /* grow geometrically, and only when full (a refilled batch keeps its capacity) */
+    s = mc_batch_reserve(b, b->N + n > b->cap_rows ? MC_MAX(b->N + n, 2 * b->cap_rows) : 0,
+                         b->n_seg + 1 > b->cap_seg ? MC_MAX(b->n_seg + 1, 2 * b->cap_seg) : 0);
     if (s != MC_OK) return s;
     b->seg_start[b->n_seg] = b->N;
     b->seg_len[b->n_seg] = n;

@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 
 #include "../io/io.h"
+#include "../lora/lora_io.h"
 #include "dataset.h"
 #include "optim.h"
 
@@ -110,8 +111,9 @@ static mc_status load_split(run *r, const char *path, mc_dataset *ds) {
 static mc_status load_data(run *r) {
     const mc_train_params *p = r->p;
     char *tr = NULL, *va = NULL, *te = NULL;
+    bool dir = mc_path_is_dir(p->train_path);
     mc_status s;
-    if (mc_path_is_dir(p->train_path)) {
+    if (dir) {
         tr = mc_path_join(p->train_path, "train.jsonl");
         va = p->valid_path ? mc_strdup(p->valid_path) : mc_path_join(p->train_path, "valid.jsonl");
         te = p->test_path ? mc_strdup(p->test_path) : mc_path_join(p->train_path, "test.jsonl");
@@ -120,7 +122,7 @@ static mc_status load_data(run *r) {
         va = p->valid_path ? mc_strdup(p->valid_path) : NULL;
         te = p->test_path ? mc_strdup(p->test_path) : NULL;
     }
-    if (!tr || (p->valid_path && !va) || (p->test_path && !te)) {
+    if (!tr || ((dir || p->valid_path) && !va) || ((dir || p->test_path) && !te)) {
         s = mc_fail(MC_ERR_OOM, "out of memory");
         goto done;
     }
@@ -508,8 +510,8 @@ static mc_status run_setup(run *r, int *total) {
                       : MC_OPT_ADAMW, r->a->n_params);
     if (s != MC_OK) return s;
     r->best_val = INFINITY;
-    if (mkdir(p->adapter_path, 0755) != 0 && !mc_path_is_dir(p->adapter_path))
-        return mc_fail(MC_ERR_IO, "%s: cannot create the adapter folder", p->adapter_path);
+    s = mc_lora_mkdir_p(p->adapter_path); /* with its parents, as mc_adapter_save does */
+    if (s != MC_OK) return s;
     if (p->resume_dir) {
         s = load_checkpoint(r, p->resume_dir);
         if (s != MC_OK) return s;

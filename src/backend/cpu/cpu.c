@@ -2,6 +2,7 @@
  * reference kernels on one thread; "cpu": the fast kernels on OpenMP threads). Device
  * memory is host memory; weights are used in place (e.g. straight from an mmapped file). */
 #include "cpu.h"
+#include "cpu_train.h"
 
 #include "cpu_simd.h"
 
@@ -146,6 +147,7 @@ mc_status mc_cpu_create(int n_threads, mc_cpu_variant variant, mc_backend **out)
     be->impl = cpu;
     be->n_threads = cpu->n_threads;
     cpu_fill_table(be, variant);
+    mc_cpu_install_train_ops(be, variant == MC_CPU_REF);
     *out = be;
     return MC_OK;
 oom:

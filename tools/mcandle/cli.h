@@ -10,6 +10,7 @@
 
 /* Subcommands: each returns the process exit code (0 ok, 1 runtime error, 2 usage). */
 int cmd_eval(int argc, char **argv);
+int cmd_fuse(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_detokenize(int argc, char **argv);

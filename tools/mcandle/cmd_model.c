@@ -15,10 +15,12 @@ static const char k_info_help[] =
 
 static const char k_eval_help[] =
     "usage: mcandle eval --model DIR --ids 1,2,3,... [--logits-out FILE.npy]\n"
-    "                    [--threads N] [--reference]\n"
+    "                    [--adapter DIR [--adapter-scale S]] [--threads N] [--reference]\n"
     "\n"
     "Runs the model over the token ids and prints the mean next-token cross-entropy as the\n"
     "last line: loss=<value>. --logits-out writes float32 logits of shape [T, vocab].\n"
+    "--adapter applies a LoRA adapter folder (PEFT or mlx-lm) without merging it;\n"
+    "--adapter-scale multiplies its scale (default 1 = as trained).\n"
     "--reference uses the plain reference kernels (slow; for checking).\n";
 
 int cmd_info(int argc, char **argv) {
@@ -79,6 +81,9 @@ int cmd_info(int argc, char **argv) {
 
 int cmd_eval(int argc, char **argv) {
     const char *dir = NULL, *ids_s = NULL, *out = NULL, *thr_s = NULL;
+    const char *adapter_dir = NULL, *scale_s = NULL;
+    double scale = 1.0;
+    mc_adapter *adapter = NULL;
     int i, missing = 0, rc = 1;
     long threads = 0;
     int32_t *ids = NULL;
@@ -102,6 +107,8 @@ int cmd_eval(int argc, char **argv) {
         if (cli_opt(argc, argv, &i, "--ids", &ids_s, &missing)) continue;
         if (cli_opt(argc, argv, &i, "--logits-out", &out, &missing)) continue;
         if (cli_opt(argc, argv, &i, "--threads", &thr_s, &missing)) continue;
+        if (cli_opt(argc, argv, &i, "--adapter", &adapter_dir, &missing)) continue;
+        if (cli_opt(argc, argv, &i, "--adapter-scale", &scale_s, &missing)) continue;
         return cli_usage_error("eval", "unknown option '%s'", argv[i]);
     }
     if (missing) return cli_usage_error("eval", "option '%s' needs a value", argv[argc - 1]);
@@ -109,6 +116,9 @@ int cmd_eval(int argc, char **argv) {
     if (!ids_s) return cli_usage_error("eval", "--ids 1,2,3,... is required");
     if (thr_s && cli_parse_int(thr_s, 1, 4096, &threads) != 0)
         return cli_usage_error("eval", "--threads must be a positive integer (got '%s')", thr_s);
+    if (scale_s && !adapter_dir) return cli_usage_error("eval", "--adapter-scale needs --adapter DIR");
+    if (scale_s && cli_parse_float(scale_s, &scale) != 0)
+        return cli_usage_error("eval", "--adapter-scale must be a finite number (got '%s')", scale_s);
     if (cli_parse_ids(ids_s, &ids, &n) != 0)
         return cli_usage_error("eval", "--ids must be comma-separated non-negative integers");
     cli_install_log(0);
@@ -119,6 +129,13 @@ int cmd_eval(int argc, char **argv) {
         goto done;
     }
     mc_model_get_info(m, &info);
+    if (adapter_dir) {
+        s = mc_adapter_load(m, adapter_dir, &adapter);
+        if (s != MC_OK) {
+            rc = cli_fail("eval", s, "cannot load the adapter %s", adapter_dir);
+            goto done;
+        }
+    }
     if (out) {
         logits = malloc(n * (size_t)info.vocab_size * sizeof(float));
         if (!logits) {
@@ -126,7 +143,7 @@ int cmd_eval(int argc, char **argv) {
             goto done;
         }
     }
-    s = mc_model_eval(m, ids, n, logits, &loss);
+    s = mc_model_eval_adapter(m, adapter, (float)scale, ids, n, logits, &loss);
     if (s != MC_OK) {
         rc = cli_fail("eval", s, "evaluation failed");
         goto done;
@@ -147,6 +164,7 @@ int cmd_eval(int argc, char **argv) {
 done:
     free(logits);
     free(ids);
+    mc_adapter_free(adapter);
     mc_model_free(m);
     return rc;
 }

@@ -15,13 +15,17 @@ mc_status mc_lr_schedule_parse(const char *name, mc_lr_kind *out) {
 }
 
 double mc_lr_at(mc_lr_kind kind, double lr, double min_lr, int warmup, int total, int step) {
-    double progress;
-    if (warmup > 0 && step <= warmup) return lr * (double)step / (double)warmup;
+    int c = step - 1; /* optimizer steps already taken, as Hugging Face's schedulers count */
+    double progress, factor;
+    if (c < warmup) return lr * (double)c / (double)warmup;
     if (kind == MC_LR_CONSTANT) return lr;
-    progress = total > warmup ? (double)(step - warmup) / (double)(total - warmup) : 1.0;
+    progress = (double)(c - warmup) / (double)MC_MAX(1, total - warmup);
     if (progress > 1) progress = 1;
-    if (kind == MC_LR_LINEAR) return min_lr + (lr - min_lr) * (1.0 - progress);
-    return min_lr + 0.5 * (lr - min_lr) * (1.0 + cos(3.14159265358979323846 * progress));
+    if (kind == MC_LR_LINEAR)
+        factor = MC_MAX(0.0, (double)(total - c) / (double)MC_MAX(1, total - warmup));
+    else
+        factor = 0.5 * (1.0 + cos(3.14159265358979323846 * progress));
+    return min_lr + (lr - min_lr) * factor;
 }
 
 double mc_clip_grads(mc_backend *be, float *g, size_t n, double max_norm) {

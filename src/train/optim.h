@@ -10,9 +10,12 @@ typedef enum mc_lr_kind { MC_LR_CONSTANT, MC_LR_LINEAR, MC_LR_COSINE } mc_lr_kin
 /* "constant" (also NULL), "linear" or "cosine"; else MC_ERR_INVALID_ARG. */
 mc_status mc_lr_schedule_parse(const char *name, mc_lr_kind *out);
 
-/* Learning rate of optimizer step `step` (1-based) of `total`: linear warmup from 0 over
- * the first `warmup` steps (lr * step / warmup), then constant lr, or a linear or cosine
- * decay from lr to min_lr reached at step `total`. */
+/* Learning rate of optimizer step `step` (1-based) of `total`, as Hugging Face's
+ * get_{constant,linear,cosine}_schedule_with_warmup compute it from c = step - 1: linear
+ * warmup lr * c / warmup while c < warmup (so the first step of a warmup uses 0), then
+ * constant lr, or a linear ((total - c) / (total - warmup)) or cosine
+ * (0.5 (1 + cos(pi (c - warmup) / (total - warmup)))) decay factor applied between min_lr
+ * and lr. */
 double mc_lr_at(mc_lr_kind kind, double lr, double min_lr, int warmup, int total, int step);
 
 /* Global L2 norm of g[0..n); when max_norm > 0, scales g by min(1, max_norm / (norm +

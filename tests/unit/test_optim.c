@@ -26,52 +26,57 @@ static void test_schedule_parse(void) {
     CHECK_STATUS(mc_lr_schedule_parse("Cosine", &k), MC_ERR_INVALID_ARG);
 }
 
+/* Schedules follow Hugging Face's get_*_schedule_with_warmup with c = step - 1 (the
+ * optimizer steps taken before this one): warmup lr * c / warmup while c < warmup, then
+ * constant, or decay factor (total - c) / (total - warmup) (linear) or
+ * 0.5 (1 + cos(pi (c - warmup) / (total - warmup))) (cosine), applied between min_lr and lr. */
 static void test_constant(void) {
     CHECK(mc_lr_at(MC_LR_CONSTANT, 1e-3, 0, 0, 100, 1) == 1e-3);
     CHECK(mc_lr_at(MC_LR_CONSTANT, 1e-3, 0, 0, 100, 100) == 1e-3);
     CHECK(mc_lr_at(MC_LR_CONSTANT, 1e-3, 5e-4, 0, 100, 1000) == 1e-3); /* min_lr unused */
-    /* warmup: lr * step / warmup over the first `warmup` steps, then lr */
-    CHECK_NEAR(mc_lr_at(MC_LR_CONSTANT, 1e-3, 0, 10, 100, 1), 1e-4, 1e-18);
-    CHECK_NEAR(mc_lr_at(MC_LR_CONSTANT, 1e-3, 0, 10, 100, 5), 5e-4, 1e-18);
-    CHECK_NEAR(mc_lr_at(MC_LR_CONSTANT, 1e-3, 0, 10, 100, 10), 1e-3, 1e-18);
+    CHECK(mc_lr_at(MC_LR_CONSTANT, 1e-3, 0, 10, 100, 1) == 0);        /* first warmup step */
+    CHECK_NEAR(mc_lr_at(MC_LR_CONSTANT, 1e-3, 0, 10, 100, 5), 4e-4, 1e-18);
+    CHECK_NEAR(mc_lr_at(MC_LR_CONSTANT, 1e-3, 0, 10, 100, 10), 9e-4, 1e-18);
     CHECK(mc_lr_at(MC_LR_CONSTANT, 1e-3, 0, 10, 100, 11) == 1e-3);
     CHECK(mc_lr_at(MC_LR_CONSTANT, 0, 0, 10, 100, 3) == 0);
 }
 
 static void test_linear(void) {
-    /* lr 1 -> 0.1 over 10 steps, no warmup: 0.1 + 0.9 (1 - step/10) */
-    CHECK_NEAR(mc_lr_at(MC_LR_LINEAR, 1, 0.1, 0, 10, 1), 0.91, 1e-15);
-    CHECK_NEAR(mc_lr_at(MC_LR_LINEAR, 1, 0.1, 0, 10, 5), 0.55, 1e-15);
-    CHECK_NEAR(mc_lr_at(MC_LR_LINEAR, 1, 0.1, 0, 10, 10), 0.1, 1e-15);
+    /* lr 1 -> 0.1 over 10 steps, no warmup: 0.1 + 0.9 (10 - c) / 10 */
+    CHECK_NEAR(mc_lr_at(MC_LR_LINEAR, 1, 0.1, 0, 10, 1), 1.0, 1e-15);
+    CHECK_NEAR(mc_lr_at(MC_LR_LINEAR, 1, 0.1, 0, 10, 5), 0.64, 1e-15);
+    CHECK_NEAR(mc_lr_at(MC_LR_LINEAR, 1, 0.1, 0, 10, 10), 0.19, 1e-15);
     CHECK_NEAR(mc_lr_at(MC_LR_LINEAR, 1, 0.1, 0, 10, 25), 0.1, 1e-15); /* held after total */
-    /* warmup 4 of 12: 0.25, 0.5, 0.75, 1, then decay over 8 steps to 0 */
-    CHECK_NEAR(mc_lr_at(MC_LR_LINEAR, 2e-4, 0, 4, 12, 1), 0.5e-4, 1e-18);
-    CHECK_NEAR(mc_lr_at(MC_LR_LINEAR, 2e-4, 0, 4, 12, 3), 1.5e-4, 1e-18);
-    CHECK_NEAR(mc_lr_at(MC_LR_LINEAR, 2e-4, 0, 4, 12, 4), 2e-4, 1e-18);
-    CHECK_NEAR(mc_lr_at(MC_LR_LINEAR, 2e-4, 0, 4, 12, 6), 2e-4 * 0.75, 1e-18);
-    CHECK_NEAR(mc_lr_at(MC_LR_LINEAR, 2e-4, 0, 4, 12, 8), 1e-4, 1e-18);
-    CHECK_NEAR(mc_lr_at(MC_LR_LINEAR, 2e-4, 0, 4, 12, 12), 0, 1e-18);
+    /* warmup 4 of 12: 0, 0.25, 0.5, 0.75, then 1 decaying over 8 steps */
+    CHECK_NEAR(mc_lr_at(MC_LR_LINEAR, 2e-4, 0, 4, 12, 1), 0, 1e-18);
+    CHECK_NEAR(mc_lr_at(MC_LR_LINEAR, 2e-4, 0, 4, 12, 3), 1e-4, 1e-18);
+    CHECK_NEAR(mc_lr_at(MC_LR_LINEAR, 2e-4, 0, 4, 12, 4), 1.5e-4, 1e-18);
+    CHECK_NEAR(mc_lr_at(MC_LR_LINEAR, 2e-4, 0, 4, 12, 5), 2e-4, 1e-18);
+    CHECK_NEAR(mc_lr_at(MC_LR_LINEAR, 2e-4, 0, 4, 12, 7), 2e-4 * 0.75, 1e-18);
+    CHECK_NEAR(mc_lr_at(MC_LR_LINEAR, 2e-4, 0, 4, 12, 9), 1e-4, 1e-18);
+    CHECK_NEAR(mc_lr_at(MC_LR_LINEAR, 2e-4, 0, 4, 12, 12), 2.5e-5, 1e-18);
     /* total <= warmup: after the warmup the schedule sits at min_lr */
-    CHECK_NEAR(mc_lr_at(MC_LR_LINEAR, 1, 0.2, 5, 5, 5), 1.0, 1e-15);
+    CHECK_NEAR(mc_lr_at(MC_LR_LINEAR, 1, 0.2, 5, 5, 5), 0.8, 1e-15);
     CHECK_NEAR(mc_lr_at(MC_LR_LINEAR, 1, 0.2, 5, 5, 6), 0.2, 1e-15);
 }
 
 static void test_cosine(void) {
-    /* lr 1 -> 0 over steps 3..12 after a warmup of 2: 0.5 (1 + cos(pi (step - 2) / 10)) */
+    /* lr 1 -> 0 after a warmup of 2 in 12 steps: 0.5 (1 + cos(pi (c - 2) / 10)) */
     int s;
-    CHECK_NEAR(mc_lr_at(MC_LR_COSINE, 1, 0, 2, 12, 1), 0.5, 1e-15);
-    CHECK_NEAR(mc_lr_at(MC_LR_COSINE, 1, 0, 2, 12, 2), 1.0, 1e-15);
-    CHECK_NEAR(mc_lr_at(MC_LR_COSINE, 1, 0, 2, 12, 7), 0.5, 1e-15);
-    CHECK_NEAR(mc_lr_at(MC_LR_COSINE, 1, 0, 2, 12, 12), 0.0, 1e-15);
+    CHECK_NEAR(mc_lr_at(MC_LR_COSINE, 1, 0, 2, 12, 1), 0.0, 1e-15);
+    CHECK_NEAR(mc_lr_at(MC_LR_COSINE, 1, 0, 2, 12, 2), 0.5, 1e-15);
+    CHECK_NEAR(mc_lr_at(MC_LR_COSINE, 1, 0, 2, 12, 3), 1.0, 1e-15);
+    CHECK_NEAR(mc_lr_at(MC_LR_COSINE, 1, 0, 2, 12, 8), 0.5, 1e-15);
+    CHECK_NEAR(mc_lr_at(MC_LR_COSINE, 1, 0, 2, 12, 12), 0.5 * (1 + cos(PI * 0.9)), 1e-15);
     CHECK_NEAR(mc_lr_at(MC_LR_COSINE, 1, 0, 2, 12, 40), 0.0, 1e-15);
-    CHECK_NEAR(mc_lr_at(MC_LR_COSINE, 1, 0, 2, 12, 3), 0.5 * (1 + cos(PI * 0.1)), 1e-15);
+    CHECK_NEAR(mc_lr_at(MC_LR_COSINE, 1, 0, 2, 12, 4), 0.5 * (1 + cos(PI * 0.1)), 1e-15);
     /* with min_lr: min + (lr - min) / 2 (1 + cos(pi p)) */
-    CHECK_NEAR(mc_lr_at(MC_LR_COSINE, 1e-3, 1e-4, 0, 8, 2), 1e-4 + 0.5 * 9e-4 * (1 + cos(PI * 0.25)),
+    CHECK_NEAR(mc_lr_at(MC_LR_COSINE, 1e-3, 1e-4, 0, 8, 3), 1e-4 + 0.5 * 9e-4 * (1 + cos(PI * 0.25)),
                1e-18);
-    CHECK_NEAR(mc_lr_at(MC_LR_COSINE, 1e-3, 1e-4, 0, 8, 4), 5.5e-4, 1e-18);
-    CHECK_NEAR(mc_lr_at(MC_LR_COSINE, 1e-3, 1e-4, 0, 8, 8), 1e-4, 1e-18);
+    CHECK_NEAR(mc_lr_at(MC_LR_COSINE, 1e-3, 1e-4, 0, 8, 5), 5.5e-4, 1e-18);
+    CHECK_NEAR(mc_lr_at(MC_LR_COSINE, 1e-3, 1e-4, 0, 8, 9), 1e-4, 1e-18);
     /* monotone after the warmup */
-    for (s = 3; s <= 12; s++)
+    for (s = 4; s <= 12; s++)
         CHECK(mc_lr_at(MC_LR_COSINE, 1, 0, 2, 12, s) <= mc_lr_at(MC_LR_COSINE, 1, 0, 2, 12, s - 1));
 }
 

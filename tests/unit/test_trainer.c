@@ -495,10 +495,12 @@ done:
     mc_adapter_free(b);
 }
 
+/* Hugging Face's schedules with warmup, from c = s - 1 steps taken before step s. */
 static double want_lr(const char *kind, double lr, double min_lr, int warmup, int total, int s) {
+    int c = s - 1;
     double prog;
-    if (s <= warmup) return lr * s / warmup;
-    prog = (double)(s - warmup) / (total - warmup);
+    if (c < warmup) return lr * c / warmup;
+    prog = (double)(c - warmup) / (total - warmup);
     if (!strcmp(kind, "constant")) return lr;
     if (!strcmp(kind, "linear")) return min_lr + (lr - min_lr) * (1 - prog);
     return min_lr + (lr - min_lr) * 0.5 * (1 + cos(3.14159265358979323846 * prog));

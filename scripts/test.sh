@@ -15,6 +15,9 @@
 #             findings
 #   fuzz      libFuzzer builds of tests/fuzz/fuzz_*.c (clang, ASan + UBSan); each runs
 #             MC_FUZZ_SECONDS (10) from its corpus, new inputs kept under build/
+#   cuda      when nvcc is found: Release build with MC_CUDA=ON of the library, the CLI,
+#             the GPU tests and bench_cuda, compiled only (running them needs a GPU:
+#             scripts/gpu_test.sh); skipped with a note when there is no nvcc
 #
 # Environment:
 #   MC_TEST_STAGES="gcc tidy"   run only these stages (names above)
@@ -27,7 +30,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT="$PWD"
 
-STAGES="${MC_TEST_STAGES:-setup gcc asan tidy cppcheck fuzz}"
+STAGES="${MC_TEST_STAGES:-setup gcc asan tidy cppcheck fuzz cuda}"
 JOBS="${MC_JOBS:-2}"
 FUZZ_SECONDS="${MC_FUZZ_SECONDS:-10}"
 COVERAGE_MIN="${MC_COVERAGE_MIN:-85}"
@@ -37,6 +40,7 @@ BUILD_ROOT="${MC_BUILD_ROOT:-$ROOT/build}"
 B_GCC="$BUILD_ROOT/gcc-coverage"
 B_ASAN="$BUILD_ROOT/clang-asan"
 B_FUZZ="$BUILD_ROOT/clang-fuzz"
+B_CUDA="$BUILD_ROOT/gcc-cuda"
 
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}"
 export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
@@ -44,8 +48,8 @@ export CTEST_OUTPUT_ON_FAILURE=1
 
 for s in $STAGES; do
     case "$s" in
-    setup | gcc | asan | tidy | cppcheck | fuzz) ;;
-    *) echo "test.sh: unknown stage '$s' (stages: setup gcc asan tidy cppcheck fuzz)" >&2; exit 2 ;;
+    setup | gcc | asan | tidy | cppcheck | fuzz | cuda) ;;
+    *) echo "test.sh: unknown stage '$s' (stages: setup gcc asan tidy cppcheck fuzz cuda)" >&2; exit 2 ;;
     esac
 done
 want() { [[ " $STAGES " == *" $1 "* ]]; }
@@ -93,7 +97,8 @@ run_ctest() {
 stage_gcc() {
     configure "$B_GCC" -DCMAKE_C_COMPILER=gcc -DCMAKE_CXX_COMPILER=g++ \
         -DCMAKE_BUILD_TYPE=Debug -DMC_WERROR=ON -DMC_COVERAGE=ON -DMC_SANITIZE=OFF -DMC_FUZZ=OFF
-    cmake --build "$B_GCC" -j "$JOBS"
+    # -k 0: report every compile error at once, not only the first
+    cmake --build "$B_GCC" -j "$JOBS" -- -k 0
     check_examples "$B_GCC"
     # Counters from earlier runs would inflate the coverage of this one.
     find "$B_GCC" -name '*.gcda' -delete
@@ -112,7 +117,7 @@ asan_args=(-DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_T
 
 stage_asan() {
     configure "$B_ASAN" "${asan_args[@]}"
-    cmake --build "$B_ASAN" -j "$JOBS"
+    cmake --build "$B_ASAN" -j "$JOBS" -- -k 0
     check_examples "$B_ASAN"
     echo "ASAN_OPTIONS=$ASAN_OPTIONS UBSAN_OPTIONS=$UBSAN_OPTIONS"
     run_ctest "$B_ASAN"
@@ -208,11 +213,28 @@ stage_fuzz() {
     return "$failed"
 }
 
+stage_cuda() {
+    local nvcc
+    nvcc="$(command -v nvcc || true)"
+    if [[ -z "$nvcc" && -x /usr/local/cuda/bin/nvcc ]]; then nvcc=/usr/local/cuda/bin/nvcc; fi
+    if [[ -z "$nvcc" ]]; then
+        echo "nvcc not found: the CUDA backend was not compiled"
+        return 0
+    fi
+    configure "$B_CUDA" -DCMAKE_C_COMPILER=gcc -DCMAKE_CXX_COMPILER=g++ -DCMAKE_BUILD_TYPE=Release \
+        -DMC_WERROR=ON -DMC_COVERAGE=OFF -DMC_SANITIZE=OFF -DMC_FUZZ=OFF -DMC_CUDA=ON \
+        -DCMAKE_CUDA_COMPILER="$nvcc"
+    cmake --build "$B_CUDA" -j "$JOBS" --target mcandle mcandle_static mcandle_cli test_gpu_ops \
+        test_gpu_model test_gpu_train bench_cuda
+    echo "CUDA backend, GPU tests and bench_cuda compiled with $("$nvcc" --version | tail -n 1)"
+    echo "(not run here: scripts/gpu_test.sh runs them on a GPU machine)"
+}
+
 # ---------------------------------------------------------------------------------------
 results=()
 overall=0
 start_all=$SECONDS
-for s in setup gcc asan tidy cppcheck fuzz; do
+for s in setup gcc asan tidy cppcheck fuzz cuda; do
     want "$s" || continue
     banner "stage $s"
     [[ "$s" == setup ]] || export_tokenizer_dir

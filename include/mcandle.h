@@ -110,6 +110,9 @@ MC_API size_t mc_dtype_size(mc_dtype t);
 /** An immutable loaded checkpoint: config, weights (mmapped on CPU), backend. */
 typedef struct mc_model mc_model;
 
+/** A loaded tokenizer (see the Tokenizer section). */
+typedef struct mc_tokenizer mc_tokenizer;
+
 /** Options for mc_model_load. */
 typedef struct mc_model_params {
     const char *device; /**< "cpu" (default when NULL) or "cuda" where built in */
@@ -248,6 +251,100 @@ MC_API mc_status mc_model_eval_adapter(mc_model *model, const mc_adapter *adapte
  *  generation_config.json and tokenizer files copied from model_dir (the base folder). */
 MC_API mc_status mc_adapter_fuse(const mc_model *model, const mc_adapter *adapter,
                                  const char *model_dir, const char *out_dir);
+
+/* ------------------------------------------------------------------------------------ */
+/* Training                                                                              */
+/* ------------------------------------------------------------------------------------ */
+
+/** Progress of a training run, passed to the progress callback after every optimizer
+ *  step (is_eval 0) and every validation (is_eval 1). */
+typedef struct mc_train_progress {
+    int step;               /**< optimizer steps done */
+    int total_steps;        /**< steps the run will do */
+    int is_eval;            /**< 1: val_loss is fresh */
+    double loss;            /**< mean loss of this step's targets (before its update) */
+    double val_loss;        /**< mean validation loss (when is_eval) */
+    double lr;              /**< learning rate used by this step */
+    double grad_norm;       /**< global gradient norm before clipping */
+    double tokens_per_s;    /**< trained tokens per second over the last step */
+    double eta_s;           /**< estimated seconds left */
+    uint64_t peak_rss;      /**< peak resident memory of the process, bytes */
+    long long tokens;       /**< tokens trained so far */
+} mc_train_progress;
+
+/** Progress callback; return non-zero to stop the run after a checkpoint. */
+typedef int (*mc_train_callback)(const mc_train_progress *p, void *user);
+
+/** Options of a LoRA training run; start from mc_train_default_params(). Flag names of
+ *  `mcandle train` are given in brackets. */
+typedef struct mc_train_params {
+    const char *train_path;     /**< train.jsonl, or a folder holding train.jsonl and
+                                     optionally valid.jsonl / test.jsonl [--data] */
+    const char *valid_path;     /**< validation jsonl; NULL = <folder>/valid.jsonl if any */
+    const char *test_path;      /**< test jsonl; NULL = <folder>/test.jsonl if any */
+    const mc_tokenizer *tokenizer; /**< needed for text/chat/prompt lines; NULL = ids only */
+    const char *adapter_path;   /**< output folder for the adapter and checkpoints
+                                     [--adapter-path] (required) */
+    const char *resume_dir;     /**< continue the run saved in this folder [--resume] */
+    const char *log_jsonl;      /**< one JSON object per step and per evaluation
+                                     [--log-jsonl] */
+    int batch_size;             /**< examples per micro-batch [--batch-size] 4 */
+    int iters;                  /**< optimizer steps [--iters] 1000 (0: use epochs) */
+    int epochs;                 /**< passes over the data when iters == 0 [--epochs] */
+    int grad_accumulation;      /**< micro-batches per optimizer step [--grad-accumulation-steps] 1 */
+    int max_seq_length;         /**< longer examples are truncated [--max-seq-length] 2048 */
+    int mask_prompt;            /**< loss on completions/assistant turns only [--mask-prompt] */
+    int pack;                   /**< fill micro-batches with whole short examples up to
+                                     batch_size * max_seq_length tokens [--pack] */
+    int shuffle;                /**< shuffle examples every epoch [--no-shuffle] 1 */
+    int grad_checkpoint;        /**< recompute layer activations in backward [--grad-checkpoint] */
+    int skip_invalid;           /**< skip invalid jsonl lines (counted) [--skip-invalid] */
+    const char *optimizer;      /**< "adamw" or "sgd" [--optimizer] "adamw" */
+    double learning_rate;       /**< peak learning rate [--learning-rate] 1e-5 */
+    double weight_decay;        /**< decoupled weight decay [--weight-decay] 0 */
+    double beta1, beta2, eps;   /**< AdamW [--adam-beta1/2, --adam-eps] 0.9, 0.999, 1e-8 */
+    double momentum;            /**< SGD momentum [--momentum] 0 */
+    double max_grad_norm;       /**< clip by global norm; 0 = off [--grad-clip] 0 */
+    const char *lr_schedule;    /**< "constant", "linear" or "cosine" [--lr-schedule] */
+    int warmup_steps;           /**< linear warmup from 0 [--warmup] 0 */
+    double min_lr;              /**< end of linear/cosine decay [--min-lr] 0 */
+    int steps_per_report;       /**< progress callback cadence [--steps-per-report] 1 */
+    int steps_per_eval;         /**< validation cadence; 0 = only at the end
+                                     [--steps-per-eval] 200 */
+    int val_batches;            /**< validation micro-batches; -1 = all [--val-batches] 25 */
+    int early_stop_patience;    /**< stop after this many evaluations without a better
+                                     validation loss; 0 = off [--early-stop] */
+    int save_every;             /**< checkpoint every N steps; 0 = only at the end
+                                     [--save-every] 100 */
+    uint64_t seed;              /**< data order, dropout, initialisation [--seed] 0 */
+    mc_train_callback on_progress; /**< optional */
+    void *user;                 /**< passed to on_progress */
+} mc_train_params;
+
+/** Default training parameters (the values in brackets above). */
+MC_API mc_train_params mc_train_default_params(void);
+
+/** Outcome of a run. */
+typedef struct mc_train_result {
+    int steps;                  /**< optimizer steps done in total (including resumed ones) */
+    double final_loss;          /**< loss of the last step */
+    double val_loss;            /**< last validation loss (NaN when no validation set) */
+    double test_loss;           /**< test loss (NaN when no test set) */
+    double seconds;             /**< wall time of this call */
+    long long tokens;           /**< tokens trained in this call */
+    int stopped_early;          /**< 1: early stopping or the callback ended the run */
+    size_t n_truncated;         /**< training examples truncated to max_seq_length */
+    size_t n_skipped;           /**< invalid lines skipped */
+} mc_train_result;
+
+/** Trains adapter (LoRA weights of model) on the data in params. Checkpoints (adapter in
+ *  PEFT format + optimizer state, step, data position) go to params->adapter_path every
+ *  save_every steps and at the end, each written under a temporary name, fsynced and
+ *  renamed; a run given resume_dir continues exactly (bit for bit on CPU) where the saved
+ *  one stopped, with adapter's weights replaced by the checkpoint's. A NaN or infinite loss
+ *  stops the run with MC_ERR_NUMERIC, keeping the last good checkpoint. */
+MC_API mc_status mc_train(mc_model *model, mc_adapter *adapter, const mc_train_params *params,
+                          mc_train_result *result);
 
 /* ------------------------------------------------------------------------------------ */
 /* Tokenizer                                                                             */
@@ -550,9 +647,6 @@ MC_API mc_status mc_sampler_set_rng_state(mc_sampler *s, const uint64_t state[4]
 /** Per-run state of a model (KV caches and scratch). */
 typedef struct mc_context mc_context;
 
-/** A loaded tokenizer (see the Tokenizer section). */
-typedef struct mc_tokenizer mc_tokenizer;
-
 /** Options for mc_context_create. */
 typedef struct mc_context_params {
     int n_ctx;   /**< positions per sequence; 0 = min(max_position_embeddings, 4096) */
@@ -645,6 +739,7 @@ typedef struct mc_generation {
     size_t prompt_tokens;
     double prefill_seconds;  /**< time to process the prompt and get the first logits */
     double decode_seconds;   /**< time of the token-by-token steps */
+    size_t decode_steps;     /**< token-by-token forward passes run */
 } mc_generation;
 
 /** Generates a continuation of prompt[0..n_prompt) in sequence 0 of ctx, whose cache is

@@ -14,6 +14,9 @@ int cmd_fuse(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_detokenize(int argc, char **argv);
+int cmd_generate(int argc, char **argv);
+int cmd_init(int argc, char **argv);
+int cmd_train(int argc, char **argv);
 
 /* Prints "mcandle <cmd>: <message>" (and the library's last error when s != MC_OK) to
  * stderr on one line; returns 1. */

@@ -1,4 +1,5 @@
 /* adapter.c - LoRA adapters in memory: allocation, PEFT initialisation, the forward hook. */
+#include <assert.h>
 #include <math.h>
 
 #include "lora.h"
@@ -149,6 +150,7 @@ mc_status mc_adapter_create(const mc_model *model, const mc_lora_params *params,
     first = p.num_layers <= 0 ? 0 : L - p.num_layers;
     s = mc_adapter_alloc(model, p.rank, p.alpha, p.rslora != 0, p.dropout, p.targets, first, out);
     if (s != MC_OK) return s;
+    assert(*out); /* mc_adapter_alloc returns MC_OK only with an adapter */
     s = mc_adapter_init_peft(*out, p.seed);
     if (s != MC_OK) {
         mc_adapter_free(*out);

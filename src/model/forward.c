@@ -157,7 +157,7 @@ static void attention_block(mc_fwd *f, int l, const row_plan *rp) {
     const mc_layer_w *w = &m->layers[l];
     mc_dims d = mc_model_dims(m);
     float eps = (float)m->cfg.rms_norm_eps;
-    int T = rp->T, r;
+    int T = rp->T;
     void *k_new, *v_new; /* [T, kv_dim] */
     if (rp->seqs) {
         k_new = f->k_tmp;
@@ -182,6 +182,7 @@ static void attention_block(mc_fwd *f, int l, const row_plan *rp) {
                       f->n_past[rp->seq], d.Hq, d.Hkv, d.hd);
     } else {
         size_t row_bytes = (size_t)d.kv_dim * mc_dtype_size(be->act_dtype);
+        int r;
         for (r = 0; r < T; r++) {
             int s = rp->seqs[r];
             size_t row = (size_t)r * (size_t)d.kv_dim;

@@ -1,5 +1,6 @@
 /* dataset.c - jsonl training data into token sequences with loss masks; seeded epoch
  * orders; micro-batches as segments (see dataset.h for the line formats). */
+#include <assert.h>
 #include <cjson/cJSON.h>
 
 #include "../io/io.h"
@@ -109,6 +110,7 @@ static mc_status push_chat(seq_buf *q, const mc_tokenizer *tok, const mc_chat_me
     }
     s = render(tok, msgs, n - 1, true, &prefix, &prefix_len);
     if (s != MC_OK) goto done;
+    assert(full && prefix); /* render returns MC_OK only with a buffer */
     if (prefix_len > full_len || memcmp(prefix, full, prefix_len) != 0) {
         s = mc_fail(MC_ERR_DATA, "the chat template does not render the prompt as a prefix of "
                     "the conversation; cannot mask the prompt");
@@ -161,7 +163,7 @@ static mc_status line_tokens(const cJSON *j, const mc_dataset_opts *o, seq_buf *
     }
     if (prompt || completion) {
         mc_chat_message m[2];
-        if (!cJSON_IsString(prompt) || !cJSON_IsString(completion))
+        if (!prompt || !completion || !cJSON_IsString(prompt) || !cJSON_IsString(completion))
             return mc_fail(MC_ERR_DATA, "\"prompt\" and \"completion\" must both be strings");
         m[0].role = "user";
         m[0].content = prompt->valuestring;

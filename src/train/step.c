@@ -107,11 +107,12 @@ void mc_trainer_core_free(mc_trainer_core *c) {
     mc_backend *be;
     void *p[13];
     size_t i;
-    int l;
     if (!c) return;
     be = c->m->be;
-    if (c->acts)
+    if (c->acts) {
+        int l;
         for (l = 0; l < c->m->cfg.num_hidden_layers; l++) acts_free(be, &c->acts[l]);
+    }
     acts_free(be, &c->work);
     p[0] = c->x_final; p[1] = c->h_final; p[2] = c->dx; p[3] = c->dtmp; p[4] = c->dq;
     p[5] = c->dk; p[6] = c->dv; p[7] = c->dF1; p[8] = c->dF2; p[9] = c->drop_buf;

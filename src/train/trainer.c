@@ -465,9 +465,10 @@ static mc_status validate(run *r, int total, double *val, bool *stop) {
 }
 
 static void run_free(run *r) {
-    int k;
-    if (r->mb)
+    if (r->mb) {
+        int k;
         for (k = 0; k < r->p->grad_accumulation; k++) mc_batch_free(&r->mb[k]);
+    }
     mc_free(r->mb);
     mc_optim_free(&r->opt);
     mc_trainer_core_free(r->core);

@@ -54,8 +54,10 @@ int cli_parse_float(const char *s, double *out) {
 
 int cli_parse_ids(const char *s, int32_t **ids, size_t *n) {
     size_t cap = 16, count = 0;
-    int32_t *a = malloc(cap * sizeof *a);
+    int32_t *a;
     const char *p = s;
+    if (!s) return -1;
+    a = malloc(cap * sizeof *a);
     if (!a) return -1;
     while (*p) {
         char *end = NULL;

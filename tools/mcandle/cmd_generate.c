@@ -168,7 +168,7 @@ static int prompt_ids(const gen_opts *o, const mc_tokenizer *tok, int32_t **ids,
     mc_status s;
     char *text = NULL;
     size_t len, cap;
-    if (o->prompt_ids) {
+    if (!o->prompt) { /* parse_gen requires exactly one of --prompt and --prompt-ids */
         if (cli_parse_ids(o->prompt_ids, ids, n) != 0)
             return cli_usage_error("generate", "--prompt-ids must be comma-separated token ids");
         return 0;
@@ -213,6 +213,7 @@ static void write_stats(const char *path, const mc_generation *g) {
     struct rusage ru;
     double pf = g->prefill_seconds > 0 ? (double)g->prompt_tokens / g->prefill_seconds : 0;
     double dc = g->decode_seconds > 0 ? (double)g->decode_steps / g->decode_seconds : 0;
+    int bad;
     if (!f) {
         fprintf(stderr, "mcandle generate: cannot write %s\n", path);
         return;
@@ -222,7 +223,8 @@ static void write_stats(const char *path, const mc_generation *g) {
             "\"decode_tokens_per_s\": %.3f, \"peak_rss_bytes\": %llu, \"stop_reason\": \"%s\"}\n",
             g->prompt_tokens, pf, g->n_tokens, dc, (unsigned long long)ru.ru_maxrss * 1024ull,
             mc_stop_reason_name(g->stop_reason));
-    fclose(f);
+    bad = ferror(f);
+    if (fclose(f) != 0 || bad) fprintf(stderr, "mcandle generate: cannot write %s\n", path);
 }
 
 int cmd_generate(int argc, char **argv) {

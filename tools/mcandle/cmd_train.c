@@ -47,14 +47,15 @@ typedef struct train_opts {
 static int parse_targets(const char *s, unsigned *out) {
     static const char *const names[7] = {"q", "k", "v", "o", "gate", "up", "down"};
     char buf[128], *tok, *save = NULL;
+    size_t len = strlen(s);
     unsigned mask = 0;
     int k;
     if (!strcmp(s, "all")) {
         *out = MC_LORA_ALL;
         return 0;
     }
-    if (strlen(s) >= sizeof buf) return -1;
-    strcpy(buf, s);
+    if (len >= sizeof buf) return -1;
+    memcpy(buf, s, len + 1);
     for (tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
         size_t n = strlen(tok);
         if (n > 5 && !strcmp(tok + n - 5, "_proj")) tok[n - 5] = '\0';
@@ -138,8 +139,44 @@ static int apply_opt(train_opts *o, int argc, char **argv, int *i) {
     return cli_usage_error("train", "unknown option '%s'", a);
 }
 
-/* Turns the JSON object of --config into "--key value" arguments (kept in *store). */
-static int config_args(const char *path, char ***out, int *n_out, char **store) {
+static void free_args(char **args, int n) {
+    int k;
+    if (!args) return;
+    for (k = 0; k < n; k++) free(args[k]);
+    free(args);
+}
+
+/* The value of --config key e as one argument (heap string, free()); NULL when out of
+ * memory or *bad when the value is not a number, string or array of strings that fits. */
+static char *config_value(const cJSON *e, int *bad) {
+    char val[512];
+    if (cJSON_IsString(e)) return strdup(e->valuestring);
+    if (cJSON_IsNumber(e)) {
+        snprintf(val, sizeof val, "%.17g", e->valuedouble);
+    } else if (cJSON_IsArray(e)) {
+        const cJSON *x;
+        size_t off = 0;
+        val[0] = '\0';
+        cJSON_ArrayForEach(x, e) {
+            int w;
+            if (!cJSON_IsString(x)) continue;
+            w = snprintf(val + off, sizeof val - off, "%s%s", off ? "," : "", x->valuestring);
+            if (w < 0 || (size_t)w >= sizeof val - off) {
+                *bad = 1;
+                return NULL;
+            }
+            off += (size_t)w;
+        }
+    } else {
+        *bad = 1;
+        return NULL;
+    }
+    return strdup(val);
+}
+
+/* Turns the JSON object of --config into "--key value" arguments (*out, n_out of them;
+ * free with free_args). Returns 0 or the exit code of an error. */
+static int config_args(const char *path, char ***out, int *n_out) {
     FILE *f = fopen(path, "rb");
     long len;
     char *text;
@@ -151,7 +188,7 @@ static int config_args(const char *path, char ***out, int *n_out, char **store) 
     len = ftell(f);
     fseek(f, 0, SEEK_SET);
     text = malloc((size_t)(len > 0 ? len : 0) + 1);
-    if (!text || fread(text, 1, (size_t)len, f) != (size_t)len) {
+    if (!text || len < 0 || fread(text, 1, (size_t)len, f) != (size_t)len) {
         fclose(f);
         free(text);
         return cli_usage_error("train", "cannot read --config %s", path);
@@ -165,40 +202,29 @@ static int config_args(const char *path, char ***out, int *n_out, char **store) 
         return cli_usage_error("train", "--config %s is not a JSON object", path);
     }
     args = calloc((size_t)cJSON_GetArraySize(j) * 2 + 1, sizeof *args);
-    *store = NULL;
     if (!args) {
         cJSON_Delete(j);
-        return cli_usage_error("train", "out of memory");
+        return cli_fail("train", MC_OK, "out of memory reading --config %s", path);
     }
     cJSON_ArrayForEach(e, j) {
-        char key[96], val[512];
+        char key[96];
         size_t k;
+        int bad = 0;
         snprintf(key, sizeof key, "--%s", e->string);
         for (k = 2; key[k]; k++)
             if (key[k] == '_') key[k] = '-';
-        if (cJSON_IsBool(e)) {
-            if (cJSON_IsTrue(e)) args[n++] = strdup(key);
-            continue;
-        }
-        if (cJSON_IsNumber(e)) snprintf(val, sizeof val, "%.17g", e->valuedouble);
-        else if (cJSON_IsString(e)) snprintf(val, sizeof val, "%s", e->valuestring);
-        else if (cJSON_IsArray(e)) {
-            const cJSON *x;
-            size_t off = 0;
-            val[0] = '\0';
-            cJSON_ArrayForEach(x, e) {
-                if (cJSON_IsString(x) && off < sizeof val)
-                    off += (size_t)snprintf(val + off, sizeof val - off, "%s%s", off ? "," : "",
-                                            x->valuestring);
-            }
-        } else {
+        if (cJSON_IsBool(e) && !cJSON_IsTrue(e)) continue;
+        args[n] = strdup(key);
+        if (args[n] && !cJSON_IsBool(e)) args[++n] = config_value(e, &bad);
+        if (!args[n]) {
+            int rc = bad ? cli_usage_error("train", "--config key '%s' has an unsupported value",
+                                           e->string)
+                         : cli_fail("train", MC_OK, "out of memory reading --config %s", path);
             cJSON_Delete(j);
-            for (k = 0; k < (size_t)n; k++) free(args[k]);
-            free(args);
-            return cli_usage_error("train", "--config key '%s' has an unsupported value", e->string);
+            free_args(args, n);
+            return rc;
         }
-        args[n++] = strdup(key);
-        args[n++] = strdup(val);
+        n++;
     }
     cJSON_Delete(j);
     *out = args;
@@ -223,7 +249,7 @@ static int on_progress(const mc_train_progress *p, void *user) {
 
 int cmd_train(int argc, char **argv) {
     train_opts o;
-    char **cargs = NULL, *store = NULL;
+    char **cargs = NULL;
     int n_cargs = 0, i, rc;
     mc_model *m = NULL;
     mc_tokenizer *tok = NULL;
@@ -237,7 +263,10 @@ int cmd_train(int argc, char **argv) {
     o.lora = mc_lora_default_params();
     for (i = 1; i < argc; i++) /* --config first, so command-line flags override it */
         if (!strcmp(argv[i], "--config") && i + 1 < argc) {
-            rc = config_args(argv[i + 1], &cargs, &n_cargs, &store);
+            free_args(cargs, n_cargs); /* the last --config wins */
+            cargs = NULL;
+            n_cargs = 0;
+            rc = config_args(argv[i + 1], &cargs, &n_cargs);
             if (rc) return rc;
         }
     for (i = 0; i < n_cargs; i++) {
@@ -289,9 +318,7 @@ out:
         fputs(k_train_help, stdout);
         rc = 0;
     }
-    for (i = 0; i < n_cargs; i++) free(cargs[i]);
-    free(cargs);
-    free(store);
+    free_args(cargs, n_cargs);
     mc_adapter_free(a);
     mc_tokenizer_free(tok);
     mc_model_free(m);

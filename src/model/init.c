@@ -53,42 +53,67 @@ static const char *dtype_torch_name(mc_dtype t) {
     return "float32";
 }
 
+/* Adds item under key (to an array when key is NULL); false, with item freed, when the
+ * item could not be created or added (out of memory). */
+static bool add_item(cJSON *obj, const char *key, cJSON *item) {
+    bool ok;
+    if (!item) return false;
+    ok = key ? cJSON_AddItemToObject(obj, key, item) : cJSON_AddItemToArray(obj, item);
+    if (!ok) cJSON_Delete(item);
+    return ok;
+}
+
+/* Fills the config.json object j and the generation_config.json object g for c; false
+ * when out of memory. */
+static bool build_configs(const mc_config *c, mc_dtype dtype, cJSON *j, cJSON *g) {
+    const char *arch = c->architecture[0] ? c->architecture : "Qwen2ForCausalLM";
+    cJSON *eos = NULL;
+    bool ok = add_item(j, "architectures", cJSON_CreateStringArray(&arch, 1));
+    int i;
+    ok = ok && add_item(j, "model_type", cJSON_CreateString(c->model_type));
+    ok = ok && add_item(j, "hidden_act", cJSON_CreateString("silu"));
+    ok = ok && add_item(j, "vocab_size", cJSON_CreateNumber(c->vocab_size));
+    ok = ok && add_item(j, "hidden_size", cJSON_CreateNumber(c->hidden_size));
+    ok = ok && add_item(j, "intermediate_size", cJSON_CreateNumber(c->intermediate_size));
+    ok = ok && add_item(j, "num_hidden_layers", cJSON_CreateNumber(c->num_hidden_layers));
+    ok = ok && add_item(j, "num_attention_heads", cJSON_CreateNumber(c->num_attention_heads));
+    ok = ok && add_item(j, "num_key_value_heads", cJSON_CreateNumber(c->num_key_value_heads));
+    /* qwen3 always names head_dim; others only when it is not hidden_size / heads */
+    if (c->arch == MC_ARCH_QWEN3 || c->head_dim * c->num_attention_heads != c->hidden_size)
+        ok = ok && add_item(j, "head_dim", cJSON_CreateNumber(c->head_dim));
+    if (c->arch != MC_ARCH_QWEN2)
+        ok = ok && add_item(j, "attention_bias", cJSON_CreateBool(c->qkv_bias));
+    ok = ok &&
+         add_item(j, "max_position_embeddings", cJSON_CreateNumber(c->max_position_embeddings));
+    ok = ok && add_item(j, "rope_theta", cJSON_CreateNumber(c->rope_theta));
+    ok = ok && add_item(j, "rms_norm_eps", cJSON_CreateNumber(c->rms_norm_eps));
+    ok = ok && add_item(j, "tie_word_embeddings", cJSON_CreateBool(c->tie_word_embeddings));
+    ok = ok && add_item(j, "use_sliding_window", cJSON_CreateFalse());
+    ok = ok && add_item(j, "torch_dtype", cJSON_CreateString(dtype_torch_name(dtype)));
+    if (c->bos_token_id >= 0) {
+        ok = ok && add_item(j, "bos_token_id", cJSON_CreateNumber(c->bos_token_id));
+        ok = ok && add_item(g, "bos_token_id", cJSON_CreateNumber(c->bos_token_id));
+    }
+    if (c->n_eos > 0)
+        ok = ok && add_item(j, "eos_token_id", cJSON_CreateNumber(c->eos_token_ids[0]));
+    if (ok) {
+        eos = cJSON_CreateArray();
+        ok = add_item(g, "eos_token_id", eos);
+    }
+    for (i = 0; ok && i < c->n_eos; i++)
+        ok = add_item(eos, NULL, cJSON_CreateNumber(c->eos_token_ids[i]));
+    return ok;
+}
+
 /* Writes config.json and generation_config.json for c. */
 static mc_status write_configs(const mc_config *c, mc_dtype dtype, const char *dir) {
     cJSON *j = cJSON_CreateObject(), *g = cJSON_CreateObject();
     char *text = NULL, *gtext = NULL, *path = NULL, *gpath = NULL;
     mc_status s = MC_OK;
-    const char *arch = c->architecture[0] ? c->architecture : "Qwen2ForCausalLM";
-    cJSON *eos = NULL;
-    int i;
-    if (!j || !g) {
+    if (!j || !g || !build_configs(c, dtype, j, g)) {
         s = mc_fail(MC_ERR_OOM, "out of memory writing config.json");
         goto done;
     }
-    cJSON_AddItemToObject(j, "architectures", cJSON_CreateStringArray(&arch, 1));
-    cJSON_AddStringToObject(j, "model_type", c->model_type);
-    cJSON_AddStringToObject(j, "hidden_act", "silu");
-    cJSON_AddNumberToObject(j, "vocab_size", c->vocab_size);
-    cJSON_AddNumberToObject(j, "hidden_size", c->hidden_size);
-    cJSON_AddNumberToObject(j, "intermediate_size", c->intermediate_size);
-    cJSON_AddNumberToObject(j, "num_hidden_layers", c->num_hidden_layers);
-    cJSON_AddNumberToObject(j, "num_attention_heads", c->num_attention_heads);
-    cJSON_AddNumberToObject(j, "num_key_value_heads", c->num_key_value_heads);
-    if (c->arch == MC_ARCH_QWEN3) cJSON_AddNumberToObject(j, "head_dim", c->head_dim);
-    if (c->arch != MC_ARCH_QWEN2) cJSON_AddBoolToObject(j, "attention_bias", c->qkv_bias);
-    cJSON_AddNumberToObject(j, "max_position_embeddings", c->max_position_embeddings);
-    cJSON_AddNumberToObject(j, "rope_theta", c->rope_theta);
-    cJSON_AddNumberToObject(j, "rms_norm_eps", c->rms_norm_eps);
-    cJSON_AddBoolToObject(j, "tie_word_embeddings", c->tie_word_embeddings);
-    cJSON_AddBoolToObject(j, "use_sliding_window", 0);
-    cJSON_AddStringToObject(j, "torch_dtype", dtype_torch_name(dtype));
-    if (c->bos_token_id >= 0) {
-        cJSON_AddNumberToObject(j, "bos_token_id", c->bos_token_id);
-        cJSON_AddNumberToObject(g, "bos_token_id", c->bos_token_id);
-    }
-    if (c->n_eos > 0) cJSON_AddNumberToObject(j, "eos_token_id", c->eos_token_ids[0]);
-    eos = cJSON_AddArrayToObject(g, "eos_token_id");
-    for (i = 0; eos && i < c->n_eos; i++) cJSON_AddItemToArray(eos, cJSON_CreateNumber(c->eos_token_ids[i]));
     text = cJSON_Print(j);
     gtext = cJSON_Print(g);
     path = mc_path_join(dir, "config.json");
@@ -231,13 +256,13 @@ mc_status mc_checkpoint_init(const char *preset_name, const char *config_path, m
                              uint64_t seed, const char *out_dir) {
     mc_config c;
     mc_status s;
-    size_t i;
     if (!out_dir || (!preset_name == !config_path))
         return mc_fail(MC_ERR_INVALID_ARG, "mc_checkpoint_init: give an output folder and exactly "
                        "one of a preset or a config file");
     if (dtype != MC_F32 && dtype != MC_F16 && dtype != MC_BF16)
         return mc_fail(MC_ERR_INVALID_ARG, "mc_checkpoint_init: unknown dtype %d", (int)dtype);
     if (preset_name) {
+        size_t i;
         for (i = 0; i < sizeof k_presets / sizeof *k_presets; i++)
             if (!strcmp(preset_name, k_presets[i].name)) break;
         if (i == sizeof k_presets / sizeof *k_presets)

@@ -92,14 +92,36 @@ static mc_status finish(gen_seq *g, int i, mc_stop_reason why, const mc_generate
     return append_text(g, so.text, so.len);
 }
 
+/* Decodes token id and pushes its bytes through the stop-string matcher; what becomes
+ * visible (*so) is appended to the result text. A padded-vocabulary id (beyond the
+ * tokenizer's) has no text; a token longer than the stack buffer goes through the heap. */
+static mc_status push_token_text(gen_seq *g, const mc_tokenizer *tk, int32_t id, mc_stop_out *so) {
+    char piece[256], *big = NULL;
+    const char *text = piece;
+    size_t plen = 0;
+    mc_status s = mc_tokenizer_token_bytes(tk, id, piece, sizeof piece, &plen);
+    if (s == MC_ERR_BUFFER_TOO_SMALL) {
+        big = mc_malloc(plen);
+        if (!big) return mc_fail(MC_ERR_OOM, "out of memory for a token of %zu bytes", plen);
+        s = mc_tokenizer_token_bytes(tk, id, big, plen, &plen);
+        text = big;
+    }
+    if (s == MC_ERR_TOKEN_ID) {
+        plen = 0;
+        s = MC_OK;
+    }
+    if (s == MC_OK) s = mc_stopper_push(&g->stopper, text, plen, so);
+    if (s == MC_OK && so->len) s = append_text(g, so->text, so->len);
+    mc_free(big);
+    return s;
+}
+
 /* Samples the next token of sequence i and handles it. Returns MC_OK with g->active
  * telling whether the sequence needs a decode step for `*tok`. */
 static mc_status next_token(gen_seq *g, int i, const mc_generate_params *p, const int32_t *eos,
                             int n_eos, int n_past, int n_ctx, int32_t *tok) {
     float lp = 0.0f;
     mc_stop_out so;
-    char piece[256];
-    size_t plen = 0;
     int stop_cb;
     mc_status s = mc_sampler_sample(g->sampler, g->logits, tok, &lp);
     if (s != MC_OK) return s;
@@ -110,14 +132,7 @@ static mc_status next_token(gen_seq *g, int i, const mc_generate_params *p, cons
     so.len = 0;
     so.stopped = 0;
     if (p->tokenizer) {
-        s = mc_tokenizer_token_bytes(p->tokenizer, *tok, piece, sizeof piece, &plen);
-        if (s == MC_ERR_TOKEN_ID) { /* a padded-vocabulary id: no text */
-            plen = 0;
-            s = MC_OK;
-        }
-        if (s != MC_OK) return s;
-        s = mc_stopper_push(&g->stopper, piece, plen, &so);
-        if (s == MC_OK && so.len) s = append_text(g, so.text, so.len);
+        s = push_token_text(g, p->tokenizer, *tok, &so);
         if (s != MC_OK) return s;
     }
     stop_cb = p->on_token ? p->on_token(i, so.text, so.len, *tok, lp, p->user) : 0;
@@ -170,6 +185,8 @@ mc_status mc_generate_batch(mc_context *ctx, const int32_t *const *prompts, cons
     f = ctx->fwd;
     if (n <= 0 || n > f->n_seq)
         return mc_fail(MC_ERR_INVALID_ARG, "%d prompts for a context of %d sequences", n, f->n_seq);
+    /* every result is empty from here on, so a failure can clear them all */
+    memset(results, 0, (size_t)n * sizeof *results);
     s = check_params(&p);
     if (s != MC_OK) return s;
     V = ctx->model->cfg.vocab_size;
@@ -192,7 +209,6 @@ mc_status mc_generate_batch(mc_context *ctx, const int32_t *const *prompts, cons
     }
     for (i = 0; i < n; i++) {
         mc_sampler_params sp = p.sampler;
-        memset(&results[i], 0, sizeof results[i]);
         g[i].out = &results[i];
         sp.seed += (uint64_t)i;
         s = mc_sampler_create(&sp, V, &g[i].sampler);

@@ -19,7 +19,7 @@ static int record(const mc_train_progress *p, void *user) {
     return 0;
 }
 
-static char g_train_data[1024];
+static char g_train_data[4096]; /* as large as t_src's buffer */
 
 static mc_train_params base_params(const char *out, loss_log *log) {
     mc_train_params p = mc_train_default_params();

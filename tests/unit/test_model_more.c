@@ -6,11 +6,13 @@
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 #include "gen/gen.h"
 #include "io/io.h"
 #include "lora/lora.h"
 #include "test.h"
+#include "train/dataset.h"
 
 enum { V = 512 }; /* tiny_tied_f32: 2 layers, D 64, 4 heads of 16, 2 kv heads, F 128 */
 
@@ -236,6 +238,12 @@ static void test_adapter_params(void) {
     }
     mc_adapter_free(a);
     mc_adapter_free(NULL);
+    /* the internal constructor checks the first adapted layer itself */
+    a = NULL;
+    CHECK_STATUS(mc_adapter_alloc(m, 4, 8.0f, false, 0.0f, MC_LORA_ALL, 2, &a), MC_ERR_INVALID_ARG);
+    CHECK_STATUS(mc_adapter_alloc(m, 4, 8.0f, false, 0.0f, MC_LORA_ALL, -1, &a),
+                 MC_ERR_INVALID_ARG);
+    CHECK(a == NULL);
     d = mc_model_dims(m);
     mc_lora_module_dims(&d, MC_LM_O, &in, &out);
     CHECK(in == 64 && out == 64);
@@ -376,6 +384,173 @@ static void test_alloc_failures(void) {
     sweep("adapter", m, adapter_and_eval, NULL);
     sweep("context", m, context_and_decode, logits);
     mc_model_free(m);
+}
+
+/* ---- training ---- */
+
+/* Loss of one micro-batch (sum over its targets), no gradients. */
+static double batch_loss(mc_trainer_core *c, const mc_batch *b) {
+    double loss = 0;
+    CHECK_OK(mc_train_microbatch(c, b, 1.0f, false, &loss));
+    return loss;
+}
+
+/* Index in a->params of element k of module (l, m)'s A (or B with b). */
+static size_t param_index(const mc_adapter *a, int l, mc_lora_module m, bool b, size_t k) {
+    const mc_lora_mod *mod = mc_adapter_mod(a, l, m);
+    CHECK(mod != NULL);
+    if (!mod) return 0;
+    return (size_t)((b ? mod->B : mod->A) - a->params) + k;
+}
+
+/* LoRA gradients through qwen3's per-head q/k RMSNorm against central finite differences,
+ * with and without activation checkpointing. */
+static void test_qk_norm_gradients(void) {
+    mc_model *m = NULL;
+    mc_adapter *a = NULL;
+    mc_trainer_core *c = NULL, *ck = NULL;
+    mc_lora_params lp = mc_lora_default_params();
+    mc_batch b;
+    int32_t ids[12], tg[12];
+    float *g = NULL, *gk = NULL, *params = NULL;
+    double loss = 0;
+    size_t n = 0, picks[6];
+    int i, k;
+    memset(&b, 0, sizeof b);
+    CHECK_OK(mc_model_load(t_src("tests/fixtures/qwen3_bf16"), NULL, &m));
+    if (!m) return;
+    lp.rank = 2;
+    lp.targets = MC_LORA_Q | MC_LORA_K;
+    lp.seed = 3;
+    CHECK_OK(mc_adapter_create(m, &lp, &a));
+    if (!a) goto done;
+    set_b(a, 0.05f);
+    for (i = 0; i < 12; i++) ids[i] = (i * 37 + 11) % 300;
+    for (i = 0; i < 12; i++) tg[i] = i % 6 == 5 ? -1 : ids[i + 1]; /* two segments of 6 */
+    CHECK_OK(mc_batch_add(&b, ids, tg, 6));
+    CHECK_OK(mc_batch_add(&b, ids + 6, tg + 6, 6));
+    CHECK_OK(mc_trainer_core_create(m, a, 12, false, &c));
+    CHECK_OK(mc_trainer_core_create(m, a, 12, true, &ck));
+    if (!c || !ck) goto done;
+    n = a->n_params;
+    g = mc_malloc(n * sizeof *g);
+    gk = mc_malloc(n * sizeof *gk);
+    params = mc_malloc(n * sizeof *params);
+    if (!g || !gk || !params) goto done;
+    CHECK_OK(mc_train_microbatch(c, &b, 1.0f, true, &loss));
+    CHECK_OK(mc_train_microbatch(ck, &b, 1.0f, true, &loss));
+    CHECK_OK(m->be->to_host(m->be, g, c->grads, n * sizeof *g));
+    CHECK_OK(m->be->to_host(m->be, gk, ck->grads, n * sizeof *gk));
+    CHECK_REL_L2(gk, g, n, 1e-5);
+    CHECK_OK(m->be->to_host(m->be, params, a->params, n * sizeof *params));
+    /* A and B of q in layer 0, of k in layer 1 */
+    picks[0] = param_index(a, 0, MC_LM_Q, false, 5);
+    picks[1] = param_index(a, 0, MC_LM_Q, true, 7);
+    picks[2] = param_index(a, 1, MC_LM_K, false, 1);
+    picks[3] = param_index(a, 1, MC_LM_K, true, 3);
+    picks[4] = param_index(a, 0, MC_LM_K, true, 0);
+    picks[5] = param_index(a, 1, MC_LM_Q, false, 60);
+    for (k = 0; k < 6; k++) {
+        const float h = 1e-2f;
+        float keep = params[picks[k]];
+        double up, down, fd;
+        params[picks[k]] = keep + h;
+        CHECK_OK(m->be->to_device(m->be, a->params, params, n * sizeof *params));
+        up = batch_loss(c, &b);
+        params[picks[k]] = keep - h;
+        CHECK_OK(m->be->to_device(m->be, a->params, params, n * sizeof *params));
+        down = batch_loss(c, &b);
+        params[picks[k]] = keep;
+        fd = (up - down) / (2.0 * h);
+        CHECK_NEAR(g[picks[k]], fd, 1e-3 + 1e-2 * fabs(fd));
+    }
+    CHECK_OK(m->be->to_device(m->be, a->params, params, n * sizeof *params));
+    /* a micro-batch that is empty or larger than the state was made for */
+    {
+        mc_batch none;
+        memset(&none, 0, sizeof none);
+        CHECK_STATUS(mc_train_microbatch(c, &none, 1.0f, true, &loss), MC_ERR_INVALID_ARG);
+        CHECK_OK(mc_batch_add(&b, ids, tg, 1));
+        CHECK_STATUS(mc_train_microbatch(c, &b, 1.0f, true, &loss), MC_ERR_INVALID_ARG);
+    }
+done:
+    mc_free(g);
+    mc_free(gk);
+    mc_free(params);
+    mc_batch_free(&b);
+    mc_trainer_core_free(c);
+    mc_trainer_core_free(ck);
+    mc_adapter_free(a);
+    mc_model_free(m);
+}
+
+/* Chat lines whose rendering is longer than the first 256-byte buffer, with the prompt
+ * masked; a tokenizer without a chat template; allocation failures. */
+static mc_status parse_long_chat(mc_model *m, void *arg) {
+    const mc_tokenizer *tok = arg;
+    mc_dataset ds;
+    mc_dataset_opts o;
+    char line[1024];
+    int k;
+    mc_status s;
+    (void)m;
+    memset(&ds, 0, sizeof ds);
+    memset(&o, 0, sizeof o);
+    o.tok = tok;
+    o.max_seq_length = 4096;
+    o.mask_prompt = true;
+    o.vocab_size = 151936;
+    k = snprintf(line, sizeof line, "{\"prompt\": \"");
+    memset(line + k, 'p', 300);
+    k += 300;
+    k += snprintf(line + k, sizeof line - (size_t)k, "\", \"completion\": \"");
+    memset(line + k, 'c', 200);
+    k += 200;
+    k += snprintf(line + k, sizeof line - (size_t)k, "\"}\n");
+    s = mc_dataset_parse(line, (size_t)k, "long.jsonl", &o, &ds);
+    if (s == MC_OK) {
+        size_t i, first = 0;
+        CHECK_INT(ds.n, 1);
+        for (i = 0; ds.n == 1 && i < (size_t)ds.ex[0].n; i++)
+            if (ds.ex[0].target[i]) {
+                first = i;
+                break;
+            }
+        CHECK(first > 100);                /* the 300-byte prompt is not a target */
+        CHECK(ds.n_targets >= 200 / 4);    /* the completion is */
+        CHECK(ds.n_targets < ds.n_tokens); /* ... and less than everything */
+    }
+    mc_dataset_free(&ds);
+    return s;
+}
+
+/* The Qwen tokenizer ($MC_TOKENIZER_DIR, as scripts/test.sh sets it), with its chat
+ * template; NULL (a failure unless MC_ALLOW_NO_TOKENIZER is set) when absent. */
+static mc_tokenizer *load_qwen_tokenizer(void) {
+    const char *dir = getenv("MC_TOKENIZER_DIR");
+    char path[1024];
+    mc_tokenizer *tok = NULL;
+    if (!dir || !*dir) {
+        snprintf(path, sizeof path, "%s/.cache/metal-candle/tokenizer-qwen3-3.7.2",
+                 getenv("HOME") ? getenv("HOME") : "");
+        dir = path;
+    }
+    if (mc_tokenizer_load(dir, &tok) != MC_OK && !getenv("MC_ALLOW_NO_TOKENIZER")) {
+        fprintf(stderr, "no tokenizer at %s (run scripts/fetch_tokenizer.sh)\n", dir);
+        CHECK(!"tokenizer missing");
+    }
+    return tok;
+}
+
+static void test_dataset_chats(void) {
+    mc_tokenizer *tok = load_qwen_tokenizer(), *plain = load_tokenizer();
+    if (tok) {
+        CHECK_OK(parse_long_chat(NULL, tok));
+        sweep("dataset", NULL, parse_long_chat, tok);
+    }
+    if (plain) CHECK_STATUS(parse_long_chat(NULL, plain), MC_ERR_UNSUPPORTED); /* no template */
+    mc_tokenizer_free(tok);
+    mc_tokenizer_free(plain);
 }
 
 /* ---- generation ---- */
@@ -628,6 +803,8 @@ int main(void) {
     RUN(test_adapter_params);
     RUN(test_adapter_forward);
     RUN(test_alloc_failures);
+    RUN(test_qk_norm_gradients);
+    RUN(test_dataset_chats);
     RUN(test_generate_params);
     RUN(test_generate_text);
     RUN(test_long_token);

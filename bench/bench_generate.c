@@ -6,6 +6,7 @@
  *   peak resident memory against weights + KV cache.
  * Usage: bench_generate (--model DIR | --preset NAME) [--ctx 512] [--gen 64] [--threads N]
  * A preset is written once (bf16, seed 0) under $TMPDIR/mcandle-bench-<preset>. */
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,9 +15,14 @@
 #include "model/model.h"
 #include "roofline.h"
 
+/* Value of option name (def when absent); -1 when it is not an integer in 1..INT_MAX. */
 static int arg_int(int argc, char **argv, const char *name, int def) {
     for (int i = 1; i + 1 < argc; i++)
-        if (!strcmp(argv[i], name)) return atoi(argv[i + 1]);
+        if (!strcmp(argv[i], name)) {
+            char *end = NULL;
+            long v = strtol(argv[i + 1], &end, 10);
+            return end != argv[i + 1] && !*end && v >= 1 && v <= INT_MAX ? (int)v : -1;
+        }
     return def;
 }
 
@@ -38,9 +44,12 @@ int main(int argc, char **argv) {
     mc_generate_params gp = mc_generate_default_params();
     mc_generation g;
     mc_model_info info;
-    int32_t *prompt;
+    int32_t *prompt = NULL;
+    float *logits = NULL;
     double bw, gemm, t, best_prefill = 1e30, flops_prefill, bytes_tok, kv_bytes, embed_bytes;
     mc_dims d;
+    int rc = 1;
+    memset(&g, 0, sizeof g);
     if (!dir && preset) {
         snprintf(pdir, sizeof pdir, "%s/mcandle-bench-%s", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp",
                  preset);
@@ -53,9 +62,9 @@ int main(int argc, char **argv) {
             }
         }
     }
-    if (!dir) {
+    if (!dir || ctx_n < 2 || gen < 1 || gen >= ctx_n || nt < 1) {
         fprintf(stderr, "usage: bench_generate (--model DIR | --preset NAME) [--ctx 512] [--gen 64] "
-                "[--threads N]\n");
+                "[--threads N]   (1 <= gen < ctx)\n");
         return 2;
     }
     bw = roofline_bandwidth(nt, 8);
@@ -65,16 +74,21 @@ int main(int argc, char **argv) {
     mp.n_threads = nt;
     if (mc_model_load(dir, &mp, &m) != MC_OK) {
         fprintf(stderr, "load: %s\n", mc_last_error());
-        return 1;
+        goto done;
     }
     mc_model_get_info(m, &info);
     d = mc_model_dims(m);
     cp.n_ctx = ctx_n;
     if (mc_context_create(m, &cp, &ctx) != MC_OK) {
         fprintf(stderr, "context: %s\n", mc_last_error());
-        return 1;
+        goto done;
     }
     prompt = malloc((size_t)ctx_n * sizeof *prompt);
+    logits = malloc((size_t)d.V * sizeof *logits);
+    if (!prompt || !logits) {
+        fprintf(stderr, "out of memory\n");
+        goto done;
+    }
     for (int i = 0; i < ctx_n; i++) prompt[i] = (int32_t)((i * 7919u + 13u) % (unsigned)d.V);
     printf("model: %s, %d layers, %llu parameters, %s, %.1f MiB of weights\n", dir, d.L,
            (unsigned long long)info.n_params, mc_dtype_name(info.dtype),
@@ -82,16 +96,14 @@ int main(int argc, char **argv) {
 
     /* prefill of a ctx_n-token prompt, best of 3 */
     for (int r = 0; r < 3; r++) {
-        float *logits = malloc((size_t)d.V * sizeof *logits);
         mc_context_reset(ctx, -1);
         t = mc_time_now();
         if (mc_context_decode(ctx, 0, prompt, (size_t)ctx_n, logits) != MC_OK) {
             fprintf(stderr, "prefill: %s\n", mc_last_error());
-            return 1;
+            goto done;
         }
         t = mc_time_now() - t;
         if (t < best_prefill) best_prefill = t;
-        free(logits);
     }
     embed_bytes = (double)d.V * d.D * (double)mc_dtype_size(info.dtype);
     /* matmul FLOPs per token (embedding is a lookup) + causal attention + one lm_head row */
@@ -107,7 +119,7 @@ int main(int argc, char **argv) {
     gp.max_tokens = gen;
     if (mc_generate(ctx, prompt, (size_t)(ctx_n - gen), &gp, &g) != MC_OK) {
         fprintf(stderr, "generate: %s\n", mc_last_error());
-        return 1;
+        goto done;
     }
     bytes_tok = (double)info.weight_bytes - (info.tie_word_embeddings ? 0.0 : embed_bytes) +
                 (double)d.D * (double)mc_dtype_size(info.dtype);
@@ -126,9 +138,12 @@ int main(int argc, char **argv) {
         printf("peak RSS %.1f MiB; weights + KV cache %.1f MiB; ratio %.3f (target <= 1.10)\n",
                rss / 1048576.0, budget / 1048576.0, rss / budget);
     }
+    rc = 0;
+done:
     mc_generation_clear(&g);
     free(prompt);
+    free(logits);
     mc_context_free(ctx);
     mc_model_free(m);
-    return 0;
+    return rc;
 }

@@ -4,6 +4,10 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
+#ifdef MC_HAVE_CUDA
+#include "../backend/cuda/cuda_backend.h"
+#endif
 
 mc_model_params mc_model_default_params(void) {
     mc_model_params p;
@@ -135,10 +139,25 @@ static mc_status bind_all(mc_model *m) {
     return bind(m, "lm_head.weight", d.V, d.D, false, &m->lm_head);
 }
 
+/* "cpu" or, in CUDA builds, "cuda" / "cuda:N" (device N). */
 static mc_status create_backend(const mc_model_params *p, mc_backend **be) {
     const char *dev = p->device ? p->device : "cpu";
     if (strcmp(dev, "cpu") == 0) return mc_backend_cpu_create(p->n_threads, p->reference != 0, be);
+#ifdef MC_HAVE_CUDA
+    if (strcmp(dev, "cuda") == 0) return mc_backend_cuda_create(0, be);
+    if (strncmp(dev, "cuda:", 5) == 0) {
+        char *end = NULL;
+        long n = strtol(dev + 5, &end, 10);
+        if (end == dev + 5 || *end != '\0' || n < 0 || n > 1024)
+            return mc_fail(MC_ERR_INVALID_ARG, "device '%s': expected cuda:N with N a device number",
+                           dev);
+        return mc_backend_cuda_create((int)n, be);
+    }
+    return mc_fail(MC_ERR_UNSUPPORTED, "device '%s' is not available in this build (have: cpu, "
+                   "cuda, cuda:N)", dev);
+#else
     return mc_fail(MC_ERR_UNSUPPORTED, "device '%s' is not available in this build (have: cpu)", dev);
+#endif
 }
 
 mc_status mc_model_load(const char *dir, const mc_model_params *params, mc_model **out) {

@@ -1,0 +1,829 @@
+/* cuda_attention.cu - causal grouped-query attention, forward and backward.
+ *
+ * Forward, two kernels:
+ *  - flash (T > 8 rows, head_dim 16/32/64/128): a block owns 64 query rows of one head;
+ *    key/value tiles of 64 rows are converted to bf16 in shared memory; S = Q K^T and
+ *    O += P V run on tensor cores (mma.sync m16n8k16, f32 accumulation) with an online
+ *    softmax in the log2 domain. It can also emit the per-row log-sum-exp and
+ *    D = rowsum(dO * O) that the backward needs (the op table passes no forward state,
+ *    so the backward recomputes them).
+ *  - row (decode: T <= 8; any head_dim <= 256): a block owns one query row of one head
+ *    and one of 32 splits of the keys, in f32; the last block of a row to finish merges
+ *    the splits' (max, sum, output) triples, so a decode step is one launch.
+ * Backward: FlashAttention-2 style: a block owns 64 keys and one query head and walks the
+ * query tiles at or after its keys, accumulating dK and dV in registers (added atomically
+ * into the kv head the group shares) and adding dQ with atomics; a plain per-row kernel
+ * covers other head sizes. */
+#include <math.h>
+
+#include "cuda_internal.h"
+
+typedef __nv_bfloat16 bf16;
+
+enum { ROW_THREADS = 128, ROW_CHUNK = 256, ROW_MAX_SPLIT = 32, SMALL_T = 8 };
+
+static const float LOG2E = 1.4426950408889634f;
+
+/* ---- tensor-core helpers ---- */
+
+/* d += a b for one m16n8k16 bf16 tile (f32 accumulators). */
+static __device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                                uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
+                 "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/* Four transposed 8x8 b16 matrices from shared memory; lane L gives the row address of
+ * row L % 8 of matrix L / 8. */
+static __device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], const void *p) {
+    uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+
+/* x rounded to bf16 and back. */
+static __device__ __forceinline__ float bf16_round(float x) {
+    return __bfloat162float(__float2bfloat16(x));
+}
+
+static __device__ __forceinline__ uint32_t lds32(const bf16 *p) {
+    return *reinterpret_cast<const uint32_t *>(p);
+}
+
+/* Rows row0..row0+ROWS-1 of an f32 matrix (row stride ld, HD columns from src) as bf16
+ * into dst[ROWS][HD + 8]; rows >= nvalid are zero. 128 threads. */
+template <int HD, int ROWS>
+static __device__ __forceinline__ void load_tile(bf16 *dst, const float *src, int ld, int row0,
+                                                 int nvalid) {
+    constexpr int V4 = HD / 4, LD = HD + 8;
+    for (int i = threadIdx.x; i < ROWS * V4; i += 128) {
+        int r = i / V4, c4 = i - r * V4;
+        float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (row0 + r < nvalid)
+            v = __ldg(reinterpret_cast<const float4 *>(src + (size_t)(row0 + r) * ld) + c4);
+        uint2 u;
+        u.x = cu_pack_bf16(v.x, v.y);
+        u.y = cu_pack_bf16(v.z, v.w);
+        *reinterpret_cast<uint2 *>(dst + r * LD + c4 * 4) = u;
+    }
+}
+
+/* ---- flash forward ---- */
+
+struct FlashArgs {
+    float *out;         /* [T, Hq*HD] or NULL (statistics only) */
+    bf16 *sh;           /* bf16 copy of out, or NULL */
+    const float *q;     /* [T, Hq*HD] */
+    const float *k, *v; /* [pos0 + T, Hkv*HD] */
+    const float *dout;  /* [T, Hq*HD] for dsum, or NULL */
+    float *lse;         /* [Hq, T] log2-domain log-sum-exp of the scaled scores, or NULL */
+    float *dsum;        /* [Hq, T] rowsum(bf16(dout) * out), or NULL: with dout rounded as
+                         * the backward's dP = dO V^T rounds it, so the two cancel exactly
+                         * where they should (e.g. a row with one key gets dS = 0) */
+    int T, pos0, Hq, Hkv;
+    float scale_log2;
+};
+
+template <int HD> constexpr int flash_smem() { return 3 * 64 * (HD + 8) * 2; }
+
+template <int HD>
+static __global__ void __launch_bounds__(128) flash_fwd_kernel(const FlashArgs a) {
+    cu_dep_wait();
+    constexpr int BM = 64, BN = 64, LD = HD + 8;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    bf16 *Qs = reinterpret_cast<bf16 *>(smem_raw), *Ks = Qs + BM * LD, *Vs = Ks + BN * LD;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, cq = lane & 3;
+    const int h = blockIdx.y, hk = h / (a.Hq / a.Hkv);
+    const int qt0 = blockIdx.x * BM;
+    const int qdim = a.Hq * HD, kvdim = a.Hkv * HD;
+    const int q_last = min(qt0 + BM, a.T) - 1;
+    const int nk = a.pos0 + q_last + 1;
+    const int r0 = warp * 16 + g; /* this thread's rows r0 and r0 + 8 of the tile */
+    const int qpos0 = a.pos0 + qt0 + r0, qpos1 = qpos0 + 8;
+    const int warp_last_pos = a.pos0 + qt0 + warp * 16 + 15;
+
+    load_tile<HD, BM>(Qs, a.q + h * HD, qdim, qt0, a.T);
+    __syncthreads();
+    uint32_t qf[HD / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; kk++) {
+        qf[kk][0] = lds32(Qs + r0 * LD + kk * 16 + 2 * cq);
+        qf[kk][1] = lds32(Qs + (r0 + 8) * LD + kk * 16 + 2 * cq);
+        qf[kk][2] = lds32(Qs + r0 * LD + kk * 16 + 8 + 2 * cq);
+        qf[kk][3] = lds32(Qs + (r0 + 8) * LD + kk * 16 + 8 + 2 * cq);
+    }
+    float o[HD / 8][4];
+#pragma unroll
+    for (int i = 0; i < HD / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+
+    for (int kt0 = 0; kt0 < nk; kt0 += BN) {
+        __syncthreads(); /* every warp is done with the previous K/V tile */
+        load_tile<HD, BN>(Ks, a.k + hk * HD, kvdim, kt0, nk);
+        load_tile<HD, BN>(Vs, a.v + hk * HD, kvdim, kt0, nk);
+        __syncthreads();
+        if (warp_last_pos < kt0) continue; /* every key of the tile is in this warp's future */
+        float s[BN / 8][4];
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < HD / 16; kk++)
+#pragma unroll
+            for (int nt = 0; nt < BN / 8; nt++) {
+                const bf16 *kr = Ks + (nt * 8 + g) * LD + kk * 16 + 2 * cq;
+                mma16816(s[nt], qf[kk], lds32(kr), lds32(kr + 8));
+            }
+        const bool need_mask = kt0 + BN - 1 > a.pos0 + qt0 + warp * 16;
+        float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                float x = s[nt][e] * a.scale_log2;
+                int key = kt0 + nt * 8 + 2 * cq + (e & 1);
+                if (need_mask && key > (e < 2 ? qpos0 : qpos1)) x = -INFINITY;
+                s[nt][e] = x;
+                if (e < 2) mx0 = fmaxf(mx0, x);
+                else mx1 = fmaxf(mx1, x);
+            }
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+        const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+        /* key 0 is visible to every row, so the maxima are finite from the first tile on */
+        const float al0 = exp2f(m0 - mn0), al1 = exp2f(m1 - mn1);
+        m0 = mn0;
+        m1 = mn1;
+        float rs0 = 0.0f, rs1 = 0.0f;
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; nt++) {
+            s[nt][0] = exp2f(s[nt][0] - mn0);
+            s[nt][1] = exp2f(s[nt][1] - mn0);
+            s[nt][2] = exp2f(s[nt][2] - mn1);
+            s[nt][3] = exp2f(s[nt][3] - mn1);
+            rs0 += s[nt][0] + s[nt][1];
+            rs1 += s[nt][2] + s[nt][3];
+        }
+        l0 = l0 * al0 + rs0;
+        l1 = l1 * al1 + rs1;
+#pragma unroll
+        for (int dt = 0; dt < HD / 8; dt++) {
+            o[dt][0] *= al0;
+            o[dt][1] *= al0;
+            o[dt][2] *= al1;
+            o[dt][3] *= al1;
+        }
+        const int mat = lane >> 3, rr = lane & 7;
+#pragma unroll
+        for (int kq = 0; kq < BN / 16; kq++) {
+            uint32_t pa[4];
+            pa[0] = cu_pack_bf16(s[2 * kq][0], s[2 * kq][1]);
+            pa[1] = cu_pack_bf16(s[2 * kq][2], s[2 * kq][3]);
+            pa[2] = cu_pack_bf16(s[2 * kq + 1][0], s[2 * kq + 1][1]);
+            pa[3] = cu_pack_bf16(s[2 * kq + 1][2], s[2 * kq + 1][3]);
+#pragma unroll
+            for (int dt = 0; dt < HD / 8; dt += 2) {
+                uint32_t vb[4];
+                ldsm_x4_t(vb, Vs + (kq * 16 + (mat & 1) * 8 + rr) * LD + (dt + (mat >> 1)) * 8);
+                mma16816(o[dt], pa, vb[0], vb[1]);
+                mma16816(o[dt + 1], pa, vb[2], vb[3]);
+            }
+        }
+    }
+
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    const float inv0 = 1.0f / l0, inv1 = 1.0f / l1;
+    const int row0 = qt0 + r0, row1 = row0 + 8;
+    float dp0 = 0.0f, dp1 = 0.0f;
+#pragma unroll
+    for (int dt = 0; dt < HD / 8; dt++) {
+        const int d = h * HD + dt * 8 + 2 * cq;
+        const float y0 = o[dt][0] * inv0, y1 = o[dt][1] * inv0;
+        const float y2 = o[dt][2] * inv1, y3 = o[dt][3] * inv1;
+        if (row0 < a.T) {
+            const size_t off = (size_t)row0 * qdim + d;
+            if (a.out) *reinterpret_cast<float2 *>(a.out + off) = make_float2(y0, y1);
+            if (a.sh) *reinterpret_cast<uint32_t *>(a.sh + off) = cu_pack_bf16(y0, y1);
+            if (a.dsum) {
+                float2 go = *reinterpret_cast<const float2 *>(a.dout + off);
+                dp0 += bf16_round(go.x) * y0 + bf16_round(go.y) * y1;
+            }
+        }
+        if (row1 < a.T) {
+            const size_t off = (size_t)row1 * qdim + d;
+            if (a.out) *reinterpret_cast<float2 *>(a.out + off) = make_float2(y2, y3);
+            if (a.sh) *reinterpret_cast<uint32_t *>(a.sh + off) = cu_pack_bf16(y2, y3);
+            if (a.dsum) {
+                float2 go = *reinterpret_cast<const float2 *>(a.dout + off);
+                dp1 += bf16_round(go.x) * y2 + bf16_round(go.y) * y3;
+            }
+        }
+    }
+    if (a.dsum) {
+        dp0 += __shfl_xor_sync(0xffffffffu, dp0, 1);
+        dp0 += __shfl_xor_sync(0xffffffffu, dp0, 2);
+        dp1 += __shfl_xor_sync(0xffffffffu, dp1, 1);
+        dp1 += __shfl_xor_sync(0xffffffffu, dp1, 2);
+    }
+    if (cq == 0) {
+        if (row0 < a.T) {
+            if (a.lse) a.lse[(size_t)h * a.T + row0] = m0 + log2f(l0);
+            if (a.dsum) a.dsum[(size_t)h * a.T + row0] = dp0;
+        }
+        if (row1 < a.T) {
+            if (a.lse) a.lse[(size_t)h * a.T + row1] = m1 + log2f(l1);
+            if (a.dsum) a.dsum[(size_t)h * a.T + row1] = dp1;
+        }
+    }
+}
+
+/* ---- row (decode) forward ---- */
+
+struct RowArgs {
+    float *out;         /* [T, Hq*hd] */
+    const float *q;     /* [T, Hq*hd] */
+    const float *k, *v; /* [pos0 + T, Hkv*hd] */
+    float *part;        /* [T, Hq, nsplit, hd + 2] split partials (nsplit > 1) */
+    int *cnt;           /* [T, Hq] finished splits, zero between launches */
+    int T, pos0, Hq, Hkv, hd, nsplit;
+    float scale;
+};
+
+/* Block-wide reduction over 128 threads (sum or max); every thread gets the result. */
+static __device__ __forceinline__ float row_reduce(float v, float *red, bool is_max) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    v = is_max ? cu_warp_max(v) : cu_warp_sum(v);
+    __syncthreads();
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    float r = red[0];
+    for (int i = 1; i < ROW_THREADS / 32; i++) r = is_max ? fmaxf(r, red[i]) : r + red[i];
+    return r;
+}
+
+static __global__ void __launch_bounds__(ROW_THREADS) row_fwd_kernel(const RowArgs a) {
+    cu_dep_wait();
+    extern __shared__ float rsm[];
+    const int hd = a.hd, tid = threadIdx.x;
+    float *qs = rsm, *ps = qs + hd, *ored = ps + ROW_CHUNK, *red = ored + 2 * ROW_THREADS;
+    __shared__ int last;
+    const int h = blockIdx.x, t = blockIdx.y, sp = blockIdx.z;
+    const int hk = h / (a.Hq / a.Hkv);
+    const int qdim = a.Hq * hd, kvdim = a.Hkv * hd;
+    const int nk = a.pos0 + t + 1;
+    const int per = (nk + a.nsplit - 1) / a.nsplit;
+    const int j0 = sp * per, j1 = min(nk, j0 + per);
+    const float *kb = a.k + hk * hd, *vb = a.v + hk * hd;
+    /* value-phase roles: G groups of hd threads (hd <= 128), or one group with two dims
+     * per thread (hd <= 256) */
+    const int G = hd <= ROW_THREADS ? ROW_THREADS / hd : 1;
+    const int grp = hd <= ROW_THREADS ? tid / hd : 0, d = hd <= ROW_THREADS ? tid % hd : tid;
+    const bool vec = (hd & 3) == 0 && cu_aligned16(a.k) && cu_aligned16(a.q);
+
+    for (int i = tid; i < hd; i += ROW_THREADS) qs[i] = a.q[(size_t)t * qdim + (size_t)h * hd + i];
+    __syncthreads();
+    float m_run = -INFINITY, l_run = 0.0f, o0 = 0.0f, o1 = 0.0f;
+    for (int c0 = j0; c0 < j1; c0 += ROW_CHUNK) {
+        const int cn = min(ROW_CHUNK, j1 - c0);
+        float cmax = -INFINITY;
+        for (int jj = tid; jj < cn; jj += ROW_THREADS) {
+            const float *kr = kb + (size_t)(c0 + jj) * kvdim;
+            float dot = 0.0f;
+            if (vec) {
+                for (int e = 0; e < hd; e += 4) {
+                    float4 kv4 = __ldg(reinterpret_cast<const float4 *>(kr + e));
+                    dot = fmaf(qs[e], kv4.x, dot);
+                    dot = fmaf(qs[e + 1], kv4.y, dot);
+                    dot = fmaf(qs[e + 2], kv4.z, dot);
+                    dot = fmaf(qs[e + 3], kv4.w, dot);
+                }
+            } else {
+                for (int e = 0; e < hd; e++) dot = fmaf(qs[e], kr[e], dot);
+            }
+            float sc = dot * a.scale;
+            ps[jj] = sc;
+            cmax = fmaxf(cmax, sc);
+        }
+        cmax = row_reduce(cmax, red, true);
+        const float mn = fmaxf(m_run, cmax), alpha = expf(m_run - mn);
+        float lsum = 0.0f;
+        for (int jj = tid; jj < cn; jj += ROW_THREADS) {
+            float p = expf(ps[jj] - mn);
+            ps[jj] = p;
+            lsum += p;
+        }
+        lsum = row_reduce(lsum, red, false); /* its barriers also publish ps */
+        l_run = l_run * alpha + lsum;
+        m_run = mn;
+        o0 *= alpha;
+        o1 *= alpha;
+        if (grp < G) {
+            for (int jj = grp; jj < cn; jj += G) {
+                const float *vr = vb + (size_t)(c0 + jj) * kvdim;
+                o0 = fmaf(ps[jj], vr[d], o0);
+                if (hd > ROW_THREADS && d + ROW_THREADS < hd) o1 = fmaf(ps[jj], vr[d + ROW_THREADS], o1);
+            }
+        }
+        __syncthreads(); /* ps is rewritten by the next chunk */
+    }
+    /* sum the groups' partial outputs */
+    ored[tid] = o0;
+    ored[ROW_THREADS + tid] = o1;
+    __syncthreads();
+    float *dst;
+    const bool owner = hd <= ROW_THREADS ? tid < hd : true;
+    float oa = 0.0f, ob = 0.0f;
+    if (owner) {
+        if (hd <= ROW_THREADS) {
+            for (int gi = 0; gi < G; gi++) oa += ored[gi * hd + tid];
+        } else {
+            oa = o0;
+            ob = o1;
+        }
+    }
+    if (a.nsplit == 1) {
+        dst = a.out + (size_t)t * qdim + (size_t)h * hd;
+        if (owner) {
+            dst[d] = oa / l_run;
+            if (hd > ROW_THREADS && d + ROW_THREADS < hd) dst[d + ROW_THREADS] = ob / l_run;
+        }
+        return;
+    }
+    float *pp = a.part + (((size_t)t * a.Hq + h) * a.nsplit + sp) * (hd + 2);
+    if (tid == 0) {
+        pp[0] = m_run;
+        pp[1] = l_run;
+    }
+    if (owner) {
+        pp[2 + d] = oa;
+        if (hd > ROW_THREADS && d + ROW_THREADS < hd) pp[2 + d + ROW_THREADS] = ob;
+    }
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) {
+        int ticket = atomicAdd(a.cnt + (size_t)t * a.Hq + h, 1);
+        last = ticket == a.nsplit - 1;
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    const float *p0 = a.part + ((size_t)t * a.Hq + h) * a.nsplit * (hd + 2);
+    float M = -INFINITY, L = 0.0f;
+    for (int s = 0; s < a.nsplit; s++) M = fmaxf(M, __ldcg(p0 + (size_t)s * (hd + 2)));
+    for (int s = 0; s < a.nsplit; s++) {
+        const float *ps2 = p0 + (size_t)s * (hd + 2);
+        L += __ldcg(ps2 + 1) * expf(__ldcg(ps2) - M);
+    }
+    dst = a.out + (size_t)t * qdim + (size_t)h * hd;
+    for (int e = tid; e < hd; e += ROW_THREADS) {
+        float acc = 0.0f;
+        for (int s = 0; s < a.nsplit; s++) {
+            const float *ps2 = p0 + (size_t)s * (hd + 2);
+            acc += __ldcg(ps2 + 2 + e) * expf(__ldcg(ps2) - M);
+        }
+        dst[e] = acc / L;
+    }
+    if (tid == 0) a.cnt[(size_t)t * a.Hq + h] = 0;
+}
+
+/* ---- flash backward ---- */
+
+struct BwdArgs {
+    float *dq;              /* [T, Hq*HD], zeroed (dQ is added atomically) */
+    float *dk, *dv;         /* [T, Hkv*HD], zeroed (the query heads of a group add to them) */
+    const float *q, *k, *v; /* as the forward */
+    const float *dout;      /* [T, Hq*HD] */
+    const float *lse, *dsum; /* [Hq, T] */
+    int T, Hq, Hkv;
+    float scale, scale_log2;
+};
+
+template <int HD, int BMQ> constexpr int bwd_smem() {
+    return (2 * 64 * (HD + 8) + 2 * BMQ * (HD + 8) + 64 * (BMQ + 8)) * 2 + 2 * BMQ * 4;
+}
+
+template <int HD, int BMQ>
+static __global__ void __launch_bounds__(128) flash_bwd_kernel(const BwdArgs a) {
+    cu_dep_wait();
+    constexpr int BN = 64, LD = HD + 8, LDS = BMQ + 8;
+    constexpr int RB = BMQ / 16, CW = 4 / RB, NCOL = HD / CW;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    bf16 *Ks = reinterpret_cast<bf16 *>(smem_raw), *Vs = Ks + BN * LD, *Qs = Vs + BN * LD;
+    bf16 *dOs = Qs + BMQ * LD, *dSs = dOs + BMQ * LD;
+    float *lse_s = reinterpret_cast<float *>(dSs + BN * LDS), *D_s = lse_s + BMQ;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, cq = lane & 3;
+    const int mat = lane >> 3, rr = lane & 7;
+    const int n0 = blockIdx.x * BN, h = blockIdx.y, hk = h / (a.Hq / a.Hkv);
+    const int qdim = a.Hq * HD, kvdim = a.Hkv * HD;
+    const int kr0 = warp * 16 + g; /* this thread's key rows kr0 and kr0 + 8 of the tile */
+    const int key0 = n0 + kr0, key1 = key0 + 8;
+    const int rb = warp % RB, cb = warp / RB;
+
+    load_tile<HD, BN>(Ks, a.k + hk * HD, kvdim, n0, a.T);
+    load_tile<HD, BN>(Vs, a.v + hk * HD, kvdim, n0, a.T);
+    float dK[HD / 8][4], dV[HD / 8][4];
+#pragma unroll
+    for (int i = 0; i < HD / 8; i++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) dK[i][e] = dV[i][e] = 0.0f;
+
+    {
+        for (int i0 = (n0 / BMQ) * BMQ; i0 < a.T; i0 += BMQ) {
+            __syncthreads();
+            load_tile<HD, BMQ>(Qs, a.q + h * HD, qdim, i0, a.T);
+            load_tile<HD, BMQ>(dOs, a.dout + h * HD, qdim, i0, a.T);
+            for (int i = threadIdx.x; i < BMQ; i += 128) {
+                const int row = i0 + i;
+                lse_s[i] = row < a.T ? a.lse[(size_t)h * a.T + row] : INFINITY;
+                D_s[i] = row < a.T ? a.dsum[(size_t)h * a.T + row] : 0.0f;
+            }
+            __syncthreads();
+            /* S^T = K Q^T and dP^T = V dO^T for this warp's 16 keys */
+            float st[BMQ / 8][4], dpt[BMQ / 8][4];
+#pragma unroll
+            for (int nt = 0; nt < BMQ / 8; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) st[nt][e] = dpt[nt][e] = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < HD / 16; kk++) {
+                uint32_t ka[4], va[4];
+                ka[0] = lds32(Ks + kr0 * LD + kk * 16 + 2 * cq);
+                ka[1] = lds32(Ks + (kr0 + 8) * LD + kk * 16 + 2 * cq);
+                ka[2] = lds32(Ks + kr0 * LD + kk * 16 + 8 + 2 * cq);
+                ka[3] = lds32(Ks + (kr0 + 8) * LD + kk * 16 + 8 + 2 * cq);
+                va[0] = lds32(Vs + kr0 * LD + kk * 16 + 2 * cq);
+                va[1] = lds32(Vs + (kr0 + 8) * LD + kk * 16 + 2 * cq);
+                va[2] = lds32(Vs + kr0 * LD + kk * 16 + 8 + 2 * cq);
+                va[3] = lds32(Vs + (kr0 + 8) * LD + kk * 16 + 8 + 2 * cq);
+#pragma unroll
+                for (int nt = 0; nt < BMQ / 8; nt++) {
+                    const bf16 *qr = Qs + (nt * 8 + g) * LD + kk * 16 + 2 * cq;
+                    const bf16 *orow = dOs + (nt * 8 + g) * LD + kk * 16 + 2 * cq;
+                    mma16816(st[nt], ka, lds32(qr), lds32(qr + 8));
+                    mma16816(dpt[nt], va, lds32(orow), lds32(orow + 8));
+                }
+            }
+            /* P^T = exp2(S^T scale log2e - lse) on the causal part; dS^T = P^T (dP^T - D) */
+#pragma unroll
+            for (int nt = 0; nt < BMQ / 8; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int ql = nt * 8 + 2 * cq + (e & 1);
+                    const int key = e < 2 ? key0 : key1;
+                    float p = key <= i0 + ql ? exp2f(st[nt][e] * a.scale_log2 - lse_s[ql]) : 0.0f;
+                    st[nt][e] = p;
+                    dpt[nt][e] = p * (dpt[nt][e] - D_s[ql]);
+                }
+            /* dV += P^T dO; dK += dS^T Q (scaled at the end) */
+#pragma unroll
+            for (int kq = 0; kq < BMQ / 16; kq++) {
+                uint32_t pa[4], da[4];
+                pa[0] = cu_pack_bf16(st[2 * kq][0], st[2 * kq][1]);
+                pa[1] = cu_pack_bf16(st[2 * kq][2], st[2 * kq][3]);
+                pa[2] = cu_pack_bf16(st[2 * kq + 1][0], st[2 * kq + 1][1]);
+                pa[3] = cu_pack_bf16(st[2 * kq + 1][2], st[2 * kq + 1][3]);
+                da[0] = cu_pack_bf16(dpt[2 * kq][0], dpt[2 * kq][1]);
+                da[1] = cu_pack_bf16(dpt[2 * kq][2], dpt[2 * kq][3]);
+                da[2] = cu_pack_bf16(dpt[2 * kq + 1][0], dpt[2 * kq + 1][1]);
+                da[3] = cu_pack_bf16(dpt[2 * kq + 1][2], dpt[2 * kq + 1][3]);
+#pragma unroll
+                for (int dt = 0; dt < HD / 8; dt += 2) {
+                    uint32_t b[4];
+                    const int row = kq * 16 + (mat & 1) * 8 + rr, col = (dt + (mat >> 1)) * 8;
+                    ldsm_x4_t(b, dOs + row * LD + col);
+                    mma16816(dV[dt], pa, b[0], b[1]);
+                    mma16816(dV[dt + 1], pa, b[2], b[3]);
+                    ldsm_x4_t(b, Qs + row * LD + col);
+                    mma16816(dK[dt], da, b[0], b[1]);
+                    mma16816(dK[dt + 1], da, b[2], b[3]);
+                }
+            }
+            /* dS^T to shared memory for dQ */
+#pragma unroll
+            for (int nt = 0; nt < BMQ / 8; nt++) {
+                *reinterpret_cast<uint32_t *>(dSs + kr0 * LDS + nt * 8 + 2 * cq) =
+                    cu_pack_bf16(dpt[nt][0], dpt[nt][1]);
+                *reinterpret_cast<uint32_t *>(dSs + (kr0 + 8) * LDS + nt * 8 + 2 * cq) =
+                    cu_pack_bf16(dpt[nt][2], dpt[nt][3]);
+            }
+            __syncthreads();
+            /* dQ[rows rb*16.., cols cb*NCOL..] = dS K, added atomically */
+            float dqa[NCOL / 8][4];
+#pragma unroll
+            for (int i = 0; i < NCOL / 8; i++) dqa[i][0] = dqa[i][1] = dqa[i][2] = dqa[i][3] = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < BN / 16; kk++) {
+                uint32_t af[4];
+                ldsm_x4_t(af, dSs + (kk * 16 + (mat >> 1) * 8 + rr) * LDS + rb * 16 + (mat & 1) * 8);
+#pragma unroll
+                for (int dt = 0; dt < NCOL / 8; dt += 2) {
+                    uint32_t b[4];
+                    ldsm_x4_t(b, Ks + (kk * 16 + (mat & 1) * 8 + rr) * LD + cb * NCOL +
+                                     (dt + (mat >> 1)) * 8);
+                    mma16816(dqa[dt], af, b[0], b[1]);
+                    mma16816(dqa[dt + 1], af, b[2], b[3]);
+                }
+            }
+            const int qr0 = i0 + rb * 16 + g, qr1 = qr0 + 8;
+#pragma unroll
+            for (int dt = 0; dt < NCOL / 8; dt++) {
+                const int col = h * HD + cb * NCOL + dt * 8 + 2 * cq;
+                if (qr0 < a.T) {
+                    atomicAdd(a.dq + (size_t)qr0 * qdim + col, dqa[dt][0] * a.scale);
+                    atomicAdd(a.dq + (size_t)qr0 * qdim + col + 1, dqa[dt][1] * a.scale);
+                }
+                if (qr1 < a.T) {
+                    atomicAdd(a.dq + (size_t)qr1 * qdim + col, dqa[dt][2] * a.scale);
+                    atomicAdd(a.dq + (size_t)qr1 * qdim + col + 1, dqa[dt][3] * a.scale);
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int dt = 0; dt < HD / 8; dt++) {
+        const int col = hk * HD + dt * 8 + 2 * cq;
+        if (key0 < a.T) {
+            const size_t off = (size_t)key0 * kvdim + col;
+            atomicAdd(a.dk + off, dK[dt][0] * a.scale);
+            atomicAdd(a.dk + off + 1, dK[dt][1] * a.scale);
+            atomicAdd(a.dv + off, dV[dt][0]);
+            atomicAdd(a.dv + off + 1, dV[dt][1]);
+        }
+        if (key1 < a.T) {
+            const size_t off = (size_t)key1 * kvdim + col;
+            atomicAdd(a.dk + off, dK[dt][2] * a.scale);
+            atomicAdd(a.dk + off + 1, dK[dt][3] * a.scale);
+            atomicAdd(a.dv + off, dV[dt][2]);
+            atomicAdd(a.dv + off + 1, dV[dt][3]);
+        }
+    }
+}
+
+/* ---- plain backward for other head sizes ---- */
+
+struct RowBwdArgs {
+    float *dq;              /* [T, Hq*hd] (written) */
+    float *dk, *dv;         /* [T, Hkv*hd] (zeroed; added atomically) */
+    const float *q, *k, *v, *dout;
+    int T, Hq, Hkv, hd;
+    float scale;
+};
+
+/* One block per (query row i, head h): p_j, dp_j = dout_i . v_j and ds_j in shared memory
+ * ([2 * (i + 1)] floats), then dq_i, and dk_j, dv_j by atomics. */
+static __global__ void __launch_bounds__(ROW_THREADS) row_bwd_kernel(const RowBwdArgs a) {
+    cu_dep_wait();
+    extern __shared__ float bsm[];
+    const int i = blockIdx.x, h = blockIdx.y, hd = a.hd, tid = threadIdx.x;
+    const int hk = h / (a.Hq / a.Hkv), nk = i + 1;
+    const int qdim = a.Hq * hd, kvdim = a.Hkv * hd;
+    float *qs = bsm, *gs = qs + hd, *ps = gs + hd, *dps = ps + nk, *red = dps + nk;
+    const float *qi = a.q + (size_t)i * qdim + (size_t)h * hd;
+    const float *gi = a.dout + (size_t)i * qdim + (size_t)h * hd;
+    for (int e = tid; e < hd; e += ROW_THREADS) {
+        qs[e] = qi[e];
+        gs[e] = gi[e];
+    }
+    __syncthreads();
+    float mx = -INFINITY;
+    for (int j = tid; j < nk; j += ROW_THREADS) {
+        const float *kr = a.k + (size_t)j * kvdim + (size_t)hk * hd;
+        const float *vr = a.v + (size_t)j * kvdim + (size_t)hk * hd;
+        float s = 0.0f, dp = 0.0f;
+        for (int e = 0; e < hd; e++) {
+            s = fmaf(qs[e], kr[e], s);
+            dp = fmaf(gs[e], vr[e], dp);
+        }
+        s *= a.scale;
+        ps[j] = s;
+        dps[j] = dp;
+        mx = fmaxf(mx, s);
+    }
+    mx = row_reduce(mx, red, true);
+    float sum = 0.0f;
+    for (int j = tid; j < nk; j += ROW_THREADS) {
+        float p = expf(ps[j] - mx);
+        ps[j] = p;
+        sum += p;
+    }
+    sum = row_reduce(sum, red, false);
+    float pdp = 0.0f;
+    for (int j = tid; j < nk; j += ROW_THREADS) {
+        float p = ps[j] / sum;
+        ps[j] = p;
+        pdp += p * dps[j];
+    }
+    pdp = row_reduce(pdp, red, false);
+    for (int j = tid; j < nk; j += ROW_THREADS) dps[j] = ps[j] * (dps[j] - pdp); /* ds_j */
+    __syncthreads();
+    for (int e = tid; e < hd; e += ROW_THREADS) {
+        float acc = 0.0f;
+        for (int j = 0; j < nk; j++) acc = fmaf(dps[j], a.k[(size_t)j * kvdim + (size_t)hk * hd + e], acc);
+        a.dq[(size_t)i * qdim + (size_t)h * hd + e] = acc * a.scale;
+    }
+    for (size_t idx = tid; idx < (size_t)nk * hd; idx += ROW_THREADS) {
+        const int j = (int)(idx / hd), e = (int)(idx % hd);
+        const size_t off = (size_t)j * kvdim + (size_t)hk * hd + e;
+        atomicAdd(a.dk + off, a.scale * dps[j] * qs[e]);
+        atomicAdd(a.dv + off, ps[j] * gs[e]);
+    }
+}
+
+/* ---- dispatch ---- */
+
+static bool flash_ok(int hd, int Hq, int Hkv, const void *p0, const void *p1, const void *p2,
+                     const void *p3) {
+    return (hd == 16 || hd == 32 || hd == 64 || hd == 128) && Hkv > 0 && Hq % Hkv == 0 &&
+           cu_aligned16(p0) && cu_aligned16(p1) && cu_aligned16(p2) && cu_aligned16(p3);
+}
+
+template <int HD>
+static void flash_fwd_launch(mc_cuda *c, const FlashArgs &a) {
+    dim3 grid((unsigned)((a.T + 63) / 64), (unsigned)a.Hq);
+    cu_launch(c, flash_fwd_kernel<HD>, grid, dim3(128), (unsigned)flash_smem<HD>(), a, "attention");
+}
+
+static void flash_fwd(mc_cuda *c, int hd, const FlashArgs &a) {
+    switch (hd) {
+    case 16: flash_fwd_launch<16>(c, a); break;
+    case 32: flash_fwd_launch<32>(c, a); break;
+    case 64: flash_fwd_launch<64>(c, a); break;
+    default: flash_fwd_launch<128>(c, a); break;
+    }
+}
+
+void cu_attention(mc_backend *be, void *out, const void *q, const void *k, const void *v, int T,
+                  int pos0, int Hq, int Hkv, int hd) {
+    mc_cuda *c = cu_ctx(be);
+    const size_t nout = (size_t)T * (size_t)Hq * (size_t)hd;
+    if (T <= 0) return;
+    if (hd > 256 || Hkv <= 0 || Hq % Hkv != 0) {
+        cu_set_error(c, MC_ERR_UNSUPPORTED, "attention: head_dim %d with %d/%d heads is not "
+                     "supported (head_dim <= 256, query heads a multiple of kv heads)", hd, Hq, Hkv);
+        return;
+    }
+    cu_note_write(c, out, nout * sizeof(float));
+    if (T > SMALL_T && flash_ok(hd, Hq, Hkv, out, q, k, v)) {
+        FlashArgs a;
+        memset(&a, 0, sizeof a);
+        a.out = (float *)out;
+        a.sh = (bf16 *)cu_shadow_for(c, out, nout, T);
+        a.q = (const float *)q;
+        a.k = (const float *)k;
+        a.v = (const float *)v;
+        a.T = T;
+        a.pos0 = pos0;
+        a.Hq = Hq;
+        a.Hkv = Hkv;
+        a.scale_log2 = (1.0f / sqrtf((float)hd)) * LOG2E;
+        flash_fwd(c, hd, a);
+        return;
+    }
+    RowArgs a;
+    memset(&a, 0, sizeof a);
+    /* Decode rows split the keys ROW_MAX_SPLIT ways whatever the context length, so the
+     * launch keeps its shape from step to step and a decode step's graph is reused. */
+    const int nsplit = T <= SMALL_T ? ROW_MAX_SPLIT : 1;
+    if (nsplit > 1) {
+        a.part = (float *)cu_scratch(c, CU_S_ATT_PART,
+                                     (size_t)T * Hq * ROW_MAX_SPLIT * (size_t)(hd + 2) * sizeof(float),
+                                     false);
+        a.cnt = (int *)cu_scratch(c, CU_S_ATT_CNT, (size_t)SMALL_T * Hq * sizeof(int), true);
+        if (!a.part || !a.cnt) return;
+    }
+    a.out = (float *)out;
+    a.q = (const float *)q;
+    a.k = (const float *)k;
+    a.v = (const float *)v;
+    a.T = T;
+    a.pos0 = pos0;
+    a.Hq = Hq;
+    a.Hkv = Hkv;
+    a.hd = hd;
+    a.nsplit = nsplit;
+    a.scale = 1.0f / sqrtf((float)hd);
+    unsigned smem = (unsigned)((hd + ROW_CHUNK + 2 * ROW_THREADS + ROW_THREADS / 32) * sizeof(float));
+    cu_launch(c, row_fwd_kernel, dim3((unsigned)Hq, (unsigned)T, (unsigned)nsplit),
+              dim3(ROW_THREADS), smem, a, "attention_row");
+}
+
+template <int HD, int BMQ>
+static void flash_bwd_launch(mc_cuda *c, const BwdArgs &a) {
+    dim3 grid((unsigned)((a.T + 63) / 64), (unsigned)a.Hq);
+    cu_launch(c, flash_bwd_kernel<HD, BMQ>, grid, dim3(128), (unsigned)bwd_smem<HD, BMQ>(), a,
+              "attention_backward");
+}
+
+void cu_attention_backward(mc_backend *be, void *dq, void *dk, void *dv, const void *dout,
+                           const void *q, const void *k, const void *v, int T, int Hq, int Hkv,
+                           int hd) {
+    mc_cuda *c = cu_ctx(be);
+    const size_t nq = (size_t)T * Hq * hd, nkv = (size_t)T * Hkv * hd;
+    if (T <= 0) return;
+    if (hd > 256 || Hkv <= 0 || Hq % Hkv != 0) {
+        cu_set_error(c, MC_ERR_UNSUPPORTED, "attention_backward: head_dim %d with %d/%d heads is "
+                     "not supported", hd, Hq, Hkv);
+        return;
+    }
+    cu_note_write(c, dq, nq * sizeof(float));
+    cu_note_write(c, dk, nkv * sizeof(float));
+    cu_note_write(c, dv, nkv * sizeof(float));
+    if (flash_ok(hd, Hq, Hkv, dq, q, k, v) && cu_aligned16(dout) && cu_aligned16(dk) &&
+        cu_aligned16(dv)) {
+        float *stats = (float *)cu_scratch(c, CU_S_ATT_STATS, 2 * (size_t)Hq * T * sizeof(float), false);
+        if (!stats) return;
+        cu_zero(be, dq, nq * sizeof(float));
+        cu_zero(be, dk, nkv * sizeof(float));
+        cu_zero(be, dv, nkv * sizeof(float));
+        FlashArgs f;
+        memset(&f, 0, sizeof f);
+        f.q = (const float *)q;
+        f.k = (const float *)k;
+        f.v = (const float *)v;
+        f.dout = (const float *)dout;
+        f.lse = stats;
+        f.dsum = stats + (size_t)Hq * T;
+        f.T = T;
+        f.Hq = Hq;
+        f.Hkv = Hkv;
+        f.scale_log2 = (1.0f / sqrtf((float)hd)) * LOG2E;
+        flash_fwd(c, hd, f);
+        BwdArgs b;
+        memset(&b, 0, sizeof b);
+        b.dq = (float *)dq;
+        b.dk = (float *)dk;
+        b.dv = (float *)dv;
+        b.q = f.q;
+        b.k = f.k;
+        b.v = f.v;
+        b.dout = f.dout;
+        b.lse = f.lse;
+        b.dsum = f.dsum;
+        b.T = T;
+        b.Hq = Hq;
+        b.Hkv = Hkv;
+        b.scale = 1.0f / sqrtf((float)hd);
+        b.scale_log2 = f.scale_log2;
+        switch (hd) {
+        case 16: flash_bwd_launch<16, 64>(c, b); break;
+        case 32: flash_bwd_launch<32, 64>(c, b); break;
+        case 64: flash_bwd_launch<64, 64>(c, b); break;
+        default: flash_bwd_launch<128, 32>(c, b); break;
+        }
+        return;
+    }
+    const size_t smem = (2 * (size_t)hd + 2 * (size_t)T + ROW_THREADS / 32) * sizeof(float);
+    if (smem > c->prop.sharedMemPerBlockOptin) {
+        cu_set_error(c, MC_ERR_UNSUPPORTED, "attention_backward: %d rows of head_dim %d need the "
+                     "tensor-core kernel (head_dim 16, 32, 64 or 128)", T, hd);
+        return;
+    }
+    cu_zero(be, dk, nkv * sizeof(float));
+    cu_zero(be, dv, nkv * sizeof(float));
+    RowBwdArgs r;
+    memset(&r, 0, sizeof r);
+    r.dq = (float *)dq;
+    r.dk = (float *)dk;
+    r.dv = (float *)dv;
+    r.q = (const float *)q;
+    r.k = (const float *)k;
+    r.v = (const float *)v;
+    r.dout = (const float *)dout;
+    r.T = T;
+    r.Hq = Hq;
+    r.Hkv = Hkv;
+    r.hd = hd;
+    r.scale = 1.0f / sqrtf((float)hd);
+    cu_launch(c, row_bwd_kernel, dim3((unsigned)T, (unsigned)Hq), dim3(ROW_THREADS), (unsigned)smem,
+              r, "attention_backward_row");
+}
+
+/* Raises the dynamic shared-memory limits of the kernels that need more than 48 KB. */
+void cu_attention_init(mc_cuda *c) {
+    const int optin = (int)c->prop.sharedMemPerBlockOptin;
+    (void)cu_check(c, cudaFuncSetAttribute(flash_fwd_kernel<128>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           flash_smem<128>()),
+                   "attention setup");
+    (void)cu_check(c, cudaFuncSetAttribute(flash_bwd_kernel<128, 32>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           bwd_smem<128, 32>()),
+                   "attention setup");
+    (void)cu_check(c, cudaFuncSetAttribute(flash_bwd_kernel<64, 64>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           bwd_smem<64, 64>()),
+                   "attention setup");
+    (void)cu_check(c, cudaFuncSetAttribute(row_bwd_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           optin),
+                   "attention setup");
+    (void)cu_check(c, cudaFuncSetAttribute(row_fwd_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           (int)((256 + ROW_CHUNK + 2 * ROW_THREADS + 8) * sizeof(float))),
+                   "attention setup");
+}

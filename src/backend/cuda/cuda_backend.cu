@@ -1,0 +1,814 @@
+/* cuda_backend.cu - the CUDA backend's context: creation and the ops table, device
+ * memory with accounting, host copies, sticky errors, and the launch queue that replays
+ * repeated segments of kernels (decode steps) as CUDA graphs. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "cuda_internal.h"
+
+/* ---- errors ---- */
+
+void cu_set_error(mc_cuda *c, mc_status s, const char *fmt, ...) {
+    va_list ap;
+    if (c->err != MC_OK) return; /* the first failure explains the rest */
+    c->err = s;
+    va_start(ap, fmt);
+    (void)vsnprintf(c->err_msg, sizeof c->err_msg, fmt, ap);
+    va_end(ap);
+    mc_log(MC_LOG_ERROR, "cuda: %s", c->err_msg);
+}
+
+bool cu_check(mc_cuda *c, cudaError_t e, const char *what) {
+    if (e == cudaSuccess) return true;
+    cu_set_error(c, e == cudaErrorMemoryAllocation ? MC_ERR_OOM : MC_ERR_BACKEND,
+                 "%s: %s (%s)", what, cudaGetErrorString(e), cudaGetErrorName(e));
+    return false;
+}
+
+bool cu_check_blas(mc_cuda *c, cublasStatus_t st, const char *what) {
+    if (st == CUBLAS_STATUS_SUCCESS) return true;
+    cu_set_error(c, st == CUBLAS_STATUS_ALLOC_FAILED ? MC_ERR_OOM : MC_ERR_BACKEND,
+                 "%s: cuBLAS status %d", what, (int)st);
+    return false;
+}
+
+mc_status cu_take_error(mc_cuda *c) {
+    mc_status s = c->err;
+    if (s == MC_OK) return MC_OK;
+    c->err = MC_OK;
+    return mc_fail(s, "cuda device %d: %s", c->device, c->err_msg);
+}
+
+/* ---- allocation registry ---- */
+
+/* Index of the first record with p >= key. */
+static size_t reg_lower(const mc_cuda *c, uintptr_t key) {
+    size_t lo = 0, hi = c->n_allocs;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (c->allocs[mid].p < key) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
+}
+
+static bool reg_add(mc_cuda *c, void *p, size_t bytes) {
+    size_t i;
+    if (c->n_allocs == c->cap_allocs) {
+        size_t cap = c->cap_allocs ? 2 * c->cap_allocs : 256;
+        cu_alloc_rec *n = (cu_alloc_rec *)mc_realloc(c->allocs, cap * sizeof *n);
+        if (!n) return false;
+        c->allocs = n;
+        c->cap_allocs = cap;
+    }
+    i = reg_lower(c, (uintptr_t)p);
+    memmove(c->allocs + i + 1, c->allocs + i, (c->n_allocs - i) * sizeof *c->allocs);
+    c->allocs[i].p = (uintptr_t)p;
+    c->allocs[i].bytes = bytes;
+    c->n_allocs++;
+    c->bytes_now += bytes;
+    if (c->bytes_now > c->bytes_peak) c->bytes_peak = c->bytes_now;
+    return true;
+}
+
+/* Removes p's record; false when p is not a live allocation of this backend. */
+static bool reg_remove(mc_cuda *c, const void *p) {
+    size_t i = reg_lower(c, (uintptr_t)p);
+    if (i == c->n_allocs || c->allocs[i].p != (uintptr_t)p) return false;
+    c->bytes_now -= c->allocs[i].bytes;
+    memmove(c->allocs + i, c->allocs + i + 1, (c->n_allocs - i - 1) * sizeof *c->allocs);
+    c->n_allocs--;
+    return true;
+}
+
+bool cu_is_device(const mc_cuda *c, const void *p, size_t bytes) {
+    uintptr_t a = (uintptr_t)p;
+    size_t i = reg_lower(c, a + 1); /* first record starting after a */
+    if (i == 0) return false;
+    i--;
+    return a >= c->allocs[i].p && a - c->allocs[i].p + bytes <= c->allocs[i].bytes;
+}
+
+void *cu_malloc(mc_cuda *c, size_t bytes, const char *what) {
+    void *p = NULL;
+    cudaError_t e;
+    if (bytes == 0) bytes = 256;
+    e = cudaMalloc(&p, bytes);
+    if (e != cudaSuccess) {
+        size_t fr = 0, tot = 0;
+        (void)cudaGetLastError(); /* an allocation failure does not poison the context */
+        (void)cudaMemGetInfo(&fr, &tot);
+        mc_log(MC_LOG_WARN, "cuda: cannot allocate %zu bytes of device memory (%zu of %zu free)",
+               bytes, fr, tot);
+        if (what)
+            cu_set_error(c, MC_ERR_OOM, "%s: out of device memory for %zu bytes (%zu of %zu free)",
+                         what, bytes, fr, tot);
+        return NULL;
+    }
+    if (!reg_add(c, p, bytes)) {
+        (void)cudaFree(p);
+        if (what) cu_set_error(c, MC_ERR_OOM, "%s: out of host memory", what);
+        return NULL;
+    }
+    return p;
+}
+
+void cu_free(mc_cuda *c, void *p) {
+    size_t i;
+    if (!p) return;
+    cu_end_segment(c); /* queued launches may still read p */
+    i = reg_lower(c, (uintptr_t)p);
+    if (i < c->n_allocs && c->allocs[i].p == (uintptr_t)p)
+        cu_note_write(c, p, c->allocs[i].bytes); /* drop shadows of p's contents */
+    if (!reg_remove(c, p)) {
+        cu_set_error(c, MC_ERR_INTERNAL, "free of %p, which this backend did not allocate", p);
+        return;
+    }
+    (void)cu_check(c, cudaFree(p), "cudaFree");
+}
+
+void *cu_scratch(mc_cuda *c, int id, size_t bytes, bool zero_new) {
+    void *p;
+    if (c->scratch[id] && c->scratch_cap[id] >= bytes) return c->scratch[id];
+    cu_break(c);
+    if (c->scratch[id]) {
+        cu_free(c, c->scratch[id]);
+        c->scratch[id] = NULL;
+        c->scratch_cap[id] = 0;
+    }
+    bytes += bytes / 4; /* grow with room, so slowly growing uses do not reallocate often */
+    p = cu_malloc(c, bytes, "scratch");
+    if (!p) return NULL;
+    if (zero_new && !cu_check(c, cudaMemsetAsync(p, 0, bytes, c->stream), "cudaMemsetAsync")) {
+        cu_free(c, p);
+        return NULL;
+    }
+    c->scratch[id] = p;
+    c->scratch_cap[id] = bytes;
+    return p;
+}
+
+/* ---- launch queue and graphs ---- */
+
+/* ---- profiling ---- */
+
+/* Adds the finished events' times to the per-name table and empties the pool. */
+static void prof_flush(mc_cuda *c) {
+    int i, j;
+    if (!c->pn) return;
+    (void)cudaEventSynchronize(c->pev[c->pn - 1].b);
+    for (i = 0; i < c->pn; i++) {
+        float ms = 0;
+        (void)cudaEventElapsedTime(&ms, c->pev[i].a, c->pev[i].b);
+        for (j = 0; j < c->nrow; j++)
+            if (c->prow[j].name == c->pev[i].name) break;
+        if (j == c->nrow) {
+            if (c->nrow == c->caprow) {
+                int cap = c->caprow ? 2 * c->caprow : 64;
+                cu_prof_row *r = (cu_prof_row *)mc_realloc(c->prow, (size_t)cap * sizeof *r);
+                if (!r) continue;
+                c->prow = r;
+                c->caprow = cap;
+            }
+            c->prow[j].name = c->pev[i].name;
+            c->prow[j].ms = 0;
+            c->prow[j].calls = 0;
+            c->nrow++;
+        }
+        c->prow[j].ms += ms;
+        c->prow[j].calls++;
+    }
+    c->pn = 0;
+}
+
+int cu_prof_begin(mc_cuda *c, const char *name) {
+    int slot;
+    if (!c->prof_on) return -1;
+    if (!c->pev) {
+        c->pcap = 4096;
+        c->pev = (cu_prof_ev *)mc_calloc((size_t)c->pcap, sizeof *c->pev);
+        if (!c->pev) {
+            c->prof_on = false;
+            return -1;
+        }
+        for (int i = 0; i < c->pcap; i++)
+            if (cudaEventCreate(&c->pev[i].a) != cudaSuccess ||
+                cudaEventCreate(&c->pev[i].b) != cudaSuccess) {
+                c->prof_on = false;
+                return -1;
+            }
+    }
+    if (c->pn == c->pcap) prof_flush(c);
+    slot = c->pn++;
+    c->pev[slot].name = name;
+    (void)cudaEventRecord(c->pev[slot].a, c->stream);
+    return slot;
+}
+
+void cu_prof_end(mc_cuda *c, int slot) {
+    if (slot >= 0) (void)cudaEventRecord(c->pev[slot].b, c->stream);
+}
+
+/* Launches one kernel on the stream, as a programmatic dependent of the previous kernel
+ * when PDL is on (every kernel waits for its predecessor first: cu_dep_wait). */
+static void launch_direct(mc_cuda *c, const void *func, dim3 grid, dim3 block, unsigned smem,
+                          const void *args, const char *name) {
+    void *params[1];
+    int ps = cu_prof_begin(c, name);
+    params[0] = (void *)args;
+    c->n_launch++;
+    if (c->pdl_on) {
+        cudaLaunchConfig_t cfg = {};
+        cudaLaunchAttribute attr[1];
+        attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attr[0].val.programmaticStreamSerializationAllowed = 1;
+        cfg.gridDim = grid;
+        cfg.blockDim = block;
+        cfg.dynamicSmemBytes = smem;
+        cfg.stream = c->stream;
+        cfg.attrs = attr;
+        cfg.numAttrs = 1;
+        (void)cu_check(c, cudaLaunchKernelExC(&cfg, func, params), name);
+    } else {
+        (void)cu_check(c, cudaLaunchKernel(func, grid, block, params, smem, c->stream), name);
+    }
+    cu_prof_end(c, ps);
+}
+
+static void launch_node(mc_cuda *c, const cu_node *n) {
+    launch_direct(c, n->func, n->grid, n->block, n->smem, n->args, n->name);
+}
+
+void cu_pending_flush(mc_cuda *c) {
+    cu_pending p = c->pend;
+    if (p.kind == CU_PEND_NONE) return;
+    c->pend.kind = CU_PEND_NONE; /* before launching: the launch comes back through here */
+    switch (p.kind) {
+    case CU_PEND_ADD: cu_flush_add(c, &p); break;
+    case CU_PEND_SWIGLU: cu_flush_swiglu(c, &p); break;
+    case CU_PEND_ROPE: cu_flush_rope(c, &p); break;
+    case CU_PEND_GEMV: cu_flush_gemv(c, &p); break;
+    default: break;
+    }
+}
+
+void cu_launch_raw(mc_cuda *c, const void *func, dim3 grid, dim3 block, unsigned smem,
+                   const void *args, unsigned size, const char *name) {
+    cu_node *n;
+    if (c->pend.kind != CU_PEND_NONE) cu_pending_flush(c);
+    if (!c->graphs_on || c->rec_broken) {
+        launch_direct(c, func, grid, block, smem, args, name);
+        return;
+    }
+    if (c->qn == c->qcap) {
+        int cap = c->qcap ? 2 * c->qcap : 512;
+        cu_node *q = (cu_node *)mc_realloc(c->q, (size_t)cap * sizeof *q);
+        if (!q) { /* no room to queue: launch what is queued and go on directly */
+            cu_break(c);
+            cu_launch_raw(c, func, grid, block, smem, args, size, name);
+            return;
+        }
+        c->q = q;
+        c->qcap = cap;
+    }
+    n = &c->q[c->qn++];
+    n->func = func;
+    n->grid = grid;
+    n->block = block;
+    n->smem = smem;
+    n->size = size;
+    n->name = name;
+    memcpy(n->args, args, size);
+    if (size < CU_ARGS_MAX) memset(n->args + size, 0, CU_ARGS_MAX - size);
+}
+
+void cu_break(mc_cuda *c) {
+    int i;
+    cu_pending_flush(c);
+    for (i = 0; i < c->qn; i++) launch_node(c, &c->q[i]);
+    c->qn = 0;
+    if (c->graphs_on) c->rec_broken = true;
+}
+
+static bool same_shape(const cu_node *a, const cu_node *b) {
+    return a->func == b->func && a->grid.x == b->grid.x && a->grid.y == b->grid.y &&
+           a->grid.z == b->grid.z && a->block.x == b->block.x && a->block.y == b->block.y &&
+           a->block.z == b->block.z && a->smem == b->smem && a->size == b->size;
+}
+
+static bool same_sequence(const cu_node *a, int na, const cu_node *b, int nb) {
+    int i;
+    if (na != nb) return false;
+    for (i = 0; i < na; i++)
+        if (!same_shape(&a[i], &b[i])) return false;
+    return true;
+}
+
+static void graph_drop(cu_graph *g) {
+    if (g->exec) (void)cudaGraphExecDestroy(g->exec);
+    if (g->graph) (void)cudaGraphDestroy(g->graph);
+    mc_free(g->gnodes);
+    mc_free(g->nodes);
+    memset(g, 0, sizeof *g);
+}
+
+static cudaKernelNodeParams node_params(const cu_node *n, void **params) {
+    cudaKernelNodeParams p = {};
+    params[0] = (void *)n->args;
+    p.func = (void *)n->func;
+    p.gridDim = n->grid;
+    p.blockDim = n->block;
+    p.sharedMemBytes = n->smem;
+    p.kernelParams = params;
+    p.extra = NULL;
+    return p;
+}
+
+/* Builds and instantiates a graph of the queued launches: a chain whose edges are
+ * programmatic (PDL) when pdl is set; false on failure. */
+static bool graph_build_edges(mc_cuda *c, bool pdl) {
+    cu_graph *g = &c->g;
+    cudaGraphEdgeData *edges = NULL;
+    int i;
+    graph_drop(g);
+    g->gnodes = (cudaGraphNode_t *)mc_calloc((size_t)c->qn, sizeof *g->gnodes);
+    g->nodes = (cu_node *)mc_malloc((size_t)c->qn * sizeof *g->nodes);
+    edges = (cudaGraphEdgeData *)mc_calloc((size_t)c->qn, sizeof *edges);
+    if (!g->gnodes || !g->nodes || !edges || cudaGraphCreate(&g->graph, 0) != cudaSuccess) goto fail;
+    for (i = 0; i < c->qn; i++) {
+        void *params[1];
+        cudaKernelNodeParams p = node_params(&c->q[i], params);
+        if (cudaGraphAddKernelNode(&g->gnodes[i], g->graph, NULL, 0, &p) != cudaSuccess) goto fail;
+        if (pdl) {
+            edges[i].from_port = cudaGraphKernelNodePortProgrammatic;
+            edges[i].type = cudaGraphDependencyTypeProgrammatic;
+        }
+    }
+    if (c->qn > 1 && cudaGraphAddDependencies(g->graph, g->gnodes, g->gnodes + 1, edges,
+                                              (size_t)c->qn - 1) != cudaSuccess)
+        goto fail;
+    if (cudaGraphInstantiate(&g->exec, g->graph, 0) != cudaSuccess) goto fail;
+    mc_free(edges);
+    memcpy(g->nodes, c->q, (size_t)c->qn * sizeof *c->q);
+    g->n = c->qn;
+    c->n_graph_build++;
+    return true;
+fail:
+    (void)cudaGetLastError();
+    mc_free(edges);
+    graph_drop(g);
+    return false;
+}
+
+static bool graph_build(mc_cuda *c) {
+    if (c->pdl_on && graph_build_edges(c, true)) return true;
+    return graph_build_edges(c, false);
+}
+
+/* Puts the queued launches' arguments into the cached graph; false on failure. */
+static bool graph_update(mc_cuda *c) {
+    cu_graph *g = &c->g;
+    int i;
+    for (i = 0; i < c->qn; i++) {
+        if (memcmp(g->nodes[i].args, c->q[i].args, c->q[i].size) == 0) continue;
+        void *params[1];
+        cudaKernelNodeParams p = node_params(&c->q[i], params);
+        if (cudaGraphExecKernelNodeSetParams(g->exec, g->gnodes[i], &p) != cudaSuccess) {
+            (void)cudaGetLastError();
+            return false;
+        }
+        memcpy(g->nodes[i].args, c->q[i].args, CU_ARGS_MAX);
+    }
+    return true;
+}
+
+void cu_end_segment(mc_cuda *c) {
+    bool done = false;
+    cu_pending_flush(c);
+    if (c->qn > 0) {
+        if (c->g.exec && same_sequence(c->q, c->qn, c->g.nodes, c->g.n)) {
+            if (graph_update(c)) {
+                done = cu_check(c, cudaGraphLaunch(c->g.exec, c->stream), "cudaGraphLaunch");
+                c->n_graph_launch++;
+            } else {
+                graph_drop(&c->g);
+            }
+        } else if (same_sequence(c->q, c->qn, c->prev, c->prev_n)) {
+            if (graph_build(c)) {
+                done = cu_check(c, cudaGraphLaunch(c->g.exec, c->stream), "cudaGraphLaunch");
+                c->n_graph_launch++;
+            }
+        }
+        if (!done) {
+            int i;
+            for (i = 0; i < c->qn; i++) launch_node(c, &c->q[i]);
+        }
+        /* remember this segment's sequence for the next one */
+        if (c->prev_cap < c->qn) {
+            cu_node *p = (cu_node *)mc_realloc(c->prev, (size_t)c->qn * sizeof *p);
+            if (p) {
+                c->prev = p;
+                c->prev_cap = c->qn;
+            }
+        }
+        if (c->prev_cap >= c->qn) {
+            memcpy(c->prev, c->q, (size_t)c->qn * sizeof *c->q);
+            c->prev_n = c->qn;
+        } else {
+            c->prev_n = 0;
+        }
+    }
+    c->qn = 0;
+    c->rec_broken = false;
+}
+
+/* ---- the memory entries of the ops table ---- */
+
+static void *cuda_alloc(mc_backend *be, size_t bytes) {
+    return cu_malloc(cu_ctx(be), bytes, NULL);
+}
+
+static void cuda_free(mc_backend *be, void *p) { cu_free(cu_ctx(be), p); }
+
+static mc_status cuda_to_device(mc_backend *be, void *dst, const void *host_src, size_t bytes) {
+    mc_cuda *c = cu_ctx(be);
+    cu_end_segment(c);
+    if (!bytes) return cu_take_error(c);
+    cu_note_write(c, dst, bytes);
+    (void)cu_check(c, cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, c->stream),
+                   "copy to the device");
+    return cu_take_error(c);
+}
+
+static mc_status cuda_to_host(mc_backend *be, void *host_dst, const void *src, size_t bytes) {
+    mc_cuda *c = cu_ctx(be);
+    cu_end_segment(c);
+    if (bytes) {
+        if (cu_check(c, cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, c->stream),
+                     "copy to the host"))
+            (void)cu_check(c, cudaStreamSynchronize(c->stream), "a queued kernel");
+    } else {
+        (void)cu_check(c, cudaStreamSynchronize(c->stream), "a queued kernel");
+    }
+    return cu_take_error(c);
+}
+
+static mc_status cuda_to_host_f32(mc_backend *be, float *host_dst, const void *src, size_t n) {
+    return cuda_to_host(be, host_dst, src, n * sizeof(float));
+}
+
+static mc_status cuda_copy(mc_backend *be, void *dst, const void *src, size_t bytes) {
+    mc_cuda *c = cu_ctx(be);
+    if (!bytes) return MC_OK;
+    cu_note_write(c, dst, bytes);
+    if (cu_aligned16(dst) && cu_aligned16(src) && bytes % 16 == 0) {
+        cu_copy_kernel(c, dst, src, bytes); /* a kernel, so decode steps stay one graph */
+    } else {
+        cu_break(c);
+        (void)cu_check(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, c->stream),
+                       "device copy");
+    }
+    return MC_OK;
+}
+
+static mc_status cuda_weights(mc_backend *be, const void *host, size_t bytes, const void **dev) {
+    mc_cuda *c = cu_ctx(be);
+    void *p;
+    cu_end_segment(c);
+    *dev = NULL;
+    p = cu_malloc(c, bytes, NULL);
+    if (!p) {
+        size_t fr = 0, tot = 0;
+        (void)cudaMemGetInfo(&fr, &tot);
+        return mc_fail(MC_ERR_OOM, "cuda device %d: out of device memory uploading a weight of "
+                       "%zu bytes (%llu bytes held, %zu of %zu free)", c->device, bytes,
+                       (unsigned long long)c->bytes_now, fr, tot);
+    }
+    if (!cu_check(c, cudaMemcpy(p, host, bytes, cudaMemcpyHostToDevice), "weight upload")) {
+        cu_free(c, p);
+        return cu_take_error(c);
+    }
+    *dev = p;
+    return MC_OK;
+}
+
+static void cuda_release_weights(mc_backend *be, const void *dev) {
+    cu_free(cu_ctx(be), (void *)dev);
+}
+
+static mc_status cuda_sync(mc_backend *be) {
+    mc_cuda *c = cu_ctx(be);
+    cu_end_segment(c);
+    (void)cu_check(c, cudaStreamSynchronize(c->stream), "a queued kernel");
+    return cu_take_error(c);
+}
+
+static void cuda_destroy(mc_backend *be) {
+    mc_cuda *c;
+    int i;
+    if (!be) return;
+    c = cu_ctx(be);
+    if (c) {
+        cu_end_segment(c);
+        (void)cudaStreamSynchronize(c->stream);
+        graph_drop(&c->g);
+        for (i = 0; i < CU_S_COUNT; i++)
+            if (c->scratch[i]) cu_free(c, c->scratch[i]);
+        for (i = 0; i < CU_N_SHADOW; i++)
+            if (c->shadow[i].buf) cu_free(c, c->shadow[i].buf);
+        if (c->gemv_cnt) cu_free(c, c->gemv_cnt);
+        if (c->n_allocs)
+            mc_log(MC_LOG_WARN, "cuda: %zu device buffers (%llu bytes) still allocated at destroy",
+                   c->n_allocs, (unsigned long long)c->bytes_now);
+        for (size_t k = 0; k < c->n_allocs; k++) (void)cudaFree((void *)c->allocs[k].p);
+        if (c->pev) {
+            for (int k = 0; k < c->pcap; k++) {
+                if (c->pev[k].a) (void)cudaEventDestroy(c->pev[k].a);
+                if (c->pev[k].b) (void)cudaEventDestroy(c->pev[k].b);
+            }
+        }
+        mc_free(c->pev);
+        mc_free(c->prow);
+        if (c->blas) (void)cublasDestroy(c->blas);
+        if (c->stream) (void)cudaStreamDestroy(c->stream);
+        mc_free(c->allocs);
+        mc_free(c->q);
+        mc_free(c->prev);
+        mc_free(c);
+    }
+    mc_free(be);
+}
+
+/* ---- creation ---- */
+
+static void fill_table(mc_backend *be) {
+    be->name = "cuda";
+    be->act_dtype = MC_F32;
+    be->n_threads = 1;
+    be->alloc = cuda_alloc;
+    be->free = cuda_free;
+    be->to_device = cuda_to_device;
+    be->to_host = cuda_to_host;
+    be->copy = cuda_copy;
+    be->weights = cuda_weights;
+    be->release_weights = cuda_release_weights;
+    be->sync = cuda_sync;
+    be->destroy = cuda_destroy;
+    be->embedding = cu_embedding;
+    be->rmsnorm = cu_rmsnorm;
+    be->matmul = cu_matmul;
+    be->rope = cu_rope;
+    be->attention = cu_attention;
+    be->swiglu = cu_swiglu;
+    be->add = cu_add;
+    be->to_host_f32 = cuda_to_host_f32;
+    be->gemm_f32 = cu_gemm_f32;
+    be->matmul_dx = cu_matmul_dx;
+    be->rmsnorm_backward = cu_rmsnorm_backward;
+    be->rope_backward = cu_rope_backward;
+    be->attention_backward = cu_attention_backward;
+    be->swiglu_backward = cu_swiglu_backward;
+    be->linear_xent = cu_linear_xent;
+    be->dropout = cu_dropout;
+    be->adamw = cu_adamw;
+    be->sumsq_f32 = cu_sumsq_f32;
+    be->scale_f32 = cu_scale_f32;
+    be->zero = cu_zero;
+}
+
+extern "C" mc_status mc_backend_cuda_create(int device, mc_backend **out) {
+    mc_backend *be = NULL;
+    mc_cuda *c = NULL;
+    int count = 0;
+    cudaError_t e;
+    const char *env;
+    *out = NULL;
+    e = cudaGetDeviceCount(&count);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        return mc_fail(MC_ERR_BACKEND, "no usable CUDA device: %s (%s)", cudaGetErrorString(e),
+                       cudaGetErrorName(e));
+    }
+    if (count == 0) return mc_fail(MC_ERR_BACKEND, "no CUDA device found");
+    if (device < 0 || device >= count)
+        return mc_fail(MC_ERR_BACKEND, "CUDA device %d does not exist (%d device%s: 0..%d)", device,
+                       count, count == 1 ? "" : "s", count - 1);
+    be = (mc_backend *)mc_calloc(1, sizeof *be);
+    c = (mc_cuda *)mc_calloc(1, sizeof *c);
+    if (!be || !c) {
+        mc_free(be);
+        mc_free(c);
+        return mc_fail(MC_ERR_OOM, "out of host memory creating the CUDA backend");
+    }
+    c->device = device;
+    c->shadow_hint = MC_F32;
+    env = getenv("MC_CUDA_GRAPHS");
+    c->graphs_on = !(env && env[0] == '0');
+    env = getenv("MC_CUDA_PDL");
+    c->pdl_on = !(env && env[0] == '0');
+    env = getenv("MC_CUDA_FUSE");
+    c->fuse_on = !(env && env[0] == '0');
+    env = getenv("MC_CUDA_PROFILE");
+    if (env && env[0] == '1') { /* per-kernel timing: direct, serialised launches */
+        c->prof_on = true;
+        c->graphs_on = false;
+        c->pdl_on = false;
+    }
+    be->impl = c;
+    fill_table(be);
+    if ((e = cudaSetDevice(device)) != cudaSuccess ||
+        (e = cudaGetDeviceProperties(&c->prop, device)) != cudaSuccess ||
+        (e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) != cudaSuccess) {
+        (void)cudaGetLastError();
+        cuda_destroy(be);
+        return mc_fail(e == cudaErrorMemoryAllocation ? MC_ERR_OOM : MC_ERR_BACKEND,
+                       "CUDA device %d: %s (%s)", device, cudaGetErrorString(e),
+                       cudaGetErrorName(e));
+    }
+    if (c->prop.major < 8) {
+        int major = c->prop.major, minor = c->prop.minor;
+        cuda_destroy(be);
+        return mc_fail(MC_ERR_BACKEND, "CUDA device %d has compute capability %d.%d; this build "
+                       "needs 9.0 (Hopper)", device, major, minor);
+    }
+    c->n_sm = c->prop.multiProcessorCount;
+    snprintf(c->name, sizeof c->name, "%s", c->prop.name);
+    {
+        cublasStatus_t st = cublasCreate(&c->blas);
+        if (st != CUBLAS_STATUS_SUCCESS) {
+            c->blas = NULL;
+            cuda_destroy(be);
+            return mc_fail(st == CUBLAS_STATUS_ALLOC_FAILED ? MC_ERR_OOM : MC_ERR_BACKEND,
+                           "CUDA device %d: cuBLAS initialisation failed (status %d)", device,
+                           (int)st);
+        }
+        (void)cublasSetStream(c->blas, c->stream);
+    }
+    cu_attention_init(c);
+    c->gemv_cnt = (int *)cu_malloc(c, sizeof(int), "setup");
+    if (c->gemv_cnt) (void)cu_check(c, cudaMemset(c->gemv_cnt, 0, sizeof(int)), "setup");
+    if (c->err != MC_OK) {
+        mc_status s = cu_take_error(c);
+        cuda_destroy(be);
+        return s;
+    }
+    mc_log(MC_LOG_INFO, "cuda: device %d, %s, %d SMs, %.1f GiB%s%s%s", device, c->name, c->n_sm,
+           (double)c->prop.totalGlobalMem / 1073741824.0, c->graphs_on ? "" : ", graphs off",
+           c->pdl_on ? "" : ", PDL off", c->fuse_on ? "" : ", fusion off");
+    *out = be;
+    return MC_OK;
+}
+
+/* ---- facts for tools and benchmarks ---- */
+
+extern "C" bool mc_backend_is_cuda(const mc_backend *be) {
+    return be && be->destroy == cuda_destroy;
+}
+
+extern "C" void mc_cuda_memory(const mc_backend *be, uint64_t *now, uint64_t *peak) {
+    const mc_cuda *c = cu_ctx_c(be);
+    if (now) *now = c->bytes_now;
+    if (peak) *peak = c->bytes_peak;
+}
+
+extern "C" void mc_cuda_memory_reset_peak(mc_backend *be) {
+    mc_cuda *c = cu_ctx(be);
+    c->bytes_peak = c->bytes_now;
+}
+
+extern "C" const char *mc_cuda_device_name(const mc_backend *be) { return cu_ctx_c(be)->name; }
+
+extern "C" void mc_cuda_device_info(const mc_backend *be, int *n_sm, uint64_t *total_mem) {
+    const mc_cuda *c = cu_ctx_c(be);
+    if (n_sm) *n_sm = c->n_sm;
+    if (total_mem) *total_mem = (uint64_t)c->prop.totalGlobalMem;
+}
+
+extern "C" double mc_cuda_copy_bandwidth(mc_backend *be, size_t bytes, int rounds) {
+    mc_cuda *c = cu_ctx(be);
+    void *a, *b;
+    cudaEvent_t e0, e1;
+    float best = 1e30f;
+    int r;
+    cu_end_segment(c);
+    a = cu_malloc(c, bytes, NULL);
+    b = cu_malloc(c, bytes, NULL);
+    if (!a || !b || cudaEventCreate(&e0) != cudaSuccess || cudaEventCreate(&e1) != cudaSuccess) {
+        cu_free(c, a);
+        cu_free(c, b);
+        return 0;
+    }
+    (void)cudaMemsetAsync(a, 1, bytes, c->stream);
+    (void)cudaMemsetAsync(b, 2, bytes, c->stream);
+    for (r = 0; r < rounds + 1; r++) {
+        float ms = 0;
+        (void)cudaEventRecord(e0, c->stream);
+        (void)cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, c->stream);
+        (void)cudaEventRecord(e1, c->stream);
+        (void)cudaEventSynchronize(e1);
+        (void)cudaEventElapsedTime(&ms, e0, e1);
+        if (r > 0 && ms < best) best = ms; /* round 0 warms up */
+    }
+    (void)cudaEventDestroy(e0);
+    (void)cudaEventDestroy(e1);
+    cu_free(c, a);
+    cu_free(c, b);
+    if (cu_take_error(c) != MC_OK) return 0;
+    return 2.0 * (double)bytes / ((double)best * 1e-3);
+}
+
+/* Fills n bf16 values with a hash of their index (uniform in [-1, 1)). */
+static __global__ void bench_fill_kernel(__nv_bfloat16 *p, size_t n, uint32_t seed) {
+    cu_dep_wait();
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        uint32_t h = (uint32_t)i * 2654435761u ^ seed;
+        h ^= h >> 15;
+        h *= 2246822519u;
+        h ^= h >> 13;
+        p[i] = __float2bfloat16((float)(h & 0xffffu) / 32768.0f - 1.0f);
+    }
+}
+
+extern "C" double mc_cuda_gemm_rate(mc_backend *be, int M, int N, int K, int rounds) {
+    mc_cuda *c = cu_ctx(be);
+    size_t na = (size_t)M * (size_t)K, nb = (size_t)N * (size_t)K, nc = (size_t)M * (size_t)N;
+    __nv_bfloat16 *a, *b;
+    float *d;
+    cudaEvent_t e0, e1;
+    float best = 1e30f, one = 1.0f, zero = 0.0f;
+    int r;
+    cu_end_segment(c);
+    a = (__nv_bfloat16 *)cu_malloc(c, na * 2, NULL);
+    b = (__nv_bfloat16 *)cu_malloc(c, nb * 2, NULL);
+    d = (float *)cu_malloc(c, nc * 4, NULL);
+    if (!a || !b || !d || cudaEventCreate(&e0) != cudaSuccess || cudaEventCreate(&e1) != cudaSuccess) {
+        cu_free(c, a);
+        cu_free(c, b);
+        cu_free(c, d);
+        return 0;
+    }
+    bench_fill_kernel<<<1024, 256, 0, c->stream>>>(a, na, 1u);
+    bench_fill_kernel<<<1024, 256, 0, c->stream>>>(b, nb, 2u);
+    (void)cu_check(c, cudaGetLastError(), "gemm rate fill");
+    for (r = 0; r < rounds + 1; r++) {
+        float ms = 0;
+        (void)cudaEventRecord(e0, c->stream);
+        (void)cu_check_blas(c, cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, b,
+                                            CUDA_R_16BF, K, a, CUDA_R_16BF, K, &zero, d,
+                                            CUDA_R_32F, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                            "gemm rate");
+        (void)cudaEventRecord(e1, c->stream);
+        (void)cudaEventSynchronize(e1);
+        (void)cudaEventElapsedTime(&ms, e0, e1);
+        if (r > 0 && ms < best) best = ms;
+    }
+    (void)cudaEventDestroy(e0);
+    (void)cudaEventDestroy(e1);
+    cu_free(c, a);
+    cu_free(c, b);
+    cu_free(c, d);
+    if (cu_take_error(c) != MC_OK) return 0;
+    return 2.0 * (double)M * (double)N * (double)K / ((double)best * 1e-3);
+}
+
+extern "C" void mc_cuda_stats(const mc_backend *be, long *graph_launches, long *graph_builds,
+                              long *kernel_launches) {
+    const mc_cuda *c = cu_ctx_c(be);
+    if (graph_launches) *graph_launches = c->n_graph_launch;
+    if (graph_builds) *graph_builds = c->n_graph_build;
+    if (kernel_launches) *kernel_launches = c->n_launch;
+}
+
+static int prof_cmp(const void *x, const void *y) {
+    const cu_prof_row *a = (const cu_prof_row *)x, *b = (const cu_prof_row *)y;
+    return a->ms < b->ms ? 1 : a->ms > b->ms ? -1 : 0;
+}
+
+extern "C" size_t mc_cuda_profile_report(mc_backend *be, char *buf, size_t cap, bool reset) {
+    mc_cuda *c = cu_ctx(be);
+    size_t off = 0;
+    double total = 0;
+    int i;
+    if (cap) buf[0] = '\0';
+    if (!c->prof_on) return 0;
+    cu_end_segment(c);
+    prof_flush(c);
+    qsort(c->prow, (size_t)c->nrow, sizeof *c->prow, prof_cmp);
+    for (i = 0; i < c->nrow; i++) total += c->prow[i].ms;
+    for (i = 0; i < c->nrow && off < cap; i++) {
+        int k = snprintf(buf + off, cap - off, "  %-24s %8ld calls %10.3f ms %5.1f%% %9.2f us/call\n",
+                         c->prow[i].name, c->prow[i].calls, c->prow[i].ms,
+                         total > 0 ? 100.0 * c->prow[i].ms / total : 0.0,
+                         1e3 * c->prow[i].ms / (double)c->prow[i].calls);
+        if (k < 0) break;
+        off += (size_t)k;
+    }
+    if (off < cap) {
+        int k = snprintf(buf + off, cap - off, "  %-24s %10.3f ms of device time\n", "total", total);
+        if (k > 0) off += (size_t)k;
+    }
+    if (reset) c->nrow = 0;
+    return off < cap ? off : cap;
+}

@@ -1,0 +1,189 @@
+/* cuda_embed_rope.cu - token embedding lookup and rotary position embedding (forward and
+ * backward). RoPE uses the CPU's inverse frequencies (mc_rope_inv_freq, computed on the
+ * host and uploaded once per (theta, head_dim)) and rounds every product separately, as
+ * the reference does, so both backends rotate by the same f32 angles. */
+#include "cuda_internal.h"
+
+extern "C" float mc_rope_inv_freq(float theta, int i, int hd);
+
+struct EmbArgs {
+    float *out;         /* [T, D] */
+    const int32_t *ids; /* [T] */
+    const void *table;  /* [V, D] */
+    int T, D, dt;
+};
+
+/* out[t, :] = table[ids[t], :] as f32; one block per row. */
+static __global__ void embedding_kernel(const EmbArgs a) {
+    cu_dep_wait();
+    const int t = blockIdx.x;
+    const size_t row = (size_t)a.ids[t];
+    float *o = a.out + (size_t)t * a.D;
+    for (int d = threadIdx.x; d < a.D; d += blockDim.x) o[d] = cu_load_w(a.table, a.dt, row * a.D + d);
+}
+
+void cu_embedding(mc_backend *be, void *out, const int32_t *ids, mc_wt table, int T, int D) {
+    mc_cuda *c = cu_ctx(be);
+    EmbArgs a;
+    if (T <= 0) return;
+    cu_note_write(c, out, (size_t)T * (size_t)D * sizeof(float));
+    memset(&a, 0, sizeof a);
+    a.out = (float *)out;
+    a.ids = ids;
+    a.table = table.data;
+    a.T = T;
+    a.D = D;
+    a.dt = (int)table.dtype;
+    cu_launch(c, embedding_kernel, dim3((unsigned)T), dim3(D >= 256 ? 256 : 128), 0, a, "embedding");
+}
+
+/* Device table of hd/2 inverse frequencies for (theta, hd); NULL on failure (recorded). */
+static const float *rope_table(mc_cuda *c, float theta, int hd) {
+    int half = hd / 2, i;
+    float *host, *dev;
+    if (c->scratch[CU_S_ROPE] && c->rope_theta == theta && c->rope_hd == hd)
+        return (const float *)c->scratch[CU_S_ROPE];
+    dev = (float *)cu_scratch(c, CU_S_ROPE, (size_t)(half > 0 ? half : 1) * sizeof(float), false);
+    if (!dev) return NULL;
+    host = (float *)mc_malloc((size_t)(half > 0 ? half : 1) * sizeof(float));
+    if (!host) {
+        cu_set_error(c, MC_ERR_OOM, "rope: out of host memory");
+        return NULL;
+    }
+    for (i = 0; i < half; i++) host[i] = mc_rope_inv_freq(theta, i, hd);
+    cu_break(c);
+    /* pageable source: the call returns once the bytes are staged, so host may be freed */
+    bool ok = cu_check(c, cudaMemcpyAsync(dev, host, (size_t)half * sizeof(float),
+                                          cudaMemcpyHostToDevice, c->stream),
+                       "rope table upload");
+    mc_free(host);
+    if (!ok) return NULL;
+    c->rope_theta = theta;
+    c->rope_hd = hd;
+    return dev;
+}
+
+struct RopeArgs {
+    float *x[2];          /* [T, ldx[i]] tensors rotated in place (one or two: q and k) */
+    __nv_bfloat16 *sh[2]; /* [T, ldx[i]] bf16 shadows of the results, or NULL */
+    int ldx[2], H[2];
+    const int32_t *pos;   /* [T] */
+    const float *inv;     /* [hd/2] */
+    int nt, T, hd;
+    int backward;         /* rotate by -angle */
+};
+
+/* One thread per pair (i, i + hd/2) of one head of one row of one tensor. */
+static __global__ void rope_kernel(const RopeArgs a) {
+    cu_dep_wait();
+    const int half = a.hd / 2;
+    const size_t n0 = (size_t)a.T * a.H[0] * half;
+    const size_t total = n0 + (a.nt > 1 ? (size_t)a.T * a.H[1] * half : 0);
+    for (size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x; idx < total;
+         idx += (size_t)gridDim.x * blockDim.x) {
+        const int ti = idx < n0 ? 0 : 1;
+        const size_t j = ti ? idx - n0 : idx;
+        const int H = a.H[ti];
+        int i = (int)(j % half);
+        size_t th = j / half;
+        int h = (int)(th % H), t = (int)(th / H);
+        size_t off = (size_t)t * a.ldx[ti] + (size_t)h * a.hd;
+        float *xh = a.x[ti] + off;
+        float ang = __fmul_rn((float)a.pos[t], a.inv[i]);
+        float s, co;
+        sincosf(ang, &s, &co);
+        float x1 = xh[i], x2 = xh[i + half], y1, y2;
+        if (!a.backward) {
+            y1 = __fsub_rn(__fmul_rn(x1, co), __fmul_rn(x2, s));
+            y2 = __fadd_rn(__fmul_rn(x2, co), __fmul_rn(x1, s));
+        } else {
+            y1 = __fadd_rn(__fmul_rn(x1, co), __fmul_rn(x2, s));
+            y2 = __fsub_rn(__fmul_rn(x2, co), __fmul_rn(x1, s));
+        }
+        xh[i] = y1;
+        xh[i + half] = y2;
+        if (a.sh[ti]) {
+            a.sh[ti][off + i] = __float2bfloat16(y1);
+            a.sh[ti][off + i + half] = __float2bfloat16(y2);
+        }
+    }
+}
+
+static void rope_launch(mc_cuda *c, const RopeArgs &a) {
+    size_t total = (size_t)a.T * (size_t)(a.H[0] + (a.nt > 1 ? a.H[1] : 0)) * (size_t)(a.hd / 2);
+    cu_launch(c, rope_kernel, dim3(cu_blocks(total, 256, (unsigned)c->n_sm * 16)), dim3(256), 0, a,
+              a.backward ? "rope_backward" : "rope");
+}
+
+/* The pending rotation of one tensor as kernel arguments. */
+static RopeArgs rope_args1(const cu_pending *p) {
+    RopeArgs a;
+    memset(&a, 0, sizeof a);
+    a.x[0] = p->rx;
+    a.sh[0] = p->rsh;
+    a.ldx[0] = p->ldx;
+    a.H[0] = p->H;
+    a.pos = p->pos;
+    a.inv = p->inv;
+    a.nt = 1;
+    a.T = p->T;
+    a.hd = p->hd;
+    a.backward = p->backward;
+    return a;
+}
+
+void cu_flush_rope(mc_cuda *c, const cu_pending *p) { rope_launch(c, rope_args1(p)); }
+
+static void rope_any(mc_backend *be, void *x, int ldx, const int32_t *pos, int T, int H, int hd,
+                     float theta, bool backward) {
+    mc_cuda *c = cu_ctx(be);
+    cu_pending p;
+    size_t span = (size_t)T * (size_t)ldx;
+    if (T <= 0 || H <= 0 || hd < 2) return;
+    const float *inv = rope_table(c, theta, hd);
+    if (!inv) return;
+    cu_note_write(c, x, span * sizeof(float));
+    memset(&p, 0, sizeof p);
+    p.kind = CU_PEND_ROPE;
+    p.rx = (float *)x;
+    p.ldx = ldx;
+    p.T = T;
+    p.H = H;
+    p.hd = hd;
+    p.backward = backward ? 1 : 0;
+    p.pos = pos;
+    p.inv = inv;
+    /* the backward's result feeds matmul_dx: keep its bf16 copy when it covers whole rows */
+    if (backward && H * hd == ldx) p.rsh = (__nv_bfloat16 *)cu_shadow_for(c, x, span, T);
+    /* q then k at the same positions: one launch for both */
+    const cu_pending *q = &c->pend;
+    if (q->kind == CU_PEND_ROPE && q->pos == pos && q->T == T && q->hd == hd && q->inv == inv &&
+        q->backward == p.backward &&
+        !((const float *)x < q->rx + (size_t)T * q->ldx && q->rx < (const float *)x + span)) {
+        RopeArgs a = rope_args1(q);
+        c->pend.kind = CU_PEND_NONE;
+        a.nt = 2;
+        a.x[1] = p.rx;
+        a.sh[1] = p.rsh;
+        a.ldx[1] = ldx;
+        a.H[1] = H;
+        rope_launch(c, a);
+        return;
+    }
+    if (c->fuse_on) {
+        cu_pending_flush(c);
+        c->pend = p;
+        return;
+    }
+    rope_launch(c, rope_args1(&p));
+}
+
+void cu_rope(mc_backend *be, void *x, int ldx, const int32_t *pos, int T, int H, int hd,
+             float theta) {
+    rope_any(be, x, ldx, pos, T, H, hd, theta, false);
+}
+
+void cu_rope_backward(mc_backend *be, void *dx, int ldx, const int32_t *pos, int T, int H, int hd,
+                      float theta) {
+    rope_any(be, dx, ldx, pos, T, H, hd, theta, true);
+}

@@ -1,0 +1,353 @@
+/* cuda_internal.h - internals shared by the CUDA backend's translation units (CUDA C++
+ * only; C code sees cuda_backend.h): the private context, sticky errors, the launch
+ * queue that replays decode steps as CUDA graphs, the bf16 shadow cache of activations,
+ * scratch buffers, the op entry points of each .cu file, and small device helpers.
+ *
+ * Every kernel takes exactly one argument, a plain struct, so a launch can be queued as
+ * (function, grid, block, shared bytes, argument bytes) and later either launched
+ * directly or turned into a graph node whose arguments are updated in place. Every kernel
+ * starts with cu_dep_wait(), so kernels can be launched as programmatic dependents of the
+ * previous one (Hopper's PDL): the next kernel's blocks are scheduled while the previous
+ * kernel drains, hiding most of the launch gap between small decode kernels. */
+#ifndef MC_BACKEND_CUDA_INTERNAL_H
+#define MC_BACKEND_CUDA_INTERNAL_H
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include "cuda_backend.h"
+
+/* ---- launch queue and graph cache ---- */
+
+enum { CU_ARGS_MAX = 256 };
+
+/* One queued kernel launch. */
+struct cu_node {
+    const void *func;
+    dim3 grid, block;
+    unsigned smem, size;
+    alignas(16) unsigned char args[CU_ARGS_MAX];
+    const char *name;
+};
+
+/* A cached executable graph of a segment of launches and the arguments it holds now. */
+struct cu_graph {
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    cudaGraphNode_t *gnodes; /* [n] */
+    cu_node *nodes;          /* [n] */
+    int n;
+};
+
+/* A bf16/f16 copy of an f32 activation range, reused by GEMMs that read the same input
+ * (q/k/v read one normed input) and written by producers next to their f32 output. */
+struct cu_shadow {
+    const void *src; /* f32 source; NULL when unused */
+    size_t n;        /* elements */
+    mc_dtype dt;
+    void *buf;       /* [cap bytes] device */
+    size_t cap;
+    bool valid;
+    unsigned long stamp;
+};
+
+enum { CU_N_SHADOW = 4 };
+
+/* Named scratch buffers (grown on demand, freed at destroy). */
+enum cu_scratch_id {
+    CU_S_ATT_PART = 0, /* attention split partials */
+    CU_S_ATT_CNT,      /* attention split counters (kept zero between uses) */
+    CU_S_ATT_STATS,    /* attention backward: LSE and D per row and head */
+    CU_S_XENT_LOGITS,  /* linear_xent: [rows, V] f32 logits */
+    CU_S_XENT_GRAD,    /* linear_xent: [rows, V] gradient in the weight dtype */
+    CU_S_XENT_LOSS,    /* linear_xent: [T] double per-row losses */
+    CU_S_REDUCE,       /* sumsq partials */
+    CU_S_ROPE,         /* RoPE inverse frequencies */
+    CU_S_GEMM,         /* split-K partial sums of the skinny f32 GEMMs */
+    CU_S_BENCH,        /* benchmarks */
+    CU_S_COUNT
+};
+
+/* One device allocation made by this backend (for memory accounting and the check that
+ * gemm_f32 operands are device memory). */
+struct cu_alloc_rec {
+    uintptr_t p;
+    size_t bytes;
+};
+
+/* An op whose launch is held back so the next op can fuse with it (MC_CUDA_FUSE, on by
+ * default): a residual add feeds the next RMSNorm, RoPE on q waits for RoPE on k, small
+ * GEMVs reading the same input (q/k/v, gate/up) go out as one launch, and SwiGLU is
+ * computed inside the down projection's GEMV. Any launch, cuBLAS call or host copy first
+ * launches what is pending (cu_pending_flush), unless it is the op that fuses with it. */
+enum cu_pend_kind { CU_PEND_NONE = 0, CU_PEND_ADD, CU_PEND_ROPE, CU_PEND_GEMV, CU_PEND_SWIGLU };
+
+enum { CU_GEMV_MAX_ENT = 3 };
+
+/* One output of a (multi-)GEMV: out[m, n] = x[m, :] . W[n, :] (+ b[n]). */
+struct cu_gemv_ent {
+    float *out;       /* [M, ldo] */
+    const void *w;    /* [N, K] */
+    const void *bias; /* [N] or NULL */
+    int ldo, N, bias_dt, pad;
+};
+
+struct cu_pending {
+    int kind;
+    /* add: y[0..n) += x[0..n) */
+    float *y;
+    const float *x;
+    size_t n;
+    /* swiglu: out = silu(gate) * up over n */
+    float *s_out;
+    const float *gate, *up;
+    /* rope (forward or backward) of one tensor */
+    float *rx;
+    int ldx, T, H, hd, backward;
+    const int32_t *pos;
+    const float *inv;
+    __nv_bfloat16 *rsh;
+    /* gemv: entries sharing x [M, K] and the weight dtype */
+    const float *gx;
+    int M, K;
+    mc_dtype wdt;
+    cu_gemv_ent ent[CU_GEMV_MAX_ENT];
+    int nent;
+};
+
+/* Profiling (MC_CUDA_PROFILE=1): a pair of events around every kernel launch and cuBLAS
+ * call, summed per name. */
+struct cu_prof_ev {
+    cudaEvent_t a, b;
+    const char *name;
+};
+struct cu_prof_row {
+    const char *name;
+    double ms;
+    long calls;
+};
+
+/* Private context of a CUDA backend (be->impl). */
+struct mc_cuda {
+    int device;
+    cudaStream_t stream;
+    cublasHandle_t blas;
+    cudaDeviceProp prop;
+    int n_sm;
+    char name[256];
+
+    /* first failure since it was last reported */
+    mc_status err;
+    char err_msg[512];
+
+    /* allocations, sorted by address */
+    cu_alloc_rec *allocs;
+    size_t n_allocs, cap_allocs;
+    uint64_t bytes_now, bytes_peak;
+
+    /* scratch */
+    void *scratch[CU_S_COUNT];
+    size_t scratch_cap[CU_S_COUNT];
+    float rope_theta;
+    int rope_hd;
+
+    /* activation shadows */
+    cu_shadow shadow[CU_N_SHADOW];
+    unsigned long shadow_clock;
+    mc_dtype shadow_hint; /* dtype of the last GEMM weight; producers shadow in it */
+
+    /* launch queue and graphs */
+    bool graphs_on;
+    bool pdl_on; /* programmatic dependent launch: kernels start while their predecessor ends */
+    bool rec_broken;
+    cu_node *q;
+    int qn, qcap;
+    cu_node *prev;
+    int prev_n, prev_cap;
+    cu_graph g;
+    long n_graph_launch, n_graph_build, n_launch;
+
+    /* op fusion */
+    bool fuse_on;
+    cu_pending pend;
+    int *gemv_cnt; /* [1] device counter of the SwiGLU-fused GEMV, zero between launches */
+
+    /* profiling */
+    bool prof_on;
+    cu_prof_ev *pev;
+    int pn, pcap;
+    cu_prof_row *prow;
+    int nrow, caprow;
+};
+
+static inline mc_cuda *cu_ctx(mc_backend *be) { return (mc_cuda *)be->impl; }
+static inline const mc_cuda *cu_ctx_c(const mc_backend *be) { return (const mc_cuda *)be->impl; }
+
+/* ---- errors (cuda_backend.cu) ---- */
+
+/* Records the first failure (status s, message) until it is reported. */
+void cu_set_error(mc_cuda *c, mc_status s, const char *fmt, ...) MC_PRINTF(3, 4);
+/* Records e (if not cudaSuccess) as a failure of `what`; returns e == cudaSuccess. */
+bool cu_check(mc_cuda *c, cudaError_t e, const char *what);
+/* Records a cuBLAS failure of `what`; returns st == CUBLAS_STATUS_SUCCESS. */
+bool cu_check_blas(mc_cuda *c, cublasStatus_t st, const char *what);
+/* Reports and clears the recorded failure through mc_fail; MC_OK when none. */
+mc_status cu_take_error(mc_cuda *c);
+
+/* ---- launches (cuda_backend.cu) ---- */
+
+/* Queues (while recording) or launches one kernel. */
+void cu_launch_raw(mc_cuda *c, const void *func, dim3 grid, dim3 block, unsigned smem,
+                   const void *args, unsigned size, const char *name);
+
+template <typename A>
+static inline void cu_launch(mc_cuda *c, void (*kern)(A), dim3 grid, dim3 block, unsigned smem,
+                             const A &args, const char *name) {
+    static_assert(sizeof(A) <= CU_ARGS_MAX, "kernel argument struct too large");
+    if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;
+    cu_launch_raw(c, (const void *)kern, grid, block, smem, &args, (unsigned)sizeof(A), name);
+}
+
+/* Profiling: an event before a kernel or cuBLAS call named `name` (a static string);
+ * returns a slot for cu_prof_end, or -1 when profiling is off. */
+int cu_prof_begin(mc_cuda *c, const char *name);
+void cu_prof_end(mc_cuda *c, int slot);
+
+/* Launches the pending op, if any (cuda_backend.cu dispatches to the families). */
+void cu_pending_flush(mc_cuda *c);
+/* The families' launches of a pending op on its own. */
+void cu_flush_add(mc_cuda *c, const cu_pending *p);
+void cu_flush_swiglu(mc_cuda *c, const cu_pending *p);
+void cu_flush_rope(mc_cuda *c, const cu_pending *p);
+void cu_flush_gemv(mc_cuda *c, const cu_pending *p);
+
+/* Launches queued kernels directly before a call that cannot be queued (cuBLAS, copies
+ * from the host, allocation); the rest of the segment launches directly. */
+void cu_break(mc_cuda *c);
+/* Ends a segment at a synchronisation point (host copies, sync, free): launches what is
+ * queued, as a graph when the same sequence of kernels was seen in the last segment. */
+void cu_end_segment(mc_cuda *c);
+
+/* ---- memory (cuda_backend.cu) ---- */
+
+/* cudaMalloc with accounting; NULL (and a recorded OOM when `what` is not NULL) on
+ * failure. */
+void *cu_malloc(mc_cuda *c, size_t bytes, const char *what);
+void cu_free(mc_cuda *c, void *p);
+/* True when [p, p + bytes) lies inside one allocation of this backend. */
+bool cu_is_device(const mc_cuda *c, const void *p, size_t bytes);
+/* Scratch buffer `id` of at least `bytes` bytes (contents kept only while not grown);
+ * NULL with a recorded OOM on failure. zero_new: clear a newly allocated buffer. */
+void *cu_scratch(mc_cuda *c, int id, size_t bytes, bool zero_new);
+
+/* ---- shadows (cuda_matmul.cu) ---- */
+
+/* Tells the shadow cache that [p, p + bytes) is about to be written. Every op calls it
+ * for each of its outputs. */
+void cu_note_write(mc_cuda *c, const void *p, size_t bytes);
+/* The f32 activations x[0..n) as dtype dt (x itself for MC_F32): a cached shadow, or a
+ * fresh conversion. NULL on failure (recorded). */
+const void *cu_act_as(mc_cuda *c, const float *x, size_t n, mc_dtype dt);
+/* A bf16 buffer for a producer to write the shadow of dst[0..n) into, next to its f32
+ * output (call after cu_note_write(dst)); NULL when no shadow is wanted (the last GEMM
+ * weight was not bf16, or few rows: small outputs feed the GEMV path, which reads f32). */
+void *cu_shadow_for(mc_cuda *c, const void *dst, size_t n, int rows);
+
+/* ---- ops (one .cu per family) ---- */
+
+/* cuda_embed_rope.cu */
+void cu_embedding(mc_backend *be, void *out, const int32_t *ids, mc_wt table, int T, int D);
+void cu_rope(mc_backend *be, void *x, int ldx, const int32_t *pos, int T, int H, int hd,
+             float theta);
+void cu_rope_backward(mc_backend *be, void *dx, int ldx, const int32_t *pos, int T, int H, int hd,
+                      float theta);
+/* cuda_rmsnorm.cu */
+void cu_rmsnorm(mc_backend *be, void *out, const void *x, mc_wt w, int T, int D, float eps);
+void cu_rmsnorm_backward(mc_backend *be, void *dx, const void *dy, const void *x, mc_wt w, int T,
+                         int D, float eps);
+/* cuda_matmul.cu */
+void cu_matmul(mc_backend *be, void *out, int ldo, const void *x, mc_wt w, mc_wt bias, int M,
+               int N, int K);
+void cu_matmul_dx(mc_backend *be, void *dx, const void *dy, mc_wt w, int M, int N, int K,
+                  bool accumulate);
+void cu_gemm_f32(mc_backend *be, bool ta, bool tb, int M, int N, int K, float alpha,
+                 const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
+/* cuda_attention.cu */
+void cu_attention(mc_backend *be, void *out, const void *q, const void *k, const void *v, int T,
+                  int pos0, int Hq, int Hkv, int hd);
+void cu_attention_backward(mc_backend *be, void *dq, void *dk, void *dv, const void *dout,
+                           const void *q, const void *k, const void *v, int T, int Hq, int Hkv,
+                           int hd);
+void cu_attention_init(mc_cuda *c);
+/* cuda_elementwise.cu */
+void cu_swiglu(mc_backend *be, void *out, const void *gate, const void *up, size_t n);
+void cu_swiglu_backward(mc_backend *be, void *dgate, void *dup, const void *dout, const void *gate,
+                        const void *up, size_t n);
+void cu_add(mc_backend *be, void *y, const void *x, size_t n);
+void cu_dropout(mc_backend *be, void *out, const void *x, size_t n, float p, uint64_t seed);
+void cu_copy_kernel(mc_cuda *c, void *dst, const void *src, size_t bytes);
+void cu_zero(mc_backend *be, void *p, size_t bytes);
+/* cuda_xent.cu */
+mc_status cu_linear_xent(mc_backend *be, void *dh, double *loss_sum, const void *h, mc_wt w,
+                         const int32_t *targets, int T, int D, int V, float grad_scale);
+/* cuda_optim.cu */
+void cu_adamw(mc_backend *be, float *p, const float *g, float *m, float *v, size_t n, float lr,
+              float b1, float b2, float eps, float wd, int step);
+double cu_sumsq_f32(mc_backend *be, const float *x, size_t n);
+void cu_scale_f32(mc_backend *be, float *x, size_t n, float alpha);
+
+/* ---- helpers ---- */
+
+/* Blocks of `threads` covering n items, capped for grid-stride loops. */
+static inline unsigned cu_blocks(size_t n, unsigned threads, unsigned cap = 65535u * 8u) {
+    size_t b = (n + threads - 1) / threads;
+    if (b < 1) b = 1;
+    if (b > cap) b = cap;
+    return (unsigned)b;
+}
+
+static inline __host__ __device__ bool cu_aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
+
+/* ---- device helpers ---- */
+
+#ifdef __CUDACC__
+/* First statement of every kernel: waits until the previous kernel of the stream has
+ * finished and its writes are visible (a no-op unless launched as a programmatic dependent),
+ * then lets the next kernel start launching. */
+static __device__ __forceinline__ void cu_dep_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
+static __device__ __forceinline__ float cu_warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+static __device__ __forceinline__ float cu_warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+static __device__ __forceinline__ double cu_warp_sum_d(double v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+/* Element i of a weight array of dtype dt as f32. */
+static __device__ __forceinline__ float cu_load_w(const void *p, int dt, size_t i) {
+    if (dt == MC_BF16) return __bfloat162float(((const __nv_bfloat16 *)p)[i]);
+    if (dt == MC_F16) return __half2float(((const __half *)p)[i]);
+    return ((const float *)p)[i];
+}
+
+/* Two floats as a packed bf16x2 register (lo in the low half). */
+static __device__ __forceinline__ uint32_t cu_pack_bf16(float lo, float hi) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t *>(&h);
+}
+#endif
+
+#endif /* MC_BACKEND_CUDA_INTERNAL_H */

@@ -1,0 +1,774 @@
+/* cuda_matmul.cu - the GEMM family: matmul (forward), matmul_dx (its input gradient),
+ * gemm_f32 (LoRA paths), and the bf16 shadow cache of f32 activations.
+ *
+ * matmul with M <= CU_GEMV_MAX_M rows (decode) runs a GEMV kernel that streams the
+ * weight once in its stored dtype and reads the f32 activations directly; larger M runs
+ * cuBLAS with the activations converted to the weight dtype (bf16/f16; f32 weights use
+ * f32) and f32 accumulation and output. A converted activation is kept as a "shadow" of
+ * its f32 source until something writes that source, so q/k/v (and gate/up) convert
+ * their shared input once; producers (rmsnorm, swiglu, attention, ...) may write the
+ * shadow directly next to their f32 output. */
+#include "cuda_internal.h"
+
+enum { CU_GEMV_MAX_M = 8 };
+
+/* ---- shadows ---- */
+
+void cu_note_write(mc_cuda *c, const void *p, size_t bytes) {
+    uintptr_t a = (uintptr_t)p, b = a + bytes;
+    int i;
+    for (i = 0; i < CU_N_SHADOW; i++) {
+        cu_shadow *s = &c->shadow[i];
+        uintptr_t sa, sb;
+        if (!s->valid) continue;
+        sa = (uintptr_t)s->src;
+        sb = sa + s->n * sizeof(float);
+        if (a < sb && sa < b) s->valid = false;
+    }
+}
+
+/* The least recently used shadow slot, with a buffer of at least `bytes`; NULL on OOM
+ * (recorded as a failure only when `record`). */
+static cu_shadow *shadow_slot(mc_cuda *c, size_t bytes, bool record) {
+    cu_shadow *v = NULL;
+    int i;
+    for (i = 0; i < CU_N_SHADOW; i++) {
+        cu_shadow *s = &c->shadow[i];
+        if (!s->valid) {
+            v = s;
+            break;
+        }
+        if (!v || s->stamp < v->stamp) v = s;
+    }
+    v->valid = false;
+    if (v->cap < bytes) {
+        cu_break(c);
+        if (v->buf) cu_free(c, v->buf);
+        v->cap = 0;
+        v->buf = cu_malloc(c, bytes + bytes / 4, record ? "activation conversion scratch" : NULL);
+        if (!v->buf) return NULL;
+        v->cap = bytes + bytes / 4;
+    }
+    v->stamp = ++c->shadow_clock;
+    return v;
+}
+
+struct ConvArgs {
+    void *dst;
+    const float *src;
+    size_t n;
+    int dt;
+};
+
+/* dst[i] = (dt) src[i], four at a time when both are 16-byte aligned (n4 > 0). */
+static __global__ void convert_kernel(const ConvArgs a) {
+    cu_dep_wait();
+    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x, step = (size_t)gridDim.x * blockDim.x;
+    bool vec = cu_aligned16(a.src) && (((uintptr_t)a.dst & 7u) == 0);
+    size_t n4 = vec ? a.n / 4 : 0;
+    for (size_t j = i; j < n4; j += step) {
+        float4 v = __ldg(reinterpret_cast<const float4 *>(a.src) + j);
+        if (a.dt == MC_BF16) {
+            __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y), hi = __floats2bfloat162_rn(v.z, v.w);
+            uint2 u;
+            u.x = *reinterpret_cast<uint32_t *>(&lo);
+            u.y = *reinterpret_cast<uint32_t *>(&hi);
+            reinterpret_cast<uint2 *>(a.dst)[j] = u;
+        } else {
+            __half2 lo = __floats2half2_rn(v.x, v.y), hi = __floats2half2_rn(v.z, v.w);
+            uint2 u;
+            u.x = *reinterpret_cast<uint32_t *>(&lo);
+            u.y = *reinterpret_cast<uint32_t *>(&hi);
+            reinterpret_cast<uint2 *>(a.dst)[j] = u;
+        }
+    }
+    for (size_t j = n4 * 4 + i; j < a.n; j += step) {
+        if (a.dt == MC_BF16) ((__nv_bfloat16 *)a.dst)[j] = __float2bfloat16(a.src[j]);
+        else ((__half *)a.dst)[j] = __float2half(a.src[j]);
+    }
+}
+
+const void *cu_act_as(mc_cuda *c, const float *x, size_t n, mc_dtype dt) {
+    cu_shadow *s;
+    ConvArgs a;
+    int i;
+    if (dt == MC_F32) return x;
+    for (i = 0; i < CU_N_SHADOW; i++) {
+        s = &c->shadow[i];
+        if (s->valid && s->src == x && s->dt == dt && s->n >= n) {
+            s->stamp = ++c->shadow_clock;
+            return s->buf;
+        }
+    }
+    s = shadow_slot(c, n * 2, true);
+    if (!s) return NULL;
+    memset(&a, 0, sizeof a);
+    a.dst = s->buf;
+    a.src = x;
+    a.n = n;
+    a.dt = (int)dt;
+    cu_launch(c, convert_kernel, dim3(cu_blocks(n / 4 + 1, 256, (unsigned)c->n_sm * 16)), dim3(256),
+              0, a, "convert");
+    s->src = x;
+    s->n = n;
+    s->dt = dt;
+    s->valid = true;
+    return s->buf;
+}
+
+void *cu_shadow_for(mc_cuda *c, const void *dst, size_t n, int rows) {
+    cu_shadow *s;
+    if (rows <= CU_GEMV_MAX_M || c->shadow_hint != MC_BF16) return NULL;
+    s = shadow_slot(c, n * 2, false);
+    if (!s) return NULL; /* a shadow is an optimisation: go on without it */
+    s->src = dst;
+    s->n = n;
+    s->dt = MC_BF16;
+    s->valid = true;
+    return s->buf;
+}
+
+/* ---- GEMV for small M ---- */
+
+/* One launch computes up to CU_GEMV_MAX_ENT products sharing the input x [M, K]: block b
+ * belongs to entry e when bstart[e] <= b < bstart[e + 1]. With up != NULL the input is
+ * silu(x) * up (the SwiGLU of a pending swiglu, computed as the swiglu kernel does), and
+ * the last block to finish also stores that input to sw_out, which the swiglu op was to
+ * write (often over the gate itself, so only once every block has read it). */
+struct GemvArgs {
+    const float *x;  /* [M, K] (the gate when up != NULL) */
+    const float *up; /* [M, K] or NULL */
+    float *sw_out;   /* [M, K] or NULL; may be the gate itself */
+    int *cnt;        /* finished blocks (sw_out), zero between launches */
+    cu_gemv_ent ent[CU_GEMV_MAX_ENT];
+    int bstart[CU_GEMV_MAX_ENT + 1];
+    int nent, M, K;
+};
+
+/* Eight consecutive weights in their stored type. */
+template <typename WT> struct Chunk8;
+template <> struct Chunk8<__nv_bfloat16> {
+    uint4 u;
+    __device__ __forceinline__ void load(const __nv_bfloat16 *p) {
+        u = __ldg(reinterpret_cast<const uint4 *>(p));
+    }
+    __device__ __forceinline__ void zero() { u = make_uint4(0, 0, 0, 0); }
+    __device__ __forceinline__ void get(float f[8]) const {
+        const __nv_bfloat162 *h = reinterpret_cast<const __nv_bfloat162 *>(&u);
+        for (int i = 0; i < 4; i++) {
+            float2 t = __bfloat1622float2(h[i]);
+            f[2 * i] = t.x;
+            f[2 * i + 1] = t.y;
+        }
+    }
+};
+template <> struct Chunk8<__half> {
+    uint4 u;
+    __device__ __forceinline__ void load(const __half *p) {
+        u = __ldg(reinterpret_cast<const uint4 *>(p));
+    }
+    __device__ __forceinline__ void zero() { u = make_uint4(0, 0, 0, 0); }
+    __device__ __forceinline__ void get(float f[8]) const {
+        const __half2 *h = reinterpret_cast<const __half2 *>(&u);
+        for (int i = 0; i < 4; i++) {
+            float2 t = __half22float2(h[i]);
+            f[2 * i] = t.x;
+            f[2 * i + 1] = t.y;
+        }
+    }
+};
+template <> struct Chunk8<float> {
+    float4 a, b;
+    __device__ __forceinline__ void load(const float *p) {
+        a = __ldg(reinterpret_cast<const float4 *>(p));
+        b = __ldg(reinterpret_cast<const float4 *>(p) + 1);
+    }
+    __device__ __forceinline__ void zero() { a = b = make_float4(0.0f, 0.0f, 0.0f, 0.0f); }
+    __device__ __forceinline__ void get(float f[8]) const {
+        f[0] = a.x; f[1] = a.y; f[2] = a.z; f[3] = a.w;
+        f[4] = b.x; f[5] = b.y; f[6] = b.z; f[7] = b.w;
+    }
+};
+
+/* silu(g) * u exactly as the swiglu kernel computes it. */
+static __device__ __forceinline__ float swiglu1(float g, float u) {
+    return __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), u);
+}
+
+/* Input elements [8 ch, 8 ch + 8) of row m: x, or silu(x) * up. */
+template <bool SW>
+static __device__ __forceinline__ void load_x8(const GemvArgs &a, int m, int ch, float4 &x0,
+                                               float4 &x1) {
+    const size_t off = (size_t)m * a.K + (size_t)ch * 8;
+    x0 = __ldg(reinterpret_cast<const float4 *>(a.x + off));
+    x1 = __ldg(reinterpret_cast<const float4 *>(a.x + off) + 1);
+    if (SW) {
+        float4 u0 = __ldg(reinterpret_cast<const float4 *>(a.up + off));
+        float4 u1 = __ldg(reinterpret_cast<const float4 *>(a.up + off) + 1);
+        x0 = make_float4(swiglu1(x0.x, u0.x), swiglu1(x0.y, u0.y), swiglu1(x0.z, u0.z),
+                         swiglu1(x0.w, u0.w));
+        x1 = make_float4(swiglu1(x1.x, u1.x), swiglu1(x1.y, u1.y), swiglu1(x1.z, u1.z),
+                         swiglu1(x1.w, u1.w));
+    }
+}
+
+/* acc[r][m] += W[n0 + r, chunk] . x[m, chunk] for one chunk of 8. */
+template <typename WT, int MT, int R, bool SW>
+static __device__ __forceinline__ void gemv_chunk(float (&acc)[R][MT], const Chunk8<WT> (&wc)[R],
+                                                  const GemvArgs &a, int ch) {
+    float wf[R][8];
+    for (int r = 0; r < R; r++) wc[r].get(wf[r]);
+#pragma unroll
+    for (int m = 0; m < MT; m++) {
+        if (m < a.M) {
+            float4 x0, x1;
+            load_x8<SW>(a, m, ch, x0, x1);
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                float s = acc[r][m];
+                s = fmaf(wf[r][0], x0.x, s);
+                s = fmaf(wf[r][1], x0.y, s);
+                s = fmaf(wf[r][2], x0.z, s);
+                s = fmaf(wf[r][3], x0.w, s);
+                s = fmaf(wf[r][4], x1.x, s);
+                s = fmaf(wf[r][5], x1.y, s);
+                s = fmaf(wf[r][6], x1.z, s);
+                s = fmaf(wf[r][7], x1.w, s);
+                acc[r][m] = s;
+            }
+        }
+    }
+}
+
+/* The rows n0 .. n0 + R - 1 of entry E, by one warp. */
+template <typename WT, int MT, int R, bool SW>
+static __device__ __forceinline__ void gemv_rows(const GemvArgs &a, const cu_gemv_ent &E, int n0,
+                                                 int lane) {
+    constexpr int U = R == 1 ? 8 : 4;
+    const int nch = a.K >> 3;
+    const WT *w = reinterpret_cast<const WT *>(E.w);
+    float acc[R][MT];
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int m = 0; m < MT; m++) acc[r][m] = 0.0f;
+    const WT *rows[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) rows[r] = w + (size_t)min(n0 + r, E.N - 1) * a.K;
+    for (int base = 0; base < nch; base += 32 * U) {
+        Chunk8<WT> cw[U][R];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int ch = base + u * 32 + lane;
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                if (ch < nch) cw[u][r].load(rows[r] + (size_t)ch * 8);
+                else cw[u][r].zero();
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int ch = base + u * 32 + lane;
+            if (ch < nch) gemv_chunk<WT, MT, R, SW>(acc, cw[u], a, ch);
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int m = 0; m < MT; m++) acc[r][m] = cu_warp_sum(acc[r][m]);
+    if (lane == 0) {
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            int n = n0 + r;
+            if (n >= E.N) continue;
+            float b = E.bias ? cu_load_w(E.bias, E.bias_dt, (size_t)n) : 0.0f;
+#pragma unroll
+            for (int m = 0; m < MT; m++)
+                if (m < a.M) E.out[(size_t)m * E.ldo + n] = acc[r][m] + b;
+        }
+    }
+}
+
+/* out[m, n] = x[m, :] . W[n, :] (+ b[n]) for m < M <= MT. A warp owns R rows of W and
+ * streams them in 16-byte chunks (K % 8 == 0, 16-byte aligned rows): each lane issues U
+ * chunk loads per row (predicated past the end) before using any, so a row of up to
+ * 32 * U chunks costs one memory latency. */
+template <typename WT, int MT, int R, bool SW>
+static __global__ void __launch_bounds__(128) gemv_kernel(const GemvArgs a) {
+    cu_dep_wait();
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int e = 0;
+    while (e + 1 < a.nent && (int)blockIdx.x >= a.bstart[e + 1]) e++;
+    const cu_gemv_ent &E = a.ent[e];
+    const int n0 = (((int)blockIdx.x - a.bstart[e]) * 4 + warp) * R;
+    if (n0 < E.N) gemv_rows<WT, MT, R, SW>(a, E, n0, lane);
+    if (SW && a.sw_out) {
+        __shared__ int last;
+        __syncthreads(); /* this block has read all of its input */
+        if (threadIdx.x == 0) {
+            __threadfence();
+            last = atomicAdd(a.cnt, 1) == (int)gridDim.x - 1;
+        }
+        __syncthreads();
+        if (last) {
+            __threadfence();
+            for (size_t i = threadIdx.x; i < (size_t)a.M * a.K; i += blockDim.x)
+                a.sw_out[i] = swiglu1(__ldcg(a.x + i), __ldcg(a.up + i));
+            if (threadIdx.x == 0) *a.cnt = 0;
+        }
+    }
+}
+
+struct GemvScalarArgs {
+    float *out;       /* [M, ldo] */
+    const float *x;   /* [M, K] */
+    const void *w;    /* [N, K] */
+    const void *bias; /* [N] or NULL */
+    int ldo, M, N, K, bias_dt, w_dt;
+};
+
+/* The same product for any K and alignment: a warp per row, one weight per lane step. */
+template <int MT>
+static __global__ void __launch_bounds__(128) gemv_scalar_kernel(const GemvScalarArgs a) {
+    cu_dep_wait();
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int n = blockIdx.x * 4 + warp;
+    float acc[MT];
+    if (n >= a.N) return;
+    for (int m = 0; m < MT; m++) acc[m] = 0.0f;
+    for (int k = lane; k < a.K; k += 32) {
+        float wv = cu_load_w(a.w, a.w_dt, (size_t)n * a.K + k);
+        for (int m = 0; m < MT; m++)
+            if (m < a.M) acc[m] = fmaf(wv, a.x[(size_t)m * a.K + k], acc[m]);
+    }
+    for (int m = 0; m < MT; m++) acc[m] = cu_warp_sum(acc[m]);
+    if (lane == 0) {
+        float b = a.bias ? cu_load_w(a.bias, a.bias_dt, (size_t)n) : 0.0f;
+        for (int m = 0; m < MT; m++)
+            if (m < a.M) a.out[(size_t)m * a.ldo + n] = acc[m] + b;
+    }
+}
+
+template <typename WT, int MT, bool SW>
+static void gemv_launch_r(mc_cuda *c, GemvArgs a) {
+    const int R = (a.nent == 1 && a.ent[0].N >= 8192) ? 2 : 1;
+    int b = 0;
+    for (int e = 0; e < a.nent; e++) {
+        a.bstart[e] = b;
+        b += (a.ent[e].N + 4 * R - 1) / (4 * R);
+    }
+    for (int e = a.nent; e <= CU_GEMV_MAX_ENT; e++) a.bstart[e] = b;
+    if (R == 2) cu_launch(c, gemv_kernel<WT, MT, 2, SW>, dim3((unsigned)b), dim3(128), 0, a, "gemv");
+    else cu_launch(c, gemv_kernel<WT, MT, 1, SW>, dim3((unsigned)b), dim3(128), 0, a,
+                   a.nent > 1 ? "gemv multi" : SW ? "gemv swiglu" : "gemv");
+}
+
+template <typename WT, bool SW>
+static void gemv_launch_m(mc_cuda *c, const GemvArgs &a) {
+    if (a.M <= 1) gemv_launch_r<WT, 1, SW>(c, a);
+    else if (a.M <= 2) gemv_launch_r<WT, 2, SW>(c, a);
+    else if (a.M <= 4) gemv_launch_r<WT, 4, SW>(c, a);
+    else gemv_launch_r<WT, 8, SW>(c, a);
+}
+
+/* Launches a vector GEMV (K % 8 == 0, aligned) over a.nent entries of weight dtype dt. */
+static void gemv_launch(mc_cuda *c, const GemvArgs &a, mc_dtype dt) {
+    const bool sw = a.up != NULL;
+    switch (dt) {
+    case MC_BF16:
+        if (sw) gemv_launch_m<__nv_bfloat16, true>(c, a);
+        else gemv_launch_m<__nv_bfloat16, false>(c, a);
+        return;
+    case MC_F16:
+        if (sw) gemv_launch_m<__half, true>(c, a);
+        else gemv_launch_m<__half, false>(c, a);
+        return;
+    case MC_F32:
+        if (sw) gemv_launch_m<float, true>(c, a);
+        else gemv_launch_m<float, false>(c, a);
+        return;
+    }
+}
+
+static cu_gemv_ent gemv_ent(float *out, int ldo, mc_wt w, mc_wt bias, int N) {
+    cu_gemv_ent e;
+    memset(&e, 0, sizeof e);
+    e.out = out;
+    e.w = w.data;
+    e.bias = bias.data;
+    e.bias_dt = (int)bias.dtype;
+    e.ldo = ldo;
+    e.N = N;
+    return e;
+}
+
+void cu_flush_gemv(mc_cuda *c, const cu_pending *p) {
+    GemvArgs a;
+    memset(&a, 0, sizeof a);
+    a.x = p->gx;
+    a.M = p->M;
+    a.K = p->K;
+    a.nent = p->nent;
+    for (int e = 0; e < p->nent; e++) a.ent[e] = p->ent[e];
+    gemv_launch(c, a, p->wdt);
+}
+
+static bool ranges_overlap(const float *a, size_t na, const float *b, size_t nb) {
+    return a < b + nb && b < a + na;
+}
+
+/* out = x W^T (+ b) for M <= CU_GEMV_MAX_M rows, fused with a pending op when it can be:
+ * appended to a pending GEMV on the same input, or reading the pending SwiGLU's result. */
+static void gemv(mc_cuda *c, float *out, int ldo, const float *x, mc_wt w, mc_wt bias, int M, int N,
+                 int K) {
+    const size_t nout = (size_t)(M - 1) * (size_t)ldo + (size_t)N, nx = (size_t)M * (size_t)K;
+    cu_pending *p = &c->pend;
+    GemvArgs a;
+    if (!(K % 8 == 0 && cu_aligned16(x) && cu_aligned16(w.data))) {
+        GemvScalarArgs s;
+        memset(&s, 0, sizeof s);
+        s.out = out;
+        s.x = x;
+        s.w = w.data;
+        s.bias = bias.data;
+        s.bias_dt = (int)bias.dtype;
+        s.w_dt = (int)w.dtype;
+        s.ldo = ldo;
+        s.M = M;
+        s.N = N;
+        s.K = K;
+        dim3 grid((unsigned)((N + 3) / 4));
+        if (M <= 1) cu_launch(c, gemv_scalar_kernel<1>, grid, dim3(128), 0, s, "gemv_scalar");
+        else if (M <= 4) cu_launch(c, gemv_scalar_kernel<4>, grid, dim3(128), 0, s, "gemv_scalar");
+        else cu_launch(c, gemv_scalar_kernel<8>, grid, dim3(128), 0, s, "gemv_scalar");
+        return;
+    }
+    memset(&a, 0, sizeof a);
+    a.x = x;
+    a.M = M;
+    a.K = K;
+    a.nent = 1;
+    a.ent[0] = gemv_ent(out, ldo, w, bias, N);
+    if (c->fuse_on && c->gemv_cnt && p->kind == CU_PEND_SWIGLU && p->s_out == x && p->n == nx &&
+        cu_aligned16(p->gate) && cu_aligned16(p->up) &&
+        !ranges_overlap(out, nout, p->gate, nx) && !ranges_overlap(out, nout, p->up, nx) &&
+        !ranges_overlap(out, nout, p->s_out, nx)) {
+        a.x = p->gate;
+        a.up = p->up;
+        a.sw_out = p->s_out;
+        a.cnt = c->gemv_cnt;
+        p->kind = CU_PEND_NONE;
+        gemv_launch(c, a, w.dtype);
+        return;
+    }
+    if (c->fuse_on && p->kind == CU_PEND_GEMV && p->gx == x && p->M == M && p->K == K &&
+        p->wdt == w.dtype && p->nent < CU_GEMV_MAX_ENT && !ranges_overlap(out, nout, x, nx)) {
+        bool clash = false;
+        for (int e = 0; e < p->nent; e++)
+            clash = clash || ranges_overlap(out, nout, p->ent[e].out,
+                                            (size_t)(M - 1) * p->ent[e].ldo + p->ent[e].N);
+        if (!clash) {
+            p->ent[p->nent++] = a.ent[0];
+            return;
+        }
+    }
+    if (c->fuse_on && !ranges_overlap(out, nout, x, nx)) {
+        cu_pending_flush(c);
+        p->kind = CU_PEND_GEMV;
+        p->gx = x;
+        p->M = M;
+        p->K = K;
+        p->wdt = w.dtype;
+        p->nent = 1;
+        p->ent[0] = a.ent[0];
+        return;
+    }
+    gemv_launch(c, a, w.dtype);
+}
+
+/* ---- cuBLAS paths ---- */
+
+static cudaDataType_t blas_type(mc_dtype t) {
+    switch (t) {
+    case MC_BF16: return CUDA_R_16BF;
+    case MC_F16: return CUDA_R_16F;
+    case MC_F32: return CUDA_R_32F;
+    }
+    return CUDA_R_32F;
+}
+
+struct BiasArgs {
+    float *out;
+    const void *bias;
+    int ldo, M, N, dt;
+};
+
+/* out[m, n] += b[n]. */
+static __global__ void bias_kernel(const BiasArgs a) {
+    cu_dep_wait();
+    size_t total = (size_t)a.M * a.N;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x) {
+        size_t m = i / a.N, n = i % a.N;
+        a.out[m * a.ldo + n] += cu_load_w(a.bias, a.dt, n);
+    }
+}
+
+void cu_matmul(mc_backend *be, void *out, int ldo, const void *x, mc_wt w, mc_wt bias, int M,
+               int N, int K) {
+    mc_cuda *c = cu_ctx(be);
+    const float one = 1.0f, zero = 0.0f;
+    const void *xc;
+    if (M <= 0 || N <= 0) return;
+    c->shadow_hint = w.dtype;
+    cu_note_write(c, out, ((size_t)(M - 1) * (size_t)ldo + (size_t)N) * sizeof(float));
+    if (M <= CU_GEMV_MAX_M) {
+        gemv(c, (float *)out, ldo, (const float *)x, w, bias, M, N, K);
+        return;
+    }
+    xc = cu_act_as(c, (const float *)x, (size_t)M * (size_t)K, w.dtype);
+    if (!xc) return;
+    cu_break(c);
+    int ps = cu_prof_begin(c, "cublas matmul");
+    (void)cu_check_blas(c, cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, w.data,
+                                        blas_type(w.dtype), K, xc, blas_type(w.dtype), K, &zero,
+                                        out, CUDA_R_32F, ldo, CUBLAS_COMPUTE_32F,
+                                        CUBLAS_GEMM_DEFAULT),
+                        "matmul");
+    cu_prof_end(c, ps);
+    if (bias.data) {
+        BiasArgs b;
+        memset(&b, 0, sizeof b);
+        b.out = (float *)out;
+        b.bias = bias.data;
+        b.ldo = ldo;
+        b.M = M;
+        b.N = N;
+        b.dt = (int)bias.dtype;
+        cu_launch(c, bias_kernel, dim3(cu_blocks((size_t)M * N, 256, (unsigned)c->n_sm * 8)),
+                  dim3(256), 0, b, "bias");
+    }
+}
+
+void cu_matmul_dx(mc_backend *be, void *dx, const void *dy, mc_wt w, int M, int N, int K,
+                  bool accumulate) {
+    mc_cuda *c = cu_ctx(be);
+    const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+    const void *dyc;
+    if (M <= 0 || K <= 0) return;
+    c->shadow_hint = w.dtype;
+    dyc = cu_act_as(c, (const float *)dy, (size_t)M * (size_t)N, w.dtype);
+    if (!dyc) return;
+    cu_note_write(c, dx, (size_t)M * (size_t)K * sizeof(float));
+    cu_break(c);
+    int ps = cu_prof_begin(c, "cublas matmul_dx");
+    /* column-major: dx^T [K, M] = W^T [K, N] dy^T [N, M] */
+    (void)cu_check_blas(c, cublasGemmEx(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, K, M, N, &one, w.data,
+                                        blas_type(w.dtype), K, dyc, blas_type(w.dtype), N, &beta,
+                                        dx, CUDA_R_32F, K, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                        "matmul_dx");
+    cu_prof_end(c, ps);
+}
+
+/* ---- skinny f32 GEMMs (the LoRA shapes) ---- */
+
+struct SkinnyArgs {
+    float *C;          /* [M, ldc] */
+    const float *A, *B;
+    float *part;       /* [splits, M, N] (split-K kernel) */
+    int M, N, K, lda, ldb, ldc, tb, krows;
+    float alpha, beta;
+};
+
+/* C[M, N] = alpha A[M, K] op(B) + beta C for N <= 32 (A row-major, op(B) [K, N] stored
+ * [K, ldb] or, tb, [N, ldb]): a block of 128 threads owns 32 rows and all N columns and
+ * walks K in chunks of 64 through shared memory; each thread sums 8 outputs. */
+static __global__ void __launch_bounds__(128) skinny_rows_kernel(const SkinnyArgs a) {
+    cu_dep_wait();
+    constexpr int TM = 32, KC = 64;
+    __shared__ float As[TM][KC + 1], Bs[KC][33];
+    const int t = threadIdx.x, m0 = blockIdx.x * TM;
+    const int mi = t >> 2, cj = t & 3;
+    float acc[8];
+    for (int j = 0; j < 8; j++) acc[j] = 0.0f;
+    for (int k0 = 0; k0 < a.K; k0 += KC) {
+        for (int i = t; i < TM * KC; i += 128) {
+            int r = i / KC, kk = i % KC, m = m0 + r, k = k0 + kk;
+            As[r][kk] = (m < a.M && k < a.K) ? a.A[(size_t)m * a.lda + k] : 0.0f;
+        }
+        for (int i = t; i < KC * 32; i += 128) {
+            int kk, n;
+            if (a.tb) { /* B[n, k]: consecutive threads read consecutive k */
+                n = i / KC;
+                kk = i % KC;
+            } else {    /* B[k, n] */
+                kk = i / 32;
+                n = i % 32;
+            }
+            int k = k0 + kk;
+            float v = 0.0f;
+            if (n < a.N && k < a.K) v = a.tb ? a.B[(size_t)n * a.ldb + k] : a.B[(size_t)k * a.ldb + n];
+            Bs[kk][n] = v;
+        }
+        __syncthreads();
+#pragma unroll 8
+        for (int kk = 0; kk < KC; kk++) {
+            const float av = As[mi][kk];
+#pragma unroll
+            for (int j = 0; j < 8; j++) acc[j] = fmaf(av, Bs[kk][cj + 4 * j], acc[j]);
+        }
+        __syncthreads();
+    }
+    const int m = m0 + mi;
+    if (m >= a.M) return;
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        const int n = cj + 4 * j;
+        if (n >= a.N) continue;
+        float *cp = a.C + (size_t)m * a.ldc + n;
+        *cp = a.beta == 0.0f ? a.alpha * acc[j] : a.alpha * acc[j] + a.beta * *cp;
+    }
+}
+
+/* Partial sums over rows [blockIdx.y * krows, +krows) of P[m, n] = sum_k A[k, m] B[k, n]
+ * (A stored [K, lda], B stored [K, ldb]) for a 32 x 64 (SMALL_M) or 64 x 32 output tile;
+ * 256 threads, 8 outputs each; written to part[blockIdx.y]. */
+template <bool SMALL_M>
+static __global__ void __launch_bounds__(256) skinny_splitk_kernel(const SkinnyArgs a) {
+    cu_dep_wait();
+    constexpr int TMt = SMALL_M ? 32 : 64, TNt = SMALL_M ? 64 : 32, KC = 32;
+    __shared__ float As[KC][TMt + 1], Bs[KC][TNt + 1];
+    const int t = threadIdx.x;
+    const int tiles_n = (a.N + TNt - 1) / TNt;
+    const int m0 = (blockIdx.x / tiles_n) * TMt, n0 = (blockIdx.x % tiles_n) * TNt;
+    const int kb = blockIdx.y * a.krows, ke = min(a.K, kb + a.krows);
+    /* SMALL_M: thread owns row i = t / 8 and columns t % 8 + 8 q; else the transpose */
+    const int fixed = t >> 3, lane8 = t & 7;
+    float acc[8];
+    for (int q = 0; q < 8; q++) acc[q] = 0.0f;
+    for (int k0 = kb; k0 < ke; k0 += KC) {
+        for (int i = t; i < KC * TMt; i += 256) {
+            int kk = i / TMt, mm = i % TMt, k = k0 + kk, m = m0 + mm;
+            As[kk][mm] = (k < ke && m < a.M) ? a.A[(size_t)k * a.lda + m] : 0.0f;
+        }
+        for (int i = t; i < KC * TNt; i += 256) {
+            int kk = i / TNt, nn = i % TNt, k = k0 + kk, n = n0 + nn;
+            Bs[kk][nn] = (k < ke && n < a.N) ? a.B[(size_t)k * a.ldb + n] : 0.0f;
+        }
+        __syncthreads();
+#pragma unroll 4
+        for (int kk = 0; kk < KC; kk++) {
+            if (SMALL_M) {
+                const float av = As[kk][fixed];
+#pragma unroll
+                for (int q = 0; q < 8; q++) acc[q] = fmaf(av, Bs[kk][lane8 + 8 * q], acc[q]);
+            } else {
+                const float bv = Bs[kk][fixed];
+#pragma unroll
+                for (int q = 0; q < 8; q++) acc[q] = fmaf(As[kk][lane8 + 8 * q], bv, acc[q]);
+            }
+        }
+        __syncthreads();
+    }
+    float *P = a.part + (size_t)blockIdx.y * a.M * a.N;
+#pragma unroll
+    for (int q = 0; q < 8; q++) {
+        const int m = m0 + (SMALL_M ? fixed : lane8 + 8 * q);
+        const int n = n0 + (SMALL_M ? lane8 + 8 * q : fixed);
+        if (m < a.M && n < a.N) P[(size_t)m * a.N + n] = acc[q];
+    }
+}
+
+/* C[m, n] = alpha sum_s part[s, m, n] + beta C[m, n], splits added in order. */
+static __global__ void skinny_reduce_kernel(const SkinnyArgs a) {
+    cu_dep_wait();
+    const size_t total = (size_t)a.M * a.N;
+    const int splits = (a.K + a.krows - 1) / a.krows;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x) {
+        float s = 0.0f;
+        for (int p = 0; p < splits; p++) s += a.part[(size_t)p * total + i];
+        float *cp = a.C + (i / a.N) * a.ldc + i % a.N;
+        *cp = a.beta == 0.0f ? a.alpha * s : a.alpha * s + a.beta * *cp;
+    }
+}
+
+/* Runs the skinny kernels when the shape is one of the LoRA ones; false otherwise. */
+static bool gemm_f32_skinny(mc_cuda *c, bool ta, bool tb, int M, int N, int K, float alpha,
+                            const float *A, int lda, const float *B, int ldb, float beta, float *C,
+                            int ldc) {
+    SkinnyArgs a;
+    memset(&a, 0, sizeof a);
+    a.C = C;
+    a.A = A;
+    a.B = B;
+    a.M = M;
+    a.N = N;
+    a.K = K;
+    a.lda = lda;
+    a.ldb = ldb;
+    a.ldc = ldc;
+    a.tb = tb ? 1 : 0;
+    a.alpha = alpha;
+    a.beta = beta;
+    if (!ta && N <= 32 && M >= 64 && K >= 1) {
+        cu_launch(c, skinny_rows_kernel, dim3((unsigned)((M + 31) / 32)), dim3(128), 0, a,
+                  "gemm_f32 rows");
+        return true;
+    }
+    if (ta && !tb && (M <= 32 || N <= 32) && K >= 256) {
+        const bool small_m = M <= 32;
+        const int tm = small_m ? 32 : 64, tn = small_m ? 64 : 32;
+        const int tiles = ((M + tm - 1) / tm) * ((N + tn - 1) / tn);
+        int splits = (K + 255) / 256;
+        if (splits > 64) splits = 64;
+        a.krows = (K + splits - 1) / splits;
+        splits = (K + a.krows - 1) / a.krows;
+        a.part = (float *)cu_scratch(c, CU_S_GEMM, (size_t)splits * M * N * sizeof(float), false);
+        if (!a.part) return true; /* the failure is recorded */
+        if (small_m)
+            cu_launch(c, skinny_splitk_kernel<true>, dim3((unsigned)tiles, (unsigned)splits),
+                      dim3(256), 0, a, "gemm_f32 splitk");
+        else
+            cu_launch(c, skinny_splitk_kernel<false>, dim3((unsigned)tiles, (unsigned)splits),
+                      dim3(256), 0, a, "gemm_f32 splitk");
+        cu_launch(c, skinny_reduce_kernel, dim3(cu_blocks((size_t)M * N, 256, (unsigned)c->n_sm * 8)),
+                  dim3(256), 0, a, "gemm_f32 reduce");
+        return true;
+    }
+    return false;
+}
+
+/* Bytes spanned by a row-major [rows, cols] matrix with leading dimension ld. */
+static size_t span_bytes(int rows, int cols, int ld) {
+    if (rows <= 0 || cols <= 0) return 0;
+    return ((size_t)(rows - 1) * (size_t)ld + (size_t)cols) * sizeof(float);
+}
+
+void cu_gemm_f32(mc_backend *be, bool ta, bool tb, int M, int N, int K, float alpha,
+                 const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc) {
+    mc_cuda *c = cu_ctx(be);
+    size_t sa = ta ? span_bytes(K, M, lda) : span_bytes(M, K, lda);
+    size_t sb = tb ? span_bytes(N, K, ldb) : span_bytes(K, N, ldb);
+    size_t sc = span_bytes(M, N, ldc);
+    if (M <= 0 || N <= 0) return;
+    if ((sa && !cu_is_device(c, A, sa)) || (sb && !cu_is_device(c, B, sb)) ||
+        !cu_is_device(c, C, sc)) {
+        cu_set_error(c, MC_ERR_BACKEND, "gemm_f32: an operand (A %p, B %p, C %p) is not device "
+                     "memory of this backend (scratch must come from be->alloc)", (const void *)A,
+                     (const void *)B, (void *)C);
+        return;
+    }
+    cu_note_write(c, C, sc);
+    if (K > 0 && gemm_f32_skinny(c, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)) return;
+    cu_break(c);
+    static const char *const names[4] = {"cublas gemm_f32 NN", "cublas gemm_f32 NT",
+                                         "cublas gemm_f32 TN", "cublas gemm_f32 TT"};
+    int ps = cu_prof_begin(c, names[(ta ? 2 : 0) + (tb ? 1 : 0)]);
+    /* row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T */
+    (void)cu_check_blas(c, cublasSgemm(c->blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                       ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha, B, ldb, A,
+                                       lda, &beta, C, ldc),
+                        "gemm_f32");
+    cu_prof_end(c, ps);
+}

@@ -1,0 +1,158 @@
+/* cuda_rmsnorm.cu - RMSNorm forward and backward. A row is handled by a group of G
+ * threads (a warp for short rows such as Qwen3's per-head norm, a block for hidden-size
+ * rows); per-element math rounds each product separately, as the reference does. */
+#include "cuda_internal.h"
+
+struct RmsArgs {
+    float *out;           /* [T, D] (forward) or dx [T, D] += (backward) */
+    float *x;             /* [T, D] (forward with delta: updated to x + delta first) */
+    const float *delta;   /* [T, D] residual to add to x first, or NULL (forward) */
+    const float *dy;      /* [T, D] (backward) */
+    const void *w;        /* [D] */
+    __nv_bfloat16 *sh;    /* bf16 copy of the result, or NULL */
+    int T, D, wdt;
+    float eps;
+};
+
+/* Sum of v over the G threads of a row group (G = 32, or the whole block). */
+template <int G>
+static __device__ __forceinline__ float group_sum(float v, float *red) {
+    v = cu_warp_sum(v);
+    if (G == 32) return v;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    __syncthreads(); /* red may still be read from a previous call */
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    float s = 0.0f;
+    for (int i = 0; i < G / 32; i++) s += red[i];
+    return s;
+}
+
+/* The forward's reciprocal RMS: 1 / sqrt(ss / D + eps) in f32. */
+static __device__ __forceinline__ float rms_recip(float ss, int D, float eps) {
+    float var = __fdiv_rn(ss, (float)D);
+    return __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(var, eps)));
+}
+
+template <int G>
+static __global__ void rmsnorm_kernel(const RmsArgs a) {
+    cu_dep_wait();
+    __shared__ float red[G / 32 > 0 ? G / 32 : 1];
+    const int rows = blockDim.x / G, g = threadIdx.x / G, l = threadIdx.x % G;
+    const int t = blockIdx.x * rows + g;
+    if (t >= a.T) return; /* only when G == 32: no barriers below */
+    float *xr = a.x + (size_t)t * a.D;
+    float *orow = a.out + (size_t)t * a.D;
+    float ss = 0.0f;
+    if (a.delta) { /* x += delta (the residual add), then normalise the sum */
+        const float *dr = a.delta + (size_t)t * a.D;
+        for (int d = l; d < a.D; d += G) {
+            float v = xr[d] + dr[d];
+            xr[d] = v;
+            ss = fmaf(v, v, ss);
+        }
+    } else {
+        for (int d = l; d < a.D; d += G) {
+            float v = xr[d];
+            ss = fmaf(v, v, ss);
+        }
+    }
+    ss = group_sum<G>(ss, red);
+    const float r = rms_recip(ss, a.D, a.eps);
+    for (int d = l; d < a.D; d += G) {
+        float o = __fmul_rn(__fmul_rn(xr[d], r), cu_load_w(a.w, a.wdt, (size_t)d));
+        orow[d] = o;
+        if (a.sh) a.sh[(size_t)t * a.D + d] = __float2bfloat16(o);
+    }
+}
+
+/* dx[j] += r w[j] dy[j] - x[j] r^3 mean_d(dy[d] w[d] x[d]). */
+template <int G>
+static __global__ void rmsnorm_bwd_kernel(const RmsArgs a) {
+    cu_dep_wait();
+    __shared__ float red[G / 32 > 0 ? G / 32 : 1];
+    const int rows = blockDim.x / G, g = threadIdx.x / G, l = threadIdx.x % G;
+    const int t = blockIdx.x * rows + g;
+    if (t >= a.T) return;
+    const float *xr = a.x + (size_t)t * a.D, *gr = a.dy + (size_t)t * a.D; /* x not written */
+    float *dr = a.out + (size_t)t * a.D;
+    float ss = 0.0f, dot = 0.0f;
+    for (int d = l; d < a.D; d += G) {
+        float v = xr[d];
+        ss = fmaf(v, v, ss);
+        dot = fmaf(gr[d] * cu_load_w(a.w, a.wdt, (size_t)d), v, dot);
+    }
+    ss = group_sum<G>(ss, red);
+    dot = group_sum<G>(dot, red);
+    const float r = rms_recip(ss, a.D, a.eps);
+    const float r3m = r * r * r * (dot / (float)a.D);
+    for (int d = l; d < a.D; d += G) {
+        float wd = cu_load_w(a.w, a.wdt, (size_t)d);
+        float o = dr[d] + r * wd * gr[d] - xr[d] * r3m;
+        dr[d] = o;
+        if (a.sh) a.sh[(size_t)t * a.D + d] = __float2bfloat16(o);
+    }
+}
+
+template <int G>
+static void launch_g(mc_cuda *c, const RmsArgs &a, bool backward) {
+    const int rows = G == 32 ? 8 : 1;
+    dim3 grid((unsigned)((a.T + rows - 1) / rows)), block((unsigned)(G == 32 ? 256 : G));
+    if (backward) cu_launch(c, rmsnorm_bwd_kernel<G>, grid, block, 0, a, "rmsnorm_backward");
+    else cu_launch(c, rmsnorm_kernel<G>, grid, block, 0, a, "rmsnorm");
+}
+
+static void launch(mc_cuda *c, const RmsArgs &a, bool backward) {
+    if (a.D <= 256) launch_g<32>(c, a, backward);
+    else if (a.D <= 1024) launch_g<128>(c, a, backward);
+    else launch_g<256>(c, a, backward);
+}
+
+/* True when [a, a + n) and [b, b + n) floats overlap. */
+static bool overlaps(const float *a, const float *b, size_t n) { return a < b + n && b < a + n; }
+
+void cu_rmsnorm(mc_backend *be, void *out, const void *x, mc_wt w, int T, int D, float eps) {
+    mc_cuda *c = cu_ctx(be);
+    RmsArgs a;
+    size_t n = (size_t)T * (size_t)D;
+    if (T <= 0) return;
+    memset(&a, 0, sizeof a);
+    /* a pending y += d with y == x fuses: x += d and out = rmsnorm(x) in one pass (out may
+     * be d itself: each element of d is read before the same thread writes out there) */
+    if (c->pend.kind == CU_PEND_ADD && c->pend.y == x && c->pend.n == n &&
+        (c->pend.x == (const float *)out || !overlaps(c->pend.x, (const float *)out, n)) &&
+        !overlaps(c->pend.x, (const float *)x, n)) {
+        a.delta = c->pend.x;
+        c->pend.kind = CU_PEND_NONE;
+    }
+    cu_note_write(c, out, n * sizeof(float));
+    a.out = (float *)out;
+    a.x = (float *)x;
+    a.w = w.data;
+    a.wdt = (int)w.dtype;
+    a.sh = (__nv_bfloat16 *)cu_shadow_for(c, out, n, T);
+    a.T = T;
+    a.D = D;
+    a.eps = eps;
+    launch(c, a, false);
+}
+
+void cu_rmsnorm_backward(mc_backend *be, void *dx, const void *dy, const void *x, mc_wt w, int T,
+                         int D, float eps) {
+    mc_cuda *c = cu_ctx(be);
+    RmsArgs a;
+    size_t n = (size_t)T * (size_t)D;
+    if (T <= 0) return;
+    cu_note_write(c, dx, n * sizeof(float));
+    memset(&a, 0, sizeof a);
+    a.out = (float *)dx;
+    a.x = (float *)x; /* read only */
+    a.dy = (const float *)dy;
+    a.w = w.data;
+    a.wdt = (int)w.dtype;
+    a.sh = (__nv_bfloat16 *)cu_shadow_for(c, dx, n, T);
+    a.T = T;
+    a.D = D;
+    a.eps = eps;
+    launch(c, a, true);
+}

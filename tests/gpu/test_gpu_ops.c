@@ -1,0 +1,814 @@
+/* test_gpu_ops.c - every op of the CUDA backend against the CPU reference kernels on
+ * random inputs of awkward sizes, outputs poisoned with NaN first so an unwritten element
+ * shows up; decode-like layers replayed as CUDA graphs with fused ops and programmatic
+ * dependent launches against plain launches (bit for bit) and the CPU; and the error paths
+ * (no such device, device OOM, host pointers given to gemm_f32).
+ *
+ * Tolerances (relative L2 unless stated):
+ *   f32 element-wise math (rmsnorm, rope, swiglu, add, GEMV with f32 activations, f32
+ *   GEMMs, decode attention in f32): 1e-5 (1e-4 for the plain attention backward);
+ *   anything that rounds activations to bf16 for tensor cores (GEMMs with M > 8 on bf16
+ *   weights, flash attention forward and backward, linear cross-entropy gradients): 1e-2,
+ *   and 2e-3 on the cross-entropy loss; f16 weights: 1e-2;
+ *   embedding, dropout, scale, zero: exact; AdamW: exact (bit for bit), checked at 1e-7.
+ * MC_GPU_TEST_QUICK=1 skips the largest cases (for compute-sanitizer runs). */
+#include <stdint.h>
+
+#include "backend/backend.h"
+#include "backend/cpu/cpu.h"
+#include "backend/cpu/cpu_train.h"
+#include "backend/cuda/cuda_backend.h"
+#include "test.h"
+
+static mc_backend *g_cu, *g_ref;
+static mc_rng g_rng;
+static int g_quick;
+
+/* ---- helpers ---- */
+
+static float *falloc(size_t n) {
+    float *p = malloc((n ? n : 1) * sizeof(float));
+    if (!p) {
+        fprintf(stderr, "out of host memory\n");
+        exit(2);
+    }
+    return p;
+}
+
+/* x[i] = scale * N(0, 1). */
+static float *frand(size_t n, float scale) {
+    float *x = falloc(n);
+    for (size_t i = 0; i < n; i++) x[i] = mc_rng_normal(&g_rng) * scale;
+    return x;
+}
+
+static float *fnan(size_t n) {
+    float *x = falloc(n);
+    for (size_t i = 0; i < n; i++) x[i] = NAN;
+    return x;
+}
+
+static float *fdup(const float *x, size_t n) {
+    float *p = falloc(n);
+    memcpy(p, x, n * sizeof(float));
+    return p;
+}
+
+/* Device copy of host bytes. */
+static void *dput(const void *host, size_t bytes) {
+    void *p = g_cu->alloc(g_cu, bytes ? bytes : 4);
+    if (!p) {
+        fprintf(stderr, "device allocation of %zu bytes failed\n", bytes);
+        exit(2);
+    }
+    CHECK_OK(g_cu->to_device(g_cu, p, host, bytes));
+    return p;
+}
+
+static void *dputf(const float *host, size_t n) { return dput(host, n * sizeof(float)); }
+
+static void dget(float *host, const void *dev, size_t n) {
+    CHECK_OK(g_cu->to_host(g_cu, host, dev, n * sizeof(float)));
+}
+
+static void dfree(void *p) { g_cu->free(g_cu, p); }
+
+/* A weight of n values stored as dtype t, on the host (cpu) and uploaded (gpu). */
+typedef struct wpair {
+    mc_wt cpu, gpu;
+} wpair;
+
+static wpair make_w(mc_dtype t, size_t n, float scale) {
+    wpair w;
+    float *f = frand(n, scale);
+    void *h = malloc(n * mc_dtype_size(t) + 16);
+    const void *dev = NULL;
+    if (!h) exit(2);
+    mc_convert_from_f32(h, f, t, n);
+    free(f);
+    CHECK_OK(g_cu->weights(g_cu, h, n * mc_dtype_size(t), &dev));
+    w.cpu.data = h;
+    w.cpu.dtype = t;
+    w.gpu.data = dev;
+    w.gpu.dtype = t;
+    return w;
+}
+
+static void free_w(wpair *w) {
+    if (w->gpu.data) g_cu->release_weights(g_cu, w->gpu.data);
+    free((void *)(uintptr_t)w->cpu.data);
+    w->cpu.data = w->gpu.data = NULL;
+}
+
+static const char *dt_name(mc_dtype t) { return mc_dtype_name(t); }
+
+/* Relative L2 of got vs want with a label; counts a failure above tol. */
+static double cmp(const char *what, const float *got, const float *want, size_t n, double tol) {
+    double e = t_check_rel_l2(__FILE__, __LINE__, what, got, want, n, tol);
+    printf("  %-58s rel L2 %.2e (tol %.0e)%s\n", what, e, tol, e <= tol ? "" : "  FAIL");
+    return e;
+}
+
+/* Exact equality (NaN == NaN). */
+static void same(const char *what, const float *got, const float *want, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (!(got[i] == want[i]) && !(isnan(got[i]) && isnan(want[i]))) {
+            fprintf(stderr, "%s: element %zu is %.9g, expected %.9g\n", what, i, (double)got[i],
+                    (double)want[i]);
+            printf("  %-58s FAIL (not identical)\n", what);
+            t_checks_failed++;
+            return;
+        }
+    printf("  %-58s identical\n", what);
+}
+
+/* ---- forward ops ---- */
+
+static void test_embedding(void) {
+    const int V = 1000, D = 96, T = 37;
+    int32_t ids[37];
+    for (int t = 0; t < T; t++) ids[t] = (int32_t)(mc_rng_next(&g_rng) % (uint64_t)V);
+    for (int di = 0; di < 3; di++) {
+        mc_dtype dt = (mc_dtype[]){MC_BF16, MC_F16, MC_F32}[di];
+        wpair w = make_w(dt, (size_t)V * D, 1.0f);
+        float *want = falloc((size_t)T * D), *got = fnan((size_t)T * D);
+        int32_t *dids = dput(ids, sizeof ids);
+        float *dout = dputf(got, (size_t)T * D);
+        char what[96];
+        g_ref->embedding(g_ref, want, ids, w.cpu, T, D);
+        g_cu->embedding(g_cu, dout, dids, w.gpu, T, D);
+        dget(got, dout, (size_t)T * D);
+        snprintf(what, sizeof what, "embedding %s", dt_name(dt));
+        same(what, got, want, (size_t)T * D);
+        dfree(dids);
+        dfree(dout);
+        free(want);
+        free(got);
+        free_w(&w);
+    }
+}
+
+static void test_rmsnorm(void) {
+    const int cases[4][2] = {{37, 896}, {5, 64}, {300, 2048}, {1, 1500}};
+    for (int ci = 0; ci < 4; ci++) {
+        int T = cases[ci][0], D = cases[ci][1];
+        size_t n = (size_t)T * D;
+        wpair w = make_w(MC_BF16, (size_t)D, 1.0f);
+        float *x = frand(n, 2.0f), *want = falloc(n), *got = fnan(n);
+        float *dx = dputf(x, n), *dout = dputf(got, n);
+        char what[96];
+        g_ref->rmsnorm(g_ref, want, x, w.cpu, T, D, 1e-6f);
+        g_cu->rmsnorm(g_cu, dout, dx, w.gpu, T, D, 1e-6f);
+        dget(got, dout, n);
+        snprintf(what, sizeof what, "rmsnorm T=%d D=%d", T, D);
+        cmp(what, got, want, n, 1e-5);
+        /* in place */
+        g_cu->rmsnorm(g_cu, dx, dx, w.gpu, T, D, 1e-6f);
+        dget(got, dx, n);
+        snprintf(what, sizeof what, "rmsnorm in place T=%d D=%d", T, D);
+        cmp(what, got, want, n, 1e-5);
+        /* backward: dx += ... */
+        {
+            float *gy = frand(n, 1.0f), *acc = frand(n, 0.5f), *want_b = fdup(acc, n);
+            float *dgy = dputf(gy, n), *dacc = dputf(acc, n), *dxx = dputf(x, n);
+            g_ref->rmsnorm_backward(g_ref, want_b, gy, x, w.cpu, T, D, 1e-6f);
+            g_cu->rmsnorm_backward(g_cu, dacc, dgy, dxx, w.gpu, T, D, 1e-6f);
+            dget(got, dacc, n);
+            snprintf(what, sizeof what, "rmsnorm_backward T=%d D=%d", T, D);
+            cmp(what, got, want_b, n, 1e-5);
+            dfree(dgy);
+            dfree(dacc);
+            dfree(dxx);
+            free(gy);
+            free(acc);
+            free(want_b);
+        }
+        dfree(dx);
+        dfree(dout);
+        free(x);
+        free(want);
+        free(got);
+        free_w(&w);
+    }
+}
+
+static void test_matmul(void) {
+    const int Ms[6] = {1, 3, 8, 9, 64, 133};
+    const int NK[3][2] = {{896, 896}, {130, 200}, {77, 100}};
+    const mc_dtype dts[3] = {MC_BF16, MC_F16, MC_F32};
+    for (int di = 0; di < 3; di++)
+        for (int nk = 0; nk < 3; nk++)
+            for (int mi = 0; mi < 6; mi++) {
+                int M = Ms[mi], N = NK[nk][0], K = NK[nk][1], ldo = N + (mi % 2 ? 5 : 0);
+                bool with_bias = (mi + nk) % 2 == 0;
+                wpair w = make_w(dts[di], (size_t)N * K, 0.05f);
+                wpair b = make_w(dts[di], (size_t)N, 0.5f);
+                mc_wt nob = {NULL, MC_F32};
+                size_t no = (size_t)M * ldo;
+                float *x = frand((size_t)M * K, 1.0f), *want = fnan(no), *got = fnan(no);
+                float *dx = dputf(x, (size_t)M * K), *dout = dputf(got, no);
+                double tol = (M <= 8 || dts[di] == MC_F32) ? 1e-5 : 1e-2;
+                char what[96];
+                g_ref->matmul(g_ref, want, ldo, x, w.cpu, with_bias ? b.cpu : nob, M, N, K);
+                g_cu->matmul(g_cu, dout, ldo, dx, w.gpu, with_bias ? b.gpu : nob, M, N, K);
+                dget(got, dout, no);
+                snprintf(what, sizeof what, "matmul %s M=%d N=%d K=%d ldo=%d%s", dt_name(dts[di]), M,
+                         N, K, ldo, with_bias ? " +bias" : "");
+                /* compares the gaps too: both stay NaN */
+                {
+                    size_t nv = 0;
+                    float *gv = falloc((size_t)M * N), *wv = falloc((size_t)M * N);
+                    bool gaps_ok = true;
+                    for (int m = 0; m < M; m++)
+                        for (int j = 0; j < ldo; j++) {
+                            float g = got[(size_t)m * ldo + j];
+                            if (j < N) {
+                                gv[nv] = g;
+                                wv[nv++] = want[(size_t)m * ldo + j];
+                            } else if (!isnan(g)) {
+                                gaps_ok = false;
+                            }
+                        }
+                    cmp(what, gv, wv, nv, tol);
+                    CHECK(gaps_ok);
+                    free(gv);
+                    free(wv);
+                }
+                dfree(dx);
+                dfree(dout);
+                free(x);
+                free(want);
+                free(got);
+                free_w(&w);
+                free_w(&b);
+            }
+}
+
+static void test_matmul_dx(void) {
+    const int Ms[3] = {1, 9, 64};
+    const int NK[2][2] = {{896, 128}, {100, 64}};
+    const mc_dtype dts[2] = {MC_BF16, MC_F32};
+    for (int di = 0; di < 2; di++)
+        for (int nk = 0; nk < 2; nk++)
+            for (int mi = 0; mi < 3; mi++)
+                for (int acc = 0; acc < 2; acc++) {
+                    int M = Ms[mi], N = NK[nk][0], K = NK[nk][1];
+                    wpair w = make_w(dts[di], (size_t)N * K, 0.05f);
+                    float *dy = frand((size_t)M * N, 1.0f);
+                    float *base = acc ? frand((size_t)M * K, 1.0f) : fnan((size_t)M * K);
+                    float *want = fdup(base, (size_t)M * K), *got = falloc((size_t)M * K);
+                    float *ddy = dputf(dy, (size_t)M * N), *ddx = dputf(base, (size_t)M * K);
+                    char what[96];
+                    g_ref->matmul_dx(g_ref, want, dy, w.cpu, M, N, K, acc != 0);
+                    g_cu->matmul_dx(g_cu, ddx, ddy, w.gpu, M, N, K, acc != 0);
+                    dget(got, ddx, (size_t)M * K);
+                    snprintf(what, sizeof what, "matmul_dx %s M=%d N=%d K=%d%s", dt_name(dts[di]), M,
+                             N, K, acc ? " +=" : "");
+                    cmp(what, got, want, (size_t)M * K, dts[di] == MC_F32 ? 1e-5 : 1e-2);
+                    dfree(ddy);
+                    dfree(ddx);
+                    free(dy);
+                    free(base);
+                    free(want);
+                    free(got);
+                    free_w(&w);
+                }
+}
+
+static void test_gemm_f32(void) {
+    /* M, N, K: a generic shape, then the LoRA shapes that take the skinny kernels (few
+     * output columns over many rows; a small output summed over many rows) */
+    const int shapes[5][3] = {{37, 16, 70}, {300, 16, 200}, {1030, 8, 96}, {16, 200, 1100},
+                              {200, 16, 1100}};
+    for (int si = 0; si < 5; si++)
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++)
+            for (int bi = 0; bi < 2; bi++) {
+                const int M = shapes[si][0], N = shapes[si][1], K = shapes[si][2];
+                int lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 2, ldc = N + 1;
+                size_t na = (size_t)(ta ? K : M) * lda, nb = (size_t)(tb ? N : K) * ldb;
+                size_t nc = (size_t)M * ldc;
+                float beta = bi ? 1.0f : 0.0f;
+                float *A = frand(na, 1.0f), *B = frand(nb, 1.0f);
+                float *C = bi ? frand(nc, 1.0f) : fnan(nc), *want = fdup(C, nc), *got = falloc(nc);
+                float *dA = dputf(A, na), *dB = dputf(B, nb), *dC = dputf(C, nc);
+                char what[96];
+                g_ref->gemm_f32(g_ref, ta, tb, M, N, K, 0.7f, A, lda, B, ldb, beta, want, ldc);
+                g_cu->gemm_f32(g_cu, ta, tb, M, N, K, 0.7f, dA, lda, dB, ldb, beta, dC, ldc);
+                dget(got, dC, nc);
+                snprintf(what, sizeof what, "gemm_f32 M=%d N=%d K=%d ta=%d tb=%d beta=%g", M, N, K,
+                         ta, tb, (double)beta);
+                /* the [M, N] part; the gap column must keep its old value */
+                {
+                    float *gv = falloc((size_t)M * N), *wv = falloc((size_t)M * N);
+                    bool gap_ok = true;
+                    for (int m = 0; m < M; m++) {
+                        for (int j = 0; j < N; j++) {
+                            gv[(size_t)m * N + j] = got[(size_t)m * ldc + j];
+                            wv[(size_t)m * N + j] = want[(size_t)m * ldc + j];
+                        }
+                        float g = got[(size_t)m * ldc + N], o = C[(size_t)m * ldc + N];
+                        if (!(g == o) && !(isnan(g) && isnan(o))) gap_ok = false;
+                    }
+                    cmp(what, gv, wv, (size_t)M * N, 1e-5);
+                    CHECK(gap_ok);
+                    free(gv);
+                    free(wv);
+                }
+                dfree(dA);
+                dfree(dB);
+                dfree(dC);
+                free(A);
+                free(B);
+                free(C);
+                free(want);
+                free(got);
+            }
+}
+
+static void test_rope(void) {
+    const int cases[3][3] = {{17, 3, 64}, {5, 2, 128}, {40, 4, 16}}; /* T, H, hd */
+    for (int ci = 0; ci < 3; ci++) {
+        int T = cases[ci][0], H = cases[ci][1], hd = cases[ci][2], ldx = H * hd + (ci == 0 ? 8 : 0);
+        size_t n = (size_t)T * ldx;
+        int32_t pos[64];
+        float *x = frand(n, 1.0f), *want = fdup(x, n), *got = falloc(n);
+        char what[96];
+        for (int t = 0; t < T; t++) pos[t] = (int32_t)(mc_rng_next(&g_rng) % 5000);
+        int32_t *dpos = dput(pos, (size_t)T * sizeof(int32_t));
+        float *dxx = dputf(x, n);
+        g_ref->rope(g_ref, want, ldx, pos, T, H, hd, 1e6f);
+        g_cu->rope(g_cu, dxx, ldx, dpos, T, H, hd, 1e6f);
+        dget(got, dxx, n);
+        snprintf(what, sizeof what, "rope T=%d H=%d hd=%d ldx=%d", T, H, hd, ldx);
+        cmp(what, got, want, n, 1e-5);
+        g_ref->rope_backward(g_ref, want, ldx, pos, T, H, hd, 1e6f);
+        g_cu->rope_backward(g_cu, dxx, ldx, dpos, T, H, hd, 1e6f);
+        dget(got, dxx, n);
+        snprintf(what, sizeof what, "rope_backward after rope (identity) T=%d hd=%d", T, hd);
+        cmp(what, got, want, n, 1e-5);
+        cmp("  ... and equal to the input", got, x, n, 1e-5);
+        dfree(dpos);
+        dfree(dxx);
+        free(x);
+        free(want);
+        free(got);
+    }
+}
+
+static void test_attention(void) {
+    /* hd, Hq, Hkv, T, pos0 */
+    const int cases[][5] = {
+        {64, 14, 2, 1, 0},   {64, 14, 2, 1, 511}, {64, 14, 2, 1, 3000}, {64, 14, 2, 5, 300},
+        {64, 14, 2, 8, 0},   {64, 14, 2, 64, 0},  {64, 14, 2, 100, 37}, {64, 14, 2, 257, 0},
+        {128, 4, 2, 130, 20}, {128, 4, 2, 1, 200}, {32, 4, 2, 70, 0},   {16, 4, 4, 33, 5},
+        {48, 4, 2, 40, 3},   {48, 4, 2, 1, 100},  {256, 2, 1, 2, 70},
+    };
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        int hd = cases[ci][0], Hq = cases[ci][1], Hkv = cases[ci][2], T = cases[ci][3];
+        int pos0 = cases[ci][4], nk = pos0 + T;
+        size_t nq = (size_t)T * Hq * hd, nkv = (size_t)nk * Hkv * hd;
+        bool flash = T > 8 && (hd == 16 || hd == 32 || hd == 64 || hd == 128);
+        if (g_quick && (T > 100 || pos0 > 1000)) continue;
+        float *q = frand(nq, 1.0f), *k = frand(nkv, 1.0f), *v = frand(nkv, 1.0f);
+        float *want = falloc(nq), *got = fnan(nq);
+        float *dq = dputf(q, nq), *dk = dputf(k, nkv), *dv = dputf(v, nkv), *dout = dputf(got, nq);
+        char what[96];
+        g_ref->attention(g_ref, want, q, k, v, T, pos0, Hq, Hkv, hd);
+        g_cu->attention(g_cu, dout, dq, dk, dv, T, pos0, Hq, Hkv, hd);
+        dget(got, dout, nq);
+        snprintf(what, sizeof what, "attention %s hd=%d Hq=%d Hkv=%d T=%d pos0=%d",
+                 flash ? "flash" : "row", hd, Hq, Hkv, T, pos0);
+        cmp(what, got, want, nq, flash ? 1e-2 : 1e-5);
+        dfree(dq);
+        dfree(dk);
+        dfree(dv);
+        dfree(dout);
+        free(q);
+        free(k);
+        free(v);
+        free(want);
+        free(got);
+    }
+}
+
+static void test_attention_backward(void) {
+    /* hd, Hq, Hkv, T */
+    const int cases[][4] = {{64, 14, 2, 1},  {64, 14, 2, 7},  {64, 14, 2, 64}, {64, 14, 2, 200},
+                            {128, 4, 2, 100}, {32, 4, 2, 65}, {16, 4, 4, 40},  {24, 4, 2, 30},
+                            {64, 2, 2, 129}};
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        int hd = cases[ci][0], Hq = cases[ci][1], Hkv = cases[ci][2], T = cases[ci][3];
+        size_t nq = (size_t)T * Hq * hd, nkv = (size_t)T * Hkv * hd;
+        bool flash = hd == 16 || hd == 32 || hd == 64 || hd == 128;
+        if (g_quick && T > 100) continue;
+        float *q = frand(nq, 1.0f), *k = frand(nkv, 1.0f), *v = frand(nkv, 1.0f);
+        float *go = frand(nq, 1.0f);
+        float *wq = falloc(nq), *wk = falloc(nkv), *wv = falloc(nkv);
+        float *gq = fnan(nq), *gk = fnan(nkv), *gv = fnan(nkv);
+        float *dq = dputf(q, nq), *dk = dputf(k, nkv), *dv = dputf(v, nkv), *dgo = dputf(go, nq);
+        float *ddq = dputf(gq, nq), *ddk = dputf(gk, nkv), *ddv = dputf(gv, nkv);
+        double tol = flash ? 1e-2 : 1e-4;
+        char what[96];
+        g_ref->attention_backward(g_ref, wq, wk, wv, go, q, k, v, T, Hq, Hkv, hd);
+        g_cu->attention_backward(g_cu, ddq, ddk, ddv, dgo, dq, dk, dv, T, Hq, Hkv, hd);
+        dget(gq, ddq, nq);
+        dget(gk, ddk, nkv);
+        dget(gv, ddv, nkv);
+        snprintf(what, sizeof what, "attention_backward %s hd=%d Hq=%d Hkv=%d T=%d dq",
+                 flash ? "flash" : "row", hd, Hq, Hkv, T);
+        cmp(what, gq, wq, nq, tol);
+        what[strlen(what) - 2] = 'd';
+        what[strlen(what) - 1] = 'k';
+        cmp(what, gk, wk, nkv, tol);
+        what[strlen(what) - 1] = 'v';
+        cmp(what, gv, wv, nkv, tol);
+        dfree(dq);
+        dfree(dk);
+        dfree(dv);
+        dfree(dgo);
+        dfree(ddq);
+        dfree(ddk);
+        dfree(ddv);
+        free(q);
+        free(k);
+        free(v);
+        free(go);
+        free(wq);
+        free(wk);
+        free(wv);
+        free(gq);
+        free(gk);
+        free(gv);
+    }
+}
+
+/* ---- element-wise and training ops ---- */
+
+static void test_elementwise(void) {
+    const size_t n = 10007;
+    float *g = frand(n, 3.0f), *u = frand(n, 1.0f), *go = frand(n, 1.0f);
+    float *want = falloc(n), *want2 = falloc(n), *got = fnan(n), *got2 = fnan(n);
+    float *dg = dputf(g, n), *du = dputf(u, n), *dgo = dputf(go, n), *d1 = dputf(got, n);
+    float *d2 = dputf(got2, n);
+    /* swiglu */
+    g_ref->swiglu(g_ref, want, g, u, n);
+    g_cu->swiglu(g_cu, d1, dg, du, n);
+    dget(got, d1, n);
+    cmp("swiglu n=10007", got, want, n, 1e-6);
+    /* swiglu_backward with dgate aliasing dout */
+    {
+        float *ref_dg = fdup(go, n);
+        g_ref->swiglu_backward(g_ref, ref_dg, want2, ref_dg, g, u, n);
+        g_cu->swiglu_backward(g_cu, dgo, d2, dgo, dg, du, n);
+        dget(got, dgo, n);
+        dget(got2, d2, n);
+        cmp("swiglu_backward dgate (aliasing dout)", got, ref_dg, n, 1e-6);
+        cmp("swiglu_backward dup", got2, want2, n, 1e-6);
+        free(ref_dg);
+    }
+    /* add */
+    {
+        float *y = frand(n, 1.0f), *x = frand(n, 1.0f);
+        float *dy = dputf(y, n), *dxx = dputf(x, n);
+        g_ref->add(g_ref, y, x, n);
+        g_cu->add(g_cu, dy, dxx, n);
+        dget(got, dy, n);
+        same("add n=10007", got, y, n);
+        /* an odd offset exercises the unaligned path */
+        g_ref->add(g_ref, y + 1, x, n - 1);
+        g_cu->add(g_cu, dy + 1, dxx, n - 1);
+        dget(got, dy, n);
+        same("add at an unaligned offset", got, y, n);
+        dfree(dy);
+        dfree(dxx);
+        free(y);
+        free(x);
+    }
+    /* dropout: same mask bits as the CPU */
+    {
+        g_ref->dropout(g_ref, want, u, n, 0.1f, 1234567ull);
+        g_cu->dropout(g_cu, d1, du, n, 0.1f, 1234567ull);
+        dget(got, d1, n);
+        same("dropout p=0.1", got, want, n);
+        g_cu->dropout(g_cu, d1, du, n, 0.0f, 99ull);
+        dget(got, d1, n);
+        same("dropout p=0 copies", got, u, n);
+        g_ref->dropout(g_ref, want, u, n, 0.5f, 7ull);
+        g_cu->dropout(g_cu, du, du, n, 0.5f, 7ull);
+        dget(got, du, n);
+        same("dropout p=0.5 in place", got, want, n);
+    }
+    /* scale, zero */
+    {
+        float *x = frand(n, 1.0f), *dxx = dputf(x, n);
+        g_ref->scale_f32(g_ref, x, n, 0.37f);
+        g_cu->scale_f32(g_cu, dxx, n, 0.37f);
+        dget(got, dxx, n);
+        same("scale_f32", got, x, n);
+        g_cu->zero(g_cu, dxx, 4 * 1001 + 2); /* not a multiple of 16 bytes */
+        dget(got, dxx, n);
+        for (size_t i = 0; i < 1001; i++) x[i] = 0.0f;
+        {
+            uint16_t *hx = (uint16_t *)(void *)(x + 1001);
+            hx[0] = 0; /* the low half of element 1001 (little endian) */
+        }
+        same("zero 4006 bytes", got, x, n);
+        dfree(dxx);
+        free(x);
+    }
+    dfree(dg);
+    dfree(du);
+    dfree(dgo);
+    dfree(d1);
+    dfree(d2);
+    free(g);
+    free(u);
+    free(go);
+    free(want);
+    free(want2);
+    free(got);
+    free(got2);
+}
+
+static void test_adamw_sumsq(void) {
+    const size_t n = 10007;
+    float *p = frand(n, 0.1f), *m = falloc(n), *v = falloc(n);
+    float *dp, *dm, *dv, *dg;
+    float *got = falloc(n);
+    for (size_t i = 0; i < n; i++) m[i] = v[i] = 0.0f;
+    dp = dputf(p, n);
+    dm = dputf(m, n);
+    dv = dputf(v, n);
+    for (int step = 1; step <= 3; step++) {
+        float *g = frand(n, 0.01f);
+        dg = dputf(g, n);
+        g_ref->adamw(g_ref, p, g, m, v, n, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, step);
+        g_cu->adamw(g_cu, dp, dg, dm, dv, n, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, step);
+        dfree(dg);
+        free(g);
+    }
+    dget(got, dp, n);
+    cmp("adamw 3 steps: parameters", got, p, n, 1e-7);
+    same("adamw 3 steps: parameters bit for bit", got, p, n);
+    dget(got, dm, n);
+    cmp("adamw 3 steps: first moment", got, m, n, 1e-7);
+    dget(got, dv, n);
+    cmp("adamw 3 steps: second moment", got, v, n, 1e-7);
+    {
+        size_t big = g_quick ? 100003 : 3000017;
+        float *x = frand(big, 1.0f), *dxx = dputf(x, big);
+        double want = g_ref->sumsq_f32(g_ref, x, big), gotd = g_cu->sumsq_f32(g_cu, dxx, big);
+        double again = g_cu->sumsq_f32(g_cu, dxx, big);
+        printf("  %-58s %.12g vs %.12g\n", "sumsq_f32 n=3000017", gotd, want);
+        CHECK_NEAR(gotd / want, 1.0, 1e-12);
+        CHECK(gotd == again); /* deterministic */
+        dfree(dxx);
+        free(x);
+    }
+    dfree(dp);
+    dfree(dm);
+    dfree(dv);
+    free(p);
+    free(m);
+    free(v);
+    free(got);
+}
+
+static void test_linear_xent(void) {
+    /* T, D, V, dtype */
+    const int cases[3][3] = {{37, 64, 1000}, {20, 64, 512}, {300, 32, 151936}};
+    const mc_dtype dts[3] = {MC_BF16, MC_F32, MC_BF16};
+    for (int ci = 0; ci < 3; ci++) {
+        int T = cases[ci][0], D = cases[ci][1], V = cases[ci][2];
+        size_t nh = (size_t)T * D;
+        if (g_quick && V > 10000) continue;
+        wpair w = make_w(dts[ci], (size_t)V * D, 0.5f);
+        float *h = frand(nh, 1.0f), *want = fnan(nh), *got = fnan(nh);
+        int32_t *tg = malloc((size_t)T * sizeof *tg);
+        double lw = 0, lg = 0, lg2 = 0;
+        float scale = 1.0f / (float)T;
+        char what[96];
+        bool f32 = dts[ci] == MC_F32;
+        if (!tg) exit(2);
+        for (int t = 0; t < T; t++) tg[t] = t % 7 == 3 ? -1 : (int32_t)(mc_rng_next(&g_rng) % (uint64_t)V);
+        float *dh = dputf(h, nh), *ddh = dputf(got, nh);
+        int32_t *dtg = dput(tg, (size_t)T * sizeof *tg);
+        CHECK_OK(g_ref->linear_xent(g_ref, want, &lw, h, w.cpu, tg, T, D, V, scale));
+        CHECK_OK(g_cu->linear_xent(g_cu, ddh, &lg, dh, w.gpu, dtg, T, D, V, scale));
+        CHECK_OK(g_cu->linear_xent(g_cu, NULL, &lg2, dh, w.gpu, dtg, T, D, V, scale));
+        dget(got, ddh, nh);
+        printf("  %-58s %.9g vs %.9g (rel %.2e)\n", "linear_xent loss", lg, lw, fabs(lg / lw - 1));
+        CHECK_NEAR(lg / lw, 1.0, f32 ? 1e-6 : 2e-3);
+        CHECK(lg == lg2);
+        snprintf(what, sizeof what, "linear_xent dh %s T=%d D=%d V=%d", dt_name(dts[ci]), T, D, V);
+        cmp(what, got, want, nh, f32 ? 1e-5 : 1e-2);
+        dfree(dh);
+        dfree(ddh);
+        dfree(dtg);
+        free(h);
+        free(want);
+        free(got);
+        free(tg);
+        free_w(&w);
+    }
+}
+
+/* ---- decode-like layers: graphs, PDL and op fusion vs plain launches vs the CPU ---- */
+
+enum { LD = 256, LHQ = 4, LHKV = 2, LHD = 64, LF = 512, LSTEPS = 70 };
+
+/* One decoder layer's weights and buffers on one backend. */
+typedef struct layer_bufs {
+    float *x, *xn, *q, *att, *g, *u, *kc, *vc;
+    int32_t *pos;
+    mc_wt wn1, wn2, wq, bq, wk, bk, wv, bv, wo, wg, wu, wd;
+    const void *dev[12];
+} layer_bufs;
+
+/* x += attention block; x += MLP block, for the token at position pos (HF Qwen2 order). */
+static void layer_step(mc_backend *be, layer_bufs *b, int pos, float *x_host) {
+    const int kv = LHKV * LHD, qd = LHQ * LHD;
+    mc_wt none = {NULL, MC_F32};
+    int32_t p = pos;
+    CHECK_OK(be->to_device(be, b->pos, &p, sizeof p));
+    be->rmsnorm(be, b->xn, b->x, b->wn1, 1, LD, 1e-6f);
+    be->matmul(be, b->q, qd, b->xn, b->wq, b->bq, 1, qd, LD);
+    be->matmul(be, b->kc + (size_t)pos * kv, kv, b->xn, b->wk, b->bk, 1, kv, LD);
+    be->matmul(be, b->vc + (size_t)pos * kv, kv, b->xn, b->wv, b->bv, 1, kv, LD);
+    be->rope(be, b->q, qd, b->pos, 1, LHQ, LHD, 1e4f);
+    be->rope(be, b->kc + (size_t)pos * kv, kv, b->pos, 1, LHKV, LHD, 1e4f);
+    be->attention(be, b->att, b->q, b->kc, b->vc, 1, pos, LHQ, LHKV, LHD);
+    be->matmul(be, b->xn, LD, b->att, b->wo, none, 1, LD, qd);
+    be->add(be, b->x, b->xn, LD);
+    be->rmsnorm(be, b->xn, b->x, b->wn2, 1, LD, 1e-6f);
+    be->matmul(be, b->g, LF, b->xn, b->wg, none, 1, LF, LD);
+    be->matmul(be, b->u, LF, b->xn, b->wu, none, 1, LF, LD);
+    be->swiglu(be, b->g, b->g, b->u, LF);
+    be->matmul(be, b->xn, LD, b->g, b->wd, none, 1, LD, LF);
+    be->add(be, b->x, b->xn, LD);
+    CHECK_OK(be->to_host(be, x_host, b->x, LD * sizeof(float)));
+}
+
+static void layer_setup(mc_backend *be, layer_bufs *b, uint16_t *const *w16, const size_t *cnt,
+                        const float *x0) {
+    mc_wt *ws[12] = {&b->wn1, &b->wn2, &b->wq, &b->bq, &b->wk, &b->bk,
+                     &b->wv,  &b->bv,  &b->wo, &b->wg, &b->wu, &b->wd};
+    for (int i = 0; i < 12; i++) {
+        CHECK_OK(be->weights(be, w16[i], cnt[i] * 2, &b->dev[i]));
+        ws[i]->data = b->dev[i];
+        ws[i]->dtype = MC_BF16;
+    }
+    b->x = be->alloc(be, LD * 4);
+    b->xn = be->alloc(be, LD * 4);
+    b->q = be->alloc(be, (size_t)LHQ * LHD * 4);
+    b->att = be->alloc(be, (size_t)LHQ * LHD * 4);
+    b->g = be->alloc(be, LF * 4);
+    b->u = be->alloc(be, LF * 4);
+    b->kc = be->alloc(be, (size_t)LSTEPS * LHKV * LHD * 4);
+    b->vc = be->alloc(be, (size_t)LSTEPS * LHKV * LHD * 4);
+    b->pos = be->alloc(be, 4);
+    CHECK_OK(be->to_device(be, b->x, x0, LD * 4));
+}
+
+static void layer_free(mc_backend *be, layer_bufs *b) {
+    void *bufs[9] = {b->x, b->xn, b->q, b->att, b->g, b->u, b->kc, b->vc, b->pos};
+    for (int i = 0; i < 9; i++) be->free(be, bufs[i]);
+    for (int i = 0; i < 12; i++) be->release_weights(be, b->dev[i]);
+}
+
+static void test_decode_layers(void) {
+    const int qd = LHQ * LHD, kv = LHKV * LHD;
+    const size_t cnt[12] = {LD, LD, (size_t)qd * LD, (size_t)qd, (size_t)kv * LD, (size_t)kv,
+                            (size_t)kv * LD, (size_t)kv, (size_t)LD * qd, (size_t)LF * LD,
+                            (size_t)LF * LD, (size_t)LD * LF};
+    const float scale[12] = {1, 1, 0.05f, 0.5f, 0.05f, 0.5f, 0.05f, 0.5f, 0.05f, 0.05f, 0.05f, 0.05f};
+    uint16_t *w16[12];
+    mc_backend *plain = NULL;
+    layer_bufs bf, bp, br;
+    float *x0 = frand(LD, 1.0f), *hf = falloc(LD), *hp = falloc(LD), *hr = falloc(LD);
+    double worst = 0;
+    bool identical = true;
+    long gl0, gb0, kl0, gl1, gb1, kl1;
+    setenv("MC_CUDA_GRAPHS", "0", 1);
+    setenv("MC_CUDA_PDL", "0", 1);
+    setenv("MC_CUDA_FUSE", "0", 1);
+    CHECK_OK(mc_backend_cuda_create(0, &plain));
+    unsetenv("MC_CUDA_GRAPHS");
+    unsetenv("MC_CUDA_PDL");
+    unsetenv("MC_CUDA_FUSE");
+    if (!plain) return;
+    for (int i = 0; i < 12; i++) {
+        float *f = frand(cnt[i], scale[i]);
+        w16[i] = malloc(cnt[i] * 2);
+        if (!w16[i]) exit(2);
+        if (i < 2)
+            for (size_t j = 0; j < cnt[i]; j++) f[j] = 1.0f + 0.1f * f[j];
+        mc_convert_from_f32(w16[i], f, MC_BF16, cnt[i]);
+        free(f);
+    }
+    layer_setup(g_cu, &bf, w16, cnt, x0);
+    layer_setup(plain, &bp, w16, cnt, x0);
+    layer_setup(g_ref, &br, w16, cnt, x0);
+    mc_cuda_stats(g_cu, &gl0, &gb0, &kl0);
+    for (int pos = 0; pos < LSTEPS; pos++) {
+        layer_step(g_cu, &bf, pos, hf);
+        layer_step(plain, &bp, pos, hp);
+        layer_step(g_ref, &br, pos, hr);
+        for (int i = 0; i < LD; i++)
+            if (!(hf[i] == hp[i])) identical = false;
+        {
+            double num = 0, den = 0;
+            for (int i = 0; i < LD; i++) {
+                num += ((double)hf[i] - hr[i]) * ((double)hf[i] - hr[i]);
+                den += (double)hr[i] * hr[i];
+            }
+            if (sqrt(num / den) > worst) worst = sqrt(num / den);
+        }
+    }
+    mc_cuda_stats(g_cu, &gl1, &gb1, &kl1);
+    printf("  %-58s %s\n", "70 decode layers: graphs + PDL + fusion vs plain launches",
+           identical ? "identical" : "DIFFER");
+    printf("  %-58s %ld graph launches, %ld builds, %ld direct launches\n", "  ... graphs:",
+           gl1 - gl0, gb1 - gb0, kl1 - kl0);
+    CHECK(identical);
+    CHECK(gl1 - gl0 >= LSTEPS - 3);
+    printf("  %-58s rel L2 %.2e at worst (tol 1e-5)\n", "  ... vs the CPU reference", worst);
+    CHECK(worst <= 1e-5);
+    layer_free(g_cu, &bf);
+    layer_free(plain, &bp);
+    layer_free(g_ref, &br);
+    for (int i = 0; i < 12; i++) free(w16[i]);
+    mc_backend_free(plain);
+    free(x0);
+    free(hf);
+    free(hp);
+    free(hr);
+}
+
+/* ---- errors ---- */
+
+static void test_errors(void) {
+    mc_backend *be = (mc_backend *)1;
+    float host[16] = {0};
+    float *dA, *dC;
+    void *huge;
+    uint64_t now = 0, peak = 0;
+    CHECK_STATUS(mc_backend_cuda_create(-1, &be), MC_ERR_BACKEND);
+    CHECK_MSG("does not exist");
+    CHECK(be == NULL);
+    CHECK_STATUS(mc_backend_cuda_create(4096, &be), MC_ERR_BACKEND);
+    CHECK_MSG("4096");
+    printf("  %-58s %s\n", "no such device:", mc_last_error());
+    /* an impossible allocation fails cleanly and the backend goes on */
+    huge = g_cu->alloc(g_cu, (size_t)1 << 50);
+    CHECK(huge == NULL);
+    CHECK_OK(g_cu->sync(g_cu));
+    /* host memory handed to gemm_f32: reported at the next sync, nothing launched */
+    dA = g_cu->alloc(g_cu, 64 * sizeof(float));
+    dC = g_cu->alloc(g_cu, 64 * sizeof(float));
+    g_cu->gemm_f32(g_cu, false, false, 4, 4, 4, 1.0f, dA, 4, dA, 4, 0.0f, host, 4);
+    CHECK_STATUS(g_cu->sync(g_cu), MC_ERR_BACKEND);
+    CHECK_MSG("not device memory");
+    printf("  %-58s %s\n", "host pointer to gemm_f32:", mc_last_error());
+    CHECK_OK(g_cu->sync(g_cu)); /* reported once */
+    g_cu->zero(g_cu, dA, 64 * sizeof(float));
+    g_cu->gemm_f32(g_cu, false, false, 4, 4, 4, 1.0f, dA, 4, dA, 4, 0.0f, dC, 4);
+    CHECK_OK(g_cu->to_host(g_cu, host, dC, sizeof host));
+    CHECK(host[0] == 0.0f && host[15] == 0.0f);
+    mc_cuda_memory(g_cu, &now, &peak);
+    printf("  %-58s %llu bytes now, %llu peak\n", "device memory held by the test backend:",
+           (unsigned long long)now, (unsigned long long)peak);
+    CHECK(now >= 128 * sizeof(float) && peak >= now);
+    g_cu->free(g_cu, dA);
+    g_cu->free(g_cu, dC);
+}
+
+int main(void) {
+    const char *q = getenv("MC_GPU_TEST_QUICK");
+    g_quick = q && q[0] == '1';
+    mc_rng_seed(&g_rng, 20251125);
+    if (mc_backend_cuda_create(0, &g_cu) != MC_OK) {
+        fprintf(stderr, "no CUDA backend: %s\n", mc_last_error());
+        return 1;
+    }
+    CHECK_OK(mc_backend_cpu_create(1, true, &g_ref));
+    printf("device: %s\n", mc_cuda_device_name(g_cu));
+    RUN(test_errors);
+    RUN(test_embedding);
+    RUN(test_rmsnorm);
+    RUN(test_matmul);
+    RUN(test_matmul_dx);
+    RUN(test_gemm_f32);
+    RUN(test_rope);
+    RUN(test_attention);
+    RUN(test_attention_backward);
+    RUN(test_elementwise);
+    RUN(test_adamw_sumsq);
+    RUN(test_linear_xent);
+    RUN(test_decode_layers);
+    CHECK_OK(g_cu->sync(g_cu));
+    mc_backend_free(g_ref);
+    mc_backend_free(g_cu);
+    return t_summary();
+}

@@ -180,6 +180,13 @@ MC_API mc_status mc_model_eval(mc_model *model, const int32_t *ids, size_t n, fl
 MC_API mc_status mc_checkpoint_init(const char *preset, const char *config_path, mc_dtype dtype,
                                     uint64_t seed, const char *out_dir);
 
+/** mc_checkpoint_init with matrices of standard deviation init_std (in (0, 10]) instead
+ *  of 0.02. A larger value gives a random model whose logits span a wider range, which
+ *  makes fine-tuning demos on random models show more. */
+MC_API mc_status mc_checkpoint_init_std(const char *preset, const char *config_path,
+                                        mc_dtype dtype, uint64_t seed, float init_std,
+                                        const char *out_dir);
+
 /** Writes a little-endian float32 C-order .npy file (format 1.0) of ndim dims
  *  (1..8) with the given shape, atomically (temporary name, fsync, rename). */
 MC_API mc_status mc_npy_write_f32(const char *path, const float *data, const size_t *shape,

@@ -271,3 +271,23 @@ char *mc_path_join(const char *dir, const char *name) {
     memcpy(p + nd + (slash ? 1 : 0), name, nn + 1);
     return p;
 }
+
+mc_status mc_mkdir_p(const char *dir) {
+    char p[4096];
+    size_t n, i;
+    if (mc_path_is_dir(dir)) return MC_OK;
+    n = strlen(dir);
+    if (n == 0) return mc_fail(MC_ERR_INVALID_ARG, "empty folder name");
+    if (n >= sizeof p) return mc_fail(MC_ERR_INVALID_ARG, "%.200s...: folder name too long", dir);
+    memcpy(p, dir, n + 1);
+    for (i = 1; i <= n; i++) {
+        char c = p[i];
+        if ((c != '/' && c != '\0') || p[i - 1] == '/') continue;
+        p[i] = '\0';
+        if (mkdir(p, 0755) != 0 && errno != EEXIST)
+            return mc_fail(MC_ERR_IO, "%s: cannot create folder: %s", p, strerror(errno));
+        if (!mc_path_is_dir(p)) return mc_fail(MC_ERR_NOT_DIR, "%s: exists and is not a folder", p);
+        p[i] = c;
+    }
+    return MC_OK;
+}

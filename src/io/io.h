@@ -32,6 +32,10 @@ mc_status mc_read_file(const char *path, char **out, size_t *len);
  * failure path is untouched and path.tmp is removed (MC_ERR_IO naming the path). */
 mc_status mc_write_file_atomic(const char *path, const void *data, size_t len);
 
+/* Creates folder dir and any missing parents (mode 0755); MC_OK when it exists already.
+ * MC_ERR_NOT_DIR when a part of the path is a file, MC_ERR_IO when mkdir fails. */
+mc_status mc_mkdir_p(const char *dir);
+
 bool mc_path_exists(const char *path);
 bool mc_path_is_dir(const char *path);
 /* dir + "/" + name in a new heap string (mc_free), NULL on allocation failure. No second

@@ -47,7 +47,7 @@ static mc_status prepare_out_dir(const char *model_dir, const char *out_dir) {
                            "fusing writes a new checkpoint elsewhere", out_dir);
         return MC_OK;
     }
-    return mc_lora_mkdir_p(out_dir);
+    return mc_mkdir_p(out_dir);
 }
 
 /* Merges one projection: out [n_out, n_in] in dtype dt = W + s * B A, with W the stored

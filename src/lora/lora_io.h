@@ -80,10 +80,6 @@ void mc_mlx_tensor_name(char *buf, size_t cap, int layer, mc_lora_module m, bool
 
 /* ---- folders and the merge ------------------------------------------------------------- */
 
-/* Creates dir and its missing parents (mode 0755). MC_ERR_NOT_DIR when dir or a parent
- * exists but is not a folder, MC_ERR_IO when a folder cannot be created. */
-mc_status mc_lora_mkdir_p(const char *dir);
-
 /* mc_adapter_fuse with the adapter's scale multiplied by scale_mul. */
 mc_status mc_lora_fuse(const mc_model *model, const mc_adapter *adapter, float scale_mul,
                        const char *model_dir, const char *out_dir);

@@ -780,33 +780,6 @@ done:
 
 /* ---- saving -------------------------------------------------------------------------------- */
 
-mc_status mc_lora_mkdir_p(const char *dir) {
-    char *p;
-    size_t n, i;
-    mc_status s = MC_OK;
-    if (mc_path_is_dir(dir)) return MC_OK;
-    n = strlen(dir);
-    if (n == 0) return mc_fail(MC_ERR_INVALID_ARG, "empty folder name");
-    p = mc_strdup(dir);
-    if (!p) return mc_fail(MC_ERR_OOM, "out of memory creating %s", dir);
-    for (i = 1; i <= n; i++) {
-        char c = p[i];
-        if ((c != '/' && c != '\0') || p[i - 1] == '/') continue;
-        p[i] = '\0';
-        if (mkdir(p, 0755) != 0 && errno != EEXIST) {
-            s = mc_fail(MC_ERR_IO, "%s: cannot create folder: %s", p, strerror(errno));
-            break;
-        }
-        if (!mc_path_is_dir(p)) {
-            s = mc_fail(MC_ERR_NOT_DIR, "%s: exists and is not a folder", p);
-            break;
-        }
-        p[i] = c;
-    }
-    mc_free(p);
-    return s;
-}
-
 /* The shortest decimal that reads back as f, as a double (so "0.1" rather than
  * "0.10000000149011612" in the JSON). */
 static double short_decimal(float f) {
@@ -912,7 +885,7 @@ mc_status mc_adapter_save(const mc_adapter *a, const char *dir) {
     if (!a || !dir) return mc_fail(MC_ERR_INVALID_ARG, "mc_adapter_save: NULL argument");
     be = a->model->be;
     d = mc_model_dims(a->model);
-    s = mc_lora_mkdir_p(dir);
+    s = mc_mkdir_p(dir);
     if (s != MC_OK) return s;
     for (l = a->first_layer; l < d.L; l++)
         for (k = 0; k < MC_LM_COUNT; k++) n += mc_adapter_mod(a, l, (mc_lora_module)k) ? 2 : 0;

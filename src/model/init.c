@@ -1,9 +1,7 @@
 /* init.c - random-weight checkpoints with the exact Qwen2.5-Coder configs, written as
  * Hugging Face folders (config.json, generation_config.json, model.safetensors). */
 #include <cjson/cJSON.h>
-#include <errno.h>
 #include <stdio.h>
-#include <sys/stat.h>
 
 #include "model.h"
 
@@ -137,9 +135,9 @@ done:
 /* A tensor to create: name, shape and how to fill it. */
 typedef enum fill_kind { FILL_RANDOM, FILL_ONES, FILL_ZEROS } fill_kind;
 
-/* Fills n elements of dtype t: uniform with std 0.02, ones or zeros. */
-static void fill(void *dst, mc_dtype t, size_t n, fill_kind k, mc_rng *rng) {
-    const float a = 0.02f * 1.7320508f; /* uniform(-a, a) has std 0.02 */
+/* Fills n elements of dtype t: uniform with standard deviation std, ones or zeros. */
+static void fill(void *dst, mc_dtype t, size_t n, fill_kind k, float std, mc_rng *rng) {
+    const float a = std * 1.7320508f; /* uniform(-a, a) has standard deviation std */
     float chunk[1024];
     size_t i, j;
     for (i = 0; i < n; i += 1024) {
@@ -211,7 +209,8 @@ static size_t spec_list(const mc_config *c, tensor_spec *ts) {
 }
 
 /* Writes model.safetensors with random weights for c. */
-static mc_status write_weights(const mc_config *c, mc_dtype dtype, uint64_t seed, const char *dir) {
+static mc_status write_weights(const mc_config *c, mc_dtype dtype, uint64_t seed, float std,
+                               const char *dir) {
     size_t n = spec_list(c, NULL), i, total = 0;
     tensor_spec *ts = mc_calloc(n, sizeof *ts);
     mc_st_out *outs = mc_calloc(n, sizeof *outs);
@@ -240,7 +239,7 @@ static mc_status write_weights(const mc_config *c, mc_dtype dtype, uint64_t seed
         outs[i].shape[0] = ts[i].rows;
         outs[i].shape[1] = ts[i].cols;
         outs[i].data = data + total * mc_dtype_size(dtype);
-        fill(data + total * mc_dtype_size(dtype), dtype, numel, ts[i].kind, &rng);
+        fill(data + total * mc_dtype_size(dtype), dtype, numel, ts[i].kind, std, &rng);
         total += numel;
     }
     s = mc_st_write(path, outs, n, NULL, 0);
@@ -254,8 +253,16 @@ done:
 
 mc_status mc_checkpoint_init(const char *preset_name, const char *config_path, mc_dtype dtype,
                              uint64_t seed, const char *out_dir) {
+    return mc_checkpoint_init_std(preset_name, config_path, dtype, seed, 0.02f, out_dir);
+}
+
+mc_status mc_checkpoint_init_std(const char *preset_name, const char *config_path, mc_dtype dtype,
+                                 uint64_t seed, float init_std, const char *out_dir) {
     mc_config c;
     mc_status s;
+    if (!(init_std > 0.0f && init_std <= 10.0f))
+        return mc_fail(MC_ERR_INVALID_ARG, "mc_checkpoint_init: init_std must be in (0, 10] (got %g)",
+                       (double)init_std);
     if (!out_dir || (!preset_name == !config_path))
         return mc_fail(MC_ERR_INVALID_ARG, "mc_checkpoint_init: give an output folder and exactly "
                        "one of a preset or a config file");
@@ -279,10 +286,9 @@ mc_status mc_checkpoint_init(const char *preset_name, const char *config_path, m
         mc_free(text);
         if (s != MC_OK) return s;
     }
-    if (mkdir(out_dir, 0755) != 0 && errno != EEXIST)
-        return mc_fail(MC_ERR_IO, "%s: cannot create folder: %s", out_dir, strerror(errno));
-    if (!mc_path_is_dir(out_dir)) return mc_fail(MC_ERR_NOT_DIR, "%s: not a folder", out_dir);
+    s = mc_mkdir_p(out_dir);
+    if (s != MC_OK) return s;
     s = write_configs(&c, dtype, out_dir);
-    if (s == MC_OK) s = write_weights(&c, dtype, seed, out_dir);
+    if (s == MC_OK) s = write_weights(&c, dtype, seed, init_std, out_dir);
     return s;
 }

@@ -511,7 +511,7 @@ static mc_status run_setup(run *r, int *total) {
                       : MC_OPT_ADAMW, r->a->n_params);
     if (s != MC_OK) return s;
     r->best_val = INFINITY;
-    s = mc_lora_mkdir_p(p->adapter_path); /* with its parents, as mc_adapter_save does */
+    s = mc_mkdir_p(p->adapter_path); /* with its parents, as mc_adapter_save does */
     if (s != MC_OK) return s;
     if (p->resume_dir) {
         s = load_checkpoint(r, p->resume_dir);

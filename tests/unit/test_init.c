@@ -114,11 +114,18 @@ static void test_bad_arguments(void) {
     CHECK_MSG("bad.json");
     CHECK_OK(mc_write_file_atomic(bad_json, "{\"model_type\": \"gpt2\"}", 22));
     CHECK_STATUS(mc_checkpoint_init(NULL, bad_json, MC_BF16, 0, tmp), MC_ERR_UNSUPPORTED);
-    /* the output is a file, or its parent folder does not exist */
+    /* the output is a file, or lies under one; missing parent folders are created */
     CHECK_STATUS(mc_checkpoint_init(NULL, cfg, MC_F32, 0, cfg), MC_ERR_NOT_DIR);
-    CHECK_STATUS(mc_checkpoint_init(NULL, cfg, MC_F32, 0, join(out, tmp, "no/such/folder")),
-                 MC_ERR_IO);
-    CHECK_MSG("no/such/folder");
+    {
+        char under[4400];
+        snprintf(under, sizeof under, "%s/sub", cfg);
+        CHECK_STATUS(mc_checkpoint_init(NULL, cfg, MC_F32, 0, under), MC_ERR_NOT_DIR);
+    }
+    CHECK_OK(mc_checkpoint_init(NULL, cfg, MC_F32, 0, join(out, tmp, "new/parent/folder")));
+    CHECK_STATUS(mc_checkpoint_init_std(NULL, cfg, MC_F32, 0, 0.0f, out), MC_ERR_INVALID_ARG);
+    CHECK_MSG("init_std");
+    CHECK_STATUS(mc_checkpoint_init_std(NULL, cfg, MC_F32, 0, 11.0f, out), MC_ERR_INVALID_ARG);
+    CHECK_OK(mc_checkpoint_init_std(NULL, cfg, MC_F32, 0, 0.5f, out));
 }
 
 /* A config file copied into a checkpoint: same architecture, loads, scores close to

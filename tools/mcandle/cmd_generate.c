@@ -40,12 +40,13 @@ static const char k_gen_help[] =
 
 static const char k_init_help[] =
     "usage: mcandle init (--preset NAME | --config FILE.json) [--dtype bf16|f16|f32]\n"
-    "                    [--seed N] --out DIR\n"
+    "                    [--seed N] [--init-std X] --out DIR\n"
     "\n"
     "Writes a random-weight Hugging Face checkpoint (config.json, generation_config.json,\n"
     "model.safetensors) for demos and benchmarks. Presets: tiny, qwen2.5-coder-0.5b,\n"
     "qwen2.5-coder-1.5b, qwen2.5-coder-3b, qwen2.5-coder-7b (their exact configurations).\n"
-    "Default dtype bf16, seed 0.\n";
+    "Default dtype bf16, seed 0. Matrices are uniform with standard deviation --init-std\n"
+    "(default 0.02, as Hugging Face initialises); norm weights 1, biases 0.\n";
 
 static volatile sig_atomic_t g_interrupted;
 
@@ -312,7 +313,9 @@ done:
 
 int cmd_init(int argc, char **argv) {
     const char *preset = NULL, *config = NULL, *out = NULL, *dt = "bf16", *seed_s = NULL;
+    const char *std_s = NULL;
     long seed = 0;
+    double init_std = 0.02;
     int i, missing = 0;
     mc_dtype dtype;
     mc_status s;
@@ -325,7 +328,8 @@ int cmd_init(int argc, char **argv) {
             cli_opt(argc, argv, &i, "--config", &config, &missing) ||
             cli_opt(argc, argv, &i, "--out", &out, &missing) ||
             cli_opt(argc, argv, &i, "--dtype", &dt, &missing) ||
-            cli_opt(argc, argv, &i, "--seed", &seed_s, &missing))
+            cli_opt(argc, argv, &i, "--seed", &seed_s, &missing) ||
+            cli_opt(argc, argv, &i, "--init-std", &std_s, &missing))
             continue;
         return cli_usage_error("init", "unknown option '%s'", argv[i]);
     }
@@ -338,7 +342,9 @@ int cmd_init(int argc, char **argv) {
     else return cli_usage_error("init", "--dtype must be bf16, f16 or f32 (got '%s')", dt);
     if (seed_s && cli_parse_int(seed_s, 0, 0x7fffffffL, &seed) != 0)
         return cli_usage_error("init", "--seed must be a non-negative integer (got '%s')", seed_s);
-    s = mc_checkpoint_init(preset, config, dtype, (uint64_t)seed, out);
+    if (std_s && (cli_parse_float(std_s, &init_std) != 0 || !(init_std > 0 && init_std <= 10)))
+        return cli_usage_error("init", "--init-std must be a number in (0, 10] (got '%s')", std_s);
+    s = mc_checkpoint_init_std(preset, config, dtype, (uint64_t)seed, (float)init_std, out);
     if (s != MC_OK) return cli_fail("init", s, "cannot write %s", out);
     printf("wrote %s\n", out);
     return 0;

@@ -45,7 +45,7 @@ static uint16_t *make_bf16(size_t n) {
 /* The machine is measured in the same rounds as the kernels (bandwidth, then the kernel,
  * repeated; best of each), so that a busy neighbour or a frequency change affects both. */
 
-static uint64_t *g_buf; /* [g_buf_n]: 512 MiB, far beyond the caches */
+static uint64_t *g_buf; /* [g_buf_n]: 1 GiB, far beyond the caches */
 static size_t g_buf_n;
 
 /* Sum of p[0..n) with independent accumulators, so it runs at load speed. */
@@ -75,36 +75,56 @@ static MC_AVX2 uint64_t sum_avx2(const uint64_t *p, size_t n) {
 }
 #endif
 
-/* Reads the whole buffer once on nt threads; returns bytes per second. */
+/* Reads n words of the buffer from word i0 on nt threads (each its contiguous share);
+ * returns bytes per second. */
 static volatile uint64_t g_sink;
-static double bandwidth_once(int nt) {
+static double read_range(int nt, size_t i0, size_t n) {
     double t = mc_time_now();
     uint64_t total = 0;
 #pragma omp parallel num_threads(nt) reduction(+ : total)
     {
         size_t T = (size_t)omp_get_num_threads(), id = (size_t)omp_get_thread_num();
-        size_t i0 = g_buf_n * id / T, i1 = g_buf_n * (id + 1) / T;
+        const uint64_t *p = g_buf + i0 + n * id / T;
+        size_t len = n * (id + 1) / T - n * id / T;
 #if MC_CPU_X86
-        total +=
-            mc_cpu_has_avx2() ? sum_avx2(g_buf + i0, i1 - i0) : sum_portable(g_buf + i0, i1 - i0);
+        total += mc_cpu_has_avx2() ? sum_avx2(p, len) : sum_portable(p, len);
 #else
-        total += sum_portable(g_buf + i0, i1 - i0);
+        total += sum_portable(p, len);
 #endif
     }
     t = mc_time_now() - t;
     g_sink += total;
-    return (double)g_buf_n * sizeof(uint64_t) / t;
+    return (double)n * sizeof(uint64_t) / t;
+}
+
+/* Reads the whole buffer once on nt threads; returns bytes per second. */
+static double bandwidth_once(int nt) { return read_range(nt, 0, g_buf_n); }
+
+/* Reads `bytes` from the next position of the buffer (wrapping), so that successive calls
+ * read from DRAM: the plain-read ceiling for a kernel that streams the same bytes. */
+static double bandwidth_like(int nt, size_t bytes) {
+    static size_t next;
+    size_t n = bytes / sizeof(uint64_t);
+    if (next + n > g_buf_n) next = 0;
+    next += n;
+    return read_range(nt, next - n, n);
+}
+
+/* Keeps every thread busy for ~0.2 s so that the measurement starts on running cores. */
+static void warm_up(int nt) {
+    double t0 = mc_time_now();
+    while (mc_time_now() - t0 < 0.2) (void)bandwidth_once(nt);
 }
 
 static double bench_bandwidth(int nt) {
     double best = 0;
-    g_buf_n = ((size_t)512 << 20) / sizeof(uint64_t);
+    g_buf_n = ((size_t)1 << 30) / sizeof(uint64_t);
     g_buf = mc_aligned_alloc(g_buf_n * sizeof(uint64_t));
     if (!g_buf) exit(1);
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (size_t i = 0; i < g_buf_n; i++) g_buf[i] = i; /* first touch on the reading threads */
     for (int r = 0; r < 10; r++) best = MC_MAX(best, bandwidth_once(nt));
-    printf("memory read bandwidth (512 MiB, %d threads): %.1f GB/s\n", nt, best / 1e9);
+    printf("memory read bandwidth (1 GiB, %d threads): %.1f GB/s\n", nt, best / 1e9);
     return best;
 }
 
@@ -118,6 +138,7 @@ static double bench_sgemm(int M, int N, int K, int nt) {
     fill(x, (size_t)M * K);
     fill(w, (size_t)N * K);
     openblas_set_num_threads(nt);
+    warm_up(nt);
     for (int r = 0; r < 6; r++) {
         double t = mc_time_now();
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, x, K, w, K, 0.0f, o, N);
@@ -133,83 +154,138 @@ static double bench_sgemm(int M, int N, int K, int nt) {
 
 /* ---- matmul through the backend --------------------------------------------------------- */
 
-/* Best seconds of one matmul of x[M, K] by W[N, K] (bf16). With ncopies > 1 each call uses
- * the next of ncopies copies of W, so the weights come from DRAM rather than cache. With
- * bw != NULL a memory-bandwidth read runs before each call and *bw gets the best. */
-static double time_matmul(mc_backend *be, int M, int N, int K, int ncopies, int reps, double *bw) {
-    size_t wn = (size_t)N * K;
-    uint16_t **w = malloc((size_t)ncopies * sizeof *w);
+/* Copies of one bf16 weight matrix W[N, K], made before any timing: generating weights is
+ * single-threaded, and an idle second thread (on a virtual machine, an idle vCPU) takes
+ * milliseconds to come back, which would pollute the next measurement. */
+typedef struct wset {
+    int N, K, n;
+    uint16_t **w; /* [n] copies of [N, K] */
+} wset;
+
+static wset make_wset(int N, int K, int copies) {
+    wset s;
+    s.N = N;
+    s.K = K;
+    s.n = copies;
+    s.w = malloc((size_t)copies * sizeof *s.w);
+    if (!s.w) exit(1);
+    s.w[0] = make_bf16((size_t)N * K);
+    for (int c = 1; c < copies; c++) {
+        s.w[c] = mc_aligned_alloc((size_t)N * K * sizeof(uint16_t));
+        if (!s.w[c]) exit(1);
+        memcpy(s.w[c], s.w[0], (size_t)N * K * sizeof(uint16_t));
+    }
+    return s;
+}
+
+static void free_wset(wset *s) {
+    for (int c = 0; c < s->n; c++) mc_aligned_free(s->w[c]);
+    free(s->w);
+}
+
+/* Paired comparison with a plain read: *best_bw gets the best plain-read rate and *ratio
+ * the median over rounds of (matmul rate / plain-read rate of the round): the available
+ * DRAM bandwidth of a shared machine drifts, and a ratio of neighbours cancels the drift. */
+typedef struct bw_pair {
+    double best_bw, ratio;
+} bw_pair;
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Best seconds of one matmul of x[M, K] by W (bf16), cycling through the copies of W so
+ * that with many copies the weights come from DRAM rather than cache. With pair != NULL a
+ * plain read of as many bytes as W runs before each call (see bw_pair). */
+static double time_matmul(mc_backend *be, int M, const wset *ws, int reps, bw_pair *pair) {
+    int N = ws->N, K = ws->K;
+    size_t wbytes = (size_t)N * K * sizeof(uint16_t);
     float *x = alloc_f32((size_t)M * K), *o = alloc_f32((size_t)M * N);
+    double *ratios = malloc((size_t)(reps + 1) * sizeof(double));
     double best = 1e30;
-    if (!w) exit(1);
+    if (!ratios) exit(1);
     fill(x, (size_t)M * K);
-    for (int c = 0; c < ncopies; c++) w[c] = make_bf16(wn);
+    warm_up(be->n_threads);
+    if (pair) pair->best_bw = 0;
     for (int r = 0; r < reps + 1; r++) {
-        mc_wt W = {w[r % ncopies], MC_BF16}, B = {NULL, MC_F32};
-        double t;
-        if (bw) *bw = MC_MAX(*bw, bandwidth_once(be->n_threads));
+        mc_wt W = {ws->w[r % ws->n], MC_BF16}, B = {NULL, MC_F32};
+        double t, bw = pair ? bandwidth_like(be->n_threads, wbytes) : 0;
         t = mc_time_now();
         be->matmul(be, o, N, x, W, B, M, N, K);
         t = mc_time_now() - t;
+        if (pair) {
+            pair->best_bw = MC_MAX(pair->best_bw, bw);
+            ratios[r] = (double)wbytes / t / bw;
+        }
         if (r > 0 && t < best) best = t; /* the first call warms up threads and pages */
     }
-    for (int c = 0; c < ncopies; c++) mc_aligned_free(w[c]);
-    free(w);
+    if (pair) {
+        qsort(ratios + 1, (size_t)reps, sizeof(double), cmp_double);
+        pair->ratio = ratios[1 + reps / 2];
+    }
+    free(ratios);
     mc_aligned_free(x);
     mc_aligned_free(o);
     return best;
 }
 
-static void bench_gemv(mc_backend *be) {
-    static const int shapes[3][2] = {{4864, 896}, {896, 4864}, {151936, 896}};
-    printf("decode matmul, M=1, bf16 weights: GB/s of weights read; %% of the memory read\n"
-           "bandwidth measured in the same rounds:\n");
+static void bench_gemv(mc_backend *be, const wset *up, const wset *down, const wset *head) {
+    const wset *sets[3] = {up, down, head};
+    printf("decode matmul, M=1, bf16 weights read from DRAM (copies of W far beyond the caches):\n"
+           "best GB/s | best GB/s of a plain parallel read of as many bytes, interleaved |\n"
+           "median of the paired ratios (matmul / plain read, round by round):\n");
     for (int s = 0; s < 3; s++) {
-        int N = shapes[s][0], K = shapes[s][1];
-        double bytes = 2.0 * N * K, bw = 0;
-        /* enough copies to spill the caches several times over */
-        int copies = bytes > 256e6 ? 1 : (int)(256e6 / bytes) + 1;
-        double cold = time_matmul(be, 1, N, K, copies, bytes > 256e6 ? 20 : 3 * copies, &bw);
-        printf("  W[%6d, %4d] %6.1f MB: from DRAM %5.1f GB/s = %3.0f%% of %.1f GB/s", N, K,
-               bytes / 1e6, bytes / cold / 1e9, 100.0 * bytes / cold / bw, bw / 1e9);
-        if (bytes < 16e6)
-            printf("; cache-hot %5.1f GB/s", bytes / time_matmul(be, 1, N, K, 1, 200, NULL) / 1e9);
+        int N = sets[s]->N, K = sets[s]->K;
+        double bytes = 2.0 * N * K;
+        bw_pair pair;
+        double cold = time_matmul(be, 1, sets[s], sets[s]->n > 1 ? 2 * sets[s]->n : 30, &pair);
+        printf("  W[%6d, %4d] %6.1f MB: %5.1f GB/s | %5.1f GB/s | %3.0f%%", N, K, bytes / 1e6,
+               bytes / cold / 1e9, pair.best_bw / 1e9, 100.0 * pair.ratio);
+        if (sets[s]->n > 1) {
+            wset hot = *sets[s];
+            hot.n = 1;
+            printf("; cache-hot %5.1f GB/s", bytes / time_matmul(be, 1, &hot, 200, NULL) / 1e9);
+        }
         printf("\n");
     }
 }
 
 /* Both matmul paths over M, on W[4864, 896]: where the GEMV/GEMM crossover lies. */
-static void bench_crossover(mc_backend *be) {
-    static const int Ms[7] = {1, 2, 4, 8, 12, 16, 32};
+static void bench_crossover(mc_backend *be, const wset *up) {
+    static const int Ms[8] = {1, 2, 4, 8, 12, 16, 32, 64};
     mc_cpu *cpu = be->impl;
     int saved = cpu->gemv_max_m;
     printf("matmul over M, W[4864, 896] bf16 from DRAM (GFLOP/s): GEMV path | GEMM path\n");
-    for (int i = 0; i < 7; i++) {
+    for (int i = 0; i < 8; i++) {
         int M = Ms[i];
-        double fl = 2.0 * M * 4864 * 896, tv, tg;
+        double fl = 2.0 * M * up->N * up->K, tv, tg;
         cpu->gemv_max_m = 1 << 30;
-        tv = time_matmul(be, M, 4864, 896, 30, 60, NULL);
+        tv = time_matmul(be, M, up, up->n, NULL);
         cpu->gemv_max_m = 0;
-        tg = time_matmul(be, M, 4864, 896, 30, 60, NULL);
+        tg = time_matmul(be, M, up, up->n, NULL);
         printf("  M=%2d: %6.1f | %6.1f%s\n", M, fl / tv / 1e9, fl / tg / 1e9,
                M <= saved ? "   (GEMV taken)" : "   (GEMM taken)");
     }
     cpu->gemv_max_m = saved;
 }
 
-static void bench_prefill(mc_backend *be, int nt) {
-    static const int shapes[3][2] = {{4864, 896}, {896, 4864}, {8192, 896}};
+static void bench_prefill(mc_backend *be, int nt, const wset *up, const wset *down) {
     const int M = 512;
+    wset sets[3] = {*up, *down, make_wset(8192, 896, 1)};
     printf("prefill matmul, M=%d, bf16 weights, vs OpenBLAS sgemm on f32 weights (%d threads):\n",
            M, nt);
     for (int s = 0; s < 3; s++) {
-        int N = shapes[s][0], K = shapes[s][1];
-        double sg = bench_sgemm(M, N, K, nt);
-        double t = time_matmul(be, M, N, K, 1, 8, NULL);
-        double fl = 2.0 * M * N * K / t;
+        int N = sets[s].N, K = sets[s].K;
+        double sg, t, fl;
+        sets[s].n = 1;
+        sg = bench_sgemm(M, N, K, nt);
+        t = time_matmul(be, M, &sets[s], 8, NULL);
+        fl = 2.0 * M * N * K / t;
         printf("  backend M=%d N=%d K=%d: %.1f GFLOP/s = %.0f%% of sgemm\n", M, N, K, fl / 1e9,
                100.0 * fl / sg);
     }
+    free_wset(&sets[2]);
 }
 
 /* ---- attention and elementwise ops ------------------------------------------------------ */
@@ -227,6 +303,7 @@ static void bench_attention(mc_backend *be) {
         fill(k, (size_t)L * Hkv * hd);
         fill(v, (size_t)L * Hkv * hd);
         for (int t = 0; t < T; t++) pairs += pos0 + t + 1;
+        warm_up(be->n_threads);
         for (int r = 0; r < (T > 1 ? 3 : 50); r++) {
             double t = mc_time_now();
             be->attention(be, o, q, k, v, T, pos0, Hq, Hkv, hd);
@@ -254,6 +331,7 @@ static void bench_elementwise(mc_backend *be) {
     fill(a, n);
     fill(b, n);
     for (int t = 0; t < T; t++) pos[t] = t;
+    warm_up(be->n_threads);
     for (int r = 0; r < 5; r++) {
         t0 = mc_time_now();
         be->rmsnorm(be, o, a, W, T, D, 1e-6f);
@@ -291,9 +369,17 @@ int main(int argc, char **argv) {
     printf("cpu backend: %d threads, %s kernels; OpenBLAS %s (%s)\n", nt,
            mc_cpu_has_avx2() ? "AVX2" : "portable", openblas_get_config(), openblas_get_corename());
     (void)bench_bandwidth(nt);
-    bench_gemv(be);
-    bench_crossover(be);
-    bench_prefill(be, nt);
+    {
+        /* ~1 GB of copies per shape, as much as a whole 0.5B model: far beyond any cache */
+        wset up = make_wset(4864, 896, 120), down = make_wset(896, 4864, 120);
+        wset head = make_wset(151936, 896, 4);
+        bench_gemv(be, &up, &down, &head);
+        bench_crossover(be, &up);
+        bench_prefill(be, nt, &up, &down);
+        free_wset(&up);
+        free_wset(&down);
+        free_wset(&head);
+    }
     bench_attention(be);
     bench_elementwise(be);
     mc_backend_free(be);

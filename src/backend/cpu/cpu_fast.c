@@ -172,11 +172,19 @@ void mc_fast_rope(mc_backend *be, void *x /* [T, ldx] */, int ldx, const int32_t
 /* Work is split into items: one kv head g, up to ATT_ROWS query rows made of nh query
  * heads of its group times ntr consecutive tokens. An item streams the keys and values of
  * g once, in blocks of ATT_BK, with an online (running max) softmax per query row, so it
- * needs no buffer that grows with the context. */
+ * needs no buffer that grows with the context. Items go to OpenMP threads dynamically,
+ * those with the most keys (the last tokens) first.
+ *
+ * The AVX2 kernel puts query rows along the vector lanes: the rows' queries are transposed
+ * once per item, a block's scores are FMAs of those columns with broadcast key elements
+ * (no transposed copy of K), the softmax of a block runs 8 rows at a time, and each pair of
+ * rows accumulates its weighted values with 8-wide FMAs along head_dim. Measured on one
+ * Zen 4 core: ~65 GFLOP/s at 2048 tokens (OpenBLAS sgemm: ~100). */
 
 #define ATT_BK 64      /* keys per block */
 #define ATT_ROWS 32    /* query rows per item (4 vectors of 8 lanes) */
 #define ATT_MAX_HD 256 /* largest head_dim of the AVX2 kernel */
+#define ATT_PACK 8192  /* floats of a packed key (value) block: ATT_BK keys of hd <= 128 */
 
 typedef struct att_args {
     float *out;             /* [T, Hq*hd] */
@@ -252,8 +260,11 @@ MC_AVX2_INLINE void att_scores_avx2(float *st /* [ATT_BK, 8*RV] */,
         }
         for (int d = 0; d < hd; d++) {
             __m256 qv[4];
-            for (int v = 0; v < RV; v++)
+            for (int v = 0; v < RV; v++) {
                 qv[v] = _mm256_loadu_ps(qt + (size_t)d * (size_t)W + 8 * v);
+                /* keep it in a register: folded into each FMA it would be loaded KS times */
+                __asm__("" : "+x"(qv[v]));
+            }
             for (int s = 0; s < KS; s++) {
                 __m256 kv = _mm256_broadcast_ss(kr[s] + d);
                 for (int v = 0; v < RV; v++) acc[s][v] = _mm256_fmadd_ps(qv[v], kv, acc[s][v]);
@@ -302,6 +313,48 @@ static MC_AVX2 void att_pv_avx2(float *o /* [hd] */, float corr, const float *p 
     }
 }
 
+/* Two rows at once: o_i = o_i * c_i + sum_j p_i[j * ps] * v[j, :] for i = 0, 1 and j < n;
+ * each load of v feeds both rows (hd a multiple of 8, 32 dims per register pass). */
+static MC_AVX2 void att_pv2_avx2(float *o0 /* [hd] */, float *o1 /* [hd] */, float c0, float c1,
+                                 const float *p0 /* [n] stride ps */, const float *p1, size_t ps,
+                                 int n, const float *vblk /* [n, ld] */, size_t ld, int hd) {
+    __m256 cv0 = _mm256_set1_ps(c0), cv1 = _mm256_set1_ps(c1);
+    int d0 = 0;
+    for (; d0 + 32 <= hd; d0 += 32) {
+        __m256 a0[4], a1[4];
+        for (int c = 0; c < 4; c++) {
+            a0[c] = _mm256_mul_ps(_mm256_loadu_ps(o0 + d0 + 8 * c), cv0);
+            a1[c] = _mm256_mul_ps(_mm256_loadu_ps(o1 + d0 + 8 * c), cv1);
+        }
+        for (int j = 0; j < n; j++) {
+            __m256 q0 = _mm256_broadcast_ss(p0 + (size_t)j * ps);
+            __m256 q1 = _mm256_broadcast_ss(p1 + (size_t)j * ps);
+            const float *vr = vblk + (size_t)j * ld + d0;
+            for (int c = 0; c < 4; c++) {
+                __m256 vv = _mm256_loadu_ps(vr + 8 * c);
+                __asm__("" : "+x"(vv)); /* one load for both rows, not one folded into each */
+                a0[c] = _mm256_fmadd_ps(q0, vv, a0[c]);
+                a1[c] = _mm256_fmadd_ps(q1, vv, a1[c]);
+            }
+        }
+        for (int c = 0; c < 4; c++) {
+            _mm256_storeu_ps(o0 + d0 + 8 * c, a0[c]);
+            _mm256_storeu_ps(o1 + d0 + 8 * c, a1[c]);
+        }
+    }
+    for (; d0 < hd; d0 += 8) {
+        __m256 a0 = _mm256_mul_ps(_mm256_loadu_ps(o0 + d0), cv0);
+        __m256 a1 = _mm256_mul_ps(_mm256_loadu_ps(o1 + d0), cv1);
+        for (int j = 0; j < n; j++) {
+            __m256 vv = _mm256_loadu_ps(vblk + (size_t)j * ld + d0);
+            a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(p0 + (size_t)j * ps), vv, a0);
+            a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(p1 + (size_t)j * ps), vv, a1);
+        }
+        _mm256_storeu_ps(o0 + d0, a0);
+        _mm256_storeu_ps(o1 + d0, a1);
+    }
+}
+
 /* Online softmax over one block of scores for 8 rows (one lane each): updates the running
  * max m and denominator l, turns st[j] into probabilities exp(st - m) and returns the
  * factor exp(m_old - m_new) that rescales the earlier output. */
@@ -328,12 +381,14 @@ static MC_AVX2 __m256 att_softmax8(float *st /* [n] stride W */, size_t W, int n
  * are transposed once into qt; each key block then costs one pass over the keys for the
  * scores, a vectorised softmax across rows, and one pass over the values per row. */
 static MC_AVX2 void att_item_avx2(const att_args *a, int g, int h0, int nh, int t0, int ntr) {
-    float qt[ATT_MAX_HD * ATT_ROWS]; /* [hd, W] */
-    float st[ATT_BK * ATT_ROWS];     /* [ATT_BK, W] */
-    float o[ATT_ROWS * ATT_MAX_HD];  /* [rows, hd] */
+    float qt[ATT_MAX_HD * ATT_ROWS];  /* [hd, W] */
+    float st[ATT_BK * ATT_ROWS];      /* [bk, W] */
+    float o[ATT_ROWS * ATT_MAX_HD];   /* [rows, hd] */
+    float kp[ATT_PACK], vp[ATT_PACK]; /* [bk, hd]: the block's keys and values, packed */
     float m[ATT_ROWS], l[ATT_ROWS], corr[ATT_ROWS];
     int hd = a->hd, rows = nh * ntr, RV = (rows + 7) / 8, W = 8 * RV;
-    int nk = a->pos0 + t0 + ntr; /* keys seen by the last row */
+    int bk = MC_MIN(ATT_BK, ATT_PACK / hd); /* keys per block */
+    int nk = a->pos0 + t0 + ntr;            /* keys seen by the last row */
     const float *kg = a->k + (size_t)g * (size_t)hd, *vg = a->v + (size_t)g * (size_t)hd;
     for (int r = 0; r < W; r++) { /* rows past `rows` are zero padding */
         int hh = h0 + r / ntr, t = t0 + r % ntr;
@@ -347,19 +402,38 @@ static MC_AVX2 void att_item_avx2(const att_args *a, int g, int h0, int nh, int 
         l[r] = 0;
     }
     memset(o, 0, (size_t)rows * (size_t)hd * sizeof(float));
-    for (int j0 = 0; j0 < nk; j0 += ATT_BK) {
-        int n = MC_MIN(ATT_BK, nk - j0);
-        att_scores_any(st, qt, kg + (size_t)j0 * a->kvdim, a->kvdim, n, hd, a->scale, RV);
+    for (int j0 = 0; j0 < nk; j0 += bk) {
+        int n = MC_MIN(bk, nk - j0);
+        /* Cache rows hold all kv heads, so a block's rows lie kvdim apart and crowd a few
+         * L1 sets; packed, they are contiguous. Worth it when many rows reuse the block. */
+        const float *kb = kg + (size_t)j0 * a->kvdim, *vb = vg + (size_t)j0 * a->kvdim;
+        size_t ld = a->kvdim;
+        if (rows > 8) {
+            for (int j = 0; j < n; j++) {
+                memcpy(kp + (size_t)j * (size_t)hd, kb + (size_t)j * ld,
+                       (size_t)hd * sizeof(float));
+                memcpy(vp + (size_t)j * (size_t)hd, vb + (size_t)j * ld,
+                       (size_t)hd * sizeof(float));
+            }
+            kb = kp;
+            vb = vp;
+            ld = (size_t)hd;
+        }
+        att_scores_any(st, qt, kb, ld, n, hd, a->scale, RV);
         for (int r = 0; r < rows; r++) /* causal mask: row r sees keys <= pos0 + t */
             for (int j = MC_MAX(0, a->pos0 + t0 + r % ntr + 1 - j0); j < n; j++)
                 st[(size_t)j * (size_t)W + (size_t)r] = -INFINITY;
         for (int v = 0; v < RV; v++)
             _mm256_storeu_ps(corr + 8 * v,
                              att_softmax8(st + 8 * v, (size_t)W, n, m + 8 * v, l + 8 * v));
-        for (int r = 0; r < rows; r++) {
-            int nv = MC_MIN(n, a->pos0 + t0 + r % ntr + 1 - j0);
-            att_pv_avx2(o + (size_t)r * (size_t)hd, corr[r], st + r, (size_t)W, MC_MAX(nv, 0),
-                        vg + (size_t)j0 * a->kvdim, a->kvdim, hd);
+        /* rows in pairs; masked probabilities are exactly 0, so both run to the block end */
+        for (int r = 0; r + 1 < rows; r += 2)
+            att_pv2_avx2(o + (size_t)r * (size_t)hd, o + (size_t)(r + 1) * (size_t)hd, corr[r],
+                         corr[r + 1], st + r, st + r + 1, (size_t)W, n, vb, ld, hd);
+        if (rows % 2) {
+            int r = rows - 1, nv = MC_MIN(n, a->pos0 + t0 + r % ntr + 1 - j0);
+            att_pv_avx2(o + (size_t)r * (size_t)hd, corr[r], st + r, (size_t)W, MC_MAX(nv, 0), vb,
+                        ld, hd);
         }
     }
     for (int r = 0; r < rows; r++) {

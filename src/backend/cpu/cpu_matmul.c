@@ -5,10 +5,14 @@
  *    their stored dtype (bf16/f16 converted in registers); rows of W are split across
  *    OpenMP threads in contiguous ranges and each thread reads its range row after row, one
  *    linear stream; up to 4 inputs per pass, 8-wide FMAs into several accumulators.
- *  - prefill (larger M): compute-bound. Each thread converts a tile of W rows to f32 in
- *    its own scratch (L2-sized) and runs a single-threaded OpenBLAS sgemm on it; tiles are
- *    spread over threads. OpenBLAS's own threads are switched off meanwhile so the two
- *    thread pools never compete for cores.
+ *    (Two or four interleaved row streams measured 30-50% slower on Zen 4 with rows of
+ *    ~2 KB: the hardware prefetcher loses them.)
+ *  - prefill (larger M): compute-bound. Each thread converts a tile of up to 256 W rows
+ *    to f32 in its own scratch (at most MC_CPU_SCRATCH_FLOATS) and runs a single-threaded
+ *    OpenBLAS sgemm on it; a multiple of n_threads tiles of near-equal size go to the
+ *    threads. OpenBLAS's own threads are switched off meanwhile (openblas_set_num_threads
+ *    is process-wide: saved and restored around the call) so the two thread pools never
+ *    compete for cores. Measured: 85-98% of OpenBLAS sgemm on pre-converted f32 weights.
  * Weights are never expanded to f32 as a whole. */
 #include "cpu.h"
 

@@ -128,30 +128,6 @@ static double bench_bandwidth(int nt) {
     return best;
 }
 
-/* ---- sgemm ------------------------------------------------------------------------------ */
-
-/* Best GFLOP/s of out[M, N] = x[M, K] W[N, K]^T with OpenBLAS on its own threads. */
-static double bench_sgemm(int M, int N, int K, int nt) {
-    float *x = alloc_f32((size_t)M * K), *w = alloc_f32((size_t)N * K),
-          *o = alloc_f32((size_t)M * N);
-    double best = 0;
-    fill(x, (size_t)M * K);
-    fill(w, (size_t)N * K);
-    openblas_set_num_threads(nt);
-    warm_up(nt);
-    for (int r = 0; r < 6; r++) {
-        double t = mc_time_now();
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, x, K, w, K, 0.0f, o, N);
-        t = mc_time_now() - t;
-        if (2.0 * M * N * K / t > best) best = 2.0 * M * N * K / t;
-    }
-    printf("  sgemm M=%d N=%d K=%d: %.1f GFLOP/s\n", M, N, K, best / 1e9);
-    mc_aligned_free(x);
-    mc_aligned_free(w);
-    mc_aligned_free(o);
-    return best;
-}
-
 /* ---- matmul through the backend --------------------------------------------------------- */
 
 /* Copies of one bf16 weight matrix W[N, K], made before any timing: generating weights is
@@ -270,22 +246,47 @@ static void bench_crossover(mc_backend *be, const wset *up) {
     cpu->gemv_max_m = saved;
 }
 
+/* Prefill at M = 512: the backend on bf16 weights against OpenBLAS sgemm on the same
+ * weights already in f32 (its own threads), timed alternately round by round; best of each
+ * and the median of the paired ratios (see bw_pair). */
 static void bench_prefill(mc_backend *be, int nt, const wset *up, const wset *down) {
-    const int M = 512;
-    wset sets[3] = {*up, *down, make_wset(8192, 896, 1)};
-    printf("prefill matmul, M=%d, bf16 weights, vs OpenBLAS sgemm on f32 weights (%d threads):\n",
+    enum { M = 512, ROUNDS = 9 };
+    wset extra = make_wset(8192, 896, 1);
+    const wset *sets[3] = {up, down, &extra};
+    printf("prefill matmul, M=%d, bf16 weights, against OpenBLAS sgemm on the weights in f32\n"
+           "(%d threads, alternated): best GFLOP/s backend | best sgemm | median paired ratio:\n",
            M, nt);
     for (int s = 0; s < 3; s++) {
-        int N = sets[s].N, K = sets[s].K;
-        double sg, t, fl;
-        sets[s].n = 1;
-        sg = bench_sgemm(M, N, K, nt);
-        t = time_matmul(be, M, &sets[s], 8, NULL);
-        fl = 2.0 * M * N * K / t;
-        printf("  backend M=%d N=%d K=%d: %.1f GFLOP/s = %.0f%% of sgemm\n", M, N, K, fl / 1e9,
-               100.0 * fl / sg);
+        int N = sets[s]->N, K = sets[s]->K;
+        float *x = alloc_f32((size_t)M * K), *wf = alloc_f32((size_t)N * K);
+        float *o = alloc_f32((size_t)M * N);
+        double fl = 2.0 * M * N * K, bb = 0, bs = 0, ratio[ROUNDS];
+        mc_wt W = {sets[s]->w[0], MC_BF16}, B = {NULL, MC_F32};
+        fill(x, (size_t)M * K);
+        mc_convert_to_f32(wf, sets[s]->w[0], MC_BF16, (size_t)N * K);
+        warm_up(nt);
+        for (int r = 0; r < ROUNDS + 1; r++) {
+            double tb = mc_time_now(), ts;
+            be->matmul(be, o, N, x, W, B, M, N, K);
+            tb = mc_time_now() - tb;
+            openblas_set_num_threads(nt);
+            ts = mc_time_now();
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, x, K, wf, K, 0.0f,
+                        o, N);
+            ts = mc_time_now() - ts;
+            if (r == 0) continue; /* warm-up round */
+            bb = MC_MAX(bb, fl / tb);
+            bs = MC_MAX(bs, fl / ts);
+            ratio[r - 1] = ts / tb;
+        }
+        qsort(ratio, ROUNDS, sizeof(double), cmp_double);
+        printf("  M=%d N=%4d K=%4d: %6.1f | %6.1f | %3.0f%%\n", M, N, K, bb / 1e9, bs / 1e9,
+               100.0 * ratio[ROUNDS / 2]);
+        mc_aligned_free(x);
+        mc_aligned_free(wf);
+        mc_aligned_free(o);
     }
-    free_wset(&sets[2]);
+    free_wset(&extra);
 }
 
 /* ---- attention and elementwise ops ------------------------------------------------------ */

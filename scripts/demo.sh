@@ -17,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 WORK="${MC_DEMO_DIR:-build/demo}"
-ITERS="${MC_DEMO_ITERS:-150}"
+ITERS="${MC_DEMO_ITERS:-300}"
 BUILD="build/release"
 start=$(date +%s)
 
@@ -35,8 +35,9 @@ rm -rf "$WORK"
 mkdir -p "$WORK"
 echo
 echo "== 1. a random-weight Qwen2.5-architecture model (preset 'tiny': 2 layers, width 64,"
-echo "==    the real 151,936-token vocabulary) and the Qwen2.5 tokenizer"
-run "$MC" init --preset tiny --dtype bf16 --seed 1 --out "$WORK/model"
+echo "==    the real 151,936-token vocabulary; weights with standard deviation 0.2 so that"
+echo "==    its logits span a range an adapter can move) and the Qwen2.5 tokenizer"
+run "$MC" init --preset tiny --dtype bf16 --seed 1 --init-std 0.2 --out "$WORK/model"
 cp "$TOK/tokenizer.json" "$TOK/tokenizer_config.json" "$WORK/model/"
 run "$MC" info --model "$WORK/model"
 
@@ -48,9 +49,9 @@ run python3 scripts/make_code_dataset.py --out "$WORK/data" --lines 16 \
 echo
 echo "== 3. LoRA fine-tuning (validation loss at step 0 is the base model's)"
 run "$MC" train --model "$WORK/model" --data "$WORK/data" --adapter-path "$WORK/adapter" \
-    --iters "$ITERS" --batch-size 4 --max-seq-length 128 --learning-rate 3e-3 \
-    --lr-schedule cosine --warmup 10 --rank 16 --alpha 32 --steps-per-report 10 \
-    --steps-per-eval 50 --val-batches 8 --save-every 50 --seed 0 \
+    --iters "$ITERS" --batch-size 4 --max-seq-length 128 --learning-rate 1e-2 \
+    --lr-schedule cosine --warmup 10 --rank 32 --alpha 64 --steps-per-report 20 \
+    --steps-per-eval 100 --val-batches 8 --save-every 100 --seed 0 \
     --log-jsonl "$WORK/train_log.jsonl"
 ls -l "$WORK/adapter"
 

@@ -374,21 +374,29 @@ static __global__ void __launch_bounds__(ROW_THREADS) row_fwd_kernel(const RowAr
     __syncthreads();
     if (!last) return;
     __threadfence();
+    /* merge the splits: warp 0 turns the (max, sum) pairs into weights, then every
+     * output element sums its ROW_MAX_SPLIT partials with all loads in flight at once */
     const float *p0 = a.part + ((size_t)t * a.Hq + h) * a.nsplit * (hd + 2);
-    float M = -INFINITY, L = 0.0f;
-    for (int s = 0; s < a.nsplit; s++) M = fmaxf(M, __ldcg(p0 + (size_t)s * (hd + 2)));
-    for (int s = 0; s < a.nsplit; s++) {
-        const float *ps2 = p0 + (size_t)s * (hd + 2);
-        L += __ldcg(ps2 + 1) * expf(__ldcg(ps2) - M);
+    float *wsm = ps; /* [ROW_MAX_SPLIT] weights (the score buffer is free by now) */
+    if (tid < 32) {
+        float ms = -INFINITY, ls = 0.0f;
+        if (tid < a.nsplit) {
+            ms = __ldcg(p0 + (size_t)tid * (hd + 2));
+            ls = __ldcg(p0 + (size_t)tid * (hd + 2) + 1);
+        }
+        const float M = cu_warp_max(ms);
+        const float wgt = tid < a.nsplit ? expf(ms - M) : 0.0f;
+        const float L = cu_warp_sum(ls * wgt);
+        wsm[tid] = wgt / L;
     }
+    __syncthreads();
     dst = a.out + (size_t)t * qdim + (size_t)h * hd;
     for (int e = tid; e < hd; e += ROW_THREADS) {
         float acc = 0.0f;
-        for (int s = 0; s < a.nsplit; s++) {
-            const float *ps2 = p0 + (size_t)s * (hd + 2);
-            acc += __ldcg(ps2 + 2 + e) * expf(__ldcg(ps2) - M);
-        }
-        dst[e] = acc / L;
+#pragma unroll
+        for (int s = 0; s < ROW_MAX_SPLIT; s++)
+            if (s < a.nsplit) acc += __ldcg(p0 + (size_t)s * (hd + 2) + 2 + e) * wsm[s];
+        dst[e] = acc;
     }
     if (tid == 0) a.cnt[(size_t)t * a.Hq + h] = 0;
 }

@@ -132,9 +132,10 @@ void *cu_shadow_for(mc_cuda *c, const void *dst, size_t n, int rows) {
 
 /* One launch computes up to CU_GEMV_MAX_ENT products sharing the input x [M, K]: block b
  * belongs to entry e when bstart[e] <= b < bstart[e + 1]. With up != NULL the input is
- * silu(x) * up (the SwiGLU of a pending swiglu, computed as the swiglu kernel does), and
- * the last block to finish also stores that input to sw_out, which the swiglu op was to
- * write (often over the gate itself, so only once every block has read it). */
+ * silu(x) * up (the SwiGLU of a pending swiglu, computed as the swiglu kernel does, into
+ * each block's shared memory), and the last block to finish also stores that input to
+ * sw_out, which the swiglu op was to write (often over the gate itself, so only once every
+ * block has read the gate). */
 struct GemvArgs {
     const float *x;  /* [M, K] (the gate when up != NULL) */
     const float *up; /* [M, K] or NULL */
@@ -195,34 +196,32 @@ static __device__ __forceinline__ float swiglu1(float g, float u) {
     return __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), u);
 }
 
-/* Input elements [8 ch, 8 ch + 8) of row m: x, or silu(x) * up. */
+/* Input elements [8 ch, 8 ch + 8) of row m: from x in global memory, or (SW) from the
+ * block's shared copy of silu(x) * up. */
 template <bool SW>
-static __device__ __forceinline__ void load_x8(const GemvArgs &a, int m, int ch, float4 &x0,
-                                               float4 &x1) {
+static __device__ __forceinline__ void load_x8(const GemvArgs &a, const float *xs, int m, int ch,
+                                               float4 &x0, float4 &x1) {
     const size_t off = (size_t)m * a.K + (size_t)ch * 8;
-    x0 = __ldg(reinterpret_cast<const float4 *>(a.x + off));
-    x1 = __ldg(reinterpret_cast<const float4 *>(a.x + off) + 1);
     if (SW) {
-        float4 u0 = __ldg(reinterpret_cast<const float4 *>(a.up + off));
-        float4 u1 = __ldg(reinterpret_cast<const float4 *>(a.up + off) + 1);
-        x0 = make_float4(swiglu1(x0.x, u0.x), swiglu1(x0.y, u0.y), swiglu1(x0.z, u0.z),
-                         swiglu1(x0.w, u0.w));
-        x1 = make_float4(swiglu1(x1.x, u1.x), swiglu1(x1.y, u1.y), swiglu1(x1.z, u1.z),
-                         swiglu1(x1.w, u1.w));
+        x0 = *reinterpret_cast<const float4 *>(xs + off);
+        x1 = *(reinterpret_cast<const float4 *>(xs + off) + 1);
+    } else {
+        x0 = __ldg(reinterpret_cast<const float4 *>(a.x + off));
+        x1 = __ldg(reinterpret_cast<const float4 *>(a.x + off) + 1);
     }
 }
 
 /* acc[r][m] += W[n0 + r, chunk] . x[m, chunk] for one chunk of 8. */
 template <typename WT, int MT, int R, bool SW>
 static __device__ __forceinline__ void gemv_chunk(float (&acc)[R][MT], const Chunk8<WT> (&wc)[R],
-                                                  const GemvArgs &a, int ch) {
+                                                  const GemvArgs &a, const float *xs, int ch) {
     float wf[R][8];
     for (int r = 0; r < R; r++) wc[r].get(wf[r]);
 #pragma unroll
     for (int m = 0; m < MT; m++) {
         if (m < a.M) {
             float4 x0, x1;
-            load_x8<SW>(a, m, ch, x0, x1);
+            load_x8<SW>(a, xs, m, ch, x0, x1);
 #pragma unroll
             for (int r = 0; r < R; r++) {
                 float s = acc[r][m];
@@ -242,8 +241,8 @@ static __device__ __forceinline__ void gemv_chunk(float (&acc)[R][MT], const Chu
 
 /* The rows n0 .. n0 + R - 1 of entry E, by one warp. */
 template <typename WT, int MT, int R, bool SW>
-static __device__ __forceinline__ void gemv_rows(const GemvArgs &a, const cu_gemv_ent &E, int n0,
-                                                 int lane) {
+static __device__ __forceinline__ void gemv_rows(const GemvArgs &a, const cu_gemv_ent &E,
+                                                 const float *xs, int n0, int lane) {
     constexpr int U = R == 1 ? 8 : 4;
     const int nch = a.K >> 3;
     const WT *w = reinterpret_cast<const WT *>(E.w);
@@ -269,7 +268,7 @@ static __device__ __forceinline__ void gemv_rows(const GemvArgs &a, const cu_gem
 #pragma unroll
         for (int u = 0; u < U; u++) {
             const int ch = base + u * 32 + lane;
-            if (ch < nch) gemv_chunk<WT, MT, R, SW>(acc, cw[u], a, ch);
+            if (ch < nch) gemv_chunk<WT, MT, R, SW>(acc, cw[u], a, xs, ch);
         }
     }
 #pragma unroll
@@ -295,13 +294,18 @@ static __device__ __forceinline__ void gemv_rows(const GemvArgs &a, const cu_gem
  * 32 * U chunks costs one memory latency. */
 template <typename WT, int MT, int R, bool SW>
 static __global__ void __launch_bounds__(128) gemv_kernel(const GemvArgs a) {
+    extern __shared__ __align__(16) float xs[]; /* SW: [M, K] silu(x) * up */
     cu_dep_wait();
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int e = 0;
+    if (SW) {
+        for (int i = threadIdx.x; i < a.M * a.K; i += blockDim.x) xs[i] = swiglu1(a.x[i], a.up[i]);
+        __syncthreads();
+    }
     while (e + 1 < a.nent && (int)blockIdx.x >= a.bstart[e + 1]) e++;
     const cu_gemv_ent &E = a.ent[e];
     const int n0 = (((int)blockIdx.x - a.bstart[e]) * 4 + warp) * R;
-    if (n0 < E.N) gemv_rows<WT, MT, R, SW>(a, E, n0, lane);
+    if (n0 < E.N) gemv_rows<WT, MT, R, SW>(a, E, xs, n0, lane);
     if (SW && a.sw_out) {
         __shared__ int last;
         __syncthreads(); /* this block has read all of its input */
@@ -312,8 +316,7 @@ static __global__ void __launch_bounds__(128) gemv_kernel(const GemvArgs a) {
         __syncthreads();
         if (last) {
             __threadfence();
-            for (size_t i = threadIdx.x; i < (size_t)a.M * a.K; i += blockDim.x)
-                a.sw_out[i] = swiglu1(__ldcg(a.x + i), __ldcg(a.up + i));
+            for (int i = threadIdx.x; i < a.M * a.K; i += blockDim.x) a.sw_out[i] = xs[i];
             if (threadIdx.x == 0) *a.cnt = 0;
         }
     }
@@ -358,8 +361,9 @@ static void gemv_launch_r(mc_cuda *c, GemvArgs a) {
         b += (a.ent[e].N + 4 * R - 1) / (4 * R);
     }
     for (int e = a.nent; e <= CU_GEMV_MAX_ENT; e++) a.bstart[e] = b;
-    if (R == 2) cu_launch(c, gemv_kernel<WT, MT, 2, SW>, dim3((unsigned)b), dim3(128), 0, a, "gemv");
-    else cu_launch(c, gemv_kernel<WT, MT, 1, SW>, dim3((unsigned)b), dim3(128), 0, a,
+    const unsigned smem = SW ? (unsigned)((size_t)a.M * a.K * sizeof(float)) : 0u;
+    if (R == 2) cu_launch(c, gemv_kernel<WT, MT, 2, SW>, dim3((unsigned)b), dim3(128), smem, a, "gemv");
+    else cu_launch(c, gemv_kernel<WT, MT, 1, SW>, dim3((unsigned)b), dim3(128), smem, a,
                    a.nent > 1 ? "gemv multi" : SW ? "gemv swiglu" : "gemv");
 }
 
@@ -449,7 +453,9 @@ static void gemv(mc_cuda *c, float *out, int ldo, const float *x, mc_wt w, mc_wt
     a.K = K;
     a.nent = 1;
     a.ent[0] = gemv_ent(out, ldo, w, bias, N);
+    /* the SwiGLU input is staged in each block's shared memory: at most 48 KB of it */
     if (c->fuse_on && c->gemv_cnt && p->kind == CU_PEND_SWIGLU && p->s_out == x && p->n == nx &&
+        nx * sizeof(float) <= 48 * 1024 &&
         cu_aligned16(p->gate) && cu_aligned16(p->up) &&
         !ranges_overlap(out, nout, p->gate, nx) && !ranges_overlap(out, nout, p->up, nx) &&
         !ranges_overlap(out, nout, p->s_out, nx)) {
@@ -693,6 +699,142 @@ static __global__ void skinny_reduce_kernel(const SkinnyArgs a) {
     }
 }
 
+/* C[M, N] = alpha A[M, K] op(B) + beta C for N <= NT (8, 16 or 32), A rows 16-byte
+ * aligned: each warp owns 64 / NT rows and every lane 4 consecutive k of each 128-wide
+ * chunk (float4 loads, all rows in flight at once); op(B)'s chunk is staged in shared
+ * memory as [n][k]. blockIdx.y selects a split of K (krows each): with several splits the
+ * sums go to part[split] for skinny_reduce_kernel, else straight to C. */
+template <int NT>
+static __global__ void __launch_bounds__(128) skinny_rows4_kernel(const SkinnyArgs a) {
+    cu_dep_wait();
+    constexpr int KC = 128, RW = 64 / NT;
+    __shared__ __align__(16) float Bs[NT][KC];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int m0 = (blockIdx.x * 4 + warp) * RW;
+    const int kb = blockIdx.y * a.krows, ke = min(a.K, kb + a.krows);
+    const bool split = gridDim.y > 1;
+    float acc[RW][NT];
+#pragma unroll
+    for (int r = 0; r < RW; r++)
+#pragma unroll
+        for (int n = 0; n < NT; n++) acc[r][n] = 0.0f;
+    for (int k0 = kb; k0 < ke; k0 += KC) {
+        __syncthreads(); /* the previous chunk of Bs is consumed */
+        for (int i = threadIdx.x; i < NT * KC; i += 128) {
+            int n, kk;
+            if (a.tb) { /* B[n, k]: consecutive threads read consecutive k */
+                n = i / KC;
+                kk = i % KC;
+            } else {    /* B[k, n] */
+                kk = i / NT;
+                n = i % NT;
+            }
+            const int k = k0 + kk;
+            float v = 0.0f;
+            if (n < a.N && k < ke) v = a.tb ? a.B[(size_t)n * a.ldb + k] : a.B[(size_t)k * a.ldb + n];
+            Bs[n][kk] = v;
+        }
+        __syncthreads();
+        const int k = k0 + lane * 4;
+        float4 xv[RW];
+#pragma unroll
+        for (int r = 0; r < RW; r++) {
+            const int m = m0 + r;
+            if (m < a.M && k + 3 < ke) {
+                xv[r] = __ldg(reinterpret_cast<const float4 *>(a.A + (size_t)m * a.lda + k));
+            } else {
+                xv[r] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                if (m < a.M) {
+                    if (k < ke) xv[r].x = a.A[(size_t)m * a.lda + k];
+                    if (k + 1 < ke) xv[r].y = a.A[(size_t)m * a.lda + k + 1];
+                    if (k + 2 < ke) xv[r].z = a.A[(size_t)m * a.lda + k + 2];
+                }
+            }
+        }
+#pragma unroll
+        for (int n = 0; n < NT; n++) {
+            const float4 b = *reinterpret_cast<const float4 *>(&Bs[n][lane * 4]);
+#pragma unroll
+            for (int r = 0; r < RW; r++) {
+                float t = acc[r][n];
+                t = fmaf(xv[r].x, b.x, t);
+                t = fmaf(xv[r].y, b.y, t);
+                t = fmaf(xv[r].z, b.z, t);
+                t = fmaf(xv[r].w, b.w, t);
+                acc[r][n] = t;
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < RW; r++)
+#pragma unroll
+        for (int n = 0; n < NT; n++) acc[r][n] = cu_warp_sum(acc[r][n]);
+    if (lane == 0) {
+#pragma unroll
+        for (int r = 0; r < RW; r++) {
+            const int m = m0 + r;
+            if (m >= a.M) continue;
+#pragma unroll
+            for (int n = 0; n < NT; n++) {
+                if (n >= a.N) continue;
+                if (split) {
+                    a.part[((size_t)blockIdx.y * a.M + m) * a.N + n] = acc[r][n];
+                } else {
+                    float *cp = a.C + (size_t)m * a.ldc + n;
+                    *cp = a.beta == 0.0f ? a.alpha * acc[r][n] : a.alpha * acc[r][n] + a.beta * *cp;
+                }
+            }
+        }
+    }
+}
+
+/* C[M, N] = alpha T[M, K] op(B) + beta C for a small K (<= 32, the LoRA rank) and a wide
+ * C: a block of 256 threads owns a 32 x 128 tile of C; T's and op(B)'s slices sit in
+ * shared memory and each thread sums 16 rows of one column, so C is read and written
+ * once, coalesced. */
+static __global__ void __launch_bounds__(256) lowrank_kernel(const SkinnyArgs a) {
+    cu_dep_wait();
+    constexpr int TMr = 32, TNc = 128, KMAX = 32;
+    __shared__ float Ts[TMr][KMAX + 1], Bs[KMAX][TNc + 1];
+    const int tiles_n = (a.N + TNc - 1) / TNc;
+    const int m0 = (blockIdx.x / tiles_n) * TMr, n0 = (blockIdx.x % tiles_n) * TNc;
+    const int t = threadIdx.x, col = t % TNc, rg = (t / TNc) * 16;
+    for (int i = t; i < TMr * a.K; i += 256) {
+        const int r = i / a.K, k = i % a.K, m = m0 + r;
+        Ts[r][k] = m < a.M ? a.A[(size_t)m * a.lda + k] : 0.0f;
+    }
+    for (int i = t; i < TNc * a.K; i += 256) {
+        int k, nn;
+        if (a.tb) { /* B[n, k] */
+            nn = i / a.K;
+            k = i % a.K;
+        } else {    /* B[k, n] */
+            k = i / TNc;
+            nn = i % TNc;
+        }
+        const int n = n0 + nn;
+        Bs[k][nn] = n < a.N ? (a.tb ? a.B[(size_t)n * a.ldb + k] : a.B[(size_t)k * a.ldb + n]) : 0.0f;
+    }
+    __syncthreads();
+    const int n = n0 + col;
+    if (n >= a.N) return;
+    float acc[16];
+#pragma unroll
+    for (int r = 0; r < 16; r++) acc[r] = 0.0f;
+    for (int k = 0; k < a.K; k++) {
+        const float b = Bs[k][col];
+#pragma unroll
+        for (int r = 0; r < 16; r++) acc[r] = fmaf(Ts[rg + r][k], b, acc[r]);
+    }
+#pragma unroll
+    for (int r = 0; r < 16; r++) {
+        const int m = m0 + rg + r;
+        if (m >= a.M) break;
+        float *cp = a.C + (size_t)m * a.ldc + n;
+        *cp = a.beta == 0.0f ? a.alpha * acc[r] : a.alpha * acc[r] + a.beta * *cp;
+    }
+}
+
 /* Runs the skinny kernels when the shape is one of the LoRA ones; false otherwise. */
 static bool gemm_f32_skinny(mc_cuda *c, bool ta, bool tb, int M, int N, int K, float alpha,
                             const float *A, int lda, const float *B, int ldb, float beta, float *C,
@@ -711,9 +853,35 @@ static bool gemm_f32_skinny(mc_cuda *c, bool ta, bool tb, int M, int N, int K, f
     a.tb = tb ? 1 : 0;
     a.alpha = alpha;
     a.beta = beta;
+    if (!ta && N <= 32 && M >= 64 && K >= 1 && lda % 4 == 0 && cu_aligned16(A)) {
+        /* one memory pass over A; K split in up to 4 when long, so enough blocks run */
+        const int nt = N <= 8 ? 8 : N <= 16 ? 16 : 32, rows_per_block = 4 * (64 / nt);
+        int splits = K >= 2048 ? (K + 1023) / 1024 : 1;
+        if (splits > 4) splits = 4;
+        a.krows = ((K + splits - 1) / splits + 127) / 128 * 128;
+        splits = (K + a.krows - 1) / a.krows;
+        if (splits > 1) {
+            a.part = (float *)cu_scratch(c, CU_S_GEMM, (size_t)splits * M * N * sizeof(float), false);
+            if (!a.part) return true; /* the failure is recorded */
+        }
+        dim3 grid((unsigned)((M + rows_per_block - 1) / rows_per_block), (unsigned)splits);
+        if (nt == 8) cu_launch(c, skinny_rows4_kernel<8>, grid, dim3(128), 0, a, "gemm_f32 rows");
+        else if (nt == 16) cu_launch(c, skinny_rows4_kernel<16>, grid, dim3(128), 0, a, "gemm_f32 rows");
+        else cu_launch(c, skinny_rows4_kernel<32>, grid, dim3(128), 0, a, "gemm_f32 rows");
+        if (splits > 1)
+            cu_launch(c, skinny_reduce_kernel,
+                      dim3(cu_blocks((size_t)M * N, 256, (unsigned)c->n_sm * 8)), dim3(256), 0, a,
+                      "gemm_f32 reduce");
+        return true;
+    }
     if (!ta && N <= 32 && M >= 64 && K >= 1) {
         cu_launch(c, skinny_rows_kernel, dim3((unsigned)((M + 31) / 32)), dim3(128), 0, a,
                   "gemm_f32 rows");
+        return true;
+    }
+    if (!ta && K <= 32 && N >= 64 && M >= 16) {
+        const int tiles = ((M + 31) / 32) * ((N + 127) / 128);
+        cu_launch(c, lowrank_kernel, dim3((unsigned)tiles), dim3(256), 0, a, "gemm_f32 lowrank");
         return true;
     }
     if (ta && !tb && (M <= 32 || N <= 32) && K >= 256) {

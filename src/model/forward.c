@@ -105,7 +105,7 @@ void mc_fwd_free(mc_fwd *f) {
     for (i = 0; i < 13; i++)
         if (bufs[i]) be->free(be, bufs[i]);
     mc_free(f->pos_host);
-    mc_free(f->lora_tmp);
+    if (f->lora_tmp) be->free(be, f->lora_tmp);
     mc_free(f->n_past);
     mc_free(f);
 }
@@ -137,13 +137,14 @@ static void proj(mc_fwd *f, int l, mc_lora_module which, void *y, int ldy, const
 }
 
 mc_status mc_fwd_set_adapter(mc_fwd *f, const struct mc_adapter *a, float scale_mul) {
-    mc_free(f->lora_tmp);
+    if (f->lora_tmp) f->m->be->free(f->m->be, f->lora_tmp);
     f->lora_tmp = NULL;
     f->adapter = NULL;
     if (!a) return MC_OK;
     if (a->model != f->m)
         return mc_fail(MC_ERR_INVALID_ARG, "the adapter belongs to another model");
-    f->lora_tmp = mc_malloc((size_t)f->n_batch * (size_t)a->rank * sizeof(float));
+    /* device memory: the LoRA path's x A^T lands here */
+    f->lora_tmp = f->m->be->alloc(f->m->be, (size_t)f->n_batch * (size_t)a->rank * sizeof(float));
     if (!f->lora_tmp) return mc_fail(MC_ERR_OOM, "out of memory for LoRA scratch");
     f->adapter = a;
     f->lora_scale = a->scale * scale_mul;

@@ -48,6 +48,9 @@ grep -q "nope" "$TMP/err" && ok || bad "missing folder message"
 expect 1 "eval file as model" -- "$MC" eval --model "$TINY/config.json" --ids 1
 expect 1 "info missing folder" -- "$MC" info --model "$TMP/nope"
 expect 1 "eval unwritable logits" -- "$MC" eval --model "$TINY" --ids 1,2 --logits-out "$TMP/no/such/dir/x.npy"
+expect 1 "eval unknown device" -- "$MC" eval --model "$TINY" --ids 1,2 --device tpu
+grep -q "tpu" "$TMP/err" && ok || bad "unknown device message: $(cat "$TMP/err")"
+expect 0 "eval on the cpu device" -- "$MC" eval --model "$TINY" --ids 1,2 --device cpu
 expect 0 "eval reference kernels" -- "$MC" eval --model "$TINY" --ids 1,2,3 --reference --threads 1
 
 echo "$pass passed, $fail failed"

@@ -33,6 +33,7 @@ static const char k_gen_help[] =
     "  --stats-json FILE     write prompt/decode statistics as JSON\n"
     "  --ctx N               context positions (default: min(model's, 4096))\n"
     "  --threads N           CPU threads (default: all cores)\n"
+    "  --device D            cpu (default) or cuda (builds with the CUDA backend)\n"
     "  --adapter DIR         apply a LoRA adapter (PEFT or mlx-lm folder)\n"
     "  --adapter-scale S     multiply the adapter's scale (default 1)\n"
     "\n"
@@ -80,7 +81,7 @@ static int on_token(int seq, const char *text, size_t len, int32_t token, float 
 
 /* Options of one generate call. */
 typedef struct gen_opts {
-    const char *dir, *prompt, *prompt_ids, *system, *tok_path, *stats, *adapter;
+    const char *dir, *prompt, *prompt_ids, *system, *tok_path, *stats, *adapter, *device;
     int chat, print_ids;
     long threads, ctx;
     double adapter_scale;
@@ -110,7 +111,8 @@ static int parse_gen(int argc, char **argv, gen_opts *o) {
             cli_opt(argc, argv, &i, "--system", &o->system, &missing) ||
             cli_opt(argc, argv, &i, "--tokenizer", &o->tok_path, &missing) ||
             cli_opt(argc, argv, &i, "--stats-json", &o->stats, &missing) ||
-            cli_opt(argc, argv, &i, "--adapter", &o->adapter, &missing)) {
+            cli_opt(argc, argv, &i, "--adapter", &o->adapter, &missing) ||
+            cli_opt(argc, argv, &i, "--device", &o->device, &missing)) {
             if (missing) break;
             continue;
         }
@@ -250,6 +252,7 @@ int cmd_generate(int argc, char **argv) {
     if (rc) return rc == 3 ? 0 : rc;
     cli_install_log(0);
     mp.n_threads = (int)o.threads;
+    if (o.device) mp.device = o.device;
     s = mc_model_load(o.dir, &mp, &m);
     if (s != MC_OK) return cli_fail("generate", s, "cannot load %s", o.dir);
     rc = 1;

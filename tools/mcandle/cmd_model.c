@@ -16,6 +16,7 @@ static const char k_info_help[] =
 static const char k_eval_help[] =
     "usage: mcandle eval --model DIR --ids 1,2,3,... [--logits-out FILE.npy]\n"
     "                    [--adapter DIR [--adapter-scale S]] [--threads N] [--reference]\n"
+    "                    [--device cpu|cuda]\n"
     "\n"
     "Runs the model over the token ids and prints the mean next-token cross-entropy as the\n"
     "last line: loss=<value>. --logits-out writes float32 logits of shape [T, vocab].\n"
@@ -107,6 +108,7 @@ int cmd_eval(int argc, char **argv) {
         if (cli_opt(argc, argv, &i, "--ids", &ids_s, &missing)) continue;
         if (cli_opt(argc, argv, &i, "--logits-out", &out, &missing)) continue;
         if (cli_opt(argc, argv, &i, "--threads", &thr_s, &missing)) continue;
+        if (cli_opt(argc, argv, &i, "--device", &p.device, &missing)) continue;
         if (cli_opt(argc, argv, &i, "--adapter", &adapter_dir, &missing)) continue;
         if (cli_opt(argc, argv, &i, "--adapter-scale", &scale_s, &missing)) continue;
         return cli_usage_error("eval", "unknown option '%s'", argv[i]);

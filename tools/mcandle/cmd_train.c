@@ -31,6 +31,7 @@ static const char k_train_help[] =
     "            -1 = all)  --early-stop N (patience in evaluations; 0 = off)\n"
     "output:     --save-every N (100)  --resume OUT (continue an interrupted run)\n"
     "            --log-jsonl FILE  --seed N (0)  --threads N  --config FILE.json\n"
+    "            --device cpu|cuda (cuda in builds with the CUDA backend)\n"
     "\n"
     "--config takes a JSON object with the same names (dashes or underscores), e.g.\n"
     "{\"batch_size\": 2, \"learning_rate\": 1e-4, \"mask_prompt\": true}; flags given on the\n"
@@ -38,7 +39,7 @@ static const char k_train_help[] =
 
 /* Parsed options. */
 typedef struct train_opts {
-    const char *model, *tok_path, *resume_adapter, *targets;
+    const char *model, *tok_path, *resume_adapter, *targets, *device;
     long threads;
     mc_lora_params lora;
     mc_train_params tp;
@@ -92,7 +93,8 @@ static int apply_opt(train_opts *o, int argc, char **argv, int *i) {
         cli_opt(argc, argv, i, "--tokenizer", &o->tok_path, &missing) ||
         cli_opt(argc, argv, i, "--optimizer", &t->optimizer, &missing) ||
         cli_opt(argc, argv, i, "--lr-schedule", &t->lr_schedule, &missing) ||
-        cli_opt(argc, argv, i, "--lora-targets", &o->targets, &missing))
+        cli_opt(argc, argv, i, "--lora-targets", &o->targets, &missing) ||
+        cli_opt(argc, argv, i, "--device", &o->device, &missing))
         return missing ? cli_usage_error("train", "option '%s' needs a value", a) : 0;
 #define INT_OPT(name, lo, hi, dst)                                                          \
     if (cli_opt(argc, argv, i, name, &v, &missing)) {                                       \
@@ -295,6 +297,7 @@ int cmd_train(int argc, char **argv) {
     rc = 1;
     cli_install_log(0);
     mp.n_threads = (int)o.threads;
+    if (o.device) mp.device = o.device;
     s = mc_model_load(o.model, &mp, &m);
     if (s != MC_OK) { cli_fail("train", s, "cannot load %s", o.model); goto out; }
     s = mc_tokenizer_load(o.tok_path ? o.tok_path : o.model, &tok);

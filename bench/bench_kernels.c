@@ -9,6 +9,7 @@
 #include "backend/backend.h"
 #include "backend/cpu/cpu.h"
 #include "backend/cpu/cpu_simd.h"
+#include "roofline.h"
 
 #include <cblas.h>
 #include <omp.h>
@@ -48,54 +49,9 @@ static uint16_t *make_bf16(size_t n) {
 static uint64_t *g_buf; /* [g_buf_n]: 1 GiB, far beyond the caches */
 static size_t g_buf_n;
 
-/* Sum of p[0..n) with independent accumulators, so it runs at load speed. */
-static uint64_t sum_portable(const uint64_t *p, size_t n) {
-    uint64_t s[8] = {0};
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (size_t j = 0; j < 8; j++) s[j] += p[i + j];
-    for (; i < n; i++) s[0] += p[i];
-    return s[0] + s[1] + s[2] + s[3] + s[4] + s[5] + s[6] + s[7];
-}
-
-#if MC_CPU_X86
-static MC_AVX2 uint64_t sum_avx2(const uint64_t *p, size_t n) {
-    __m256i s0 = _mm256_setzero_si256(), s1 = s0, s2 = s0, s3 = s0;
-    uint64_t t[4];
-    size_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        s0 = _mm256_add_epi64(s0, _mm256_loadu_si256((const __m256i *)(const void *)(p + i)));
-        s1 = _mm256_add_epi64(s1, _mm256_loadu_si256((const __m256i *)(const void *)(p + i + 4)));
-        s2 = _mm256_add_epi64(s2, _mm256_loadu_si256((const __m256i *)(const void *)(p + i + 8)));
-        s3 = _mm256_add_epi64(s3, _mm256_loadu_si256((const __m256i *)(const void *)(p + i + 12)));
-    }
-    s0 = _mm256_add_epi64(_mm256_add_epi64(s0, s1), _mm256_add_epi64(s2, s3));
-    memcpy(t, &s0, sizeof t);
-    return t[0] + t[1] + t[2] + t[3] + sum_portable(p + i, n - i);
-}
-#endif
-
 /* Reads n words of the buffer from word i0 on nt threads (each its contiguous share);
  * returns bytes per second. */
-static volatile uint64_t g_sink;
-static double read_range(int nt, size_t i0, size_t n) {
-    double t = mc_time_now();
-    uint64_t total = 0;
-#pragma omp parallel num_threads(nt) reduction(+ : total)
-    {
-        size_t T = (size_t)omp_get_num_threads(), id = (size_t)omp_get_thread_num();
-        const uint64_t *p = g_buf + i0 + n * id / T;
-        size_t len = n * (id + 1) / T - n * id / T;
-#if MC_CPU_X86
-        total += mc_cpu_has_avx2() ? sum_avx2(p, len) : sum_portable(p, len);
-#else
-        total += sum_portable(p, len);
-#endif
-    }
-    t = mc_time_now() - t;
-    g_sink += total;
-    return (double)n * sizeof(uint64_t) / t;
-}
+static double read_range(int nt, size_t i0, size_t n) { return roofline_read(nt, g_buf + i0, n); }
 
 /* Reads the whole buffer once on nt threads; returns bytes per second. */
 static double bandwidth_once(int nt) { return read_range(nt, 0, g_buf_n); }

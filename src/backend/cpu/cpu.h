@@ -61,6 +61,9 @@ void mc_ref_add(mc_backend *be, void *y /* [n] */, const void *x /* [n] */, size
 /* RoPE inverse frequency of pair i of a head of hd, computed as Hugging Face does in f32:
  * 1 / theta^(float(2i) / hd). Shared by both backends so they agree bit for bit. */
 float mc_rope_inv_freq(float theta, int i, int hd);
+/* RoPE rotation by dir * angle (dir = +1: the forward; -1: its backward), in place. */
+void mc_ref_rope_dir(void *x /* [T, ldx] */, int ldx, const int32_t *pos /* [T] */, int T, int H,
+                     int hd, float theta, float dir);
 
 /* ---- fast kernels (cpu_fast.c, cpu_matmul.c); be->impl is an mc_cpu ---- */
 void mc_fast_embedding(mc_backend *be, void *out /* [T, D] */, const int32_t *ids /* [T] */,
@@ -69,6 +72,8 @@ void mc_fast_rmsnorm(mc_backend *be, void *out /* [T, D] */, const void *x /* [T
                      mc_wt w /* [D] */, int T, int D, float eps);
 void mc_fast_matmul(mc_backend *be, void *out /* [M, ldo] */, int ldo, const void *x /* [M, K] */,
                     mc_wt w /* [N, K] */, mc_wt bias /* [N] or absent */, int M, int N, int K);
+void mc_fast_rope_dir(mc_backend *be, void *x /* [T, ldx] */, int ldx,
+                      const int32_t *pos /* [T] */, int T, int H, int hd, float theta, float dir);
 void mc_fast_rope(mc_backend *be, void *x /* [T, ldx] */, int ldx, const int32_t *pos /* [T] */,
                   int T, int H, int hd, float theta);
 void mc_fast_attention(mc_backend *be, void *out /* [T, Hq*hd] */, const void *q /* [T, Hq*hd] */,

@@ -1,8 +1,7 @@
 /* cpu_convert.h - weights (bf16/f16/f32) to f32 tiles for CPU kernels that multiply with
  * OpenBLAS sgemm: a contiguous run (AVX2/F16C when the caller's variant allows it) and a
- * strided block of a row-major matrix. Conversion is exact. Header-only so that any kernel
- * file can share it; the forward matmul (cpu_matmul.c) keeps a private copy of the
- * contiguous loop for now. */
+ * strided block of a row-major matrix. Conversion is exact. Header-only so that the
+ * forward matmul and the training kernels share it. */
 #ifndef MC_BACKEND_CPU_CONVERT_H
 #define MC_BACKEND_CPU_CONVERT_H
 

@@ -136,13 +136,13 @@ void mc_fast_rmsnorm(mc_backend *be, void *out /* [T, D] */, const void *x /* [T
 /* Largest head_dim with tables on the stack; larger heads use the reference kernel. */
 #define MC_ROPE_MAX_HD 1024
 
-void mc_fast_rope(mc_backend *be, void *x /* [T, ldx] */, int ldx, const int32_t *pos /* [T] */,
-                  int T, int H, int hd, float theta) {
+void mc_fast_rope_dir(mc_backend *be, void *x /* [T, ldx] */, int ldx,
+                      const int32_t *pos /* [T] */, int T, int H, int hd, float theta, float dir) {
     float *xs = x;
     int half = hd / 2;
     float inv[MC_ROPE_MAX_HD / 2]; /* [half] */
     if (hd > MC_ROPE_MAX_HD) {
-        mc_ref_rope(be, x, ldx, pos, T, H, hd, theta);
+        mc_ref_rope_dir(x, ldx, pos, T, H, hd, theta, dir);
         return;
     }
     for (int i = 0; i < half; i++) inv[i] = mc_rope_inv_freq(theta, i, hd);
@@ -161,11 +161,16 @@ void mc_fast_rope(mc_backend *be, void *x /* [T, ldx] */, int ldx, const int32_t
             for (int i = 0; i < half; i++) {
                 float x1 = xh[i], x2 = xh[i + half];
                 float a = x1 * cs[i], b = x2 * sn[i], e = x2 * cs[i], f = x1 * sn[i];
-                xh[i] = a - b;
-                xh[i + half] = e + f;
+                xh[i] = a - dir * b; /* dir = +1 forward, -1 backward: exact */
+                xh[i + half] = e + dir * f;
             }
         }
     }
+}
+
+void mc_fast_rope(mc_backend *be, void *x /* [T, ldx] */, int ldx, const int32_t *pos /* [T] */,
+                  int T, int H, int hd, float theta) {
+    mc_fast_rope_dir(be, x, ldx, pos, T, H, hd, theta, 1.0f);
 }
 
 /* ---- attention ---------------------------------------------------------------------- */

@@ -15,6 +15,7 @@
  *    compete for cores. Measured: 85-98% of OpenBLAS sgemm on pre-converted f32 weights.
  * Weights are never expanded to f32 as a whole. */
 #include "cpu.h"
+#include "cpu_convert.h"
 
 #include "cpu_simd.h"
 
@@ -129,21 +130,6 @@ static MC_AVX2 void gemv_avx2_f32(float *out, size_t ldo, const float *x, const 
     gemv_avx2_impl(out, ldo, x, w, MC_F32, bias, M, K, n0, n1);
 }
 
-/* Converts n elements of dtype t to f32 (exact), 8 at a time. */
-static MC_AVX2 void convert_avx2(float *dst /* [n] */, const void *src /* [n] */, mc_dtype t,
-                                 size_t n) {
-    size_t i = 0;
-    switch (t) {
-    case MC_BF16:
-        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, mc_ld8(src, MC_BF16, i));
-        break;
-    case MC_F16:
-        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, mc_ld8(src, MC_F16, i));
-        break;
-    case MC_F32: break;
-    }
-    if (i < n) mc_convert_to_f32(dst + i, (const char *)src + i * mc_dtype_size(t), t, n - i);
-}
 #endif /* MC_CPU_X86 */
 
 /* Rows [n0, n1) of the GEMV with the best kernel of this backend. */
@@ -192,7 +178,7 @@ static const float *gemm_tile(const mc_cpu *cpu, float *tile /* [nb, K] */, mc_w
     if (w.dtype == MC_F32) return src;
 #if MC_CPU_X86
     if (cpu->variant == MC_CPU_AVX2) {
-        convert_avx2(tile, src, w.dtype, nb * K);
+        mc_cpu_convert_avx2(tile, src, w.dtype, nb * K);
         return tile;
     }
 #else

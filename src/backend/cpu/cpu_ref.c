@@ -66,11 +66,10 @@ float mc_rope_inv_freq(float theta, int i, int hd) {
     return 1.0f / powf(theta, e);
 }
 
-void mc_ref_rope(mc_backend *be, void *x /* [T, ldx] */, int ldx, const int32_t *pos /* [T] */,
-                 int T, int H, int hd, float theta) {
+void mc_ref_rope_dir(void *x /* [T, ldx] */, int ldx, const int32_t *pos /* [T] */, int T, int H,
+                     int hd, float theta, float dir) {
     float *xs = x;
     int half = hd / 2;
-    (void)be;
     for (int t = 0; t < T; t++) {
         float p = (float)pos[t];
         for (int h = 0; h < H; h++) {
@@ -79,13 +78,19 @@ void mc_ref_rope(mc_backend *be, void *x /* [T, ldx] */, int ldx, const int32_t 
                 float ang = p * mc_rope_inv_freq(theta, i, hd);
                 float c = cosf(ang), s = sinf(ang);
                 float x1 = xh[i], x2 = xh[i + half];
-                /* separate statements: no fused multiply-add, as in PyTorch */
+                /* separate statements: no fused multiply-add, as in PyTorch; dir * b is exact */
                 float a = x1 * c, b = x2 * s, e = x2 * c, f = x1 * s;
-                xh[i] = a - b;
-                xh[i + half] = e + f;
+                xh[i] = a - dir * b;
+                xh[i + half] = e + dir * f;
             }
         }
     }
+}
+
+void mc_ref_rope(mc_backend *be, void *x /* [T, ldx] */, int ldx, const int32_t *pos /* [T] */,
+                 int T, int H, int hd, float theta) {
+    (void)be;
+    mc_ref_rope_dir(x, ldx, pos, T, H, hd, theta, 1.0f);
 }
 
 enum { REF_DCHUNK = 64 };

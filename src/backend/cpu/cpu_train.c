@@ -327,41 +327,13 @@ void mc_fast_rmsnorm_backward(mc_backend *be, void *dx /* [T, D] += */, const vo
 /* ---- RoPE backward --------------------------------------------------------------------- */
 
 /* Largest head_dim with tables on the stack; larger heads use the reference kernel. */
-#define TR_ROPE_MAX_HD 1024
-
 /* forward (mc_fast_rope): y1 = x1 cos - x2 sin; y2 = x2 cos + x1 sin.
- * backward (rotation by -angle): dx1 = dy1 cos + dy2 sin; dx2 = dy2 cos - dy1 sin. Same
- * angles and statement order as the reference, so the two agree bit for bit. */
+ * backward (rotation by -angle): dx1 = dy1 cos + dy2 sin; dx2 = dy2 cos - dy1 sin: the
+ * forward kernel with the direction reversed, so the two agree with the reference bit for
+ * bit. */
 void mc_fast_rope_backward(mc_backend *be, void *dx /* [T, ldx] */, int ldx,
                            const int32_t *pos /* [T] */, int T, int H, int hd, float theta) {
-    float *xs = dx;
-    int half = hd / 2;
-    float inv[TR_ROPE_MAX_HD / 2]; /* [half] */
-    if (hd > TR_ROPE_MAX_HD) {
-        mc_ref_rope_backward(be, dx, ldx, pos, T, H, hd, theta);
-        return;
-    }
-    for (int i = 0; i < half; i++) inv[i] = mc_rope_inv_freq(theta, i, hd);
-#pragma omp parallel for num_threads(par_threads(be, (size_t)T *(size_t)H *(size_t)hd * 8)) \
-    schedule(static)
-    for (int t = 0; t < T; t++) {
-        float cs[TR_ROPE_MAX_HD / 2], sn[TR_ROPE_MAX_HD / 2]; /* [half] */
-        float p = (float)pos[t];
-        for (int i = 0; i < half; i++) {
-            float ang = p * inv[i];
-            cs[i] = cosf(ang);
-            sn[i] = sinf(ang);
-        }
-        for (int h = 0; h < H; h++) {
-            float *xh = xs + (size_t)t * (size_t)ldx + (size_t)h * (size_t)hd; /* [hd] */
-            for (int i = 0; i < half; i++) {
-                float g1 = xh[i], g2 = xh[i + half];
-                float a = g1 * cs[i], b = g2 * sn[i], e = g2 * cs[i], f = g1 * sn[i];
-                xh[i] = a + b;
-                xh[i + half] = e - f;
-            }
-        }
-    }
+    mc_fast_rope_dir(be, dx, ldx, pos, T, H, hd, theta, -1.0f);
 }
 
 /* ---- exp over arrays ------------------------------------------------------------------ */
@@ -959,29 +931,6 @@ void mc_fast_dropout(mc_backend *be, void *out /* [n] */, const void *x /* [n] *
     }
 }
 
-/* AdamW over [i0, i1), one rounding per operation in the reference's order. */
-static void adamw_portable(float *p /* [n] */, const float *g /* [n] */, float *m /* [n] */,
-                           float *v /* [n] */, size_t i0, size_t i1, const float *k /* [7] */) {
-    float decay = k[0], c1 = k[1], b2 = k[2], c2 = k[3], bc2s = k[4], eps = k[5], neg_step = k[6];
-    for (size_t i = i0; i < i1; i++) {
-        float gi = g[i], pi = p[i] * decay;
-        float dm = gi - m[i];
-        float lm = c1 * dm;
-        float mi = m[i] + lm;
-        float vb = v[i] * b2;
-        float gg = c2 * gi;
-        float g2 = gg * gi;
-        float vi = vb + g2;
-        float sq = sqrtf(vi) / bc2s;
-        float denom = sq + eps;
-        float num = neg_step * mi;
-        float upd = num / denom;
-        m[i] = mi;
-        v[i] = vi;
-        p[i] = pi + upd;
-    }
-}
-
 #if MC_CPU_X86
 /* The same operations 8 at a time (IEEE mul/add/div/sqrt round the same way; no FMA). */
 static MC_AVX2 void adamw_avx2(float *p /* [n] */, const float *g /* [n] */, float *m /* [n] */,
@@ -1002,7 +951,7 @@ static MC_AVX2 void adamw_avx2(float *p /* [n] */, const float *g /* [n] */, flo
         _mm256_storeu_ps(v + i, vi);
         _mm256_storeu_ps(p + i, _mm256_add_ps(pi, upd));
     }
-    adamw_portable(p, g, m, v, i, i1, k);
+    mc_adamw_range(p, g, m, v, i, i1, k);
 }
 #endif
 
@@ -1010,17 +959,10 @@ static MC_AVX2 void adamw_avx2(float *p /* [n] */, const float *g /* [n] */, flo
 void mc_fast_adamw(mc_backend *be, float *p /* [n] */, const float *g /* [n] */, float *m /* [n] */,
                    float *v /* [n] */, size_t n, float lr, float b1, float b2, float eps, float wd,
                    int step) {
-    double bc1 = 1.0 - pow((double)b1, (double)step), bc2 = 1.0 - pow((double)b2, (double)step);
     float k[7]; /* decay, 1 - b1, b2, 1 - b2, sqrt(bc2), eps, -lr / bc1 */
     bool avx2 = use_avx2(be);
     (void)avx2;
-    k[0] = (float)(1.0 - (double)lr * (double)wd);
-    k[1] = (float)(1.0 - (double)b1);
-    k[2] = b2;
-    k[3] = (float)(1.0 - (double)b2);
-    k[4] = (float)sqrt(bc2);
-    k[5] = eps;
-    k[6] = (float)(-(double)lr / bc1);
+    mc_adamw_constants(k, lr, b1, b2, eps, wd, step);
 #pragma omp parallel num_threads(par_threads(be, n / 2))
     {
         size_t i0, i1;
@@ -1029,9 +971,9 @@ void mc_fast_adamw(mc_backend *be, float *p /* [n] */, const float *g /* [n] */,
         if (avx2)
             adamw_avx2(p, g, m, v, i0, i1, k);
         else
-            adamw_portable(p, g, m, v, i0, i1, k);
+            mc_adamw_range(p, g, m, v, i0, i1, k);
 #else
-        adamw_portable(p, g, m, v, i0, i1, k);
+        mc_adamw_range(p, g, m, v, i0, i1, k);
 #endif
     }
 }

@@ -58,6 +58,13 @@ mc_status mc_ref_linear_xent(mc_backend *be, void *dh /* [T, D] or NULL */, doub
                              float grad_scale);
 void mc_ref_dropout(mc_backend *be, void *out /* [n] */, const void *x /* [n] */, size_t n, float p,
                     uint64_t seed);
+/* AdamW's scalars for one step: k = {1 - lr wd, 1 - b1, b2, 1 - b2, sqrt(1 - b2^step), eps,
+ * -lr / (1 - b1^step)}, computed in double and rounded to f32 once. */
+void mc_adamw_constants(float k[7], float lr, float b1, float b2, float eps, float wd, int step);
+/* The AdamW update of elements [i0, i1), one rounding per operation (the reference's
+ * arithmetic; the vector kernel matches it bit for bit). */
+void mc_adamw_range(float *p /* [n] */, const float *g /* [n] */, float *m /* [n] */,
+                    float *v /* [n] */, size_t i0, size_t i1, const float *k /* [7] */);
 void mc_ref_adamw(mc_backend *be, float *p /* [n] */, const float *g /* [n] */, float *m /* [n] */,
                   float *v /* [n] */, size_t n, float lr, float b1, float b2, float eps, float wd,
                   int step);

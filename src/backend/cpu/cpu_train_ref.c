@@ -88,23 +88,8 @@ void mc_ref_rmsnorm_backward(mc_backend *be, void *dx /* [T, D] += */, const voi
  *   dx1 = dy1 cos + dy2 sin;  dx2 = dy2 cos - dy1 sin. */
 void mc_ref_rope_backward(mc_backend *be, void *dx /* [T, ldx] */, int ldx,
                           const int32_t *pos /* [T] */, int T, int H, int hd, float theta) {
-    float *xs = dx;
-    int half = hd / 2;
     (void)be;
-    for (int t = 0; t < T; t++) {
-        float p = (float)pos[t];
-        for (int h = 0; h < H; h++) {
-            float *xh = xs + (size_t)t * (size_t)ldx + (size_t)h * (size_t)hd; /* [hd] */
-            for (int i = 0; i < half; i++) {
-                float ang = p * mc_rope_inv_freq(theta, i, hd);
-                float c = cosf(ang), s = sinf(ang);
-                float g1 = xh[i], g2 = xh[i + half];
-                float a = g1 * c, b = g2 * s, e = g2 * c, f = g1 * s;
-                xh[i] = a + b;
-                xh[i + half] = e - f;
-            }
-        }
-    }
+    mc_ref_rope_dir(dx, ldx, pos, T, H, hd, theta, -1.0f);
 }
 
 /* Score of query row qr against key row kr as the forward computes it. */
@@ -271,15 +256,10 @@ void mc_ref_dropout(mc_backend *be, void *out /* [n] */, const void *x /* [n] */
  * Scalars are computed in double from the float arguments and rounded to f32 once, as torch
  * does with Python floats; tensor math is f32 with one rounding per operation (no fused
  * multiply-add). */
-void mc_ref_adamw(mc_backend *be, float *p /* [n] */, const float *g /* [n] */, float *m /* [n] */,
-                  float *v /* [n] */, size_t n, float lr, float b1, float b2, float eps, float wd,
-                  int step) {
-    float decay = (float)(1.0 - (double)lr * (double)wd);
-    float c1 = (float)(1.0 - (double)b1), c2 = (float)(1.0 - (double)b2);
-    double bc1 = 1.0 - pow((double)b1, (double)step), bc2 = 1.0 - pow((double)b2, (double)step);
-    float bc2s = (float)sqrt(bc2), neg_step = (float)(-(double)lr / bc1);
-    (void)be;
-    for (size_t i = 0; i < n; i++) {
+void mc_adamw_range(float *p /* [n] */, const float *g /* [n] */, float *m /* [n] */,
+                    float *v /* [n] */, size_t i0, size_t i1, const float *k /* [7] */) {
+    float decay = k[0], c1 = k[1], b2 = k[2], c2 = k[3], bc2s = k[4], eps = k[5], neg_step = k[6];
+    for (size_t i = i0; i < i1; i++) {
         /* one operation per statement: a compiler may not fuse a multiply and an add */
         float gi = g[i], pi = p[i] * decay;
         float dm = gi - m[i];
@@ -297,6 +277,26 @@ void mc_ref_adamw(mc_backend *be, float *p /* [n] */, const float *g /* [n] */, 
         v[i] = vi;
         p[i] = pi + upd;
     }
+}
+
+void mc_adamw_constants(float k[7], float lr, float b1, float b2, float eps, float wd, int step) {
+    double bc1 = 1.0 - pow((double)b1, (double)step), bc2 = 1.0 - pow((double)b2, (double)step);
+    k[0] = (float)(1.0 - (double)lr * (double)wd);
+    k[1] = (float)(1.0 - (double)b1);
+    k[2] = b2;
+    k[3] = (float)(1.0 - (double)b2);
+    k[4] = (float)sqrt(bc2);
+    k[5] = eps;
+    k[6] = (float)(-(double)lr / bc1);
+}
+
+void mc_ref_adamw(mc_backend *be, float *p /* [n] */, const float *g /* [n] */, float *m /* [n] */,
+                  float *v /* [n] */, size_t n, float lr, float b1, float b2, float eps, float wd,
+                  int step) {
+    float k[7];
+    (void)be;
+    mc_adamw_constants(k, lr, b1, b2, eps, wd, step);
+    mc_adamw_range(p, g, m, v, 0, n, k);
 }
 
 double mc_ref_sumsq_f32(mc_backend *be, const float *x /* [n] */, size_t n) {

@@ -22,61 +22,15 @@
 
 #include "backend/cuda/cuda_backend.h"
 #include "model/model.h"
+#include "bench_util.h"
 
 static const double H100_BF16_PEAK = 989.4e12;
-
-static int arg_int(int argc, char **argv, const char *name, int def) {
-    for (int i = 1; i + 1 < argc; i++)
-        if (!strcmp(argv[i], name)) return atoi(argv[i + 1]);
-    return def;
-}
-
-static const char *arg_str(int argc, char **argv, const char *name) {
-    for (int i = 1; i + 1 < argc; i++)
-        if (!strcmp(argv[i], name)) return argv[i + 1];
-    return NULL;
-}
-
-static int has_flag(int argc, char **argv, const char *name) {
-    for (int i = 1; i < argc; i++)
-        if (!strcmp(argv[i], name)) return 1;
-    return 0;
-}
 
 /* Prints and clears the per-kernel device-time table (MC_CUDA_PROFILE=1 only). */
 static void profile(mc_backend *be, const char *section) {
     static char buf[16384];
     if (mc_cuda_profile_report(be, buf, sizeof buf, true) > 0)
         printf("device time per kernel, %s:\n%s", section, buf);
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-typedef struct timing {
-    double t_first, t_last;
-    long long tokens_first, tokens_last;
-    int steps;
-    double loss_first, loss_last;
-} timing;
-
-static int on_progress(const mc_train_progress *p, void *user) {
-    timing *t = user;
-    if (p->is_eval) return 0;
-    if (p->step == 1) {
-        t->t_first = mc_time_now();
-        t->tokens_first = p->tokens;
-        t->loss_first = p->loss;
-    }
-    t->t_last = mc_time_now();
-    t->tokens_last = p->tokens;
-    t->loss_last = p->loss;
-    t->steps = p->step;
-    printf("  step %d: loss %.4f, %.0f tokens/s\n", p->step, p->loss, p->tokens_per_s);
-    fflush(stdout);
-    return 0;
 }
 
 /* Prefill of n tokens (logits of the last row to the host): median of 5 after a warm-up. */
@@ -314,7 +268,7 @@ int main(int argc, char **argv) {
         tp.save_every = 0;
         tp.shuffle = 0;
         tp.grad_checkpoint = mode;
-        tp.on_progress = on_progress;
+        tp.on_progress = timing_progress;
         tp.user = &tm;
         memset(&tm, 0, sizeof tm);
         printf("training: LoRA r=16 alpha=32 on all 7 projections (%zu parameters), batch %d x %d "

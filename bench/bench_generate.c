@@ -16,18 +16,8 @@
 #include <sys/stat.h>
 
 #include "model/model.h"
+#include "bench_util.h"
 #include "roofline.h"
-
-/* Value of option name (def when absent); -1 when it is not an integer in 1..INT_MAX. */
-static int arg_int(int argc, char **argv, const char *name, int def) {
-    for (int i = 1; i + 1 < argc; i++)
-        if (!strcmp(argv[i], name)) {
-            char *end = NULL;
-            long v = strtol(argv[i + 1], &end, 10);
-            return end != argv[i + 1] && !*end && v >= 1 && v <= INT_MAX ? (int)v : -1;
-        }
-    return def;
-}
 
 /* Peak resident set (VmHWM) in bytes, from /proc/self/status; 0 when unknown. */
 static double vm_hwm(void) {
@@ -47,17 +37,6 @@ static void reset_hwm(void) {
     if (!f) return;
     fputs("5", f);
     fclose(f);
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static const char *arg_str(int argc, char **argv, const char *name) {
-    for (int i = 1; i + 1 < argc; i++)
-        if (!strcmp(argv[i], name)) return argv[i + 1];
-    return NULL;
 }
 
 int main(int argc, char **argv) {

@@ -12,49 +12,15 @@
 #include <sys/stat.h>
 
 #include "model/model.h"
+#include "bench_util.h"
 #include "roofline.h"
-
-typedef struct timing {
-    double t_first, t_last;
-    int steps;
-    long long tokens_first, tokens_last;
-    double loss_first, loss_last;
-} timing;
-
-static int on_progress(const mc_train_progress *p, void *user) {
-    timing *t = user;
-    if (p->is_eval) return 0;
-    if (p->step == 1) {
-        t->t_first = mc_time_now();
-        t->tokens_first = p->tokens;
-        t->loss_first = p->loss;
-    }
-    t->t_last = mc_time_now();
-    t->tokens_last = p->tokens;
-    t->loss_last = p->loss;
-    t->steps = p->step;
-    printf("  step %d: loss %.4f, %.0f tokens/s\n", p->step, p->loss, p->tokens_per_s);
-    fflush(stdout);
-    return 0;
-}
-
-static int arg_int(int argc, char **argv, const char *name, int def) {
-    for (int i = 1; i + 1 < argc; i++)
-        if (!strcmp(argv[i], name)) return atoi(argv[i + 1]);
-    return def;
-}
-
-static const char *arg_str(int argc, char **argv, const char *name) {
-    for (int i = 1; i + 1 < argc; i++)
-        if (!strcmp(argv[i], name)) return argv[i + 1];
-    return NULL;
-}
 
 int main(int argc, char **argv) {
     const char *dir = arg_str(argc, argv, "--model"), *preset = arg_str(argc, argv, "--preset");
     int batch = arg_int(argc, argv, "--batch", 4), seq = arg_int(argc, argv, "--seq", 128);
     int iters = arg_int(argc, argv, "--iters", 4), rank = arg_int(argc, argv, "--rank", 16);
-    int nt = arg_int(argc, argv, "--threads", omp_get_max_threads()), ckpt = 0;
+    int nt = arg_int(argc, argv, "--threads", omp_get_max_threads());
+    int ckpt = has_flag(argc, argv, "--grad-checkpoint");
     char pdir[512], data[600], out[600], path[700];
     const char *tmp = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
     mc_model *m = NULL;
@@ -69,8 +35,6 @@ int main(int argc, char **argv) {
     FILE *f;
     double gemm, flops_tok, tps, lora_flops = 0;
     mc_dims d;
-    for (int i = 1; i < argc; i++)
-        if (!strcmp(argv[i], "--grad-checkpoint")) ckpt = 1;
     if (!dir && preset) {
         snprintf(pdir, sizeof pdir, "%s/mcandle-bench-%s", tmp, preset);
         dir = pdir;
@@ -79,7 +43,7 @@ int main(int argc, char **argv) {
             return 1;
         }
     }
-    if (!dir) {
+    if (!dir || batch < 1 || seq < 2 || iters < 2 || rank < 1 || nt < 1) {
         fprintf(stderr, "usage: bench_train (--model DIR | --preset NAME) [--batch 4] [--seq 128] "
                 "[--iters 4] [--rank 16] [--threads N] [--grad-checkpoint]\n");
         return 2;
@@ -122,7 +86,7 @@ int main(int argc, char **argv) {
     tp.learning_rate = 1e-4;
     tp.save_every = 0;
     tp.grad_checkpoint = ckpt;
-    tp.on_progress = on_progress;
+    tp.on_progress = timing_progress;
     tp.user = &tm;
     memset(&tm, 0, sizeof tm);
     printf("model: %s, %d layers, %llu parameters; LoRA r=%d on all projections (%zu parameters); "

@@ -4,18 +4,8 @@
 # a long generation, presets and configs, and one-line errors with exit 2 (usage) or 1.
 set -u
 MC=$1; SRC=$2; BIN=$3
-TMP=$BIN/tmp/cli_generate; rm -rf "$TMP"; mkdir -p "$TMP"
-pass=0; fail=0
-ok()  { pass=$((pass+1)); }
-bad() { fail=$((fail+1)); echo "FAILED: $*" >&2; }
-# expect CODE DESCRIPTION -- command...: checks the exit code and that stderr is one line
-expect() {
-  local code=$1 desc=$2; shift 3
-  "$@" >"$TMP/out" 2>"$TMP/err"; local rc=$?
-  if [ $rc -ne "$code" ]; then bad "$desc: exit $rc, expected $code; stderr: $(cat "$TMP/err")"; return; fi
-  if [ "$code" -ne 0 ] && [ "$(wc -l <"$TMP/err")" -ne 1 ]; then bad "$desc: stderr is not one line: $(cat "$TMP/err")"; return; fi
-  ok
-}
+TMP=$BIN/tmp/cli_generate
+. "$SRC/tests/cli/lib.sh"
 # words FILE: number of whitespace-separated words
 words() { wc -w <"$1" | tr -d ' '; }
 TINY=$SRC/tests/fixtures/tiny_tied_f32   # no tokenizer in this folder
@@ -144,5 +134,4 @@ else
   bad "long generation printed nothing in 20 s: $(cat "$TMP/long_err")"
 fi
 
-echo "$pass passed, $fail failed"
-[ $fail -eq 0 ]
+summary

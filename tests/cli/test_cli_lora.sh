@@ -3,18 +3,8 @@
 # `mcandle fuse`: results, one-line errors with non-zero exits, --help.
 set -u
 MC=$1; SRC=$2; BIN=$3
-TMP=$BIN/tmp/cli_lora; rm -rf "$TMP"; mkdir -p "$TMP"
-pass=0; fail=0
-ok()  { pass=$((pass+1)); }
-bad() { fail=$((fail+1)); echo "FAILED: $*" >&2; }
-# expect CODE DESCRIPTION -- command...: checks the exit code and that stderr is one line
-expect() {
-  local code=$1 desc=$2; shift 3
-  "$@" >"$TMP/out" 2>"$TMP/err"; local rc=$?
-  if [ $rc -ne "$code" ]; then bad "$desc: exit $rc, expected $code; stderr: $(cat "$TMP/err")"; return; fi
-  if [ "$code" -ne 0 ] && [ "$(wc -l <"$TMP/err")" -ne 1 ]; then bad "$desc: stderr is not one line: $(cat "$TMP/err")"; return; fi
-  ok
-}
+TMP=$BIN/tmp/cli_lora
+. "$SRC/tests/cli/lib.sh"
 loss() { tail -n1 "$TMP/out" | sed 's/^loss=//'; }
 # near A B TOL: |A - B| < TOL
 near() { awk -v a="$1" -v b="$2" -v t="$3" 'BEGIN{d=a-b; if (d<0) d=-d; exit !(d < t)}'; }
@@ -69,5 +59,4 @@ mkdir -p "$TMP/dora"; sed 's/"use_dora": false/"use_dora": true/' "$AD/adapter_c
 expect 1 "eval DoRA adapter" -- "$MC" eval --model "$TINY" --ids 1,2 --adapter "$TMP/dora"
 grep -q "use_dora" "$TMP/err" && grep -q "MC_ERR_UNSUPPORTED" "$TMP/err" && ok || bad "DoRA message: $(cat "$TMP/err")"
 
-echo "$pass passed, $fail failed"
-[ $fail -eq 0 ]
+summary

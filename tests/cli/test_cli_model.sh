@@ -3,18 +3,8 @@
 # output format, logits file, and one-line errors with non-zero exits.
 set -u
 MC=$1; SRC=$2; BIN=$3
-TMP=$BIN/tmp/cli_model; rm -rf "$TMP"; mkdir -p "$TMP"
-pass=0; fail=0
-ok()  { pass=$((pass+1)); }
-bad() { fail=$((fail+1)); echo "FAILED: $*" >&2; }
-# expect CODE DESCRIPTION -- command...: checks the exit code and that stderr is one line
-expect() {
-  local code=$1 desc=$2; shift 3
-  "$@" >"$TMP/out" 2>"$TMP/err"; local rc=$?
-  if [ $rc -ne "$code" ]; then bad "$desc: exit $rc, expected $code; stderr: $(cat "$TMP/err")"; return; fi
-  if [ "$code" -ne 0 ] && [ "$(wc -l <"$TMP/err")" -ne 1 ]; then bad "$desc: stderr is not one line: $(cat "$TMP/err")"; return; fi
-  ok
-}
+TMP=$BIN/tmp/cli_model
+. "$SRC/tests/cli/lib.sh"
 TINY=$SRC/tests/fixtures/tiny_tied_f32
 REF=$(python3 -c "import json;d=json.load(open('$TINY/ref/ids.json'));print(','.join(map(str,d['sequences'][2])), d['losses'][2])" 2>/dev/null)
 IDS=${REF% *}; HFLOSS=${REF#* }
@@ -53,5 +43,4 @@ grep -q "tpu" "$TMP/err" && ok || bad "unknown device message: $(cat "$TMP/err")
 expect 0 "eval on the cpu device" -- "$MC" eval --model "$TINY" --ids 1,2 --device cpu
 expect 0 "eval reference kernels" -- "$MC" eval --model "$TINY" --ids 1,2,3 --reference --threads 1
 
-echo "$pass passed, $fail failed"
-[ $fail -eq 0 ]
+summary

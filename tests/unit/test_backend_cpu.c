@@ -3,6 +3,7 @@
  * against direct double-precision formulas written here; memory functions; allocation
  * failure. Outputs are poisoned with NaN before each call, so an element left unwritten
  * shows up, and the gaps of strided outputs must stay untouched. */
+#include "backend_test_util.h"
 #include "test.h"
 
 #include "backend/backend.h"
@@ -11,49 +12,7 @@
 
 #include <omp.h>
 
-/* Backends under test: [0] reference, then fast variants. */
-enum { N_FAST = 4 };
-static mc_backend *g_ref;
-static mc_backend *g_fast[N_FAST];
-static const char *g_fast_name[N_FAST] = {"avx2 x all", "avx2 x 1", "avx2 x 3", "portable x all"};
-static mc_rng g_rng;
-
-static const mc_dtype k_dtypes[3] = {MC_F32, MC_BF16, MC_F16};
-
 /* ---- helpers -------------------------------------------------------------------------- */
-
-/* x[i] = scale * N(0, 1), never exactly zero. */
-static void fill_normal(float *x, size_t n, float scale) {
-    for (size_t i = 0; i < n; i++) {
-        float v = mc_rng_normal(&g_rng) * scale;
-        x[i] = v != 0.0f ? v : scale * 0.5f;
-    }
-}
-
-static void poison(float *x, size_t n) {
-    for (size_t i = 0; i < n; i++) x[i] = NAN;
-}
-
-static float *falloc(size_t n) {
-    float *p = malloc((n ? n : 1) * sizeof(float));
-    if (!p) {
-        fprintf(stderr, "out of memory\n");
-        exit(2);
-    }
-    return p;
-}
-
-/* A weight tensor of n random values stored as dtype t; *vals receives the values it holds
- * (after rounding to t) as f32. Free both with free(). */
-static void *make_weight(mc_dtype t, size_t n, float scale, float **vals) {
-    float *f = falloc(n);
-    void *w = malloc(n * mc_dtype_size(t) + 1);
-    fill_normal(f, n, scale);
-    mc_convert_from_f32(w, f, t, n);
-    mc_convert_to_f32(f, w, t, n);
-    *vals = f;
-    return w;
-}
 
 /* Counts NaNs among rows x cols of a [rows, ld] matrix, and non-NaNs in the gap columns
  * cols..ld (which the op must not touch). Reports the first offender. */
@@ -94,12 +53,7 @@ static void test_create(void) {
     void *p;
     const void *dev = NULL;
     float h[5] = {1, 2, 3, 4, 5}, back[5] = {0};
-    CHECK_OK(mc_backend_cpu_create(1, true, &g_ref));
-    CHECK_OK(mc_backend_cpu_create(0, false, &g_fast[0]));
-    CHECK_OK(mc_cpu_create(1, MC_CPU_AVX2, &g_fast[1]));
-    CHECK_OK(mc_cpu_create(3, MC_CPU_AVX2, &g_fast[2]));
-    CHECK_OK(mc_cpu_create(0, MC_CPU_PORTABLE, &g_fast[3]));
-    if (!g_ref || !g_fast[0] || !g_fast[1] || !g_fast[2] || !g_fast[3]) exit(1);
+    create_backends();
     CHECK(strcmp(g_ref->name, "cpu-ref") == 0);
     CHECK(strcmp(g_fast[0]->name, "cpu") == 0);
     CHECK_INT(g_ref->act_dtype, MC_F32);

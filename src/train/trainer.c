@@ -526,6 +526,7 @@ mc_status mc_train(mc_model *model, mc_adapter *adapter, const mc_train_params *
     int total = 0, start;
     double t_start = mc_time_now(), val = NAN;
     bool stop = false;
+    int saved_step = -1; /* step of this call's last checkpoint */
     mc_status s;
     if (!model || !adapter || !params || !result)
         return mc_fail(MC_ERR_INVALID_ARG, "mc_train: NULL argument");
@@ -579,6 +580,7 @@ mc_status mc_train(mc_model *model, mc_adapter *adapter, const mc_train_params *
         if ((params->save_every > 0 && r.step % params->save_every == 0) || stop) {
             s = save_checkpoint(&r);
             if (s != MC_OK) goto done;
+            saved_step = r.step;
         }
     }
     if (r.has_valid && !stop) {
@@ -586,7 +588,9 @@ mc_status mc_train(mc_model *model, mc_adapter *adapter, const mc_train_params *
         s = validate(&r, total, &val, &es);
         if (s != MC_OK) goto done;
     }
-    if (!(params->save_every > 0 && r.step % params->save_every == 0) && !stop) {
+    /* also when a resumed run had nothing left to train: a crash may have cut the adapter
+     * files short after the state file of the last step was written */
+    if (saved_step != r.step) {
         s = save_checkpoint(&r);
         if (s != MC_OK) goto done;
     }

@@ -21,11 +21,15 @@ static void *act_alloc(mc_trainer_core *c, size_t rows, int width, bool *ok) {
     return p;
 }
 
+/* The activations the backward reads from the forward (full: a layer's own set). The
+ * RMSNorm outputs and the SwiGLU product are not among them: every layer writes them into
+ * the shared transient set (c->work) and the backward recomputes them from x_in, x_mid,
+ * gate and up, which saves a third of the activation memory for two norms and one
+ * elementwise product per layer. */
 static void acts_alloc(mc_trainer_core *c, mc_layer_acts *a, bool full, bool *ok) {
     mc_dims d = mc_model_dims(c->m);
     size_t N = (size_t)c->max_rows;
     if (!full) return;
-    a->xn1 = act_alloc(c, N, d.D, ok);
     a->q = act_alloc(c, N, d.q_dim, ok);
     a->k = act_alloc(c, N, d.kv_dim, ok);
     a->v = act_alloc(c, N, d.kv_dim, ok);
@@ -35,9 +39,16 @@ static void acts_alloc(mc_trainer_core *c, mc_layer_acts *a, bool full, bool *ok
     }
     a->att = act_alloc(c, N, d.q_dim, ok);
     a->x_mid = act_alloc(c, N, d.D, ok);
-    a->xn2 = act_alloc(c, N, d.D, ok);
     a->gate = act_alloc(c, N, d.F, ok);
     a->up = act_alloc(c, N, d.F, ok);
+}
+
+/* The transient set: rmsnorm(x_in), rmsnorm(x_mid) and silu(gate) * up of one layer. */
+static void transient_alloc(mc_trainer_core *c, mc_layer_acts *a, bool *ok) {
+    mc_dims d = mc_model_dims(c->m);
+    size_t N = (size_t)c->max_rows;
+    a->xn1 = act_alloc(c, N, d.D, ok);
+    a->xn2 = act_alloc(c, N, d.D, ok);
     a->h = act_alloc(c, N, d.F, ok);
 }
 
@@ -75,6 +86,7 @@ mc_status mc_trainer_core_create(mc_model *m, mc_adapter *a, int max_rows, bool 
         acts_alloc(c, &c->acts[l], !checkpointing, &ok);
     }
     acts_alloc(c, &c->work, checkpointing, &ok);
+    transient_alloc(c, &c->work, &ok);
     widest = (size_t)MC_MAX(MC_MAX(d.F, d.q_dim), d.D);
     c->x_final = act_alloc(c, N, d.D, &ok);
     c->h_final = act_alloc(c, N, d.D, &ok);
@@ -207,7 +219,8 @@ static void attention_segments(mc_trainer_core *c, const mc_batch *b, void *att,
     }
 }
 
-/* Forward of layer l from x_in into acts a (all but x_in) and x_out. */
+/* Forward of layer l from x_in into the saved acts a (all but x_in), the transient set
+ * c->work (xn1, xn2, h) and x_out. */
 static void layer_fwd(mc_trainer_core *c, const mc_batch *b, int l, const void *x_in,
                       mc_layer_acts *a, void *x_out) {
     const mc_model *m = c->m;
@@ -218,11 +231,12 @@ static void layer_fwd(mc_trainer_core *c, const mc_batch *b, int l, const void *
     size_t nd = (size_t)N * (size_t)d.D;
     float eps = (float)m->cfg.rms_norm_eps, theta = (float)m->cfg.rope_theta;
     mc_wt none = {NULL, MC_F32};
+    mc_layer_acts *t = &c->work;
 
-    be->rmsnorm(be, a->xn1, x_in, w->attn_norm, N, d.D, eps);
-    proj_fwd(c, l, MC_LM_Q, m->cfg.qk_norm ? a->qn : a->q, a->xn1, w->q_w, w->q_b, N, d.q_dim, d.D);
-    proj_fwd(c, l, MC_LM_K, m->cfg.qk_norm ? a->kn : a->k, a->xn1, w->k_w, w->k_b, N, d.kv_dim, d.D);
-    proj_fwd(c, l, MC_LM_V, a->v, a->xn1, w->v_w, w->v_b, N, d.kv_dim, d.D);
+    be->rmsnorm(be, t->xn1, x_in, w->attn_norm, N, d.D, eps);
+    proj_fwd(c, l, MC_LM_Q, m->cfg.qk_norm ? a->qn : a->q, t->xn1, w->q_w, w->q_b, N, d.q_dim, d.D);
+    proj_fwd(c, l, MC_LM_K, m->cfg.qk_norm ? a->kn : a->k, t->xn1, w->k_w, w->k_b, N, d.kv_dim, d.D);
+    proj_fwd(c, l, MC_LM_V, a->v, t->xn1, w->v_w, w->v_b, N, d.kv_dim, d.D);
     if (m->cfg.qk_norm) {
         be->rmsnorm(be, a->q, a->qn, w->q_norm, N * d.Hq, d.hd, eps);
         be->rmsnorm(be, a->k, a->kn, w->k_norm, N * d.Hkv, d.hd, eps);
@@ -234,18 +248,20 @@ static void layer_fwd(mc_trainer_core *c, const mc_batch *b, int l, const void *
     (void)be->copy(be, a->x_mid, x_in, nd * mc_dtype_size(be->act_dtype));
     be->add(be, a->x_mid, c->dtmp, nd);
 
-    be->rmsnorm(be, a->xn2, a->x_mid, w->mlp_norm, N, d.D, eps);
-    proj_fwd(c, l, MC_LM_GATE, a->gate, a->xn2, w->gate_w, none, N, d.F, d.D);
-    proj_fwd(c, l, MC_LM_UP, a->up, a->xn2, w->up_w, none, N, d.F, d.D);
-    be->swiglu(be, a->h, a->gate, a->up, (size_t)N * (size_t)d.F);
-    proj_fwd(c, l, MC_LM_DOWN, c->dtmp, a->h, w->down_w, none, N, d.D, d.F);
+    be->rmsnorm(be, t->xn2, a->x_mid, w->mlp_norm, N, d.D, eps);
+    proj_fwd(c, l, MC_LM_GATE, a->gate, t->xn2, w->gate_w, none, N, d.F, d.D);
+    proj_fwd(c, l, MC_LM_UP, a->up, t->xn2, w->up_w, none, N, d.F, d.D);
+    be->swiglu(be, t->h, a->gate, a->up, (size_t)N * (size_t)d.F);
+    proj_fwd(c, l, MC_LM_DOWN, c->dtmp, t->h, w->down_w, none, N, d.D, d.F);
     (void)be->copy(be, x_out, a->x_mid, nd * mc_dtype_size(be->act_dtype));
     be->add(be, x_out, c->dtmp, nd);
 }
 
-/* Backward of layer l: c->dx holds dL/dx_out on entry and dL/dx_in on return. */
+/* Backward of layer l: c->dx holds dL/dx_out on entry and dL/dx_in on return. fresh: the
+ * transient set c->work still holds this layer's xn1, xn2 and h (its forward just ran);
+ * otherwise they are recomputed first. */
 static void layer_bwd(mc_trainer_core *c, const mc_batch *b, int l, const void *x_in,
-                      const mc_layer_acts *a) {
+                      const mc_layer_acts *a, bool fresh) {
     const mc_model *m = c->m;
     mc_backend *be = m->be;
     const mc_layer_w *w = &m->layers[l];
@@ -253,12 +269,19 @@ static void layer_bwd(mc_trainer_core *c, const mc_batch *b, int l, const void *
     int N = b->N, s;
     float eps = (float)m->cfg.rms_norm_eps, theta = (float)m->cfg.rope_theta;
     void *dh = c->dF1, *dup = c->dF2, *datt = c->dF1;
+    const mc_layer_acts *t = &c->work;
+
+    if (!fresh) {
+        be->rmsnorm(be, t->xn1, x_in, w->attn_norm, N, d.D, eps);
+        be->rmsnorm(be, t->xn2, a->x_mid, w->mlp_norm, N, d.D, eps);
+        be->swiglu(be, t->h, a->gate, a->up, (size_t)N * (size_t)d.F);
+    }
 
     /* MLP: x_out = x_mid + down(h); h = silu(gate) * up; gate, up = proj(xn2) */
-    proj_bwd(c, l, MC_LM_DOWN, dh, false, c->dx, a->h, w->down_w, N, d.D, d.F);
+    proj_bwd(c, l, MC_LM_DOWN, dh, false, c->dx, t->h, w->down_w, N, d.D, d.F);
     be->swiglu_backward(be, dh, dup, dh, a->gate, a->up, (size_t)N * (size_t)d.F);
-    proj_bwd(c, l, MC_LM_GATE, c->dtmp, false, dh, a->xn2, w->gate_w, N, d.F, d.D);
-    proj_bwd(c, l, MC_LM_UP, c->dtmp, true, dup, a->xn2, w->up_w, N, d.F, d.D);
+    proj_bwd(c, l, MC_LM_GATE, c->dtmp, false, dh, t->xn2, w->gate_w, N, d.F, d.D);
+    proj_bwd(c, l, MC_LM_UP, c->dtmp, true, dup, t->xn2, w->up_w, N, d.F, d.D);
     /* xn2 = rmsnorm(x_mid): dx_mid = dx_out + rmsnorm'(dxn2) */
     be->rmsnorm_backward(be, c->dx, c->dtmp, a->x_mid, w->mlp_norm, N, d.D, eps);
 
@@ -287,9 +310,9 @@ static void layer_bwd(mc_trainer_core *c, const mc_batch *b, int l, const void *
         be->rmsnorm_backward(be, c->dF2, c->dk, a->kn, w->k_norm, N * d.Hkv, d.hd, eps);
         (void)be->copy(be, c->dk, c->dF2, kb);
     }
-    proj_bwd(c, l, MC_LM_Q, c->dtmp, false, c->dq, a->xn1, w->q_w, N, d.q_dim, d.D);
-    proj_bwd(c, l, MC_LM_K, c->dtmp, true, c->dk, a->xn1, w->k_w, N, d.kv_dim, d.D);
-    proj_bwd(c, l, MC_LM_V, c->dtmp, true, c->dv, a->xn1, w->v_w, N, d.kv_dim, d.D);
+    proj_bwd(c, l, MC_LM_Q, c->dtmp, false, c->dq, t->xn1, w->q_w, N, d.q_dim, d.D);
+    proj_bwd(c, l, MC_LM_K, c->dtmp, true, c->dk, t->xn1, w->k_w, N, d.kv_dim, d.D);
+    proj_bwd(c, l, MC_LM_V, c->dtmp, true, c->dv, t->xn1, w->v_w, N, d.kv_dim, d.D);
     /* xn1 = rmsnorm(x_in): dx_in = dx_mid + rmsnorm'(dxn1) */
     be->rmsnorm_backward(be, c->dx, c->dtmp, x_in, w->attn_norm, N, d.D, eps);
 }
@@ -337,7 +360,7 @@ mc_status mc_train_microbatch(mc_trainer_core *c, const mc_batch *b, float grad_
             layer_fwd(c, b, l, c->acts[l].x_in, &c->work, c->h_final);
             a = &c->work;
         }
-        layer_bwd(c, b, l, c->acts[l].x_in, a);
+        layer_bwd(c, b, l, c->acts[l].x_in, a, c->checkpointing);
     }
     return be->sync ? be->sync(be) : MC_OK;
 }

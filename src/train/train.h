@@ -47,8 +47,9 @@ typedef struct mc_trainer_core {
     mc_adapter *a;
     int max_rows;          /* N capacity */
     bool checkpointing;    /* keep only layer inputs; recompute in backward */
-    mc_layer_acts *acts;   /* [L] (checkpointing: x_in of each layer, the rest shared) */
-    mc_layer_acts work;    /* recompute buffers when checkpointing */
+    mc_layer_acts *acts;   /* [L] saved for the backward (checkpointing: only x_in) */
+    mc_layer_acts work;    /* xn1, xn2 and h of the layer at hand (recomputed in the
+                            * backward), plus the rest when checkpointing */
     void *x_final;         /* [N, D] output of the last layer */
     void *h_final;         /* [N, D] rmsnorm(x_final) */
     void *dx, *dtmp;       /* [N, D] */

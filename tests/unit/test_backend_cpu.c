@@ -260,6 +260,9 @@ static void test_matmul_small(void) {
 static void test_matmul_large(void) {
     for (int di = 0; di < 3; di++) {
         matmul_case(1, 1203, 256, 1203, k_dtypes[di], (int)MC_BF16);
+        /* one input, long rows: row parts in lockstep, rows and K elements left over */
+        matmul_case(1, 903, 2061, 903, k_dtypes[di], (int)MC_F16);
+        matmul_case(1, 6, 4867, 6, k_dtypes[di], -1);
         matmul_case(2, 517, 300, 520, k_dtypes[di], -1);
         matmul_case(5, 333, 1000, 333, k_dtypes[di], (int)MC_F32);
         matmul_case(40, 601, 300, 605, k_dtypes[di], (int)k_dtypes[di]);

@@ -382,6 +382,20 @@ static MC_AVX2 __m256 att_softmax8(float *st /* [n] stride W */, size_t W, int n
     return corr;
 }
 
+/* Prefetches keys and values [j0, j1) of one kv head (kg, vg: key 0 of the head; row stride
+ * kvdim). The item calls it one block ahead of its reads: a decode step finds the cache in
+ * DRAM (the weights streamed since the last step evicted it), and the hardware prefetcher
+ * alone leaves much of the latency of these strided rows exposed (24 layers of a 0.5B
+ * model at 512 positions: ~1.3 ms -> ~0.9 ms per step). */
+static MC_AVX2 void att_prefetch_kv(const att_args *a, const float *kg, const float *vg, int j0,
+                                    int j1) {
+    for (int j = j0; j < j1; j++)
+        for (int d = 0; d < a->hd; d += 16) { /* 16 floats: one cache line */
+            _mm_prefetch((const char *)(kg + (size_t)j * a->kvdim + (size_t)d), _MM_HINT_T2);
+            _mm_prefetch((const char *)(vg + (size_t)j * a->kvdim + (size_t)d), _MM_HINT_T2);
+        }
+}
+
 /* One item with AVX2. Its rows (nh heads x ntr tokens, padded to a multiple of 8 lanes)
  * are transposed once into qt; each key block then costs one pass over the keys for the
  * scores, a vectorised softmax across rows, and one pass over the values per row. */
@@ -424,6 +438,7 @@ static MC_AVX2 void att_item_avx2(const att_args *a, int g, int h0, int nh, int 
             vb = vp;
             ld = (size_t)hd;
         }
+        att_prefetch_kv(a, kg, vg, j0 == 0 ? 0 : j0 + bk, MC_MIN(nk, j0 + 2 * bk));
         att_scores_any(st, qt, kb, ld, n, hd, a->scale, RV);
         for (int r = 0; r < rows; r++) /* causal mask: row r sees keys <= pos0 + t */
             for (int j = MC_MAX(0, a->pos0 + t0 + r % ntr + 1 - j0); j < n; j++)

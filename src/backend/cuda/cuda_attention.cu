@@ -268,10 +268,13 @@ static __device__ __forceinline__ float row_reduce(float v, float *red, bool is_
     return r;
 }
 
+/* HD > 0: head_dim fixed at compile time, so the score and value loops unroll and issue
+ * all their loads before using any; HD == 0: any head_dim. */
+template <int HD>
 static __global__ void __launch_bounds__(ROW_THREADS) row_fwd_kernel(const RowArgs a) {
     cu_dep_wait();
     extern __shared__ float rsm[];
-    const int hd = a.hd, tid = threadIdx.x;
+    const int hd = HD > 0 ? HD : a.hd, tid = threadIdx.x;
     float *qs = rsm, *ps = qs + hd, *ored = ps + ROW_CHUNK, *red = ored + 2 * ROW_THREADS;
     __shared__ int last;
     const int h = blockIdx.x, t = blockIdx.y, sp = blockIdx.z;
@@ -297,6 +300,7 @@ static __global__ void __launch_bounds__(ROW_THREADS) row_fwd_kernel(const RowAr
             const float *kr = kb + (size_t)(c0 + jj) * kvdim;
             float dot = 0.0f;
             if (vec) {
+#pragma unroll
                 for (int e = 0; e < hd; e += 4) {
                     float4 kv4 = __ldg(reinterpret_cast<const float4 *>(kr + e));
                     dot = fmaf(qs[e], kv4.x, dot);
@@ -325,6 +329,7 @@ static __global__ void __launch_bounds__(ROW_THREADS) row_fwd_kernel(const RowAr
         o0 *= alpha;
         o1 *= alpha;
         if (grp < G) {
+#pragma unroll 8
             for (int jj = grp; jj < cn; jj += G) {
                 const float *vr = vb + (size_t)(c0 + jj) * kvdim;
                 o0 = fmaf(ps[jj], vr[d], o0);
@@ -718,8 +723,10 @@ void cu_attention(mc_backend *be, void *out, const void *q, const void *k, const
     a.nsplit = nsplit;
     a.scale = 1.0f / sqrtf((float)hd);
     unsigned smem = (unsigned)((hd + ROW_CHUNK + 2 * ROW_THREADS + ROW_THREADS / 32) * sizeof(float));
-    cu_launch(c, row_fwd_kernel, dim3((unsigned)Hq, (unsigned)T, (unsigned)nsplit),
-              dim3(ROW_THREADS), smem, a, "attention_row");
+    const dim3 grid((unsigned)Hq, (unsigned)T, (unsigned)nsplit);
+    if (hd == 64) cu_launch(c, row_fwd_kernel<64>, grid, dim3(ROW_THREADS), smem, a, "attention_row");
+    else if (hd == 128) cu_launch(c, row_fwd_kernel<128>, grid, dim3(ROW_THREADS), smem, a, "attention_row");
+    else cu_launch(c, row_fwd_kernel<0>, grid, dim3(ROW_THREADS), smem, a, "attention_row");
 }
 
 template <int HD, int BMQ>
@@ -831,7 +838,14 @@ void cu_attention_init(mc_cuda *c) {
     (void)cu_check(c, cudaFuncSetAttribute(row_bwd_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            optin),
                    "attention setup");
-    (void)cu_check(c, cudaFuncSetAttribute(row_fwd_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           (int)((256 + ROW_CHUNK + 2 * ROW_THREADS + 8) * sizeof(float))),
+    const int row_smem = (int)((256 + ROW_CHUNK + 2 * ROW_THREADS + 8) * sizeof(float));
+    (void)cu_check(c, cudaFuncSetAttribute(row_fwd_kernel<0>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           row_smem),
+                   "attention setup");
+    (void)cu_check(c, cudaFuncSetAttribute(row_fwd_kernel<64>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           row_smem),
+                   "attention setup");
+    (void)cu_check(c, cudaFuncSetAttribute(row_fwd_kernel<128>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           row_smem),
                    "attention setup");
 }

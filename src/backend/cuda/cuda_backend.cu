@@ -441,13 +441,39 @@ static mc_status cuda_to_device(mc_backend *be, void *dst, const void *host_src,
     return cu_take_error(c);
 }
 
+/* Copies to the host of up to this many bytes (a decode step's logits) go through a
+ * page-locked staging buffer: a DMA into it and a host memcpy out of it cost less than
+ * the driver's staged copy into pageable memory. */
+enum { CU_PINNED_MAX = 16u << 20 };
+
+static void *pinned_for(mc_cuda *c, size_t bytes) {
+    if (bytes > CU_PINNED_MAX) return NULL;
+    if (c->pinned_cap < bytes) {
+        size_t cap = bytes < (1u << 20) ? (1u << 20) : bytes;
+        void *p = NULL;
+        if (c->pinned) (void)cudaFreeHost(c->pinned);
+        c->pinned = NULL;
+        c->pinned_cap = 0;
+        if (cudaMallocHost(&p, cap) != cudaSuccess) {
+            (void)cudaGetLastError();
+            return NULL; /* an optimisation: the copy goes direct */
+        }
+        c->pinned = p;
+        c->pinned_cap = cap;
+    }
+    return c->pinned;
+}
+
 static mc_status cuda_to_host(mc_backend *be, void *host_dst, const void *src, size_t bytes) {
     mc_cuda *c = cu_ctx(be);
     cu_end_segment(c);
     if (bytes) {
-        if (cu_check(c, cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, c->stream),
-                     "copy to the host"))
-            (void)cu_check(c, cudaStreamSynchronize(c->stream), "a queued kernel");
+        void *stage = pinned_for(c, bytes);
+        if (cu_check(c, cudaMemcpyAsync(stage ? stage : host_dst, src, bytes,
+                                        cudaMemcpyDeviceToHost, c->stream),
+                     "copy to the host") &&
+            cu_check(c, cudaStreamSynchronize(c->stream), "a queued kernel") && stage)
+            memcpy(host_dst, stage, bytes);
     } else {
         (void)cu_check(c, cudaStreamSynchronize(c->stream), "a queued kernel");
     }
@@ -518,6 +544,7 @@ static void cuda_destroy(mc_backend *be) {
         for (i = 0; i < CU_N_SHADOW; i++)
             if (c->shadow[i].buf) cu_free(c, c->shadow[i].buf);
         if (c->gemv_cnt) cu_free(c, c->gemv_cnt);
+        if (c->pinned) (void)cudaFreeHost(c->pinned);
         if (c->n_allocs)
             mc_log(MC_LOG_WARN, "cuda: %zu device buffers (%llu bytes) still allocated at destroy",
                    c->n_allocs, (unsigned long long)c->bytes_now);
@@ -609,6 +636,9 @@ extern "C" mc_status mc_backend_cuda_create(int device, mc_backend **out) {
     c->pdl_on = !(env && env[0] == '0');
     env = getenv("MC_CUDA_FUSE");
     c->fuse_on = !(env && env[0] == '0');
+    env = getenv("MC_CUDA_NOFUSE"); /* e.g. "rope,glu": those fusions off */
+    c->fuse_rope = c->fuse_on && !(env && strstr(env, "rope"));
+    c->fuse_glu = c->fuse_on && !(env && strstr(env, "glu"));
     env = getenv("MC_CUDA_PROFILE");
     if (env && env[0] == '1') { /* per-kernel timing: direct, serialised launches */
         c->prof_on = true;

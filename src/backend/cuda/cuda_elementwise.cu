@@ -78,7 +78,8 @@ void cu_swiglu(mc_backend *be, void *out, const void *gate, const void *up, size
     mc_cuda *c = cu_ctx(be);
     if (!n) return;
     cu_note_write(c, out, n * sizeof(float));
-    if (c->fuse_on && shadow_rows(n) == 1) { /* decode-sized: the down GEMV may compute it */
+    if (c->fuse_on && shadow_rows(n) == 1) { /* decode-sized: a GEMV computes it */
+        if (cu_gemv_take_swiglu(c, (float *)out, (const float *)gate, (const float *)up, n)) return;
         cu_pending_flush(c);
         c->pend.kind = CU_PEND_SWIGLU;
         c->pend.s_out = (float *)out;

@@ -143,6 +143,7 @@ static void rope_any(mc_backend *be, void *x, int ldx, const int32_t *pos, int T
     const float *inv = rope_table(c, theta, hd);
     if (!inv) return;
     cu_note_write(c, x, span * sizeof(float));
+    if (!backward && cu_gemv_take_rope(c, (float *)x, ldx, pos, T, H, hd, inv)) return;
     memset(&p, 0, sizeof p);
     p.kind = CU_PEND_ROPE;
     p.rx = (float *)x;

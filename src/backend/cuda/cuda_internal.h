@@ -79,19 +79,21 @@ struct cu_alloc_rec {
 
 /* An op whose launch is held back so the next op can fuse with it (MC_CUDA_FUSE, on by
  * default): a residual add feeds the next RMSNorm, RoPE on q waits for RoPE on k, small
- * GEMVs reading the same input (q/k/v, gate/up) go out as one launch, and SwiGLU is
- * computed inside the down projection's GEMV. Any launch, cuBLAS call or host copy first
+ * GEMVs reading the same input (q/k/v, gate/up) go out as one launch, RoPE on q and k is
+ * applied in the q/k/v GEMV's epilogue, and SwiGLU in the gate/up GEMV's (or else inside
+ * the down projection's GEMV, which stages it). Any launch, cuBLAS call or host copy first
  * launches what is pending (cu_pending_flush), unless it is the op that fuses with it. */
 enum cu_pend_kind { CU_PEND_NONE = 0, CU_PEND_ADD, CU_PEND_ROPE, CU_PEND_GEMV, CU_PEND_SWIGLU };
 
 enum { CU_GEMV_MAX_ENT = 3 };
 
-/* One output of a (multi-)GEMV: out[m, n] = x[m, :] . W[n, :] (+ b[n]). */
+/* One output of a (multi-)GEMV: out[m, n] = x[m, :] . W[n, :] (+ b[n]), rotated by RoPE
+ * in the epilogue when rope is set (N = heads x head_dim). */
 struct cu_gemv_ent {
     float *out;       /* [M, ldo] */
     const void *w;    /* [N, K] */
     const void *bias; /* [N] or NULL */
-    int ldo, N, bias_dt, pad;
+    int ldo, N, bias_dt, rope;
 };
 
 struct cu_pending {
@@ -115,6 +117,11 @@ struct cu_pending {
     mc_dtype wdt;
     cu_gemv_ent ent[CU_GEMV_MAX_ENT];
     int nent;
+    float *glu_out; /* a SwiGLU of entries 0 and 1 taken over by the GEMV, or NULL */
+    /* RoPE of the entries flagged rope, taken over by the GEMV (rpos NULL: none) */
+    const int32_t *rpos;
+    const float *rinv;
+    int rhd;
 };
 
 /* Profiling (MC_CUDA_PROFILE=1): a pair of events around every kernel launch and cuBLAS
@@ -153,6 +160,10 @@ struct mc_cuda {
     float rope_theta;
     int rope_hd;
 
+    /* page-locked staging of copies to the host */
+    void *pinned;
+    size_t pinned_cap;
+
     /* activation shadows */
     cu_shadow shadow[CU_N_SHADOW];
     unsigned long shadow_clock;
@@ -169,8 +180,9 @@ struct mc_cuda {
     cu_graph g;
     long n_graph_launch, n_graph_build, n_launch;
 
-    /* op fusion */
+    /* op fusion (MC_CUDA_FUSE=0: none; MC_CUDA_NOFUSE=rope,glu: not those) */
     bool fuse_on;
+    bool fuse_rope, fuse_glu; /* RoPE and SwiGLU taken over by the GEMVs before them */
     cu_pending pend;
     int *gemv_cnt; /* [1] device counter of the SwiGLU-fused GEMV, zero between launches */
 
@@ -222,6 +234,13 @@ void cu_flush_add(mc_cuda *c, const cu_pending *p);
 void cu_flush_swiglu(mc_cuda *c, const cu_pending *p);
 void cu_flush_rope(mc_cuda *c, const cu_pending *p);
 void cu_flush_gemv(mc_cuda *c, const cu_pending *p);
+/* Lets a pending two-entry GEMV (gate and up of a decode step) also compute
+ * out = silu(gate) * up in its epilogue; false when the pending op is not such a GEMV. */
+bool cu_gemv_take_swiglu(mc_cuda *c, float *out, const float *gate, const float *up, size_t n);
+/* Lets a pending GEMV whose entry writes x also apply RoPE to it in its epilogue; false
+ * when no pending entry matches. */
+bool cu_gemv_take_rope(mc_cuda *c, float *x, int ldx, const int32_t *pos, int T, int H, int hd,
+                       const float *inv);
 
 /* Launches queued kernels directly before a call that cannot be queued (cuBLAS, copies
  * from the host, allocation); the rest of the segment launches directly. */

@@ -131,19 +131,24 @@ void *cu_shadow_for(mc_cuda *c, const void *dst, size_t n, int rows) {
 /* ---- GEMV for small M ---- */
 
 /* One launch computes up to CU_GEMV_MAX_ENT products sharing the input x [M, K]: block b
- * belongs to entry e when bstart[e] <= b < bstart[e + 1]. With up != NULL the input is
- * silu(x) * up (the SwiGLU of a pending swiglu, computed as the swiglu kernel does, into
- * each block's shared memory), and the last block to finish also stores that input to
- * sw_out, which the swiglu op was to write (often over the gate itself, so only once every
- * block has read the gate). */
+ * belongs to entry e when bstart[e] <= b < bstart[e + 1]. With up != NULL (ST 1, the
+ * kernels' stage template argument) the input is silu(x) * up (the SwiGLU of a pending
+ * swiglu, computed as the swiglu kernel does, into each block's shared memory), and the
+ * last block to finish also stores that input to sw_out, which the swiglu op was to write
+ * (often over the gate itself, so only once every block has read the gate).
+ * Entries flagged rope are rotated in the epilogue: a warp computes the pair of rows
+ * (i, i + hd/2) of one head and rotates them as the rope kernel does. */
 struct GemvArgs {
     const float *x;  /* [M, K] (the gate when up != NULL) */
     const float *up; /* [M, K] or NULL */
     float *sw_out;   /* [M, K] or NULL; may be the gate itself */
     int *cnt;        /* finished blocks (sw_out), zero between launches */
+    float *glu;      /* [M, N] silu(entry 0) * entry 1 (gemv_glu_kernel), or NULL */
+    const int32_t *rpos; /* [M] RoPE positions */
+    const float *rinv;   /* [rhd / 2] RoPE inverse frequencies */
     cu_gemv_ent ent[CU_GEMV_MAX_ENT];
     int bstart[CU_GEMV_MAX_ENT + 1];
-    int nent, M, K;
+    int nent, M, K, rhd;
 };
 
 /* Eight consecutive weights in their stored type. */
@@ -239,21 +244,17 @@ static __device__ __forceinline__ void gemv_chunk(float (&acc)[R][MT], const Chu
     }
 }
 
-/* The rows n0 .. n0 + R - 1 of entry E, by one warp. */
+/* acc[r][m] = rows[r] . x[m, :] (summed over the warp) for R weight rows of K elements. */
 template <typename WT, int MT, int R, bool SW>
-static __device__ __forceinline__ void gemv_rows(const GemvArgs &a, const cu_gemv_ent &E,
-                                                 const float *xs, int n0, int lane) {
+static __device__ __forceinline__ void gemv_acc(float (&acc)[R][MT], const GemvArgs &a,
+                                                const float *xs, const WT *const (&rows)[R],
+                                                int lane) {
     constexpr int U = R == 1 ? 8 : 4;
     const int nch = a.K >> 3;
-    const WT *w = reinterpret_cast<const WT *>(E.w);
-    float acc[R][MT];
 #pragma unroll
     for (int r = 0; r < R; r++)
 #pragma unroll
         for (int m = 0; m < MT; m++) acc[r][m] = 0.0f;
-    const WT *rows[R];
-#pragma unroll
-    for (int r = 0; r < R; r++) rows[r] = w + (size_t)min(n0 + r, E.N - 1) * a.K;
     for (int base = 0; base < nch; base += 32 * U) {
         Chunk8<WT> cw[U][R];
 #pragma unroll
@@ -275,6 +276,18 @@ static __device__ __forceinline__ void gemv_rows(const GemvArgs &a, const cu_gem
     for (int r = 0; r < R; r++)
 #pragma unroll
         for (int m = 0; m < MT; m++) acc[r][m] = cu_warp_sum(acc[r][m]);
+}
+
+/* The rows n0 .. n0 + R - 1 of entry E, by one warp. */
+template <typename WT, int MT, int R, bool SW>
+static __device__ __forceinline__ void gemv_rows(const GemvArgs &a, const cu_gemv_ent &E,
+                                                 const float *xs, int n0, int lane) {
+    const WT *w = reinterpret_cast<const WT *>(E.w);
+    float acc[R][MT];
+    const WT *rows[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) rows[r] = w + (size_t)min(n0 + r, E.N - 1) * a.K;
+    gemv_acc<WT, MT, R, SW>(acc, a, xs, rows, lane);
     if (lane == 0) {
 #pragma unroll
         for (int r = 0; r < R; r++) {
@@ -288,38 +301,118 @@ static __device__ __forceinline__ void gemv_rows(const GemvArgs &a, const cu_gem
     }
 }
 
-/* out[m, n] = x[m, :] . W[n, :] (+ b[n]) for m < M <= MT. A warp owns R rows of W and
- * streams them in 16-byte chunks (K % 8 == 0, 16-byte aligned rows): each lane issues U
- * chunk loads per row (predicated past the end) before using any, so a row of up to
- * 32 * U chunks costs one memory latency. */
-template <typename WT, int MT, int R, bool SW>
-static __global__ void __launch_bounds__(128) gemv_kernel(const GemvArgs a) {
-    extern __shared__ __align__(16) float xs[]; /* SW: [M, K] silu(x) * up */
-    cu_dep_wait();
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int e = 0;
-    if (SW) {
+/* Stages the block's input in xs (ST 1: SwiGLU; see GemvArgs). */
+template <int ST>
+static __device__ __forceinline__ void gemv_stage(const GemvArgs &a, float *xs) {
+    if (ST == 1) {
         for (int i = threadIdx.x; i < a.M * a.K; i += blockDim.x) xs[i] = swiglu1(a.x[i], a.up[i]);
         __syncthreads();
     }
-    while (e + 1 < a.nent && (int)blockIdx.x >= a.bstart[e + 1]) e++;
-    const cu_gemv_ent &E = a.ent[e];
-    const int n0 = (((int)blockIdx.x - a.bstart[e]) * 4 + warp) * R;
-    if (n0 < E.N) gemv_rows<WT, MT, R, SW>(a, E, xs, n0, lane);
-    if (SW && a.sw_out) {
-        __shared__ int last;
-        __syncthreads(); /* this block has read all of its input */
-        if (threadIdx.x == 0) {
-            __threadfence();
-            last = atomicAdd(a.cnt, 1) == (int)gridDim.x - 1;
-        }
-        __syncthreads();
-        if (last) {
-            __threadfence();
-            for (int i = threadIdx.x; i < a.M * a.K; i += blockDim.x) a.sw_out[i] = xs[i];
-            if (threadIdx.x == 0) *a.cnt = 0;
+}
+
+/* After the block's products: the last block to finish stores the staged SwiGLU to
+ * sw_out (ST 1). Every thread of the block must call it. */
+template <int ST>
+static __device__ __forceinline__ void gemv_finish(const GemvArgs &a, const float *xs) {
+    if (ST == 0 || !a.sw_out) return;
+    __shared__ int last;
+    __syncthreads(); /* this block has read all of its input */
+    if (threadIdx.x == 0) {
+        __threadfence();
+        last = atomicAdd(a.cnt, 1) == (int)gridDim.x - 1;
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    for (int i = threadIdx.x; i < a.M * a.K; i += blockDim.x) a.sw_out[i] = xs[i];
+    if (threadIdx.x == 0) *a.cnt = 0;
+}
+
+/* Rows (i, i + hd/2) of head h of entry E (pair p), by one warp, rotated by RoPE. */
+template <typename WT, int MT, bool SW>
+static __device__ __forceinline__ void gemv_rope_pair(const GemvArgs &a, const cu_gemv_ent &E,
+                                                      const float *xs, int p, int lane) {
+    const int half = a.rhd >> 1, h = p / half, i = p - h * half;
+    const int r0 = h * a.rhd + i, r1 = r0 + half;
+    const WT *w = reinterpret_cast<const WT *>(E.w);
+    const WT *rows[2] = {w + (size_t)r0 * a.K, w + (size_t)r1 * a.K};
+    float acc[2][MT];
+    gemv_acc<WT, MT, 2, SW>(acc, a, xs, rows, lane);
+    if (lane == 0) {
+        const float b0 = E.bias ? cu_load_w(E.bias, E.bias_dt, (size_t)r0) : 0.0f;
+        const float b1 = E.bias ? cu_load_w(E.bias, E.bias_dt, (size_t)r1) : 0.0f;
+        const float inv = a.rinv[i];
+#pragma unroll
+        for (int m = 0; m < MT; m++) {
+            if (m < a.M) {
+                const float x1 = acc[0][m] + b0, x2 = acc[1][m] + b1;
+                const float ang = __fmul_rn((float)a.rpos[m], inv);
+                float sn, co;
+                sincosf(ang, &sn, &co);
+                E.out[(size_t)m * E.ldo + r0] = __fsub_rn(__fmul_rn(x1, co), __fmul_rn(x2, sn));
+                E.out[(size_t)m * E.ldo + r1] = __fadd_rn(__fmul_rn(x2, co), __fmul_rn(x1, sn));
+            }
         }
     }
+}
+
+/* out[m, n] = x[m, :] . W[n, :] (+ b[n]) for m < M <= MT. A warp owns R rows of W (or a
+ * RoPE pair) and streams them in 16-byte chunks (K % 8 == 0, 16-byte aligned rows): each
+ * lane issues U chunk loads per row (predicated past the end) before using any, so a row
+ * of up to 32 * U chunks costs one memory latency. */
+template <typename WT, int MT, int R, int ST>
+static __global__ void __launch_bounds__(128) gemv_kernel(const GemvArgs a) {
+    extern __shared__ __align__(16) float xs[]; /* ST > 0: [M, K] staged input */
+    constexpr bool SW = ST != 0;
+    cu_dep_wait();
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int e = 0;
+    gemv_stage<ST>(a, xs);
+    while (e + 1 < a.nent && (int)blockIdx.x >= a.bstart[e + 1]) e++;
+    const cu_gemv_ent &E = a.ent[e];
+    const int j = ((int)blockIdx.x - a.bstart[e]) * 4 + warp;
+    if (E.rope) {
+        if (j < E.N / 2) gemv_rope_pair<WT, MT, SW>(a, E, xs, j, lane);
+    } else if (j * R < E.N) {
+        gemv_rows<WT, MT, R, SW>(a, E, xs, j * R, lane);
+    }
+    gemv_finish<ST>(a, xs);
+}
+
+/* The gate and up products of a SwiGLU MLP in one pass, with the SwiGLU as epilogue: warp
+ * n reads row n of both weights (entries 0 and 1, same N, K and input) and its lane 0
+ * writes gate[m, n], up[m, n] and then glu[m, n] = silu(gate) * up, exactly as the swiglu
+ * kernel computes it (glu may be the gate or up buffer itself: each element is read and
+ * written by the same lane only). */
+template <typename WT, int MT, int ST>
+static __global__ void __launch_bounds__(128) gemv_glu_kernel(const GemvArgs a) {
+    extern __shared__ __align__(16) float xs[]; /* ST > 0: [M, K] staged input */
+    constexpr bool SW = ST != 0;
+    cu_dep_wait();
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const cu_gemv_ent &G = a.ent[0], &U = a.ent[1];
+    const int n = (int)blockIdx.x * 4 + warp;
+    gemv_stage<ST>(a, xs);
+    if (n < G.N) {
+        const WT *rows[2] = {reinterpret_cast<const WT *>(G.w) + (size_t)n * a.K,
+                             reinterpret_cast<const WT *>(U.w) + (size_t)n * a.K};
+        float acc[2][MT];
+        gemv_acc<WT, MT, 2, SW>(acc, a, xs, rows, lane);
+        if (lane == 0) {
+            const float bg = G.bias ? cu_load_w(G.bias, G.bias_dt, (size_t)n) : 0.0f;
+            const float bu = U.bias ? cu_load_w(U.bias, U.bias_dt, (size_t)n) : 0.0f;
+#pragma unroll
+            for (int m = 0; m < MT; m++) {
+                if (m < a.M) {
+                    const float g = acc[0][m] + bg, u = acc[1][m] + bu;
+                    G.out[(size_t)m * G.ldo + n] = g;
+                    U.out[(size_t)m * U.ldo + n] = u;
+                    a.glu[(size_t)m * G.N + n] = swiglu1(g, u);
+                }
+            }
+        }
+    }
+    gemv_finish<ST>(a, xs);
 }
 
 struct GemvScalarArgs {
@@ -352,45 +445,46 @@ static __global__ void __launch_bounds__(128) gemv_scalar_kernel(const GemvScala
     }
 }
 
-template <typename WT, int MT, bool SW>
+template <typename WT, int MT, int ST>
 static void gemv_launch_r(mc_cuda *c, GemvArgs a) {
-    const int R = (a.nent == 1 && a.ent[0].N >= 8192) ? 2 : 1;
+    const unsigned smem = ST ? (unsigned)((size_t)a.M * a.K * sizeof(float)) : 0u;
+    if (a.glu) {
+        cu_launch(c, gemv_glu_kernel<WT, MT, ST>, dim3((unsigned)((a.ent[0].N + 3) / 4)), dim3(128),
+                  smem, a, "gemv gate/up swiglu");
+        return;
+    }
+    const int R = (a.nent == 1 && a.ent[0].N >= 8192 && !a.ent[0].rope) ? 2 : 1;
     int b = 0;
     for (int e = 0; e < a.nent; e++) {
         a.bstart[e] = b;
-        b += (a.ent[e].N + 4 * R - 1) / (4 * R);
+        b += a.ent[e].rope ? (a.ent[e].N / 2 + 3) / 4 : (a.ent[e].N + 4 * R - 1) / (4 * R);
     }
     for (int e = a.nent; e <= CU_GEMV_MAX_ENT; e++) a.bstart[e] = b;
-    const unsigned smem = SW ? (unsigned)((size_t)a.M * a.K * sizeof(float)) : 0u;
-    if (R == 2) cu_launch(c, gemv_kernel<WT, MT, 2, SW>, dim3((unsigned)b), dim3(128), smem, a, "gemv");
-    else cu_launch(c, gemv_kernel<WT, MT, 1, SW>, dim3((unsigned)b), dim3(128), smem, a,
-                   a.nent > 1 ? "gemv multi" : SW ? "gemv swiglu" : "gemv");
+    if (R == 2) cu_launch(c, gemv_kernel<WT, MT, 2, ST>, dim3((unsigned)b), dim3(128), smem, a, "gemv");
+    else cu_launch(c, gemv_kernel<WT, MT, 1, ST>, dim3((unsigned)b), dim3(128), smem, a,
+                   a.nent > 1 ? "gemv multi" : ST == 1 ? "gemv swiglu" : "gemv");
 }
 
-template <typename WT, bool SW>
+template <typename WT, int ST>
 static void gemv_launch_m(mc_cuda *c, const GemvArgs &a) {
-    if (a.M <= 1) gemv_launch_r<WT, 1, SW>(c, a);
-    else if (a.M <= 2) gemv_launch_r<WT, 2, SW>(c, a);
-    else if (a.M <= 4) gemv_launch_r<WT, 4, SW>(c, a);
-    else gemv_launch_r<WT, 8, SW>(c, a);
+    if (a.M <= 1) gemv_launch_r<WT, 1, ST>(c, a);
+    else if (a.M <= 2) gemv_launch_r<WT, 2, ST>(c, a);
+    else if (a.M <= 4) gemv_launch_r<WT, 4, ST>(c, a);
+    else gemv_launch_r<WT, 8, ST>(c, a);
+}
+
+template <typename WT>
+static void gemv_launch_t(mc_cuda *c, const GemvArgs &a) {
+    if (a.up) gemv_launch_m<WT, 1>(c, a);
+    else gemv_launch_m<WT, 0>(c, a);
 }
 
 /* Launches a vector GEMV (K % 8 == 0, aligned) over a.nent entries of weight dtype dt. */
 static void gemv_launch(mc_cuda *c, const GemvArgs &a, mc_dtype dt) {
-    const bool sw = a.up != NULL;
     switch (dt) {
-    case MC_BF16:
-        if (sw) gemv_launch_m<__nv_bfloat16, true>(c, a);
-        else gemv_launch_m<__nv_bfloat16, false>(c, a);
-        return;
-    case MC_F16:
-        if (sw) gemv_launch_m<__half, true>(c, a);
-        else gemv_launch_m<__half, false>(c, a);
-        return;
-    case MC_F32:
-        if (sw) gemv_launch_m<float, true>(c, a);
-        else gemv_launch_m<float, false>(c, a);
-        return;
+    case MC_BF16: gemv_launch_t<__nv_bfloat16>(c, a); return;
+    case MC_F16: gemv_launch_t<__half>(c, a); return;
+    case MC_F32: gemv_launch_t<float>(c, a); return;
     }
 }
 
@@ -406,6 +500,38 @@ static cu_gemv_ent gemv_ent(float *out, int ldo, mc_wt w, mc_wt bias, int N) {
     return e;
 }
 
+static bool ranges_overlap(const float *a, size_t na, const float *b, size_t nb) {
+    return a < b + nb && b < a + na;
+}
+
+/* True when out[0, n) overlaps nothing the pending GEMV reads (its input) or writes to
+ * (its entries). */
+static bool gemv_out_free(const cu_pending *p, const float *out, size_t n) {
+    if (ranges_overlap(out, n, p->gx, (size_t)p->M * (size_t)p->K)) return false;
+    for (int e = 0; e < p->nent; e++)
+        if (ranges_overlap(out, n, p->ent[e].out, (size_t)(p->M - 1) * p->ent[e].ldo + p->ent[e].N))
+            return false;
+    return true;
+}
+
+bool cu_gemv_take_rope(mc_cuda *c, float *x, int ldx, const int32_t *pos, int T, int H, int hd,
+                       const float *inv) {
+    cu_pending *p = &c->pend;
+    if (!c->fuse_rope || p->kind != CU_PEND_GEMV || p->glu_out || p->M != T || hd % 2 != 0) return false;
+    if (p->rpos && (p->rpos != pos || p->rinv != inv || p->rhd != hd)) return false;
+    for (int e = 0; e < p->nent; e++) {
+        cu_gemv_ent *E = &p->ent[e];
+        if (E->out == x && E->ldo == ldx && E->N == H * hd && !E->rope) {
+            E->rope = 1;
+            p->rpos = pos;
+            p->rinv = inv;
+            p->rhd = hd;
+            return true;
+        }
+    }
+    return false;
+}
+
 void cu_flush_gemv(mc_cuda *c, const cu_pending *p) {
     GemvArgs a;
     memset(&a, 0, sizeof a);
@@ -413,12 +539,28 @@ void cu_flush_gemv(mc_cuda *c, const cu_pending *p) {
     a.M = p->M;
     a.K = p->K;
     a.nent = p->nent;
+    a.glu = p->glu_out;
     for (int e = 0; e < p->nent; e++) a.ent[e] = p->ent[e];
+    a.rpos = p->rpos;
+    a.rinv = p->rinv;
+    a.rhd = p->rhd;
     gemv_launch(c, a, p->wdt);
 }
 
-static bool ranges_overlap(const float *a, size_t na, const float *b, size_t nb) {
-    return a < b + nb && b < a + na;
+bool cu_gemv_take_swiglu(mc_cuda *c, float *out, const float *gate, const float *up, size_t n) {
+    cu_pending *p = &c->pend;
+    if (!c->fuse_glu || p->kind != CU_PEND_GEMV || p->nent != 2 || p->glu_out) return false;
+    const cu_gemv_ent &G = p->ent[0], &U = p->ent[1];
+    const size_t nn = (size_t)p->M * (size_t)G.N;
+    if (G.out != gate || U.out != up || G.N != U.N || G.ldo != G.N || U.ldo != U.N || n != nn ||
+        G.rope || U.rope)
+        return false;
+    /* out may be gate or up itself, but no other overlap with the outputs or the input */
+    if ((out != gate && ranges_overlap(out, n, gate, n)) || (out != up && ranges_overlap(out, n, up, n)))
+        return false;
+    if (ranges_overlap(out, n, p->gx, (size_t)p->M * (size_t)p->K)) return false;
+    p->glu_out = out;
+    return true;
 }
 
 /* out = x W^T (+ b) for M <= CU_GEMV_MAX_M rows, fused with a pending op when it can be:
@@ -468,19 +610,15 @@ static void gemv(mc_cuda *c, float *out, int ldo, const float *x, mc_wt w, mc_wt
         return;
     }
     if (c->fuse_on && p->kind == CU_PEND_GEMV && p->gx == x && p->M == M && p->K == K &&
-        p->wdt == w.dtype && p->nent < CU_GEMV_MAX_ENT && !ranges_overlap(out, nout, x, nx)) {
-        bool clash = false;
-        for (int e = 0; e < p->nent; e++)
-            clash = clash || ranges_overlap(out, nout, p->ent[e].out,
-                                            (size_t)(M - 1) * p->ent[e].ldo + p->ent[e].N);
-        if (!clash) {
-            p->ent[p->nent++] = a.ent[0];
-            return;
-        }
+        p->wdt == w.dtype && p->nent < CU_GEMV_MAX_ENT && !p->glu_out && gemv_out_free(p, out, nout)) {
+        p->ent[p->nent++] = a.ent[0];
+        return;
     }
     if (c->fuse_on && !ranges_overlap(out, nout, x, nx)) {
         cu_pending_flush(c);
         p->kind = CU_PEND_GEMV;
+        p->glu_out = NULL;
+        p->rpos = NULL;
         p->gx = x;
         p->M = M;
         p->K = K;

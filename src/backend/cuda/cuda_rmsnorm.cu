@@ -34,7 +34,10 @@ static __device__ __forceinline__ float rms_recip(float ss, int D, float eps) {
     return __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(var, eps)));
 }
 
-template <int G>
+/* E > 0: a row has at most G * E elements, held in registers between the two passes, and
+ * every load of a pass is issued before any is used (decode rows are latency-bound);
+ * E == 0: any D, the second pass reads x again. The sums run in the same order either way. */
+template <int G, int E>
 static __global__ void rmsnorm_kernel(const RmsArgs a) {
     cu_dep_wait();
     __shared__ float red[G / 32 > 0 ? G / 32 : 1];
@@ -44,6 +47,52 @@ static __global__ void rmsnorm_kernel(const RmsArgs a) {
     float *xr = a.x + (size_t)t * a.D;
     float *orow = a.out + (size_t)t * a.D;
     float ss = 0.0f;
+    if (E > 0) {
+        float v[E > 0 ? E : 1];
+#pragma unroll
+        for (int i = 0; i < E; i++) {
+            const int d = l + i * G;
+            v[i] = d < a.D ? xr[d] : 0.0f;
+        }
+        if (a.delta) {
+            const float *dr = a.delta + (size_t)t * a.D;
+            float dv[E > 0 ? E : 1];
+#pragma unroll
+            for (int i = 0; i < E; i++) {
+                const int d = l + i * G;
+                dv[i] = d < a.D ? dr[d] : 0.0f;
+            }
+#pragma unroll
+            for (int i = 0; i < E; i++) {
+                const int d = l + i * G;
+                if (d < a.D) {
+                    v[i] = v[i] + dv[i];
+                    xr[d] = v[i];
+                }
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < E; i++)
+            if (l + i * G < a.D) ss = fmaf(v[i], v[i], ss);
+        ss = group_sum<G>(ss, red);
+        const float r = rms_recip(ss, a.D, a.eps);
+        float wv[E > 0 ? E : 1];
+#pragma unroll
+        for (int i = 0; i < E; i++) {
+            const int d = l + i * G;
+            wv[i] = d < a.D ? cu_load_w(a.w, a.wdt, (size_t)d) : 0.0f;
+        }
+#pragma unroll
+        for (int i = 0; i < E; i++) {
+            const int d = l + i * G;
+            if (d < a.D) {
+                float o = __fmul_rn(__fmul_rn(v[i], r), wv[i]);
+                orow[d] = o;
+                if (a.sh) a.sh[(size_t)t * a.D + d] = __float2bfloat16(o);
+            }
+        }
+        return;
+    }
     if (a.delta) { /* x += delta (the residual add), then normalise the sum */
         const float *dr = a.delta + (size_t)t * a.D;
         for (int d = l; d < a.D; d += G) {
@@ -99,7 +148,9 @@ static void launch_g(mc_cuda *c, const RmsArgs &a, bool backward) {
     const int rows = G == 32 ? 8 : 1;
     dim3 grid((unsigned)((a.T + rows - 1) / rows)), block((unsigned)(G == 32 ? 256 : G));
     if (backward) cu_launch(c, rmsnorm_bwd_kernel<G>, grid, block, 0, a, "rmsnorm_backward");
-    else cu_launch(c, rmsnorm_kernel<G>, grid, block, 0, a, "rmsnorm");
+    else if (a.D <= G * 8) cu_launch(c, rmsnorm_kernel<G, 8>, grid, block, 0, a, "rmsnorm");
+    else if (a.D <= G * 16) cu_launch(c, rmsnorm_kernel<G, 16>, grid, block, 0, a, "rmsnorm");
+    else cu_launch(c, rmsnorm_kernel<G, 0>, grid, block, 0, a, "rmsnorm");
 }
 
 static void launch(mc_cuda *c, const RmsArgs &a, bool backward) {

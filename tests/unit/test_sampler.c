@@ -957,6 +957,40 @@ static void test_logprob(void) {
     mc_sampler_free(s);
 }
 
+/* The normaliser over a real-sized vocabulary (vectorised exp, blocked sums) against a
+ * double-precision sum, with logits spread over [-10, 10], far below the maximum and -inf. */
+static void test_logprob_large(void) {
+    const int32_t v = 151936;
+    float *logits = malloc((size_t)v * sizeof *logits);
+    mc_sampler_params p = mc_sampler_default_params();
+    mc_sampler *s;
+    double z = 0, m = -INFINITY, worst = 0;
+    uint64_t st = 12345;
+    int32_t i;
+    CHECK(logits != NULL);
+    if (!logits) return;
+    for (i = 0; i < v; i++) {
+        st = st * 6364136223846793005ull + 1442695040888963407ull;
+        logits[i] = (float)((double)(st >> 11) / 9007199254740992.0 * 20.0 - 10.0);
+        if (i % 1000 == 7) logits[i] = -100.0f - (float)(i % 50);
+        if (i % 5000 == 11) logits[i] = -INFINITY;
+        if (logits[i] > m) m = logits[i];
+    }
+    for (i = 0; i < v; i++) z += exp((double)logits[i] - m);
+    s = make(&p, v);
+    for (i = 0; i < 50; i++) {
+        int32_t tok;
+        float lp = 1;
+        CHECK_OK(mc_sampler_sample(s, logits, &tok, &lp));
+        double ref = (double)logits[tok] - m - log(z), d = fabs((double)lp - ref);
+        if (d > worst) worst = d;
+    }
+    printf("  logprob over %d logits: max |error| %.2e (tol 5e-6)\n", (int)v, worst);
+    CHECK(worst <= 5e-6);
+    mc_sampler_free(s);
+    free(logits);
+}
+
 /* ---- the real vocabulary size ---------------------------------------------------------------- */
 
 static void test_large_vocab(void) {
@@ -1062,6 +1096,7 @@ int main(void) {
     RUN(test_determinism);
     RUN(test_known_sequence);
     RUN(test_logprob);
+    RUN(test_logprob_large);
     RUN(test_large_vocab);
     RUN(test_alloc_failures);
     return t_summary();

@@ -731,6 +731,7 @@ static float raw_logprob(const float *logits, size_t n, int32_t tok) {
         for (j = 0; j < 8; j++) part += acc[j];
         z += (double)part;
     }
+    if (z < 1.0) z = 1.0; /* cannot happen: the maximum adds exp(0) = 1 */
     return (float)((double)(logits[tok] - m) - log(z));
 }
 

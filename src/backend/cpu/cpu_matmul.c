@@ -104,9 +104,11 @@ MC_AVX2_INLINE void gemv_row(float *res /* [MR] */, const float *x /* [MR, K] */
 
 /* Bytes ahead of the reads at which each weight stream of the one-input GEMV is prefetched
  * with the non-temporal hint. Lines fetched that way are the first to leave L1, so x stays
- * there: measured in decode on the down projection ([896, 4864] bf16) -4 to -9% time per
- * call, on [4864, 896] about -2% (64 to 192 bytes ahead measured alike). */
-#define GEMV_PREFETCH 192
+ * there. Measured in decode (Qwen2.5-0.5B, bf16) against no prefetch: the down projection
+ * [896, 4864] -4 to -9% time per call; and against 192 bytes ahead, at ~50 GB/s of read
+ * bandwidth: down -9%, [4864, 896] -4%, the lm_head -3% (256 bytes: like 192; 512: like
+ * 384; 768: slower than 192). */
+#define GEMV_PREFETCH 384
 
 /* res[r] = x . W[rows[r], :] for r < R (R <= GEMV_STREAMS, a constant after inlining), two
  * accumulators per row. Each row's sum is formed the same way whatever R is, so a row's

@@ -109,9 +109,12 @@ int main(int argc, char **argv) {
            tps, tm.steps, tps * flops_tok / 1e9, 100.0 * tps * flops_tok / gemm, tm.loss_first,
            tm.loss_last);
     {
+        /* kept per layer: x_in, x_mid, q, att, k, v, gate, up (with checkpointing only x_in,
+         * the rest once); plus one layer's recomputed norms and SwiGLU product */
+        double saved = 2.0 * d.D + 2.0 * d.q_dim + 2.0 * d.kv_dim + 2.0 * d.F;
         double acts = (double)batch * seq * 4.0 *
-                      (ckpt ? (double)d.L * d.D + 4.0 * d.D + 2.0 * d.q_dim + 2.0 * d.kv_dim + 3.0 * d.F
-                            : (double)d.L * (4.0 * d.D + 2.0 * d.q_dim + 2.0 * d.kv_dim + 3.0 * d.F));
+                      ((ckpt ? (double)d.L * d.D + saved - d.D : (double)d.L * saved) +
+                       2.0 * d.D + d.F);
         double lora = 4.0 * 4.0 * (double)mc_adapter_n_params(a); /* params, grads, 2 moments */
         printf("peak RSS %.1f MiB; weights %.1f MiB + activations %.1f MiB + LoRA state %.1f MiB\n",
                (double)mc_peak_rss_bytes() / 1048576.0, (double)info.weight_bytes / 1048576.0,

@@ -26,6 +26,13 @@ typedef struct mc_wt {
 
 typedef struct mc_backend mc_backend;
 
+/* One output of matmul_multi: out = x W^T (+ b), N columns, row stride ldo. */
+typedef struct mc_matmul_out {
+    void *out;
+    int ldo, N;
+    mc_wt w, bias;
+} mc_matmul_out;
+
 struct mc_backend {
     const char *name;  /* "cpu", "cpu-ref", ... */
     mc_dtype act_dtype; /* element type of activation buffers */
@@ -61,6 +68,11 @@ struct mc_backend {
      * out + m * ldo elements (ldo >= N), so results can land in a KV cache slice. */
     void (*matmul)(mc_backend *be, void *out /* [M, ldo] */, int ldo, const void *x /* [M, K] */,
                    mc_wt w /* [N, K] */, mc_wt bias /* [N] or absent */, int M, int N, int K);
+    /* Optional (NULL: callers use matmul once per output): the n products of one input,
+     * each exactly as matmul computes it, in one pass (decode: q/k/v or gate/up in one
+     * parallel region). No output overlaps x or another output. */
+    void (*matmul_multi)(mc_backend *be, int n, const mc_matmul_out *outs, const void *x /* [M, K] */,
+                         int M, int K);
     /* Rotary embedding in place, rotate-half convention (HF): for each head, pairs
      * (i, i + hd/2) rotated by angle pos * theta^(-2i/hd). Row t of x starts at
      * x + t * ldx elements and holds H heads of hd. */

@@ -136,6 +136,25 @@ static void proj(mc_fwd *f, int l, mc_lora_module which, void *y, int ldy, const
     if (mod) mc_lora_apply(be, mod, f->adapter->rank, f->lora_scale, y, ldy, x, T, f->lora_tmp);
 }
 
+/* The n projections of one input x [T, K] (q/k/v, or gate/up): the backend's matmul_multi
+ * when it has one (one pass), else matmul per output; then each output's LoRA path. */
+static void proj_multi(mc_fwd *f, int l, int n, const mc_lora_module *which,
+                       const mc_matmul_out *o, const void *x, int T, int K) {
+    mc_backend *be = f->m->be;
+    int i;
+    if (be->matmul_multi) {
+        be->matmul_multi(be, n, o, x, T, K);
+    } else {
+        for (i = 0; i < n; i++) be->matmul(be, o[i].out, o[i].ldo, x, o[i].w, o[i].bias, T, o[i].N, K);
+    }
+    for (i = 0; i < n; i++) {
+        const mc_lora_mod *mod = mc_adapter_mod(f->adapter, l, which[i]);
+        if (mod)
+            mc_lora_apply(be, mod, f->adapter->rank, f->lora_scale, o[i].out, o[i].ldo, x, T,
+                          f->lora_tmp);
+    }
+}
+
 mc_status mc_fwd_set_adapter(mc_fwd *f, const struct mc_adapter *a, float scale_mul) {
     if (f->lora_tmp) f->m->be->free(f->m->be, f->lora_tmp);
     f->lora_tmp = NULL;
@@ -168,9 +187,13 @@ static void attention_block(mc_fwd *f, int l, const row_plan *rp) {
         v_new = mc_act_at(be, f->v_cache, cache_off(f, l, rp->seq, f->n_past[rp->seq]));
     }
     be->rmsnorm(be, f->xn, f->x, w->attn_norm, T, d.D, eps);
-    proj(f, l, MC_LM_Q, f->q, d.q_dim, f->xn, w->q_w, w->q_b, T, d.q_dim, d.D);
-    proj(f, l, MC_LM_K, k_new, d.kv_dim, f->xn, w->k_w, w->k_b, T, d.kv_dim, d.D);
-    proj(f, l, MC_LM_V, v_new, d.kv_dim, f->xn, w->v_w, w->v_b, T, d.kv_dim, d.D);
+    {
+        const mc_lora_module which[3] = {MC_LM_Q, MC_LM_K, MC_LM_V};
+        const mc_matmul_out o[3] = {{f->q, d.q_dim, d.q_dim, w->q_w, w->q_b},
+                                    {k_new, d.kv_dim, d.kv_dim, w->k_w, w->k_b},
+                                    {v_new, d.kv_dim, d.kv_dim, w->v_w, w->v_b}};
+        proj_multi(f, l, 3, which, o, f->xn, T, d.D);
+    }
     if (w->q_norm.data) { /* qwen3: RMSNorm over each head's hd values */
         be->rmsnorm(be, f->q, f->q, w->q_norm, T * d.Hq, d.hd, eps);
         be->rmsnorm(be, k_new, k_new, w->k_norm, T * d.Hkv, d.hd, eps);
@@ -210,8 +233,12 @@ static void mlp_block(mc_fwd *f, int l, int T) {
     mc_dims d = mc_model_dims(m);
     mc_wt none = {NULL, MC_F32};
     be->rmsnorm(be, f->xn, f->x, w->mlp_norm, T, d.D, (float)m->cfg.rms_norm_eps);
-    proj(f, l, MC_LM_GATE, f->gate, d.F, f->xn, w->gate_w, none, T, d.F, d.D);
-    proj(f, l, MC_LM_UP, f->up, d.F, f->xn, w->up_w, none, T, d.F, d.D);
+    {
+        const mc_lora_module which[2] = {MC_LM_GATE, MC_LM_UP};
+        const mc_matmul_out o[2] = {{f->gate, d.F, d.F, w->gate_w, none},
+                                    {f->up, d.F, d.F, w->up_w, none}};
+        proj_multi(f, l, 2, which, o, f->xn, T, d.D);
+    }
     be->swiglu(be, f->gate, f->gate, f->up, (size_t)T * (size_t)d.F);
     proj(f, l, MC_LM_DOWN, f->xn, d.D, f->gate, w->down_w, none, T, d.D, d.F);
     be->add(be, f->x, f->xn, (size_t)T * (size_t)d.D);

@@ -114,6 +114,7 @@ static void cpu_fill_table(mc_backend *be, mc_cpu_variant variant) {
         be->embedding = mc_fast_embedding;
         be->rmsnorm = mc_fast_rmsnorm;
         be->matmul = mc_fast_matmul;
+        be->matmul_multi = mc_fast_matmul_multi;
         be->rope = mc_fast_rope;
         be->attention = mc_fast_attention;
         be->swiglu = mc_fast_swiglu;

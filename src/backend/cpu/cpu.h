@@ -72,6 +72,8 @@ void mc_fast_rmsnorm(mc_backend *be, void *out /* [T, D] */, const void *x /* [T
                      mc_wt w /* [D] */, int T, int D, float eps);
 void mc_fast_matmul(mc_backend *be, void *out /* [M, ldo] */, int ldo, const void *x /* [M, K] */,
                     mc_wt w /* [N, K] */, mc_wt bias /* [N] or absent */, int M, int N, int K);
+void mc_fast_matmul_multi(mc_backend *be, int n, const mc_matmul_out *outs,
+                          const void *x /* [M, K] */, int M, int K);
 void mc_fast_rope_dir(mc_backend *be, void *x /* [T, ldx] */, int ldx,
                       const int32_t *pos /* [T] */, int T, int H, int hd, float theta, float dir);
 void mc_fast_rope(mc_backend *be, void *x /* [T, ldx] */, int ldx, const int32_t *pos /* [T] */,

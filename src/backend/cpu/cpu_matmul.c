@@ -345,3 +345,38 @@ void mc_fast_matmul(mc_backend *be, void *out /* [M, ldo] */, int ldo, const voi
     }
     gemv(cpu, out, ld, x, w, bias, m_, n_, k_);
 }
+
+void mc_fast_matmul_multi(mc_backend *be, int n, const mc_matmul_out *outs,
+                          const void *x /* [M, K] */, int M, int K) {
+    const mc_cpu *cpu = be->impl;
+    const size_t m_ = (size_t)M, k_ = (size_t)K;
+    size_t weights = 0;
+    int i, nt = cpu->n_threads;
+    bool one_pass = M > 0 && K > 0 && M <= cpu->gemv_max_m && nt > 1;
+    for (i = 0; i < n; i++) {
+        if (outs[i].N <= 0) one_pass = false;
+        else weights += (size_t)outs[i].N * k_;
+    }
+    /* below ~64K weights a parallel region costs more than it saves */
+    if (!one_pass || weights < ((size_t)1 << 16)) {
+        for (i = 0; i < n; i++)
+            mc_fast_matmul(be, outs[i].out, outs[i].ldo, x, outs[i].w, outs[i].bias, M, outs[i].N,
+                           K);
+        return;
+    }
+    /* each output split between the threads as gemv splits it (a row's sum does not depend
+     * on the split), all in one parallel region */
+#pragma omp parallel num_threads(nt)
+    {
+        size_t t = (size_t)omp_get_thread_num(), T = (size_t)omp_get_num_threads();
+        int e;
+        for (e = 0; e < n; e++) {
+            size_t N = (size_t)outs[e].N;
+            size_t per = ((N + T - 1) / T + 3) & ~(size_t)3;
+            size_t n0 = MC_MIN(N, t * per), n1 = MC_MIN(N, n0 + per);
+            if (n0 < n1)
+                gemv_rows(cpu, outs[e].out, (size_t)outs[e].ldo, x, outs[e].w, outs[e].bias, m_,
+                          k_, n0, n1);
+        }
+    }
+}

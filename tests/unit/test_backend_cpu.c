@@ -272,6 +272,73 @@ static void test_matmul_large(void) {
     matmul_case(20, 5, 3, 6, MC_F16, -1);
 }
 
+/* matmul_multi: the same values as one matmul per output, bit for bit, on every fast
+ * variant; one input (one parallel region), several inputs, and outputs too small to split
+ * (both take the per-output path), with strided outputs into one buffer and mixed dtypes. */
+static void multi_case(int M, int K, const int *Ns, int n) {
+    enum { MAXN = 3 };
+    const mc_dtype wt[MAXN] = {MC_BF16, MC_F16, MC_F32};
+    size_t ld = 0, off[MAXN], total;
+    void *w[MAXN], *b[MAXN];
+    float *wv[MAXN], *bv[MAXN];
+    mc_matmul_out o[MAXN];
+    float *x = falloc((size_t)M * K), *got, *want;
+    for (int i = 0; i < n; i++) ld += (size_t)Ns[i] + 3; /* gaps between the outputs */
+    total = (size_t)M * ld;
+    got = falloc(total);
+    want = falloc(total);
+    fill_normal(x, (size_t)M * K, 1.0f);
+    for (int i = 0, c = 0; i < n; c += Ns[i] + 3, i++) {
+        off[i] = (size_t)c;
+        w[i] = make_weight(wt[i], (size_t)Ns[i] * K, 0.5f, &wv[i]);
+        b[i] = i == 1 ? NULL : make_weight(MC_BF16, (size_t)Ns[i], 1.0f, &bv[i]);
+        if (i == 1) bv[i] = NULL;
+    }
+    for (int bi = 0; bi < N_FAST; bi++) {
+        mc_backend *be = g_fast[bi];
+        CHECK(be->matmul_multi != NULL);
+        if (!be->matmul_multi) continue;
+        poison(got, total);
+        poison(want, total);
+        for (int i = 0; i < n; i++) {
+            mc_wt W = {w[i], wt[i]}, B = {b[i], MC_BF16};
+            o[i].out = got + off[i];
+            o[i].ldo = (int)ld;
+            o[i].N = Ns[i];
+            o[i].w = W;
+            o[i].bias = B;
+            be->matmul(be, want + off[i], (int)ld, x, W, B, M, Ns[i], K);
+        }
+        be->matmul_multi(be, n, o, x, M, K);
+        for (size_t j = 0; j < total; j++)
+            if (!(got[j] == want[j] || (isnan(got[j]) && isnan(want[j])))) {
+                fprintf(stderr, "matmul_multi %s M=%d K=%d: element %zu is %.9g, matmul gives %.9g\n",
+                        g_fast_name[bi], M, K, j, (double)got[j], (double)want[j]);
+                t_checks_failed++;
+                break;
+            }
+    }
+    CHECK(g_ref->matmul_multi == NULL); /* the reference keeps one matmul per output */
+    for (int i = 0; i < n; i++) {
+        free(w[i]);
+        free(wv[i]);
+        free(b[i]);
+        free(bv[i]);
+    }
+    free(x);
+    free(got);
+    free(want);
+}
+
+static void test_matmul_multi(void) {
+    const int qkv[3] = {896, 128, 128}, gu[2] = {1203, 1203}, small[3] = {5, 7, 9};
+    multi_case(1, 896, qkv, 3);
+    multi_case(1, 256, gu, 2);
+    multi_case(3, 200, qkv, 3);
+    multi_case(40, 64, gu, 2); /* above the GEMV's row limit: one matmul each */
+    multi_case(1, 16, small, 3); /* too few weights for a parallel region */
+}
+
 /* Two threads call matmul on the same backend at once: results stay right (one of them
  * finds the scratch busy and takes the GEMV path). */
 static void test_matmul_concurrent(void) {
@@ -561,6 +628,7 @@ int main(void) {
     RUN(test_matmul_small);
     RUN(test_matmul_large);
     RUN(test_matmul_concurrent);
+    RUN(test_matmul_multi);
     RUN(test_rope);
     RUN(test_attention);
     RUN(test_exp8);

@@ -128,12 +128,19 @@ typedef struct row_plan {
 } row_plan;
 
 /* y = x W^T + b for one projection of layer l, plus its LoRA path when adapted. */
+/* y += the LoRA path of projection `which` of layer l on x, when the adapter has one. */
+static void lora_add(mc_fwd *f, int l, mc_lora_module which, void *y, int ldy, const void *x,
+                     int T) {
+    const mc_lora_mod *mod = mc_adapter_mod(f->adapter, l, which);
+    if (mod)
+        mc_lora_apply(f->m->be, mod, f->adapter->rank, f->lora_scale, y, ldy, x, T, f->lora_tmp);
+}
+
 static void proj(mc_fwd *f, int l, mc_lora_module which, void *y, int ldy, const void *x, mc_wt w,
                  mc_wt b, int T, int N, int K) {
     mc_backend *be = f->m->be;
-    const mc_lora_mod *mod = mc_adapter_mod(f->adapter, l, which);
     be->matmul(be, y, ldy, x, w, b, T, N, K);
-    if (mod) mc_lora_apply(be, mod, f->adapter->rank, f->lora_scale, y, ldy, x, T, f->lora_tmp);
+    lora_add(f, l, which, y, ldy, x, T);
 }
 
 /* The n projections of one input x [T, K] (q/k/v, or gate/up): the backend's matmul_multi
@@ -147,12 +154,7 @@ static void proj_multi(mc_fwd *f, int l, int n, const mc_lora_module *which,
     } else {
         for (i = 0; i < n; i++) be->matmul(be, o[i].out, o[i].ldo, x, o[i].w, o[i].bias, T, o[i].N, K);
     }
-    for (i = 0; i < n; i++) {
-        const mc_lora_mod *mod = mc_adapter_mod(f->adapter, l, which[i]);
-        if (mod)
-            mc_lora_apply(be, mod, f->adapter->rank, f->lora_scale, o[i].out, o[i].ldo, x, T,
-                          f->lora_tmp);
-    }
+    for (i = 0; i < n; i++) lora_add(f, l, which[i], o[i].out, o[i].ldo, x, T);
 }
 
 mc_status mc_fwd_set_adapter(mc_fwd *f, const struct mc_adapter *a, float scale_mul) {

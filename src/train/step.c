@@ -257,11 +257,11 @@ static void layer_fwd(mc_trainer_core *c, const mc_batch *b, int l, const void *
     be->add(be, x_out, c->dtmp, nd);
 }
 
-/* Backward of layer l: c->dx holds dL/dx_out on entry and dL/dx_in on return. fresh: the
- * transient set c->work still holds this layer's xn1, xn2 and h (its forward just ran);
- * otherwise they are recomputed first. */
+/* Backward of layer l: c->dx holds dL/dx_out on entry and dL/dx_in on return. With
+ * checkpointing the transient set c->work still holds this layer's xn1, xn2 and h (the
+ * layer's forward just ran again); otherwise they are recomputed first. */
 static void layer_bwd(mc_trainer_core *c, const mc_batch *b, int l, const void *x_in,
-                      const mc_layer_acts *a, bool fresh) {
+                      const mc_layer_acts *a) {
     const mc_model *m = c->m;
     mc_backend *be = m->be;
     const mc_layer_w *w = &m->layers[l];
@@ -271,7 +271,7 @@ static void layer_bwd(mc_trainer_core *c, const mc_batch *b, int l, const void *
     void *dh = c->dF1, *dup = c->dF2, *datt = c->dF1;
     const mc_layer_acts *t = &c->work;
 
-    if (!fresh) {
+    if (!c->checkpointing) {
         be->rmsnorm(be, t->xn1, x_in, w->attn_norm, N, d.D, eps);
         be->rmsnorm(be, t->xn2, a->x_mid, w->mlp_norm, N, d.D, eps);
         be->swiglu(be, t->h, a->gate, a->up, (size_t)N * (size_t)d.F);
@@ -360,7 +360,7 @@ mc_status mc_train_microbatch(mc_trainer_core *c, const mc_batch *b, float grad_
             layer_fwd(c, b, l, c->acts[l].x_in, &c->work, c->h_final);
             a = &c->work;
         }
-        layer_bwd(c, b, l, c->acts[l].x_in, a, c->checkpointing);
+        layer_bwd(c, b, l, c->acts[l].x_in, a);
     }
     return be->sync ? be->sync(be) : MC_OK;
 }

@@ -242,6 +242,14 @@ static void gemv_rows(const mc_cpu *cpu, float *out /* [M, ldo] */, size_t ldo,
     gemv_portable(out, ldo, x, w, bias, M, K, n0, n1);
 }
 
+/* Thread t of T's share [*n0, *n1) of N rows in the decode path: contiguous ranges of a
+ * multiple of 4 rows. */
+static void thread_rows(size_t N, size_t t, size_t T, size_t *n0, size_t *n1) {
+    size_t per = ((N + T - 1) / T + 3) & ~(size_t)3;
+    *n0 = MC_MIN(N, t * per);
+    *n1 = MC_MIN(N, *n0 + per);
+}
+
 /* Decode path: W rows split in nt contiguous ranges (multiples of 4 rows). */
 static void gemv(const mc_cpu *cpu, float *out /* [M, ldo] */, size_t ldo,
                  const float *x /* [M, K] */, mc_wt w /* [N, K] */, mc_wt bias, size_t M, size_t N,
@@ -251,9 +259,8 @@ static void gemv(const mc_cpu *cpu, float *out /* [M, ldo] */, size_t ldo,
     if (nt > 1 && N * K >= ((size_t)1 << 16)) {
 #pragma omp parallel num_threads(nt)
         {
-            size_t t = (size_t)omp_get_thread_num(), T = (size_t)omp_get_num_threads();
-            size_t per = ((N + T - 1) / T + 3) & ~(size_t)3;
-            size_t n0 = MC_MIN(N, t * per), n1 = MC_MIN(N, n0 + per);
+            size_t n0, n1;
+            thread_rows(N, (size_t)omp_get_thread_num(), (size_t)omp_get_num_threads(), &n0, &n1);
             if (n0 < n1) gemv_rows(cpu, out, ldo, x, w, bias, M, K, n0, n1);
         }
     } else {
@@ -368,12 +375,10 @@ void mc_fast_matmul_multi(mc_backend *be, int n, const mc_matmul_out *outs,
      * on the split), all in one parallel region */
 #pragma omp parallel num_threads(nt)
     {
-        size_t t = (size_t)omp_get_thread_num(), T = (size_t)omp_get_num_threads();
+        size_t t = (size_t)omp_get_thread_num(), T = (size_t)omp_get_num_threads(), n0, n1;
         int e;
         for (e = 0; e < n; e++) {
-            size_t N = (size_t)outs[e].N;
-            size_t per = ((N + T - 1) / T + 3) & ~(size_t)3;
-            size_t n0 = MC_MIN(N, t * per), n1 = MC_MIN(N, n0 + per);
+            thread_rows((size_t)outs[e].N, t, T, &n0, &n1);
             if (n0 < n1)
                 gemv_rows(cpu, outs[e].out, (size_t)outs[e].ldo, x, outs[e].w, outs[e].bias, m_,
                           k_, n0, n1);

@@ -14,11 +14,6 @@ static __device__ __forceinline__ size_t gtid() {
 }
 static __device__ __forceinline__ size_t gstride() { return (size_t)gridDim.x * blockDim.x; }
 
-/* silu(g) as the reference computes it: g / (1 + expf(-g)). */
-static __device__ __forceinline__ float silu_ref(float g) {
-    return __fdiv_rn(g, __fadd_rn(1.0f, expf(-g)));
-}
-
 /* Rows are unknown to element-wise ops: outputs of fewer than 64K elements are taken as
  * decode-sized (read by the GEMV path, which needs no bf16 copy). */
 static int shadow_rows(size_t n) { return n >= 65536 ? 1 << 30 : 1; }
@@ -35,7 +30,7 @@ struct SwigluArgs {
 static __global__ void swiglu_kernel(const SwigluArgs a) {
     cu_dep_wait();
     for (size_t i = gtid(); i < a.n; i += gstride()) {
-        float o = __fmul_rn(silu_ref(a.gate[i]), a.up[i]);
+        float o = __fmul_rn(cu_silu(a.gate[i]), a.up[i]);
         a.out[i] = o;
         if (a.sh0) a.sh0[i] = __float2bfloat16(o);
     }

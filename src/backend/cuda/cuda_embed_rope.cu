@@ -89,17 +89,8 @@ static __global__ void rope_kernel(const RopeArgs a) {
         int h = (int)(th % H), t = (int)(th / H);
         size_t off = (size_t)t * a.ldx[ti] + (size_t)h * a.hd;
         float *xh = a.x[ti] + off;
-        float ang = __fmul_rn((float)a.pos[t], a.inv[i]);
-        float s, co;
-        sincosf(ang, &s, &co);
-        float x1 = xh[i], x2 = xh[i + half], y1, y2;
-        if (!a.backward) {
-            y1 = __fsub_rn(__fmul_rn(x1, co), __fmul_rn(x2, s));
-            y2 = __fadd_rn(__fmul_rn(x2, co), __fmul_rn(x1, s));
-        } else {
-            y1 = __fadd_rn(__fmul_rn(x1, co), __fmul_rn(x2, s));
-            y2 = __fsub_rn(__fmul_rn(x2, co), __fmul_rn(x1, s));
-        }
+        float y1, y2;
+        cu_rope_rotate(xh[i], xh[i + half], a.pos[t], a.inv[i], a.backward != 0, y1, y2);
         xh[i] = y1;
         xh[i + half] = y2;
         if (a.sh[ti]) {

@@ -362,6 +362,28 @@ static __device__ __forceinline__ float cu_load_w(const void *p, int dt, size_t 
     return ((const float *)p)[i];
 }
 
+/* silu(g) as the reference computes it: g / (1 + expf(-g)), each operation rounded. */
+static __device__ __forceinline__ float cu_silu(float g) {
+    return __fdiv_rn(g, __fadd_rn(1.0f, expf(-g)));
+}
+
+/* RoPE of the pair (x1, x2) at position pos with inverse frequency inv, rounded as the
+ * reference does (backward: rotated by -angle). The rope kernel and the q/k/v GEMV's
+ * epilogue both use it, so the fused path gives the same bits. */
+static __device__ __forceinline__ void cu_rope_rotate(float x1, float x2, int32_t pos, float inv,
+                                                      bool backward, float &y1, float &y2) {
+    const float ang = __fmul_rn((float)pos, inv);
+    float s, co;
+    sincosf(ang, &s, &co);
+    if (!backward) {
+        y1 = __fsub_rn(__fmul_rn(x1, co), __fmul_rn(x2, s));
+        y2 = __fadd_rn(__fmul_rn(x2, co), __fmul_rn(x1, s));
+    } else {
+        y1 = __fadd_rn(__fmul_rn(x1, co), __fmul_rn(x2, s));
+        y2 = __fsub_rn(__fmul_rn(x2, co), __fmul_rn(x1, s));
+    }
+}
+
 /* Two floats as a packed bf16x2 register (lo in the low half). */
 static __device__ __forceinline__ uint32_t cu_pack_bf16(float lo, float hi) {
     __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);

@@ -131,11 +131,11 @@ void *cu_shadow_for(mc_cuda *c, const void *dst, size_t n, int rows) {
 /* ---- GEMV for small M ---- */
 
 /* One launch computes up to CU_GEMV_MAX_ENT products sharing the input x [M, K]: block b
- * belongs to entry e when bstart[e] <= b < bstart[e + 1]. With up != NULL (ST 1, the
- * kernels' stage template argument) the input is silu(x) * up (the SwiGLU of a pending
- * swiglu, computed as the swiglu kernel does, into each block's shared memory), and the
- * last block to finish also stores that input to sw_out, which the swiglu op was to write
- * (often over the gate itself, so only once every block has read the gate).
+ * belongs to entry e when bstart[e] <= b < bstart[e + 1]. With up != NULL the input is
+ * silu(x) * up (the SwiGLU of a pending swiglu, computed as the swiglu kernel does, into
+ * each block's shared memory), and the last block to finish also stores that input to
+ * sw_out, which the swiglu op was to write (often over the gate itself, so only once every
+ * block has read the gate).
  * Entries flagged rope are rotated in the epilogue: a warp computes the pair of rows
  * (i, i + hd/2) of one head and rotates them as the rope kernel does. */
 struct GemvArgs {
@@ -198,7 +198,7 @@ template <> struct Chunk8<float> {
 
 /* silu(g) * u exactly as the swiglu kernel computes it. */
 static __device__ __forceinline__ float swiglu1(float g, float u) {
-    return __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), u);
+    return __fmul_rn(cu_silu(g), u);
 }
 
 /* Input elements [8 ch, 8 ch + 8) of row m: from x in global memory, or (SW) from the
@@ -301,33 +301,6 @@ static __device__ __forceinline__ void gemv_rows(const GemvArgs &a, const cu_gem
     }
 }
 
-/* Stages the block's input in xs (ST 1: SwiGLU; see GemvArgs). */
-template <int ST>
-static __device__ __forceinline__ void gemv_stage(const GemvArgs &a, float *xs) {
-    if (ST == 1) {
-        for (int i = threadIdx.x; i < a.M * a.K; i += blockDim.x) xs[i] = swiglu1(a.x[i], a.up[i]);
-        __syncthreads();
-    }
-}
-
-/* After the block's products: the last block to finish stores the staged SwiGLU to
- * sw_out (ST 1). Every thread of the block must call it. */
-template <int ST>
-static __device__ __forceinline__ void gemv_finish(const GemvArgs &a, const float *xs) {
-    if (ST == 0 || !a.sw_out) return;
-    __shared__ int last;
-    __syncthreads(); /* this block has read all of its input */
-    if (threadIdx.x == 0) {
-        __threadfence();
-        last = atomicAdd(a.cnt, 1) == (int)gridDim.x - 1;
-    }
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
-    for (int i = threadIdx.x; i < a.M * a.K; i += blockDim.x) a.sw_out[i] = xs[i];
-    if (threadIdx.x == 0) *a.cnt = 0;
-}
-
 /* Rows (i, i + hd/2) of head h of entry E (pair p), by one warp, rotated by RoPE. */
 template <typename WT, int MT, bool SW>
 static __device__ __forceinline__ void gemv_rope_pair(const GemvArgs &a, const cu_gemv_ent &E,
@@ -345,12 +318,8 @@ static __device__ __forceinline__ void gemv_rope_pair(const GemvArgs &a, const c
 #pragma unroll
         for (int m = 0; m < MT; m++) {
             if (m < a.M) {
-                const float x1 = acc[0][m] + b0, x2 = acc[1][m] + b1;
-                const float ang = __fmul_rn((float)a.rpos[m], inv);
-                float sn, co;
-                sincosf(ang, &sn, &co);
-                E.out[(size_t)m * E.ldo + r0] = __fsub_rn(__fmul_rn(x1, co), __fmul_rn(x2, sn));
-                E.out[(size_t)m * E.ldo + r1] = __fadd_rn(__fmul_rn(x2, co), __fmul_rn(x1, sn));
+                cu_rope_rotate(acc[0][m] + b0, acc[1][m] + b1, a.rpos[m], inv, false,
+                               E.out[(size_t)m * E.ldo + r0], E.out[(size_t)m * E.ldo + r1]);
             }
         }
     }
@@ -360,14 +329,16 @@ static __device__ __forceinline__ void gemv_rope_pair(const GemvArgs &a, const c
  * RoPE pair) and streams them in 16-byte chunks (K % 8 == 0, 16-byte aligned rows): each
  * lane issues U chunk loads per row (predicated past the end) before using any, so a row
  * of up to 32 * U chunks costs one memory latency. */
-template <typename WT, int MT, int R, int ST>
+template <typename WT, int MT, int R, bool SW>
 static __global__ void __launch_bounds__(128) gemv_kernel(const GemvArgs a) {
-    extern __shared__ __align__(16) float xs[]; /* ST > 0: [M, K] staged input */
-    constexpr bool SW = ST != 0;
+    extern __shared__ __align__(16) float xs[]; /* SW: [M, K] silu(x) * up */
     cu_dep_wait();
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int e = 0;
-    gemv_stage<ST>(a, xs);
+    if (SW) {
+        for (int i = threadIdx.x; i < a.M * a.K; i += blockDim.x) xs[i] = swiglu1(a.x[i], a.up[i]);
+        __syncthreads();
+    }
     while (e + 1 < a.nent && (int)blockIdx.x >= a.bstart[e + 1]) e++;
     const cu_gemv_ent &E = a.ent[e];
     const int j = ((int)blockIdx.x - a.bstart[e]) * 4 + warp;
@@ -376,43 +347,51 @@ static __global__ void __launch_bounds__(128) gemv_kernel(const GemvArgs a) {
     } else if (j * R < E.N) {
         gemv_rows<WT, MT, R, SW>(a, E, xs, j * R, lane);
     }
-    gemv_finish<ST>(a, xs);
+    if (SW && a.sw_out) {
+        __shared__ int last;
+        __syncthreads(); /* this block has read all of its input */
+        if (threadIdx.x == 0) {
+            __threadfence();
+            last = atomicAdd(a.cnt, 1) == (int)gridDim.x - 1;
+        }
+        __syncthreads();
+        if (last) {
+            __threadfence();
+            for (int i = threadIdx.x; i < a.M * a.K; i += blockDim.x) a.sw_out[i] = xs[i];
+            if (threadIdx.x == 0) *a.cnt = 0;
+        }
+    }
 }
 
 /* The gate and up products of a SwiGLU MLP in one pass, with the SwiGLU as epilogue: warp
- * n reads row n of both weights (entries 0 and 1, same N, K and input) and its lane 0
+ * n reads row n of both weights (entries 0 and 1, same N, K and input x) and its lane 0
  * writes gate[m, n], up[m, n] and then glu[m, n] = silu(gate) * up, exactly as the swiglu
  * kernel computes it (glu may be the gate or up buffer itself: each element is read and
  * written by the same lane only). */
-template <typename WT, int MT, int ST>
+template <typename WT, int MT>
 static __global__ void __launch_bounds__(128) gemv_glu_kernel(const GemvArgs a) {
-    extern __shared__ __align__(16) float xs[]; /* ST > 0: [M, K] staged input */
-    constexpr bool SW = ST != 0;
     cu_dep_wait();
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const cu_gemv_ent &G = a.ent[0], &U = a.ent[1];
     const int n = (int)blockIdx.x * 4 + warp;
-    gemv_stage<ST>(a, xs);
-    if (n < G.N) {
-        const WT *rows[2] = {reinterpret_cast<const WT *>(G.w) + (size_t)n * a.K,
-                             reinterpret_cast<const WT *>(U.w) + (size_t)n * a.K};
-        float acc[2][MT];
-        gemv_acc<WT, MT, 2, SW>(acc, a, xs, rows, lane);
-        if (lane == 0) {
-            const float bg = G.bias ? cu_load_w(G.bias, G.bias_dt, (size_t)n) : 0.0f;
-            const float bu = U.bias ? cu_load_w(U.bias, U.bias_dt, (size_t)n) : 0.0f;
+    if (n >= G.N) return;
+    const WT *rows[2] = {reinterpret_cast<const WT *>(G.w) + (size_t)n * a.K,
+                         reinterpret_cast<const WT *>(U.w) + (size_t)n * a.K};
+    float acc[2][MT];
+    gemv_acc<WT, MT, 2, false>(acc, a, nullptr, rows, lane);
+    if (lane == 0) {
+        const float bg = G.bias ? cu_load_w(G.bias, G.bias_dt, (size_t)n) : 0.0f;
+        const float bu = U.bias ? cu_load_w(U.bias, U.bias_dt, (size_t)n) : 0.0f;
 #pragma unroll
-            for (int m = 0; m < MT; m++) {
-                if (m < a.M) {
-                    const float g = acc[0][m] + bg, u = acc[1][m] + bu;
-                    G.out[(size_t)m * G.ldo + n] = g;
-                    U.out[(size_t)m * U.ldo + n] = u;
-                    a.glu[(size_t)m * G.N + n] = swiglu1(g, u);
-                }
+        for (int m = 0; m < MT; m++) {
+            if (m < a.M) {
+                const float g = acc[0][m] + bg, u = acc[1][m] + bu;
+                G.out[(size_t)m * G.ldo + n] = g;
+                U.out[(size_t)m * U.ldo + n] = u;
+                a.glu[(size_t)m * G.N + n] = swiglu1(g, u);
             }
         }
     }
-    gemv_finish<ST>(a, xs);
 }
 
 struct GemvScalarArgs {
@@ -445,13 +424,14 @@ static __global__ void __launch_bounds__(128) gemv_scalar_kernel(const GemvScala
     }
 }
 
-template <typename WT, int MT, int ST>
+template <typename WT, int MT, bool SW>
 static void gemv_launch_r(mc_cuda *c, GemvArgs a) {
-    const unsigned smem = ST ? (unsigned)((size_t)a.M * a.K * sizeof(float)) : 0u;
-    if (a.glu) {
-        cu_launch(c, gemv_glu_kernel<WT, MT, ST>, dim3((unsigned)((a.ent[0].N + 3) / 4)), dim3(128),
-                  smem, a, "gemv gate/up swiglu");
-        return;
+    if constexpr (!SW) { /* a SwiGLU taken over by the gate/up GEMV: never a staged input */
+        if (a.glu) {
+            cu_launch(c, gemv_glu_kernel<WT, MT>, dim3((unsigned)((a.ent[0].N + 3) / 4)),
+                      dim3(128), 0, a, "gemv gate/up swiglu");
+            return;
+        }
     }
     const int R = (a.nent == 1 && a.ent[0].N >= 8192 && !a.ent[0].rope) ? 2 : 1;
     int b = 0;
@@ -460,23 +440,24 @@ static void gemv_launch_r(mc_cuda *c, GemvArgs a) {
         b += a.ent[e].rope ? (a.ent[e].N / 2 + 3) / 4 : (a.ent[e].N + 4 * R - 1) / (4 * R);
     }
     for (int e = a.nent; e <= CU_GEMV_MAX_ENT; e++) a.bstart[e] = b;
-    if (R == 2) cu_launch(c, gemv_kernel<WT, MT, 2, ST>, dim3((unsigned)b), dim3(128), smem, a, "gemv");
-    else cu_launch(c, gemv_kernel<WT, MT, 1, ST>, dim3((unsigned)b), dim3(128), smem, a,
-                   a.nent > 1 ? "gemv multi" : ST == 1 ? "gemv swiglu" : "gemv");
+    const unsigned smem = SW ? (unsigned)((size_t)a.M * a.K * sizeof(float)) : 0u;
+    if (R == 2) cu_launch(c, gemv_kernel<WT, MT, 2, SW>, dim3((unsigned)b), dim3(128), smem, a, "gemv");
+    else cu_launch(c, gemv_kernel<WT, MT, 1, SW>, dim3((unsigned)b), dim3(128), smem, a,
+                   a.nent > 1 ? "gemv multi" : SW ? "gemv swiglu" : "gemv");
 }
 
-template <typename WT, int ST>
+template <typename WT, bool SW>
 static void gemv_launch_m(mc_cuda *c, const GemvArgs &a) {
-    if (a.M <= 1) gemv_launch_r<WT, 1, ST>(c, a);
-    else if (a.M <= 2) gemv_launch_r<WT, 2, ST>(c, a);
-    else if (a.M <= 4) gemv_launch_r<WT, 4, ST>(c, a);
-    else gemv_launch_r<WT, 8, ST>(c, a);
+    if (a.M <= 1) gemv_launch_r<WT, 1, SW>(c, a);
+    else if (a.M <= 2) gemv_launch_r<WT, 2, SW>(c, a);
+    else if (a.M <= 4) gemv_launch_r<WT, 4, SW>(c, a);
+    else gemv_launch_r<WT, 8, SW>(c, a);
 }
 
 template <typename WT>
 static void gemv_launch_t(mc_cuda *c, const GemvArgs &a) {
-    if (a.up) gemv_launch_m<WT, 1>(c, a);
-    else gemv_launch_m<WT, 0>(c, a);
+    if (a.up) gemv_launch_m<WT, true>(c, a);
+    else gemv_launch_m<WT, false>(c, a);
 }
 
 /* Launches a vector GEMV (K % 8 == 0, aligned) over a.nent entries of weight dtype dt. */

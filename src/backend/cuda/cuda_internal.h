@@ -291,6 +291,7 @@ void cu_matmul(mc_backend *be, void *out, int ldo, const void *x, mc_wt w, mc_wt
                int N, int K);
 void cu_matmul_dx(mc_backend *be, void *dx, const void *dy, mc_wt w, int M, int N, int K,
                   bool accumulate);
+/* cuda_gemm_f32.cu */
 void cu_gemm_f32(mc_backend *be, bool ta, bool tb, int M, int N, int K, float alpha,
                  const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
 /* cuda_attention.cu */

@@ -194,10 +194,10 @@ static void test_rmsnorm(void) {
 
 static void test_matmul(void) {
     const int Ms[6] = {1, 3, 8, 9, 64, 133};
-    const int NK[3][2] = {{896, 896}, {130, 200}, {77, 100}};
+    const int NK[4][2] = {{896, 896}, {130, 200}, {77, 100}, {300, 4864}};
     const mc_dtype dts[3] = {MC_BF16, MC_F16, MC_F32};
     for (int di = 0; di < 3; di++)
-        for (int nk = 0; nk < 3; nk++)
+        for (int nk = 0; nk < 4; nk++)
             for (int mi = 0; mi < 6; mi++) {
                 int M = Ms[mi], N = NK[nk][0], K = NK[nk][1], ldo = N + (mi % 2 ? 5 : 0);
                 bool with_bias = (mi + nk) % 2 == 0;
@@ -278,11 +278,13 @@ static void test_matmul_dx(void) {
 static void test_gemm_f32(void) {
     /* M, N, K, leading-dimension padding: a generic shape, then the LoRA shapes that take
      * the skinny kernels (few output columns over many rows, aligned or not, with K split
-     * or not; a small output summed over many rows; a rank-16 update of a wide output) */
-    const int shapes[9][4] = {{37, 16, 70, 3},   {300, 16, 200, 4},   {1030, 8, 96, 3},
-                              {16, 200, 1100, 4}, {200, 16, 1100, 4},  {300, 16, 2500, 4},
-                              {300, 200, 16, 4}, {70, 130, 8, 3},     {1000, 32, 300, 4}};
-    for (int si = 0; si < 9; si++)
+     * or not; a small output summed over many rows; a rank-16 update of a wide output;
+     * then shapes whose leading dimensions let those kernels take their vector loads) */
+    const int shapes[12][4] = {{37, 16, 70, 3},   {300, 16, 200, 4},   {1030, 8, 96, 3},
+                               {16, 200, 1100, 4}, {200, 16, 1100, 4},  {300, 16, 2500, 4},
+                               {300, 200, 16, 4}, {70, 130, 8, 3},     {1000, 32, 300, 4},
+                               {200, 14, 1102, 2}, {16, 198, 1100, 4}, {300, 199, 16, 4}};
+    for (int si = 0; si < 12; si++)
     for (int ta = 0; ta < 2; ta++)
         for (int tb = 0; tb < 2; tb++)
             for (int bi = 0; bi < 2; bi++) {
@@ -371,6 +373,7 @@ static void test_attention(void) {
         int pos0 = cases[ci][4], nk = pos0 + T;
         size_t nq = (size_t)T * Hq * hd, nkv = (size_t)nk * Hkv * hd;
         bool flash = T > 8 && (hd == 16 || hd == 32 || hd == 64 || hd == 128);
+        bool cluster = T <= 8 && (hd == 64 || hd == 128);
         if (g_quick && (T > 100 || pos0 > 1000)) continue;
         float *q = frand(nq, 1.0f), *k = frand(nkv, 1.0f), *v = frand(nkv, 1.0f);
         float *want = falloc(nq), *got = fnan(nq);
@@ -380,7 +383,7 @@ static void test_attention(void) {
         g_cu->attention(g_cu, dout, dq, dk, dv, T, pos0, Hq, Hkv, hd);
         dget(got, dout, nq);
         snprintf(what, sizeof what, "attention %s hd=%d Hq=%d Hkv=%d T=%d pos0=%d",
-                 flash ? "flash" : "row", hd, Hq, Hkv, T, pos0);
+                 flash ? "flash" : cluster ? "decode" : "row", hd, Hq, Hkv, T, pos0);
         cmp(what, got, want, nq, flash ? 1e-2 : 1e-5);
         dfree(dq);
         dfree(dk);
@@ -618,7 +621,7 @@ static void test_linear_xent(void) {
 
 /* ---- decode-like layers: graphs, PDL and op fusion vs plain launches vs the CPU ---- */
 
-enum { LD = 256, LHQ = 4, LHKV = 2, LHD = 64, LF = 512, LSTEPS = 70 };
+enum { LD = 256, LHQ = 4, LHKV = 2, LHD = 64, LF = 2048, LSTEPS = 70 };
 
 /* One decoder layer's weights and buffers on one backend. */
 typedef struct layer_bufs {

@@ -2,112 +2,299 @@
  * LoRA shapes (one side of rank r <= 32), cuBLAS SGEMM otherwise. */
 #include "cuda_internal.h"
 
-/* ---- skinny f32 GEMMs (the LoRA shapes) ---- */
+/* ---- skinny f32 GEMMs (the LoRA shapes) ----
+ * Each kernel streams its one large operand once, in 16-byte loads (8-byte at rank 32)
+ * with the next loads in flight during the FMAs, and keeps the rank-r side in shared
+ * memory or registers. Grids are sized to one wave of two 256-thread blocks per SM. A
+ * reduction split over blocks leaves partial sums in part[], which skinny_reduce_kernel
+ * adds in split order, so every result is the same from run to run. */
 
 struct SkinnyArgs {
     float *C;          /* [M, ldc] */
     const float *A, *B;
-    float *part;       /* [splits, M, N] (split-K kernel) */
-    int M, N, K, lda, ldb, ldc, tb, krows;
+    float *part;       /* [splits, M, N] partial sums when the reduction is split */
+    int M, N, K, lda, ldb, ldc;
+    int tb;            /* op(B) = B^T */
+    int tc;            /* split-K: A holds op(B) and B op(A) (C is [rank, wide]) */
+    int vec, bvec;     /* rows of the streamed operand (A; C for lowrank) / of B take
+                        * vector loads: aligned, leading dimension a multiple of 4 (2
+                        * for 8-byte loads) */
+    int krows;         /* rows of the reduction per split */
+    int mrows;         /* rows of C per block (rows, lowrank) */
     float alpha, beta;
 };
 
-/* C[M, N] = alpha A[M, K] op(B) + beta C for N <= 32 (A row-major, op(B) [K, N] stored
- * [K, ldb] or, tb, [N, ldb]): a block of 128 threads owns 32 rows and all N columns and
- * walks K in chunks of 64 through shared memory; each thread sums 8 outputs. */
-static __global__ void __launch_bounds__(128) skinny_rows_kernel(const SkinnyArgs a) {
-    cu_dep_wait();
-    constexpr int TM = 32, KC = 64;
-    __shared__ float As[TM][KC + 1], Bs[KC][33];
-    const int t = threadIdx.x, m0 = blockIdx.x * TM;
-    const int mi = t >> 2, cj = t & 3;
-    float acc[8];
-    for (int j = 0; j < 8; j++) acc[j] = 0.0f;
-    for (int k0 = 0; k0 < a.K; k0 += KC) {
-        for (int i = t; i < TM * KC; i += 128) {
-            int r = i / KC, kk = i % KC, m = m0 + r, k = k0 + kk;
-            As[r][kk] = (m < a.M && k < a.K) ? a.A[(size_t)m * a.lda + k] : 0.0f;
-        }
-        for (int i = t; i < KC * 32; i += 128) {
-            int kk, n;
-            if (a.tb) { /* B[n, k]: consecutive threads read consecutive k */
-                n = i / KC;
-                kk = i % KC;
-            } else {    /* B[k, n] */
-                kk = i / 32;
-                n = i % 32;
+enum {
+    SK_THREADS = 256,
+    SK_SMEM = 12288 /* floats of shared memory a kernel may use (the 48 KB static limit) */
+};
+
+/* Rows of K whose op(B) rows skinny_rows_kernel stages at once, for N <= nt. */
+static __host__ __device__ constexpr int rows_kspan(int nt) { return 8192 / nt; }
+
+/* v[0..W) = p[0..W), zero from column `valid` on; W / 4 16-byte loads (W / 2 8-byte ones
+ * for W = 2) when vec and all W columns are valid. */
+template <int W>
+static __device__ __forceinline__ void load_cols(float (&v)[W], const float *p, int valid,
+                                                 bool vec) {
+    if (vec && valid >= W) {
+        if constexpr (W % 4 == 0) {
+#pragma unroll
+            for (int c = 0; c < W; c += 4) {
+                const float4 x = *reinterpret_cast<const float4 *>(p + c);
+                v[c] = x.x;
+                v[c + 1] = x.y;
+                v[c + 2] = x.z;
+                v[c + 3] = x.w;
             }
-            int k = k0 + kk;
-            float v = 0.0f;
-            if (n < a.N && k < a.K) v = a.tb ? a.B[(size_t)n * a.ldb + k] : a.B[(size_t)k * a.ldb + n];
-            Bs[kk][n] = v;
-        }
-        __syncthreads();
-#pragma unroll 8
-        for (int kk = 0; kk < KC; kk++) {
-            const float av = As[mi][kk];
+        } else {
 #pragma unroll
-            for (int j = 0; j < 8; j++) acc[j] = fmaf(av, Bs[kk][cj + 4 * j], acc[j]);
+            for (int c = 0; c < W; c += 2) {
+                const float2 x = *reinterpret_cast<const float2 *>(p + c);
+                v[c] = x.x;
+                v[c + 1] = x.y;
+            }
         }
-        __syncthreads();
-    }
-    const int m = m0 + mi;
-    if (m >= a.M) return;
+    } else {
 #pragma unroll
-    for (int j = 0; j < 8; j++) {
-        const int n = cj + 4 * j;
-        if (n >= a.N) continue;
-        float *cp = a.C + (size_t)m * a.ldc + n;
-        *cp = a.beta == 0.0f ? a.alpha * acc[j] : a.alpha * acc[j] + a.beta * *cp;
+        for (int c = 0; c < W; c++) v[c] = c < valid ? p[c] : 0.0f;
     }
 }
 
-/* Partial sums over rows [blockIdx.y * krows, +krows) of P[m, n] = sum_k A[k, m] B[k, n]
- * (A stored [K, lda], B stored [K, ldb]) for a 32 x 64 (SMALL_M) or 64 x 32 output tile;
- * 256 threads, 8 outputs each; written to part[blockIdx.y]. */
-template <bool SMALL_M>
-static __global__ void __launch_bounds__(256) skinny_splitk_kernel(const SkinnyArgs a) {
+/* p[0..valid) = v[0..valid) (W at most), the vector counterpart of load_cols. */
+template <int W>
+static __device__ __forceinline__ void store_cols(float *p, const float (&v)[W], int valid,
+                                                  bool vec) {
+    if (vec && valid >= W) {
+        if constexpr (W % 4 == 0) {
+#pragma unroll
+            for (int c = 0; c < W; c += 4)
+                *reinterpret_cast<float4 *>(p + c) = make_float4(v[c], v[c + 1], v[c + 2], v[c + 3]);
+        } else {
+#pragma unroll
+            for (int c = 0; c < W; c += 2)
+                *reinterpret_cast<float2 *>(p + c) = make_float2(v[c], v[c + 1]);
+        }
+    } else {
+#pragma unroll
+        for (int c = 0; c < W; c++)
+            if (c < valid) p[c] = v[c];
+    }
+}
+
+/* x[u][0..W) = src[(r + u) * ld .. + W) for u < U, zero from row `end` or column `valid`
+ * on. */
+template <int U, int W>
+static __device__ __forceinline__ void load_rows(float (&x)[U][W], const float *src, int ld,
+                                                 int r, int end, int valid, bool vec) {
+#pragma unroll
+    for (int u = 0; u < U; u++)
+        load_cols<W>(x[u], src + (size_t)(r + u) * ld, r + u < end ? valid : 0, vec);
+}
+
+/* dst[i * RT + j] = src[(r0 + i) * ld + j] for i < rows, j < RT, zero from row `valid`
+ * or column `cols` on: a block's rows of the rank-r operand, staged in shared memory. */
+template <int RT>
+static __device__ __forceinline__ void stage_rank_rows(float *dst, const float *src, int ld,
+                                                       int r0, int rows, int valid, int cols) {
+    for (int i = threadIdx.x; i < rows * RT; i += SK_THREADS) {
+        const int r = i / RT, j = i % RT;
+        dst[i] = r < valid && j < cols ? src[(size_t)(r0 + r) * ld + j] : 0.0f;
+    }
+}
+
+/* One step of warp_sum_scatter: of v[0..2H) a lane keeps the half its bit `off` selects
+ * and adds the partner's copy of it, in v[0..H). */
+template <int V, int H>
+static __device__ __forceinline__ void sum_scatter_step(float (&v)[V], int lane, int off) {
+    const bool hi = lane & off;
+#pragma unroll
+    for (int i = 0; i < H; i++) {
+        const float send = hi ? v[i] : v[i + H];
+        const float keep = hi ? v[i + H] : v[i];
+        v[i] = keep + __shfl_xor_sync(0xffffffffu, send, off);
+    }
+}
+
+/* Sums v[0..V) (V = 32 or 64) over the warp, leaving lane l the totals of v[l * V / 32
+ * + i] in v[i], i < V / 32: five halving steps, each trading half of the values still
+ * held with the lane `off` away (62 or 31 shuffles where V warp sums would take 5 V). */
+template <int V>
+static __device__ __forceinline__ void warp_sum_scatter(float (&v)[V], int lane) {
+    constexpr int S = V / 32;
+    sum_scatter_step<V, 16 * S>(v, lane, 16);
+    sum_scatter_step<V, 8 * S>(v, lane, 8);
+    sum_scatter_step<V, 4 * S>(v, lane, 4);
+    sum_scatter_step<V, 2 * S>(v, lane, 2);
+    sum_scatter_step<V, S>(v, lane, 1);
+}
+
+/* C[M, N] = alpha A[M, K] op(B) + beta C for N <= NT (8, 16 or 32), op(B) [K, N] stored
+ * [K, ldb] or, tb, [N, ldb]. A block owns mrows rows of C and the split blockIdx.y of K
+ * (krows long), whose op(B) rows it stages in shared memory as [n][k]; each warp takes
+ * RW rows at a time and every lane 4 consecutive k of each 128-wide chunk (the next
+ * chunk's loads go out before the FMAs of this one). The lanes' sums meet in
+ * warp_sum_scatter, which leaves each lane RW * NT / 32 finished outputs. With several
+ * splits the sums go to part[split], else straight to C. */
+template <int NT>
+static __global__ void __launch_bounds__(SK_THREADS, 2) skinny_rows_kernel(const SkinnyArgs a) {
     cu_dep_wait();
-    constexpr int TMt = SMALL_M ? 32 : 64, TNt = SMALL_M ? 64 : 32, KC = 32;
-    __shared__ float As[KC][TMt + 1], Bs[KC][TNt + 1];
-    const int t = threadIdx.x;
-    const int tiles_n = (a.N + TNt - 1) / TNt;
-    const int m0 = (blockIdx.x / tiles_n) * TMt, n0 = (blockIdx.x % tiles_n) * TNt;
-    const int kb = blockIdx.y * a.krows, ke = min(a.K, kb + a.krows);
-    /* SMALL_M: thread owns row i = t / 8 and columns t % 8 + 8 q; else the transpose */
-    const int fixed = t >> 3, lane8 = t & 7;
-    float acc[8];
-    for (int q = 0; q < 8; q++) acc[q] = 0.0f;
-    for (int k0 = kb; k0 < ke; k0 += KC) {
-        for (int i = t; i < KC * TMt; i += 256) {
-            int kk = i / TMt, mm = i % TMt, k = k0 + kk, m = m0 + mm;
-            As[kk][mm] = (k < ke && m < a.M) ? a.A[(size_t)k * a.lda + m] : 0.0f;
+    constexpr int KC = 128, RW = NT == 32 ? 2 : 4, V = RW * NT, LD = rows_kspan(NT) + 4;
+    __shared__ __align__(16) float Bs[NT * LD]; /* the pad of 4 halves the bank conflicts
+                                                 * of the !tb staging */
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int kb = blockIdx.y * a.krows, nk = min(a.K - kb, a.krows);
+    const int nkc = (nk + KC - 1) / KC * KC;
+    const int me = min(a.M, (int)blockIdx.x * a.mrows + a.mrows);
+    const bool vec = a.vec;
+    int m = blockIdx.x * a.mrows + warp * RW;
+    float x[RW][4];
+    load_rows<RW, 4>(x, a.A + kb + 4 * lane, a.lda, m, me, nk - 4 * lane, vec);
+    if (a.tb) { /* B[n][k]: 16-byte loads along k */
+        for (int i = threadIdx.x; i < NT * (nkc / 4); i += SK_THREADS) {
+            const int n = i / (nkc / 4), kk = 4 * (i % (nkc / 4));
+            float v[4];
+            load_cols<4>(v, a.B + (size_t)n * a.ldb + kb + kk, n < a.N ? nk - kk : 0, a.bvec);
+            *reinterpret_cast<float4 *>(&Bs[n * LD + kk]) = make_float4(v[0], v[1], v[2], v[3]);
         }
-        for (int i = t; i < KC * TNt; i += 256) {
-            int kk = i / TNt, nn = i % TNt, k = k0 + kk, n = n0 + nn;
-            Bs[kk][nn] = (k < ke && n < a.N) ? a.B[(size_t)k * a.ldb + n] : 0.0f;
+    } else {    /* B[k][n]: 16-byte loads along n, stored transposed */
+        for (int i = threadIdx.x; i < nkc * (NT / 4); i += SK_THREADS) {
+            const int kk = i / (NT / 4), n = 4 * (i % (NT / 4));
+            float v[4];
+            load_cols<4>(v, a.B + (size_t)(kb + kk) * a.ldb + n, kk < nk ? a.N - n : 0, a.bvec);
+#pragma unroll
+            for (int j = 0; j < 4; j++) Bs[(n + j) * LD + kk] = v[j];
         }
-        __syncthreads();
-#pragma unroll 4
-        for (int kk = 0; kk < KC; kk++) {
-            if (SMALL_M) {
-                const float av = As[kk][fixed];
+    }
+    __syncthreads();
+    const int nch = nkc / KC;
+    const bool split = gridDim.y > 1;
+    float acc[V];
 #pragma unroll
-                for (int q = 0; q < 8; q++) acc[q] = fmaf(av, Bs[kk][lane8 + 8 * q], acc[q]);
-            } else {
-                const float bv = Bs[kk][fixed];
+    for (int i = 0; i < V; i++) acc[i] = 0.0f;
+    for (; m < me; m += 8 * RW) {
+        for (int ch = 0; ch < nch; ch++) {
+            /* the next chunk of these rows, or the first of the warp's next rows */
+            const bool last = ch + 1 == nch;
+            const int kn = last ? 4 * lane : (ch + 1) * KC + 4 * lane;
+            float xn[RW][4];
+            load_rows<RW, 4>(xn, a.A + kb + kn, a.lda, last ? m + 8 * RW : m, me, nk - kn, vec);
+            const float *bs = Bs + ch * KC + 4 * lane;
 #pragma unroll
-                for (int q = 0; q < 8; q++) acc[q] = fmaf(As[kk][lane8 + 8 * q], bv, acc[q]);
+            for (int n = 0; n < NT; n++) {
+                const float4 b = *reinterpret_cast<const float4 *>(bs + n * LD);
+#pragma unroll
+                for (int r = 0; r < RW; r++) {
+                    float t = acc[r * NT + n];
+                    t = fmaf(x[r][0], b.x, t);
+                    t = fmaf(x[r][1], b.y, t);
+                    t = fmaf(x[r][2], b.z, t);
+                    t = fmaf(x[r][3], b.w, t);
+                    acc[r * NT + n] = t;
+                }
+            }
+#pragma unroll
+            for (int r = 0; r < RW; r++)
+#pragma unroll
+                for (int j = 0; j < 4; j++) x[r][j] = xn[r][j];
+        }
+        warp_sum_scatter<V>(acc, lane);
+#pragma unroll
+        for (int i = 0; i < V / 32; i++) {
+            const int e = lane * (V / 32) + i, mr = m + e / NT, n = e % NT;
+            if (mr < me && n < a.N) {
+                if (split) {
+                    a.part[((size_t)blockIdx.y * a.M + mr) * a.N + n] = acc[i];
+                } else {
+                    float *cp = a.C + (size_t)mr * a.ldc + n;
+                    *cp = a.beta == 0.0f ? a.alpha * acc[i] : a.alpha * acc[i] + a.beta * *cp;
+                }
             }
         }
-        __syncthreads();
-    }
-    float *P = a.part + (size_t)blockIdx.y * a.M * a.N;
 #pragma unroll
-    for (int q = 0; q < 8; q++) {
-        const int m = m0 + (SMALL_M ? fixed : lane8 + 8 * q);
-        const int n = n0 + (SMALL_M ? lane8 + 8 * q : fixed);
-        if (m < a.M && n < a.N) P[(size_t)m * a.N + n] = acc[q];
+        for (int i = 0; i < V; i++) acc[i] = 0.0f;
+    }
+}
+
+/* Split-K sums for ta, !tb, where one operand is wide (W columns, streamed) and the other
+ * has R <= RT (8, 16 or 32) columns, the LoRA rank: A holds the wide one and B the rank
+ * one, and C is [W, R] or, tc, [R, W]. A block owns 32 * CW wide columns and the split
+ * blockIdx.y of K (krows rows, a multiple of 8 U): the rank operand's rows sit in shared
+ * memory, each lane streams its CW columns U rows at a time (the next rows' loads go out
+ * before the FMAs of these) into CW x RT sums, and the eight warps' sums are added in
+ * shared memory in a fixed order. With several splits the sums go to part[split] (laid
+ * out like C), else straight to C. */
+template <int RT>
+static __global__ void __launch_bounds__(SK_THREADS, 2) skinny_splitk_kernel(const SkinnyArgs a) {
+    cu_dep_wait();
+    constexpr int CW = 64 / RT, U = 16 / CW, V = CW * RT;
+    __shared__ __align__(16) float sm[SK_SMEM]; /* the rank rows, then the warps' sums */
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int W = a.tc ? a.N : a.M, R = a.tc ? a.M : a.N;
+    const int w0 = (blockIdx.x * 32 + lane) * CW, wv = W - w0;
+    const int kb = blockIdx.y * a.krows, ke = min(a.K, kb + a.krows);
+    const bool vec = a.vec;
+    int k = kb + warp * U;
+    float x[U][CW];
+    load_rows<U, CW>(x, a.A + w0, a.lda, k, ke, wv, vec);
+    stage_rank_rows<RT>(sm, a.B, a.ldb, kb, a.krows, ke - kb, R);
+    __syncthreads();
+    float acc[V];
+#pragma unroll
+    for (int i = 0; i < V; i++) acc[i] = 0.0f;
+    for (; k < ke; k += 8 * U) {
+        float xn[U][CW];
+        load_rows<U, CW>(xn, a.A + w0, a.lda, k + 8 * U, ke, wv, vec);
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const float *s = sm + (k + u - kb) * RT;
+#pragma unroll
+            for (int jq = 0; jq < RT; jq += 4) {
+                const float4 s4 = *reinterpret_cast<const float4 *>(s + jq);
+#pragma unroll
+                for (int c = 0; c < CW; c++) {
+                    float *t = acc + c * RT + jq;
+                    t[0] = fmaf(x[u][c], s4.x, t[0]);
+                    t[1] = fmaf(x[u][c], s4.y, t[1]);
+                    t[2] = fmaf(x[u][c], s4.z, t[2]);
+                    t[3] = fmaf(x[u][c], s4.w, t[3]);
+                }
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++)
+#pragma unroll
+            for (int c = 0; c < CW; c++) x[u][c] = xn[u][c];
+    }
+    /* warps h..2h-1 hand their sums to warps 0..h-1, h = 4, 2, 1 */
+    for (int h = 4; h >= 1; h >>= 1) {
+        __syncthreads(); /* sm is free: the rank rows or the last sums are consumed */
+        if (warp >= h && warp < 2 * h) {
+#pragma unroll
+            for (int i = 0; i < V; i++) sm[((warp - h) * V + i) * 32 + lane] = acc[i];
+        }
+        __syncthreads();
+        if (warp < h) {
+#pragma unroll
+            for (int i = 0; i < V; i++) acc[i] += sm[(warp * V + i) * 32 + lane];
+        }
+    }
+    if (warp != 0) return;
+    const bool split = gridDim.y > 1;
+#pragma unroll
+    for (int c = 0; c < CW; c++) {
+#pragma unroll
+        for (int j = 0; j < RT; j++) {
+            if (c >= wv || j >= R) continue;
+            const int mi = a.tc ? j : w0 + c, ni = a.tc ? w0 + c : j;
+            const float s = acc[c * RT + j];
+            if (split) {
+                a.part[((size_t)blockIdx.y * a.M + mi) * a.N + ni] = s;
+            } else {
+                float *cp = a.C + (size_t)mi * a.ldc + ni;
+                *cp = a.beta == 0.0f ? a.alpha * s : a.alpha * s + a.beta * *cp;
+            }
+        }
     }
 }
 
@@ -119,152 +306,109 @@ static __global__ void skinny_reduce_kernel(const SkinnyArgs a) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
          i += (size_t)gridDim.x * blockDim.x) {
         float s = 0.0f;
+#pragma unroll 8
         for (int p = 0; p < splits; p++) s += a.part[(size_t)p * total + i];
         float *cp = a.C + (i / a.N) * a.ldc + i % a.N;
         *cp = a.beta == 0.0f ? a.alpha * s : a.alpha * s + a.beta * *cp;
     }
 }
 
-/* C[M, N] = alpha A[M, K] op(B) + beta C for N <= NT (8, 16 or 32), A rows 16-byte
- * aligned: each warp owns 64 / NT rows and every lane 4 consecutive k of each 128-wide
- * chunk (float4 loads, all rows in flight at once); op(B)'s chunk is staged in shared
- * memory as [n][k]. blockIdx.y selects a split of K (krows each): with several splits the
- * sums go to part[split] for skinny_reduce_kernel, else straight to C. */
-template <int NT>
-static __global__ void __launch_bounds__(128) skinny_rows4_kernel(const SkinnyArgs a) {
+/* C[M, N] = alpha T[M, K] op(B) + beta C for a small K <= KT (8, 16 or 32, the LoRA
+ * rank) and a wide C: a block owns mrows rows of a slab of 32 * CW columns. The slab of
+ * op(B) is staged in shared memory (coalesced) and each lane keeps its K x CW part in
+ * registers; T's rows sit in shared memory, and each lane streams its CW columns of C U
+ * rows at a time (the next rows' loads go out before the FMAs of these), so C is read
+ * and written once. */
+template <int KT>
+static __global__ void __launch_bounds__(SK_THREADS, 2) lowrank_kernel(const SkinnyArgs a) {
     cu_dep_wait();
-    constexpr int KC = 128, RW = 64 / NT;
-    __shared__ __align__(16) float Bs[NT][KC];
+    constexpr int CW = 64 / KT, U = 8 / CW, SW = 32 * CW + 4, SLAB = KT * SW;
+    /* T's rows from the start, the op(B) slab [KT][SW] at the end (its pad of 4 cuts the
+     * bank conflicts of the tb staging to two-way) */
+    __shared__ __align__(16) float sm[SK_SMEM];
+    float *const slab = sm + SK_SMEM - SLAB;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int m0 = (blockIdx.x * 4 + warp) * RW;
-    const int kb = blockIdx.y * a.krows, ke = min(a.K, kb + a.krows);
-    const bool split = gridDim.y > 1;
-    float acc[RW][NT];
-#pragma unroll
-    for (int r = 0; r < RW; r++)
-#pragma unroll
-        for (int n = 0; n < NT; n++) acc[r][n] = 0.0f;
-    for (int k0 = kb; k0 < ke; k0 += KC) {
-        __syncthreads(); /* the previous chunk of Bs is consumed */
-        for (int i = threadIdx.x; i < NT * KC; i += 128) {
-            int n, kk;
-            if (a.tb) { /* B[n, k]: consecutive threads read consecutive k */
-                n = i / KC;
-                kk = i % KC;
-            } else {    /* B[k, n] */
-                kk = i / NT;
-                n = i % NT;
-            }
-            const int k = k0 + kk;
-            float v = 0.0f;
-            if (n < a.N && k < ke) v = a.tb ? a.B[(size_t)n * a.ldb + k] : a.B[(size_t)k * a.ldb + n];
-            Bs[n][kk] = v;
+    const int nb = blockIdx.x * 32 * CW, n0 = nb + lane * CW, nv = a.N - n0;
+    const int m0 = blockIdx.y * a.mrows, me = min(a.M, m0 + a.mrows);
+    const bool vec = a.vec, rd = a.beta != 0.0f;
+    float *const Cn = a.C + n0;
+    int m = m0 + warp * U;
+    float cv[U][CW];
+    load_rows<U, CW>(cv, Cn, a.ldc, m, rd ? me : m, nv, vec);
+    for (int i = threadIdx.x; i < KT * 32 * CW; i += SK_THREADS) {
+        int k, nn;
+        if (a.tb) { /* B[n][k]: consecutive threads read consecutive k */
+            nn = i / KT;
+            k = i % KT;
+        } else {    /* B[k][n] */
+            k = i / (32 * CW);
+            nn = i % (32 * CW);
         }
-        __syncthreads();
-        const int k = k0 + lane * 4;
-        float4 xv[RW];
-#pragma unroll
-        for (int r = 0; r < RW; r++) {
-            const int m = m0 + r;
-            if (m < a.M && k + 3 < ke) {
-                xv[r] = __ldg(reinterpret_cast<const float4 *>(a.A + (size_t)m * a.lda + k));
-            } else {
-                xv[r] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-                if (m < a.M) {
-                    if (k < ke) xv[r].x = a.A[(size_t)m * a.lda + k];
-                    if (k + 1 < ke) xv[r].y = a.A[(size_t)m * a.lda + k + 1];
-                    if (k + 2 < ke) xv[r].z = a.A[(size_t)m * a.lda + k + 2];
-                }
-            }
-        }
-#pragma unroll
-        for (int n = 0; n < NT; n++) {
-            const float4 b = *reinterpret_cast<const float4 *>(&Bs[n][lane * 4]);
-#pragma unroll
-            for (int r = 0; r < RW; r++) {
-                float t = acc[r][n];
-                t = fmaf(xv[r].x, b.x, t);
-                t = fmaf(xv[r].y, b.y, t);
-                t = fmaf(xv[r].z, b.z, t);
-                t = fmaf(xv[r].w, b.w, t);
-                acc[r][n] = t;
-            }
-        }
+        const int n = nb + nn;
+        slab[k * SW + nn] = k < a.K && n < a.N
+                                ? a.B[a.tb ? (size_t)n * a.ldb + k : (size_t)k * a.ldb + n]
+                                : 0.0f;
     }
+    float b[KT][CW];
+    const auto load_b = [&] {
 #pragma unroll
-    for (int r = 0; r < RW; r++)
+        for (int k = 0; k < KT; k++) load_cols<CW>(b[k], slab + k * SW + lane * CW, CW, true);
+    };
+    /* T's rows reach into the slab: take it into registers first */
+    const bool overlap = a.mrows * KT > SK_SMEM - SLAB;
+    if (overlap) {
+        __syncthreads();
+        load_b();
+        __syncthreads();
+    }
+    stage_rank_rows<KT>(sm, a.A, a.lda, m0, me - m0, me - m0, a.K);
+    __syncthreads();
+    if (!overlap) load_b();
+    if (nv <= 0) return;
+    for (; m < me; m += 8 * U) {
+        float cn[U][CW];
+        load_rows<U, CW>(cn, Cn, a.ldc, m + 8 * U, rd ? me : m, nv, vec);
 #pragma unroll
-        for (int n = 0; n < NT; n++) acc[r][n] = cu_warp_sum(acc[r][n]);
-    if (lane == 0) {
+        for (int u = 0; u < U; u++) {
+            if (m + u >= me) break;
+            const float *t = sm + (m + u - m0) * KT;
+            float acc[CW];
 #pragma unroll
-        for (int r = 0; r < RW; r++) {
-            const int m = m0 + r;
-            if (m >= a.M) continue;
+            for (int c = 0; c < CW; c++) acc[c] = 0.0f;
 #pragma unroll
-            for (int n = 0; n < NT; n++) {
-                if (n >= a.N) continue;
-                if (split) {
-                    a.part[((size_t)blockIdx.y * a.M + m) * a.N + n] = acc[r][n];
-                } else {
-                    float *cp = a.C + (size_t)m * a.ldc + n;
-                    *cp = a.beta == 0.0f ? a.alpha * acc[r][n] : a.alpha * acc[r][n] + a.beta * *cp;
+            for (int kq = 0; kq < KT; kq += 4) {
+                const float4 t4 = *reinterpret_cast<const float4 *>(t + kq);
+#pragma unroll
+                for (int c = 0; c < CW; c++) {
+                    acc[c] = fmaf(t4.x, b[kq][c], acc[c]);
+                    acc[c] = fmaf(t4.y, b[kq + 1][c], acc[c]);
+                    acc[c] = fmaf(t4.z, b[kq + 2][c], acc[c]);
+                    acc[c] = fmaf(t4.w, b[kq + 3][c], acc[c]);
                 }
             }
+#pragma unroll
+            for (int c = 0; c < CW; c++)
+                acc[c] = rd ? a.alpha * acc[c] + a.beta * cv[u][c] : a.alpha * acc[c];
+            store_cols<CW>(Cn + (size_t)(m + u) * a.ldc, acc, nv, vec);
         }
+#pragma unroll
+        for (int u = 0; u < U; u++)
+#pragma unroll
+            for (int c = 0; c < CW; c++) cv[u][c] = cn[u][c];
     }
 }
 
-/* C[M, N] = alpha T[M, K] op(B) + beta C for a small K (<= 32, the LoRA rank) and a wide
- * C: a block of 256 threads owns a 32 x 128 tile of C; T's and op(B)'s slices sit in
- * shared memory and each thread sums 16 rows of one column, so C is read and written
- * once, coalesced. */
-static __global__ void __launch_bounds__(256) lowrank_kernel(const SkinnyArgs a) {
-    cu_dep_wait();
-    constexpr int TMr = 32, TNc = 128, KMAX = 32;
-    __shared__ float Ts[TMr][KMAX + 1], Bs[KMAX][TNc + 1];
-    const int tiles_n = (a.N + TNc - 1) / TNc;
-    const int m0 = (blockIdx.x / tiles_n) * TMr, n0 = (blockIdx.x % tiles_n) * TNc;
-    const int t = threadIdx.x, col = t % TNc, rg = (t / TNc) * 16;
-    for (int i = t; i < TMr * a.K; i += 256) {
-        const int r = i / a.K, k = i % a.K, m = m0 + r;
-        Ts[r][k] = m < a.M ? a.A[(size_t)m * a.lda + k] : 0.0f;
-    }
-    for (int i = t; i < TNc * a.K; i += 256) {
-        int k, nn;
-        if (a.tb) { /* B[n, k] */
-            nn = i / a.K;
-            k = i % a.K;
-        } else {    /* B[k, n] */
-            k = i / TNc;
-            nn = i % TNc;
-        }
-        const int n = n0 + nn;
-        Bs[k][nn] = n < a.N ? (a.tb ? a.B[(size_t)n * a.ldb + k] : a.B[(size_t)k * a.ldb + n]) : 0.0f;
-    }
-    __syncthreads();
-    const int n = n0 + col;
-    if (n >= a.N) return;
-    float acc[16];
-#pragma unroll
-    for (int r = 0; r < 16; r++) acc[r] = 0.0f;
-    for (int k = 0; k < a.K; k++) {
-        const float b = Bs[k][col];
-#pragma unroll
-        for (int r = 0; r < 16; r++) acc[r] = fmaf(Ts[rg + r][k], b, acc[r]);
-    }
-#pragma unroll
-    for (int r = 0; r < 16; r++) {
-        const int m = m0 + rg + r;
-        if (m >= a.M) break;
-        float *cp = a.C + (size_t)m * a.ldc + n;
-        *cp = a.beta == 0.0f ? a.alpha * acc[r] : a.alpha * acc[r] + a.beta * *cp;
-    }
+/* Whether p is aligned for the vector loads of `cols` floats (16 bytes, 8 for 2). */
+static bool vec_ok(const void *p, int ld, int cols) {
+    const int w = cols >= 4 ? 4 : 2;
+    return ld % w == 0 && ((uintptr_t)p & (uintptr_t)(w * sizeof(float) - 1)) == 0;
 }
 
 /* Runs the skinny kernels when the shape is one of the LoRA ones; false otherwise. */
 static bool gemm_f32_skinny(mc_cuda *c, bool ta, bool tb, int M, int N, int K, float alpha,
                             const float *A, int lda, const float *B, int ldb, float beta, float *C,
                             int ldc) {
+    const int wave = 2 * c->n_sm; /* blocks resident at once */
     SkinnyArgs a;
     memset(&a, 0, sizeof a);
     a.C = C;
@@ -279,58 +423,67 @@ static bool gemm_f32_skinny(mc_cuda *c, bool ta, bool tb, int M, int N, int K, f
     a.tb = tb ? 1 : 0;
     a.alpha = alpha;
     a.beta = beta;
-    if (!ta && N <= 32 && M >= 64 && K >= 1 && lda % 4 == 0 && cu_aligned16(A)) {
-        /* one memory pass over A; K split in up to 4 when long, so enough blocks run */
-        const int nt = N <= 8 ? 8 : N <= 16 ? 16 : 32, rows_per_block = 4 * (64 / nt);
-        int splits = K >= 2048 ? (K + 1023) / 1024 : 1;
-        if (splits > 4) splits = 4;
+    if (!ta && N <= 32 && M >= 64) {
+        /* K split so each split's op(B) rows fit in shared memory; rows shared out so the
+         * splits make about one wave */
+        const int nt = N <= 8 ? 8 : N <= 16 ? 16 : 32, rw = nt == 32 ? 2 : 4;
+        int splits = (K + rows_kspan(nt) - 1) / rows_kspan(nt);
         a.krows = ((K + splits - 1) / splits + 127) / 128 * 128;
         splits = (K + a.krows - 1) / a.krows;
+        const int groups = (M + rw - 1) / rw, tiles = wave / splits > 1 ? wave / splits : 1;
+        a.mrows = ((groups + tiles - 1) / tiles + 7) / 8 * 8 * rw;
+        a.vec = vec_ok(A, lda, 4);
+        a.bvec = vec_ok(B, ldb, 4);
         if (splits > 1) {
             a.part = (float *)cu_scratch(c, CU_S_GEMM, (size_t)splits * M * N * sizeof(float), false);
             if (!a.part) return true; /* the failure is recorded */
         }
-        dim3 grid((unsigned)((M + rows_per_block - 1) / rows_per_block), (unsigned)splits);
-        if (nt == 8) cu_launch(c, skinny_rows4_kernel<8>, grid, dim3(128), 0, a, "gemm_f32 rows");
-        else if (nt == 16) cu_launch(c, skinny_rows4_kernel<16>, grid, dim3(128), 0, a, "gemm_f32 rows");
-        else cu_launch(c, skinny_rows4_kernel<32>, grid, dim3(128), 0, a, "gemm_f32 rows");
-        if (splits > 1)
-            cu_launch(c, skinny_reduce_kernel,
-                      dim3(cu_blocks((size_t)M * N, 256, (unsigned)c->n_sm * 8)), dim3(256), 0, a,
-                      "gemm_f32 reduce");
-        return true;
-    }
-    if (!ta && N <= 32 && M >= 64 && K >= 1) {
-        cu_launch(c, skinny_rows_kernel, dim3((unsigned)((M + 31) / 32)), dim3(128), 0, a,
-                  "gemm_f32 rows");
-        return true;
-    }
-    if (!ta && K <= 32 && N >= 64 && M >= 16) {
-        const int tiles = ((M + 31) / 32) * ((N + 127) / 128);
-        cu_launch(c, lowrank_kernel, dim3((unsigned)tiles), dim3(256), 0, a, "gemm_f32 lowrank");
-        return true;
-    }
-    if (ta && !tb && (M <= 32 || N <= 32) && K >= 256) {
-        const bool small_m = M <= 32;
-        const int tm = small_m ? 32 : 64, tn = small_m ? 64 : 32;
-        const int tiles = ((M + tm - 1) / tm) * ((N + tn - 1) / tn);
-        int splits = (K + 255) / 256;
-        if (splits > 64) splits = 64;
-        a.krows = (K + splits - 1) / splits;
+        const dim3 grid((unsigned)((M + a.mrows - 1) / a.mrows), (unsigned)splits);
+        if (nt == 8) cu_launch(c, skinny_rows_kernel<8>, grid, dim3(SK_THREADS), 0, a, "gemm_f32 rows");
+        else if (nt == 16) cu_launch(c, skinny_rows_kernel<16>, grid, dim3(SK_THREADS), 0, a, "gemm_f32 rows");
+        else cu_launch(c, skinny_rows_kernel<32>, grid, dim3(SK_THREADS), 0, a, "gemm_f32 rows");
+    } else if (!ta && K <= 32 && N >= 64 && M >= 16) {
+        /* column slabs, each split in row tiles so the grid makes about one wave */
+        const int kt = K <= 8 ? 8 : K <= 16 ? 16 : 32, cw = 64 / kt, step = 8 * (8 / cw);
+        const int slabs = (N + 32 * cw - 1) / (32 * cw), tiles = wave / slabs > 1 ? wave / slabs : 1;
+        a.mrows = ((M + tiles - 1) / tiles + step - 1) / step * step;
+        if (a.mrows > SK_SMEM / kt) a.mrows = SK_SMEM / kt;
+        a.vec = vec_ok(C, ldc, cw);
+        const dim3 grid((unsigned)slabs, (unsigned)((M + a.mrows - 1) / a.mrows));
+        if (kt == 8) cu_launch(c, lowrank_kernel<8>, grid, dim3(SK_THREADS), 0, a, "gemm_f32 lowrank");
+        else if (kt == 16) cu_launch(c, lowrank_kernel<16>, grid, dim3(SK_THREADS), 0, a, "gemm_f32 lowrank");
+        else cu_launch(c, lowrank_kernel<32>, grid, dim3(SK_THREADS), 0, a, "gemm_f32 lowrank");
+    } else if (ta && !tb && (M <= 32 || N <= 32) && K >= 256) {
+        /* the wide operand goes in A; column slabs, K split so the grid makes about one
+         * wave with each split's rank rows in shared memory */
+        a.tc = M <= 32;
+        a.A = a.tc ? B : A;
+        a.lda = a.tc ? ldb : lda;
+        a.B = a.tc ? A : B;
+        a.ldb = a.tc ? lda : ldb;
+        const int W = a.tc ? N : M, R = a.tc ? M : N;
+        const int rt = R <= 8 ? 8 : R <= 16 ? 16 : 32, cw = 64 / rt, step = 8 * (16 / cw);
+        const int slabs = (W + 32 * cw - 1) / (32 * cw);
+        int splits = wave / slabs > 32 ? 32 : wave / slabs > 1 ? wave / slabs : 1;
+        a.krows = ((K + splits - 1) / splits + step - 1) / step * step;
+        if (a.krows > SK_SMEM / rt) a.krows = SK_SMEM / rt;
         splits = (K + a.krows - 1) / a.krows;
-        a.part = (float *)cu_scratch(c, CU_S_GEMM, (size_t)splits * M * N * sizeof(float), false);
-        if (!a.part) return true; /* the failure is recorded */
-        if (small_m)
-            cu_launch(c, skinny_splitk_kernel<true>, dim3((unsigned)tiles, (unsigned)splits),
-                      dim3(256), 0, a, "gemm_f32 splitk");
-        else
-            cu_launch(c, skinny_splitk_kernel<false>, dim3((unsigned)tiles, (unsigned)splits),
-                      dim3(256), 0, a, "gemm_f32 splitk");
+        a.vec = vec_ok(a.A, a.lda, cw);
+        if (splits > 1) {
+            a.part = (float *)cu_scratch(c, CU_S_GEMM, (size_t)splits * M * N * sizeof(float), false);
+            if (!a.part) return true; /* the failure is recorded */
+        }
+        const dim3 grid((unsigned)slabs, (unsigned)splits);
+        if (rt == 8) cu_launch(c, skinny_splitk_kernel<8>, grid, dim3(SK_THREADS), 0, a, "gemm_f32 splitk");
+        else if (rt == 16) cu_launch(c, skinny_splitk_kernel<16>, grid, dim3(SK_THREADS), 0, a, "gemm_f32 splitk");
+        else cu_launch(c, skinny_splitk_kernel<32>, grid, dim3(SK_THREADS), 0, a, "gemm_f32 splitk");
+    } else {
+        return false;
+    }
+    if (a.part)
         cu_launch(c, skinny_reduce_kernel, dim3(cu_blocks((size_t)M * N, 256, (unsigned)c->n_sm * 8)),
                   dim3(256), 0, a, "gemm_f32 reduce");
-        return true;
-    }
-    return false;
+    return true;
 }
 
 /* Bytes spanned by a row-major [rows, cols] matrix with leading dimension ld. */

@@ -7,20 +7,28 @@
  *    softmax in the log2 domain. It can also emit the per-row log-sum-exp and
  *    D = rowsum(dO * O) that the backward needs (the op table passes no forward state,
  *    so the backward recomputes them).
- *  - row (decode: T <= 8; any head_dim <= 256): a block owns one query row of one head
+ *  - decode (T <= 8, head_dim 64 or 128): a cluster of 8 blocks owns one query row of one
+ *    head, a block one eighth of the keys and each of its warps batches of keys whose key
+ *    and value rows it loads together (one memory latency per batch); the blocks' (max,
+ *    sum, output) triples meet in the first block's shared memory through the cluster
+ *    (distributed shared memory), so there are no atomics and a decode step is one launch.
+ *  - row (decode with any other head_dim <= 256): a block owns one query row of one head
  *    and one of 32 splits of the keys, in f32; the last block of a row to finish merges
- *    the splits' (max, sum, output) triples, so a decode step is one launch.
+ *    the splits' (max, sum, output) triples.
  * Backward: FlashAttention-2 style: a block owns 64 keys and one query head and walks the
  * query tiles at or after its keys, accumulating dK and dV in registers (added atomically
  * into the kv head the group shares) and adding dQ with atomics; a plain per-row kernel
  * covers other head sizes. */
+#include <cooperative_groups.h>
 #include <math.h>
 
 #include "cuda_internal.h"
 
+namespace cg = cooperative_groups;
+
 typedef __nv_bfloat16 bf16;
 
-enum { ROW_THREADS = 128, ROW_CHUNK = 256, ROW_MAX_SPLIT = 32, SMALL_T = 8 };
+enum { ROW_THREADS = 128, ROW_CHUNK = 256, ROW_MAX_SPLIT = 32, SMALL_T = 8, DEC_SPLIT = 8 };
 
 static const float LOG2E = 1.4426950408889634f;
 
@@ -272,7 +280,6 @@ static __device__ __forceinline__ float row_reduce(float v, float *red, bool is_
  * all their loads before using any; HD == 0: any head_dim. */
 template <int HD>
 static __global__ void __launch_bounds__(ROW_THREADS) row_fwd_kernel(const RowArgs a) {
-    cu_dep_wait();
     extern __shared__ float rsm[];
     const int hd = HD > 0 ? HD : a.hd, tid = threadIdx.x;
     float *qs = rsm, *ps = qs + hd, *ored = ps + ROW_CHUNK, *red = ored + 2 * ROW_THREADS;
@@ -284,6 +291,13 @@ static __global__ void __launch_bounds__(ROW_THREADS) row_fwd_kernel(const RowAr
     const int per = (nk + a.nsplit - 1) / a.nsplit;
     const int j0 = sp * per, j1 = min(nk, j0 + per);
     const float *kb = a.k + hk * hd, *vb = a.v + hk * hd;
+    if ((hd & 3) == 0 && cu_aligned16(a.k) && cu_aligned16(a.v)) {
+        /* the split's first key and value rows, into L2 while the previous kernel ends */
+        const int j = j0 + (tid >> 1);
+        if (j < min(j1, j0 + ROW_THREADS / 2))
+            cu_prefetch_l2((tid & 1 ? vb : kb) + (size_t)j * kvdim, (unsigned)hd * sizeof(float));
+    }
+    cu_dep_wait();
     /* value-phase roles: G groups of hd threads (hd <= 128), or one group with two dims
      * per thread (hd <= 256) */
     const int G = hd <= ROW_THREADS ? ROW_THREADS / hd : 1;
@@ -404,6 +418,138 @@ static __global__ void __launch_bounds__(ROW_THREADS) row_fwd_kernel(const RowAr
         dst[e] = acc;
     }
     if (tid == 0) a.cnt[(size_t)t * a.Hq + h] = 0;
+}
+
+/* ---- decode forward: a cluster per query row and head ---- */
+
+/* Lane l holds elements [l * HD / 32, (l + 1) * HD / 32) of a head's row. */
+template <int HD> struct DecVec;
+template <> struct DecVec<64> {
+    float2 v;
+    __device__ __forceinline__ void load(const float *p) { v = __ldg(reinterpret_cast<const float2 *>(p)); }
+    __device__ __forceinline__ void zero() { v = make_float2(0.0f, 0.0f); }
+    __device__ __forceinline__ float dot(const DecVec &o) const { return fmaf(v.y, o.v.y, v.x * o.v.x); }
+    __device__ __forceinline__ void axpy(float p, const DecVec &x) {
+        v.x = fmaf(p, x.v.x, v.x);
+        v.y = fmaf(p, x.v.y, v.y);
+    }
+    __device__ __forceinline__ void scale(float s) {
+        v.x *= s;
+        v.y *= s;
+    }
+    __device__ __forceinline__ float get(int i) const { return i == 0 ? v.x : v.y; }
+};
+template <> struct DecVec<128> {
+    float4 v;
+    __device__ __forceinline__ void load(const float *p) { v = __ldg(reinterpret_cast<const float4 *>(p)); }
+    __device__ __forceinline__ void zero() { v = make_float4(0.0f, 0.0f, 0.0f, 0.0f); }
+    __device__ __forceinline__ float dot(const DecVec &o) const {
+        return fmaf(v.w, o.v.w, fmaf(v.z, o.v.z, fmaf(v.y, o.v.y, v.x * o.v.x)));
+    }
+    __device__ __forceinline__ void axpy(float p, const DecVec &x) {
+        v.x = fmaf(p, x.v.x, v.x);
+        v.y = fmaf(p, x.v.y, v.y);
+        v.z = fmaf(p, x.v.z, v.z);
+        v.w = fmaf(p, x.v.w, v.w);
+    }
+    __device__ __forceinline__ void scale(float s) {
+        v.x *= s;
+        v.y *= s;
+        v.z *= s;
+        v.w *= s;
+    }
+    __device__ __forceinline__ float get(int i) const {
+        return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+    }
+};
+
+/* Grid (Hq, T, DEC_SPLIT), clusters of DEC_SPLIT blocks along z: block z of a cluster
+ * takes the z-th eighth of the row's keys; warp w of a block takes batches of KB
+ * consecutive keys (w, w + 4, ... batches in), loading all KB key and value rows before
+ * using any, with an online softmax in f32. The 4 warps of the 8 blocks leave 32 (max,
+ * sum, output) triples in their shared memory; the cluster's first block weighs them and
+ * writes the row. Needs 16-byte aligned q/k/v rows (DecVec loads). */
+template <int HD>
+static __global__ void __cluster_dims__(1, 1, DEC_SPLIT) __launch_bounds__(ROW_THREADS)
+    dec_fwd_kernel(const RowArgs a) {
+    constexpr int PL = HD / 32, KB = HD == 64 ? 16 : 8, NW = ROW_THREADS / 32, NP = NW * DEC_SPLIT;
+    __shared__ float so[NW][HD], sm[NW], sl[NW], wsm[NP];
+    cg::cluster_group cluster = cg::this_cluster();
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int h = blockIdx.x, t = blockIdx.y, sp = (int)cluster.block_rank();
+    const int hk = h / (a.Hq / a.Hkv), kvdim = a.Hkv * HD;
+    const int nk = a.pos0 + t + 1, per = (nk + DEC_SPLIT - 1) / DEC_SPLIT;
+    const int j0 = sp * per, j1 = min(nk, j0 + per);
+    const float *kb = a.k + (size_t)hk * HD + lane * PL, *vb = a.v + (size_t)hk * HD + lane * PL;
+    {   /* the warp's first batch of key and value rows, into L2 while the previous kernel ends */
+        const int j = j0 + warp * KB + (lane >> 1);
+        if (lane < 2 * KB && j < j1)
+            cu_prefetch_l2((lane & 1 ? a.v : a.k) + (size_t)j * kvdim + (size_t)hk * HD,
+                           (unsigned)(HD * sizeof(float)));
+    }
+    cu_dep_wait();
+    DecVec<HD> q, o;
+    q.load(a.q + ((size_t)t * a.Hq + h) * HD + lane * PL);
+    o.zero();
+    float m = -INFINITY, l = 0.0f;
+    for (int jb = j0 + warp * KB; jb < j1; jb += NW * KB) {
+        DecVec<HD> kr[KB], vr[KB];
+#pragma unroll
+        for (int i = 0; i < KB; i++) {
+            if (jb + i < j1) {
+                kr[i].load(kb + (size_t)(jb + i) * kvdim);
+                vr[i].load(vb + (size_t)(jb + i) * kvdim);
+            } else {
+                kr[i].zero();
+                vr[i].zero();
+            }
+        }
+        float sc[KB], bm = -INFINITY;
+#pragma unroll
+        for (int i = 0; i < KB; i++) {
+            sc[i] = jb + i < j1 ? cu_warp_sum(q.dot(kr[i])) * a.scale : -INFINITY;
+            bm = fmaxf(bm, sc[i]);
+        }
+        const float mn = fmaxf(m, bm), alpha = expf(m - mn); /* bm is finite: key jb exists */
+        l *= alpha;
+        o.scale(alpha);
+#pragma unroll
+        for (int i = 0; i < KB; i++) {
+            const float p = expf(sc[i] - mn);
+            l += p;
+            o.axpy(p, vr[i]);
+        }
+        m = mn;
+    }
+#pragma unroll
+    for (int i = 0; i < PL; i++) so[warp][lane * PL + i] = o.get(i);
+    if (lane == 0) {
+        sm[warp] = m;
+        sl[warp] = l;
+    }
+    cluster.sync(); /* every block's triples are written */
+    if (sp == 0) {
+        if (warp == 0) { /* partial i = (block i / NW, warp i % NW): its weight */
+            const float *rm = cluster.map_shared_rank(sm, lane / NW);
+            const float *rl = cluster.map_shared_rank(sl, lane / NW);
+            const float mi = rm[lane % NW], li = rl[lane % NW];
+            const float M = cu_warp_max(mi);
+            const float wi = mi == -INFINITY ? 0.0f : expf(mi - M);
+            const float L = cu_warp_sum(li * wi);
+            wsm[lane] = wi / L;
+        }
+        __syncthreads();
+        for (int d = threadIdx.x; d < HD; d += ROW_THREADS) {
+            float acc = 0.0f;
+#pragma unroll
+            for (int i = 0; i < NP; i++) {
+                const float *ro = cluster.map_shared_rank(&so[0][0], i / NW);
+                acc = fmaf(ro[(i % NW) * HD + d], wsm[i], acc);
+            }
+            a.out[((size_t)t * a.Hq + h) * HD + d] = acc;
+        }
+    }
+    cluster.sync(); /* the first block has read every block's shared memory */
 }
 
 /* ---- flash backward ---- */
@@ -701,16 +847,6 @@ void cu_attention(mc_backend *be, void *out, const void *q, const void *k, const
     }
     RowArgs a;
     memset(&a, 0, sizeof a);
-    /* Decode rows split the keys ROW_MAX_SPLIT ways whatever the context length, so the
-     * launch keeps its shape from step to step and a decode step's graph is reused. */
-    const int nsplit = T <= SMALL_T ? ROW_MAX_SPLIT : 1;
-    if (nsplit > 1) {
-        a.part = (float *)cu_scratch(c, CU_S_ATT_PART,
-                                     (size_t)T * Hq * ROW_MAX_SPLIT * (size_t)(hd + 2) * sizeof(float),
-                                     false);
-        a.cnt = (int *)cu_scratch(c, CU_S_ATT_CNT, (size_t)SMALL_T * Hq * sizeof(int), true);
-        if (!a.part || !a.cnt) return;
-    }
     a.out = (float *)out;
     a.q = (const float *)q;
     a.k = (const float *)k;
@@ -720,8 +856,26 @@ void cu_attention(mc_backend *be, void *out, const void *q, const void *k, const
     a.Hq = Hq;
     a.Hkv = Hkv;
     a.hd = hd;
-    a.nsplit = nsplit;
     a.scale = 1.0f / sqrtf((float)hd);
+    /* Decode launches keep their shape whatever the context length (DEC_SPLIT or
+     * ROW_MAX_SPLIT splits of the keys), so a decode step's graph is reused. */
+    if (T <= SMALL_T && (hd == 64 || hd == 128) && cu_aligned16(q) && cu_aligned16(k) &&
+        cu_aligned16(v) && c->dec_cluster) {
+        a.nsplit = DEC_SPLIT;
+        const dim3 grid((unsigned)Hq, (unsigned)T, DEC_SPLIT);
+        if (hd == 64) cu_launch(c, dec_fwd_kernel<64>, grid, dim3(ROW_THREADS), 0, a, "attention_decode");
+        else cu_launch(c, dec_fwd_kernel<128>, grid, dim3(ROW_THREADS), 0, a, "attention_decode");
+        return;
+    }
+    const int nsplit = T <= SMALL_T ? ROW_MAX_SPLIT : 1;
+    if (nsplit > 1) {
+        a.part = (float *)cu_scratch(c, CU_S_ATT_PART,
+                                     (size_t)T * Hq * ROW_MAX_SPLIT * (size_t)(hd + 2) * sizeof(float),
+                                     false);
+        a.cnt = (int *)cu_scratch(c, CU_S_ATT_CNT, (size_t)SMALL_T * Hq * sizeof(int), true);
+        if (!a.part || !a.cnt) return;
+    }
+    a.nsplit = nsplit;
     unsigned smem = (unsigned)((hd + ROW_CHUNK + 2 * ROW_THREADS + ROW_THREADS / 32) * sizeof(float));
     const dim3 grid((unsigned)Hq, (unsigned)T, (unsigned)nsplit);
     if (hd == 64) cu_launch(c, row_fwd_kernel<64>, grid, dim3(ROW_THREADS), smem, a, "attention_row");

@@ -639,6 +639,8 @@ extern "C" mc_status mc_backend_cuda_create(int device, mc_backend **out) {
     env = getenv("MC_CUDA_NOFUSE"); /* e.g. "rope,glu": those fusions off */
     c->fuse_rope = c->fuse_on && !(env && strstr(env, "rope"));
     c->fuse_glu = c->fuse_on && !(env && strstr(env, "glu"));
+    env = getenv("MC_CUDA_DECODE_ATT"); /* "row": the older one-block-per-split decode attention */
+    c->dec_cluster = !(env && strcmp(env, "row") == 0);
     env = getenv("MC_CUDA_PROFILE");
     if (env && env[0] == '1') { /* per-kernel timing: direct, serialised launches */
         c->prof_on = true;

@@ -183,6 +183,7 @@ struct mc_cuda {
     /* op fusion (MC_CUDA_FUSE=0: none; MC_CUDA_NOFUSE=rope,glu: not those) */
     bool fuse_on;
     bool fuse_rope, fuse_glu; /* RoPE and SwiGLU taken over by the GEMVs before them */
+    bool dec_cluster;         /* decode attention by clusters of blocks (else one block per split) */
     cu_pending pend;
     int *gemv_cnt; /* [1] device counter of the SwiGLU-fused GEMV, zero between launches */
 
@@ -333,13 +334,36 @@ static inline __host__ __device__ bool cu_aligned16(const void *p) { return ((ui
 /* ---- device helpers ---- */
 
 #ifdef __CUDACC__
-/* First statement of every kernel: waits until the previous kernel of the stream has
- * finished and its writes are visible (a no-op unless launched as a programmatic dependent),
- * then lets the next kernel start launching. */
+/* First statement of every kernel (after cu_prefetch_l2 hints, if any): lets the next
+ * kernel of the stream start launching, then waits until the previous kernel has finished
+ * and its writes are visible (a no-op unless launched as a programmatic dependent). The
+ * next kernel's blocks may thus become resident while this one runs; they do nothing but
+ * issue their prefetch hints before their own wait, and the completion order still chains
+ * (kernel n + 2 waits for n + 1, which waited for n). MC_CUDA_LATE_TRIGGER builds the
+ * older order (wait, then trigger) for comparison. */
 static __device__ __forceinline__ void cu_dep_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#ifdef MC_CUDA_LATE_TRIGGER
     asm volatile("griddepcontrol.wait;\n" ::: "memory");
     asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#else
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+#endif
+}
+
+/* Asks L2 to fetch [p, p + bytes) (16-byte aligned, bytes a multiple of 16) and returns
+ * at once. Kernels issue it before cu_dep_wait() for what they will read that the
+ * previous kernels do not produce (weights, older KV-cache rows), so the fetch overlaps
+ * the previous kernel's tail. Only a hint: L2 is where the device's memory is coherent,
+ * so a prefetched line never hides a later write. */
+static __device__ __forceinline__ void cu_prefetch_l2(const void *p, unsigned bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && !defined(MC_CUDA_NO_PREFETCH)
+    if (bytes) asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
+#else
+    (void)p;
+    (void)bytes;
 #endif
 }
 

@@ -10,7 +10,8 @@
  * shadow directly next to their f32 output. */
 #include "cuda_internal.h"
 
-enum { CU_GEMV_MAX_M = 8 };
+/* GEMV rows of at least CU_GEMV_KSPLIT_MIN elements are split over the 4 warps of a block. */
+enum { CU_GEMV_MAX_M = 8, CU_GEMV_KSPLIT_MIN = 2048 };
 
 /* ---- shadows ---- */
 
@@ -244,18 +245,18 @@ static __device__ __forceinline__ void gemv_chunk(float (&acc)[R][MT], const Chu
     }
 }
 
-/* acc[r][m] = rows[r] . x[m, :] (summed over the warp) for R weight rows of K elements. */
+/* acc[r][m] = rows[r] . x[m, :] over the chunks [c0, c1) of 8 elements (summed over the
+ * warp) for R weight rows. */
 template <typename WT, int MT, int R, bool SW>
 static __device__ __forceinline__ void gemv_acc(float (&acc)[R][MT], const GemvArgs &a,
                                                 const float *xs, const WT *const (&rows)[R],
-                                                int lane) {
+                                                int lane, int c0, int nch) {
     constexpr int U = R == 1 ? 8 : 4;
-    const int nch = a.K >> 3;
 #pragma unroll
     for (int r = 0; r < R; r++)
 #pragma unroll
         for (int m = 0; m < MT; m++) acc[r][m] = 0.0f;
-    for (int base = 0; base < nch; base += 32 * U) {
+    for (int base = c0; base < nch; base += 32 * U) {
         Chunk8<WT> cw[U][R];
 #pragma unroll
         for (int u = 0; u < U; u++) {
@@ -278,16 +279,48 @@ static __device__ __forceinline__ void gemv_acc(float (&acc)[R][MT], const GemvA
         for (int m = 0; m < MT; m++) acc[r][m] = cu_warp_sum(acc[r][m]);
 }
 
-/* The rows n0 .. n0 + R - 1 of entry E, by one warp. */
-template <typename WT, int MT, int R, bool SW>
+/* The chunks [c0, c1) of 8 elements of a K-long row that warp `warp` of KS reads: all
+ * of them when KS == 1, else a KS-th of the row. */
+template <int KS>
+static __device__ __forceinline__ void gemv_range(int K, int warp, int &c0, int &c1) {
+    const int nch = K >> 3, q = (nch + KS - 1) / KS;
+    c0 = KS == 1 ? 0 : min(nch, warp * q);
+    c1 = KS == 1 ? nch : min(nch, c0 + q);
+}
+
+/* The rows n0 .. n0 + R - 1 of entry E, by one warp (KS == 1), or by the block's KS warps
+ * each summing a KS-th of the row, added in warp order in shared memory (long rows: more
+ * loads in flight per row). */
+template <typename WT, int MT, int R, bool SW, int KS>
 static __device__ __forceinline__ void gemv_rows(const GemvArgs &a, const cu_gemv_ent &E,
                                                  const float *xs, int n0, int lane) {
     const WT *w = reinterpret_cast<const WT *>(E.w);
     float acc[R][MT];
     const WT *rows[R];
+    int c0, c1;
+    gemv_range<KS>(a.K, (int)threadIdx.x >> 5, c0, c1);
 #pragma unroll
     for (int r = 0; r < R; r++) rows[r] = w + (size_t)min(n0 + r, E.N - 1) * a.K;
-    gemv_acc<WT, MT, R, SW>(acc, a, xs, rows, lane);
+    gemv_acc<WT, MT, R, SW>(acc, a, xs, rows, lane, c0, c1);
+    if (KS > 1) {
+        __shared__ float part[KS > 1 ? KS : 1][R][MT];
+        const int warp = (int)threadIdx.x >> 5;
+        if (lane == 0)
+#pragma unroll
+            for (int r = 0; r < R; r++)
+#pragma unroll
+                for (int m = 0; m < MT; m++) part[warp][r][m] = acc[r][m];
+        __syncthreads();
+        if (warp != 0) return;
+#pragma unroll
+        for (int r = 0; r < R; r++)
+#pragma unroll
+            for (int m = 0; m < MT; m++) {
+                float t = part[0][r][m];
+                for (int k = 1; k < KS; k++) t += part[k][r][m];
+                acc[r][m] = t;
+            }
+    }
     if (lane == 0) {
 #pragma unroll
         for (int r = 0; r < R; r++) {
@@ -310,7 +343,7 @@ static __device__ __forceinline__ void gemv_rope_pair(const GemvArgs &a, const c
     const WT *w = reinterpret_cast<const WT *>(E.w);
     const WT *rows[2] = {w + (size_t)r0 * a.K, w + (size_t)r1 * a.K};
     float acc[2][MT];
-    gemv_acc<WT, MT, 2, SW>(acc, a, xs, rows, lane);
+    gemv_acc<WT, MT, 2, SW>(acc, a, xs, rows, lane, 0, a.K >> 3);
     if (lane == 0) {
         const float b0 = E.bias ? cu_load_w(E.bias, E.bias_dt, (size_t)r0) : 0.0f;
         const float b1 = E.bias ? cu_load_w(E.bias, E.bias_dt, (size_t)r1) : 0.0f;
@@ -326,26 +359,36 @@ static __device__ __forceinline__ void gemv_rope_pair(const GemvArgs &a, const c
 }
 
 /* out[m, n] = x[m, :] . W[n, :] (+ b[n]) for m < M <= MT. A warp owns R rows of W (or a
- * RoPE pair) and streams them in 16-byte chunks (K % 8 == 0, 16-byte aligned rows): each
- * lane issues U chunk loads per row (predicated past the end) before using any, so a row
- * of up to 32 * U chunks costs one memory latency. */
-template <typename WT, int MT, int R, bool SW>
+ * RoPE pair; KS > 1: a block owns R rows, a warp a KS-th of them) and streams them in
+ * 16-byte chunks (K % 8 == 0, 16-byte aligned rows): each lane issues U chunk loads per
+ * row (predicated past the end) before using any, so a row of up to 32 * U chunks costs
+ * one memory latency. */
+template <typename WT, int MT, int R, bool SW, int KS>
 static __global__ void __launch_bounds__(128) gemv_kernel(const GemvArgs a) {
     extern __shared__ __align__(16) float xs[]; /* SW: [M, K] silu(x) * up */
-    cu_dep_wait();
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int e = 0;
+    while (e + 1 < a.nent && (int)blockIdx.x >= a.bstart[e + 1]) e++;
+    const cu_gemv_ent &E = a.ent[e];
+    const int j = KS > 1 ? (int)blockIdx.x - a.bstart[e] : ((int)blockIdx.x - a.bstart[e]) * 4 + warp;
+    if (lane < (E.rope ? 2 : R)) { /* the warp's weight rows, into L2 while the previous kernel ends */
+        const int half = a.rhd >> 1;
+        const int n = E.rope ? (j < E.N / 2 ? (j / half) * a.rhd + j % half + lane * half : E.N)
+                             : j * R + lane;
+        int c0, c1;
+        gemv_range<KS>(a.K, warp, c0, c1);
+        if (n < E.N) cu_prefetch_l2(reinterpret_cast<const WT *>(E.w) + (size_t)n * a.K + (size_t)c0 * 8,
+                                    (unsigned)((size_t)(c1 - c0) * 8 * sizeof(WT)));
+    }
+    cu_dep_wait();
     if (SW) {
         for (int i = threadIdx.x; i < a.M * a.K; i += blockDim.x) xs[i] = swiglu1(a.x[i], a.up[i]);
         __syncthreads();
     }
-    while (e + 1 < a.nent && (int)blockIdx.x >= a.bstart[e + 1]) e++;
-    const cu_gemv_ent &E = a.ent[e];
-    const int j = ((int)blockIdx.x - a.bstart[e]) * 4 + warp;
     if (E.rope) {
         if (j < E.N / 2) gemv_rope_pair<WT, MT, SW>(a, E, xs, j, lane);
     } else if (j * R < E.N) {
-        gemv_rows<WT, MT, R, SW>(a, E, xs, j * R, lane);
+        gemv_rows<WT, MT, R, SW, KS>(a, E, xs, j * R, lane);
     }
     if (SW && a.sw_out) {
         __shared__ int last;
@@ -370,15 +413,16 @@ static __global__ void __launch_bounds__(128) gemv_kernel(const GemvArgs a) {
  * written by the same lane only). */
 template <typename WT, int MT>
 static __global__ void __launch_bounds__(128) gemv_glu_kernel(const GemvArgs a) {
-    cu_dep_wait();
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const cu_gemv_ent &G = a.ent[0], &U = a.ent[1];
     const int n = (int)blockIdx.x * 4 + warp;
+    const WT *rows[2] = {reinterpret_cast<const WT *>(G.w) + (size_t)min(n, G.N - 1) * a.K,
+                         reinterpret_cast<const WT *>(U.w) + (size_t)min(n, G.N - 1) * a.K};
+    if (lane < 2 && n < G.N) cu_prefetch_l2(rows[lane], (unsigned)((size_t)a.K * sizeof(WT)));
+    cu_dep_wait();
     if (n >= G.N) return;
-    const WT *rows[2] = {reinterpret_cast<const WT *>(G.w) + (size_t)n * a.K,
-                         reinterpret_cast<const WT *>(U.w) + (size_t)n * a.K};
     float acc[2][MT];
-    gemv_acc<WT, MT, 2, false>(acc, a, nullptr, rows, lane);
+    gemv_acc<WT, MT, 2, false>(acc, a, nullptr, rows, lane, 0, a.K >> 3);
     if (lane == 0) {
         const float bg = G.bias ? cu_load_w(G.bias, G.bias_dt, (size_t)n) : 0.0f;
         const float bu = U.bias ? cu_load_w(U.bias, U.bias_dt, (size_t)n) : 0.0f;
@@ -433,17 +477,23 @@ static void gemv_launch_r(mc_cuda *c, GemvArgs a) {
             return;
         }
     }
-    const int R = (a.nent == 1 && a.ent[0].N >= 8192 && !a.ent[0].rope) ? 2 : 1;
+    bool rope = false;
+    for (int e = 0; e < a.nent; e++) rope = rope || a.ent[e].rope;
+    /* long rows (the down projection) are split over a block's warps */
+    const int KS = !rope && a.K >= CU_GEMV_KSPLIT_MIN ? 4 : 1;
+    const int R = (KS == 1 && a.nent == 1 && a.ent[0].N >= 8192 && !rope) ? 2 : 1;
+    const int per_block = KS == 1 ? 4 * R : R;
     int b = 0;
     for (int e = 0; e < a.nent; e++) {
         a.bstart[e] = b;
-        b += a.ent[e].rope ? (a.ent[e].N / 2 + 3) / 4 : (a.ent[e].N + 4 * R - 1) / (4 * R);
+        b += a.ent[e].rope ? (a.ent[e].N / 2 + 3) / 4 : (a.ent[e].N + per_block - 1) / per_block;
     }
     for (int e = a.nent; e <= CU_GEMV_MAX_ENT; e++) a.bstart[e] = b;
     const unsigned smem = SW ? (unsigned)((size_t)a.M * a.K * sizeof(float)) : 0u;
-    if (R == 2) cu_launch(c, gemv_kernel<WT, MT, 2, SW>, dim3((unsigned)b), dim3(128), smem, a, "gemv");
-    else cu_launch(c, gemv_kernel<WT, MT, 1, SW>, dim3((unsigned)b), dim3(128), smem, a,
-                   a.nent > 1 ? "gemv multi" : SW ? "gemv swiglu" : "gemv");
+    const char *name = a.nent > 1 ? "gemv multi" : SW ? "gemv swiglu" : "gemv";
+    if (KS == 4) cu_launch(c, gemv_kernel<WT, MT, 1, SW, 4>, dim3((unsigned)b), dim3(128), smem, a, name);
+    else if (R == 2) cu_launch(c, gemv_kernel<WT, MT, 2, SW, 1>, dim3((unsigned)b), dim3(128), smem, a, name);
+    else cu_launch(c, gemv_kernel<WT, MT, 1, SW, 1>, dim3((unsigned)b), dim3(128), smem, a, name);
 }
 
 template <typename WT, bool SW>

@@ -21,37 +21,89 @@ static int shadow_rows(size_t n) { return n >= 65536 ? 1 << 30 : 1; }
 struct SwigluArgs {
     float *out;          /* [n] forward out, or dgate */
     float *dup;          /* [n] backward */
-    const float *dout;   /* [n] backward */
+    const float *dout;   /* [n] backward (may be dgate) */
     const float *gate, *up;
     __nv_bfloat16 *sh0, *sh1; /* bf16 copies of out / dgate and dup, or NULL */
     size_t n;
+    size_t n4;           /* leading groups of 4 taken as 16-byte vectors (0: none) */
 };
 
+/* Element i of a group of four. */
+static __device__ __forceinline__ float &f4_at(float4 &v, int i) {
+    return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+}
+
+/* sh[4 i .. 4 i + 4) = v as bf16, one 8-byte store. */
+static __device__ __forceinline__ void store_bf16x4(__nv_bfloat16 *sh, size_t i, float4 v) {
+    reinterpret_cast<uint2 *>(sh)[i] = make_uint2(cu_pack_bf16(v.x, v.y), cu_pack_bf16(v.z, v.w));
+}
+
+static __device__ __forceinline__ float swiglu_fwd(float g, float u) {
+    return __fmul_rn(cu_silu(g), u);
+}
+
+/* dgate = dout * up * silu'(g), silu'(g) = s (1 + g (1 - s)); dup = dout * silu(g). */
+static __device__ __forceinline__ void swiglu_bwd(float gi, float u, float o, float &dg,
+                                                  float &du) {
+    float e = __fadd_rn(1.0f, expf(-gi));
+    float s = __fdiv_rn(1.0f, e), silu = __fdiv_rn(gi, e);
+    float gs = __fmul_rn(gi, __fsub_rn(1.0f, s));
+    float dsilu = __fmul_rn(s, __fadd_rn(1.0f, gs));
+    du = __fmul_rn(o, silu);
+    dg = __fmul_rn(__fmul_rn(o, u), dsilu);
+}
+
+/* Groups of four elements take 16-byte loads and stores (8-byte bf16 copies); the tail
+ * after them goes one element at a time. */
 static __global__ void swiglu_kernel(const SwigluArgs a) {
     cu_dep_wait();
-    for (size_t i = gtid(); i < a.n; i += gstride()) {
-        float o = __fmul_rn(cu_silu(a.gate[i]), a.up[i]);
+    const float4 *g4 = reinterpret_cast<const float4 *>(a.gate);
+    const float4 *u4 = reinterpret_cast<const float4 *>(a.up);
+    for (size_t i = gtid(); i < a.n4; i += gstride()) {
+        const float4 g = __ldcs(g4 + i), u = __ldcs(u4 + i);
+        const float4 o = make_float4(swiglu_fwd(g.x, u.x), swiglu_fwd(g.y, u.y),
+                                     swiglu_fwd(g.z, u.z), swiglu_fwd(g.w, u.w));
+        reinterpret_cast<float4 *>(a.out)[i] = o;
+        if (a.sh0) store_bf16x4(a.sh0, i, o);
+    }
+    for (size_t i = 4 * a.n4 + gtid(); i < a.n; i += gstride()) {
+        const float o = swiglu_fwd(a.gate[i], a.up[i]);
         a.out[i] = o;
         if (a.sh0) a.sh0[i] = __float2bfloat16(o);
     }
 }
 
-/* dgate = dout * up * silu'(g), silu'(g) = s (1 + g (1 - s)); dup = dout * silu(g). */
 static __global__ void swiglu_bwd_kernel(const SwigluArgs a) {
     cu_dep_wait();
-    for (size_t i = gtid(); i < a.n; i += gstride()) {
-        float gi = a.gate[i], o = a.dout[i];
-        float e = __fadd_rn(1.0f, expf(-gi));
-        float s = __fdiv_rn(1.0f, e), silu = __fdiv_rn(gi, e);
-        float gs = __fmul_rn(gi, __fsub_rn(1.0f, s));
-        float dsilu = __fmul_rn(s, __fadd_rn(1.0f, gs));
-        float du = __fmul_rn(o, silu);
-        float dg = __fmul_rn(__fmul_rn(o, a.up[i]), dsilu);
+    const float4 *g4 = reinterpret_cast<const float4 *>(a.gate);
+    const float4 *u4 = reinterpret_cast<const float4 *>(a.up);
+    const float4 *o4 = reinterpret_cast<const float4 *>(a.dout);
+    for (size_t i = gtid(); i < a.n4; i += gstride()) {
+        float4 g = __ldcs(g4 + i), u = __ldcs(u4 + i), o = o4[i], dg, du;
+#pragma unroll
+        for (int j = 0; j < 4; j++) swiglu_bwd(f4_at(g, j), f4_at(u, j), f4_at(o, j), f4_at(dg, j), f4_at(du, j));
+        reinterpret_cast<float4 *>(a.dup)[i] = du;
+        reinterpret_cast<float4 *>(a.out)[i] = dg;
+        if (a.sh0) store_bf16x4(a.sh0, i, dg);
+        if (a.sh1) store_bf16x4(a.sh1, i, du);
+    }
+    for (size_t i = 4 * a.n4 + gtid(); i < a.n; i += gstride()) {
+        float dg, du;
+        swiglu_bwd(a.gate[i], a.up[i], a.dout[i], dg, du);
         a.dup[i] = du;
         a.out[i] = dg;
         if (a.sh0) a.sh0[i] = __float2bfloat16(dg);
         if (a.sh1) a.sh1[i] = __float2bfloat16(du);
     }
+}
+
+/* Groups of four of a SwiGLU whose operands all sit on 16-byte boundaries (shadows on
+ * 8-byte ones), else 0. */
+static size_t swiglu_n4(const SwigluArgs &a) {
+    const void *p[7] = {a.out, a.dup, a.dout, a.gate, a.up, a.sh0, a.sh1};
+    for (int i = 0; i < 7; i++)
+        if ((uintptr_t)p[i] & (i < 5 ? 15u : 7u)) return 0;
+    return a.n / 4;
 }
 
 static void swiglu_launch(mc_cuda *c, float *out, const float *gate, const float *up, size_t n) {
@@ -62,7 +114,8 @@ static void swiglu_launch(mc_cuda *c, float *out, const float *gate, const float
     a.up = up;
     a.n = n;
     a.sh0 = (__nv_bfloat16 *)cu_shadow_for(c, out, n, shadow_rows(n));
-    cu_launch(c, swiglu_kernel, grid_for(c, n), dim3(256), 0, a, "swiglu");
+    a.n4 = swiglu_n4(a);
+    cu_launch(c, swiglu_kernel, grid_for(c, n - 3 * a.n4), dim3(256), 0, a, "swiglu");
 }
 
 void cu_flush_swiglu(mc_cuda *c, const cu_pending *p) {
@@ -102,7 +155,8 @@ void cu_swiglu_backward(mc_backend *be, void *dgate, void *dup, const void *dout
     a.n = n;
     a.sh0 = (__nv_bfloat16 *)cu_shadow_for(c, dgate, n, shadow_rows(n));
     a.sh1 = (__nv_bfloat16 *)cu_shadow_for(c, dup, n, shadow_rows(n));
-    cu_launch(c, swiglu_bwd_kernel, grid_for(c, n), dim3(256), 0, a, "swiglu_backward");
+    a.n4 = swiglu_n4(a);
+    cu_launch(c, swiglu_bwd_kernel, grid_for(c, n - 3 * a.n4), dim3(256), 0, a, "swiglu_backward");
 }
 
 struct AddArgs {

@@ -18,15 +18,42 @@ struct XentArgs {
     int V, gdt;
 };
 
-static __device__ float xent_reduce(float v, float *red, bool is_max) {
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    v = is_max ? cu_warp_max(v) : cu_warp_sum(v);
-    __syncthreads();
-    if (lane == 0) red[warp] = v;
-    __syncthreads();
-    float r = red[0];
-    for (int i = 1; i < XENT_THREADS / 32; i++) r = is_max ? fmaxf(r, red[i]) : r + red[i];
-    return r;
+/* (m, s) = (m, s) (+) (m2, s2): running maximum m and sum s of exp(l - m); m = -inf
+ * (with s = 0) stands for no elements. */
+static __device__ __forceinline__ void lse_merge(float &m, float &s, float m2, float s2) {
+    if (m2 == -INFINITY) return;
+    if (m == -INFINITY) {
+        m = m2;
+        s = s2;
+        return;
+    }
+    const float mx = fmaxf(m, m2);
+    s = s * expf(m - mx) + s2 * expf(m2 - mx);
+    m = mx;
+}
+
+/* Adds x[0..4) to the running (m, s): rescales s once per new maximum of the four. */
+static __device__ __forceinline__ void lse_add4(float &m, float &s, float4 x) {
+    const float m4 = fmaxf(fmaxf(x.x, x.y), fmaxf(x.z, x.w));
+    if (m4 > m) {
+        s *= expf(m - m4);
+        m = m4;
+    }
+    s += expf(x.x - m) + expf(x.y - m) + expf(x.z - m) + expf(x.w - m);
+}
+
+/* g[i..i+4) = v[0..4) in dtype dt; i a multiple of 4 and g 8-byte (f32: 16-byte) aligned. */
+static __device__ __forceinline__ void store_g4(void *g, int dt, size_t i, float4 v) {
+    if (dt == MC_BF16) {
+        *reinterpret_cast<uint2 *>((__nv_bfloat16 *)g + i) =
+            make_uint2(cu_pack_bf16(v.x, v.y), cu_pack_bf16(v.z, v.w));
+    } else if (dt == MC_F16) {
+        const __half2 lo = __floats2half2_rn(v.x, v.y), hi = __floats2half2_rn(v.z, v.w);
+        *reinterpret_cast<uint2 *>((__half *)g + i) =
+            make_uint2(*reinterpret_cast<const uint32_t *>(&lo), *reinterpret_cast<const uint32_t *>(&hi));
+    } else {
+        *reinterpret_cast<float4 *>((float *)g + i) = v;
+    }
 }
 
 static __device__ __forceinline__ void store_g(void *g, int dt, size_t i, float v) {
@@ -36,31 +63,64 @@ static __device__ __forceinline__ void store_g(void *g, int dt, size_t i, float 
 }
 
 /* One block per row: loss = logsumexp(l) - l[target]; grad = softmax(l) - onehot(target)
- * (zero for rows with a negative target). */
+ * (zero for rows with a negative target). The row is read twice: once for its maximum
+ * and sum of exponentials together (a running maximum that rescales the sum), once for
+ * the gradient; with V a multiple of 4 both in 16-byte loads. Every thread's (m, s) is
+ * merged in a fixed order, so the result does not change from run to run. */
 static __global__ void __launch_bounds__(XENT_THREADS) xent_kernel(const XentArgs a) {
     cu_dep_wait();
-    __shared__ float red[XENT_THREADS / 32];
-    const int r = blockIdx.x;
+    __shared__ float red_m[XENT_THREADS / 32], red_s[XENT_THREADS / 32];
+    const int r = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int tg = a.targets[r];
     const float *row = a.logits + (size_t)r * a.V;
     const size_t base = (size_t)r * a.V;
+    const int v4 = a.V % 4 == 0 ? a.V / 4 : 0; /* rows then start 16-byte aligned */
+    const float4 *row4 = reinterpret_cast<const float4 *>(row);
     if (tg < 0) {
         if (threadIdx.x == 0) a.loss[r] = 0.0;
-        if (a.grad)
-            for (int v = threadIdx.x; v < a.V; v += XENT_THREADS) store_g(a.grad, a.gdt, base + v, 0.0f);
+        if (a.grad) {
+            for (int v = threadIdx.x; v < v4; v += XENT_THREADS)
+                store_g4(a.grad, a.gdt, base + 4 * (size_t)v, make_float4(0.0f, 0.0f, 0.0f, 0.0f));
+            for (int v = 4 * v4 + threadIdx.x; v < a.V; v += XENT_THREADS) store_g(a.grad, a.gdt, base + v, 0.0f);
+        }
         return;
     }
-    float mx = -INFINITY;
-    for (int v = threadIdx.x; v < a.V; v += XENT_THREADS) mx = fmaxf(mx, row[v]);
-    mx = xent_reduce(mx, red, true);
-    float s = 0.0f;
-    for (int v = threadIdx.x; v < a.V; v += XENT_THREADS) s += expf(row[v] - mx);
-    s = xent_reduce(s, red, false);
-    const float lse = mx + logf(s);
+    float m = -INFINITY, s = 0.0f;
+    for (int v = threadIdx.x; v < v4; v += XENT_THREADS) lse_add4(m, s, row4[v]);
+    for (int v = 4 * v4 + threadIdx.x; v < a.V; v += XENT_THREADS) {
+        const float x = row[v];
+        if (x > m) {
+            s *= expf(m - x);
+            m = x;
+        }
+        s += expf(x - m);
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        const float m2 = __shfl_xor_sync(0xffffffffu, m, o), s2 = __shfl_xor_sync(0xffffffffu, s, o);
+        lse_merge(m, s, m2, s2);
+    }
+    if (lane == 0) {
+        red_m[warp] = m;
+        red_s[warp] = s;
+    }
+    __syncthreads();
+    m = red_m[0];
+    s = red_s[0];
+    for (int i = 1; i < XENT_THREADS / 32; i++) lse_merge(m, s, red_m[i], red_s[i]);
+    const float lse = m + logf(s);
     if (threadIdx.x == 0) a.loss[r] = (double)lse - (double)row[tg];
-    if (a.grad)
-        for (int v = threadIdx.x; v < a.V; v += XENT_THREADS)
-            store_g(a.grad, a.gdt, base + v, expf(row[v] - lse) - (v == tg ? 1.0f : 0.0f));
+    if (!a.grad) return;
+    for (int v = threadIdx.x; v < v4; v += XENT_THREADS) {
+        const float4 x = __ldcs(row4 + v); /* the row's last use */
+        const int k = 4 * v;
+        const float4 g = make_float4(expf(x.x - lse) - (k == tg ? 1.0f : 0.0f),
+                                     expf(x.y - lse) - (k + 1 == tg ? 1.0f : 0.0f),
+                                     expf(x.z - lse) - (k + 2 == tg ? 1.0f : 0.0f),
+                                     expf(x.w - lse) - (k + 3 == tg ? 1.0f : 0.0f));
+        store_g4(a.grad, a.gdt, base + k, g);
+    }
+    for (int v = 4 * v4 + threadIdx.x; v < a.V; v += XENT_THREADS)
+        store_g(a.grad, a.gdt, base + v, expf(row[v] - lse) - (v == tg ? 1.0f : 0.0f));
 }
 
 static cudaDataType_t xent_type(mc_dtype t) {

@@ -66,6 +66,7 @@ static bool reg_add(mc_cuda *c, void *p, size_t bytes) {
     memmove(c->allocs + i + 1, c->allocs + i, (c->n_allocs - i) * sizeof *c->allocs);
     c->allocs[i].p = (uintptr_t)p;
     c->allocs[i].bytes = bytes;
+    c->allocs[i].frozen = false;
     c->n_allocs++;
     c->bytes_now += bytes;
     if (c->bytes_now > c->bytes_peak) c->bytes_peak = c->bytes_now;
@@ -82,12 +83,21 @@ static bool reg_remove(mc_cuda *c, const void *p) {
     return true;
 }
 
-bool cu_is_device(const mc_cuda *c, const void *p, size_t bytes) {
+/* The record holding [p, p + bytes), or NULL. */
+static const cu_alloc_rec *reg_find(const mc_cuda *c, const void *p, size_t bytes) {
     uintptr_t a = (uintptr_t)p;
     size_t i = reg_lower(c, a + 1); /* first record starting after a */
-    if (i == 0) return false;
+    if (i == 0) return NULL;
     i--;
-    return a >= c->allocs[i].p && a - c->allocs[i].p + bytes <= c->allocs[i].bytes;
+    return a >= c->allocs[i].p && a - c->allocs[i].p + bytes <= c->allocs[i].bytes ? &c->allocs[i]
+                                                                                   : NULL;
+}
+
+bool cu_is_device(const mc_cuda *c, const void *p, size_t bytes) { return reg_find(c, p, bytes) != NULL; }
+
+bool cu_is_frozen(const mc_cuda *c, const void *p, size_t bytes) {
+    const cu_alloc_rec *r = reg_find(c, p, bytes);
+    return r && r->frozen;
 }
 
 void *cu_malloc(mc_cuda *c, size_t bytes, const char *what) {
@@ -515,6 +525,7 @@ static mc_status cuda_weights(mc_backend *be, const void *host, size_t bytes, co
         cu_free(c, p);
         return cu_take_error(c);
     }
+    c->allocs[reg_lower(c, (uintptr_t)p)].frozen = true; /* the record cu_malloc added */
     *dev = p;
     return MC_OK;
 }

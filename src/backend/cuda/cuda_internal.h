@@ -75,6 +75,7 @@ enum cu_scratch_id {
 struct cu_alloc_rec {
     uintptr_t p;
     size_t bytes;
+    bool frozen; /* uploaded by the weights entry: no kernel ever writes it */
 };
 
 /* An op whose launch is held back so the next op can fuse with it (MC_CUDA_FUSE, on by
@@ -258,6 +259,9 @@ void *cu_malloc(mc_cuda *c, size_t bytes, const char *what);
 void cu_free(mc_cuda *c, void *p);
 /* True when [p, p + bytes) lies inside one allocation of this backend. */
 bool cu_is_device(const mc_cuda *c, const void *p, size_t bytes);
+/* True when [p, p + bytes) lies in one weight upload (the weights entry): kernels may read
+ * it before cu_dep_wait(), since no kernel writes it. */
+bool cu_is_frozen(const mc_cuda *c, const void *p, size_t bytes);
 /* Scratch buffer `id` of at least `bytes` bytes (contents kept only while not grown);
  * NULL with a recorded OOM on failure. zero_new: clear a newly allocated buffer. */
 void *cu_scratch(mc_cuda *c, int id, size_t bytes, bool zero_new);

@@ -150,6 +150,7 @@ struct GemvArgs {
     cu_gemv_ent ent[CU_GEMV_MAX_ENT];
     int bstart[CU_GEMV_MAX_ENT + 1];
     int nent, M, K, rhd;
+    int wpre; /* every entry's weight is frozen (cu_is_frozen): loaded before the wait */
 };
 
 /* Eight consecutive weights in their stored type. */
@@ -219,7 +220,7 @@ static __device__ __forceinline__ void load_x8(const GemvArgs &a, const float *x
 
 /* acc[r][m] += W[n0 + r, chunk] . x[m, chunk] for one chunk of 8. */
 template <typename WT, int MT, int R, bool SW>
-static __device__ __forceinline__ void gemv_chunk(float (&acc)[R][MT], const Chunk8<WT> (&wc)[R],
+static __device__ __forceinline__ void gemv_chunk(float (&acc)[R][MT], const Chunk8<WT> *wc,
                                                   const GemvArgs &a, const float *xs, int ch) {
     float wf[R][8];
     for (int r = 0; r < R; r++) wc[r].get(wf[r]);
@@ -245,33 +246,45 @@ static __device__ __forceinline__ void gemv_chunk(float (&acc)[R][MT], const Chu
     }
 }
 
-/* acc[r][m] = rows[r] . x[m, :] over the chunks [c0, c1) of 8 elements (summed over the
- * warp) for R weight rows. */
+/* One pass of a warp over R weight rows: lane l holds the chunks base + u * 32 + l
+ * (u < 8 / R) of every row r in c[u * R + r], 8 chunks in all (zero past the end). */
+template <typename WT> struct GemvBatch {
+    Chunk8<WT> c[8];
+    template <int R>
+    __device__ __forceinline__ void load(const WT *const (&rows)[R], int lane, int base, int nch) {
+#pragma unroll
+        for (int u = 0; u < 8 / R; u++) {
+            const int ch = base + u * 32 + lane;
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                if (ch < nch) c[u * R + r].load(rows[r] + (size_t)ch * 8);
+                else c[u * R + r].zero();
+            }
+        }
+    }
+};
+
+/* acc[r][m] = rows[r] . x[m, :] over the chunks [c0, nch) of 8 elements (summed over the
+ * warp) for R weight rows; `first` holds the pass at c0, already loaded. */
 template <typename WT, int MT, int R, bool SW>
 static __device__ __forceinline__ void gemv_acc(float (&acc)[R][MT], const GemvArgs &a,
                                                 const float *xs, const WT *const (&rows)[R],
-                                                int lane, int c0, int nch) {
-    constexpr int U = R == 1 ? 8 : 4;
+                                                int lane, int c0, int nch,
+                                                const GemvBatch<WT> &first) {
+    constexpr int U = 8 / R;
 #pragma unroll
     for (int r = 0; r < R; r++)
 #pragma unroll
         for (int m = 0; m < MT; m++) acc[r][m] = 0.0f;
-    for (int base = c0; base < nch; base += 32 * U) {
-        Chunk8<WT> cw[U][R];
+    GemvBatch<WT> b = first;
+    for (int base = c0; base < nch;) {
 #pragma unroll
         for (int u = 0; u < U; u++) {
             const int ch = base + u * 32 + lane;
-#pragma unroll
-            for (int r = 0; r < R; r++) {
-                if (ch < nch) cw[u][r].load(rows[r] + (size_t)ch * 8);
-                else cw[u][r].zero();
-            }
+            if (ch < nch) gemv_chunk<WT, MT, R, SW>(acc, b.c + u * R, a, xs, ch);
         }
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            const int ch = base + u * 32 + lane;
-            if (ch < nch) gemv_chunk<WT, MT, R, SW>(acc, cw[u], a, xs, ch);
-        }
+        base += 32 * U;
+        if (base < nch) b.template load<R>(rows, lane, base, nch);
     }
 #pragma unroll
     for (int r = 0; r < R; r++)
@@ -288,20 +301,16 @@ static __device__ __forceinline__ void gemv_range(int K, int warp, int &c0, int 
     c1 = KS == 1 ? nch : min(nch, c0 + q);
 }
 
-/* The rows n0 .. n0 + R - 1 of entry E, by one warp (KS == 1), or by the block's KS warps
- * each summing a KS-th of the row, added in warp order in shared memory (long rows: more
- * loads in flight per row). */
+/* The rows n0 .. n0 + R - 1 of entry E (row pointers `rows`, chunks [c0, c1), first pass
+ * in `first`), by one warp (KS == 1), or by the block's KS warps each summing a KS-th of
+ * the row, added in warp order in shared memory (long rows: more loads in flight). */
 template <typename WT, int MT, int R, bool SW, int KS>
 static __device__ __forceinline__ void gemv_rows(const GemvArgs &a, const cu_gemv_ent &E,
-                                                 const float *xs, int n0, int lane) {
-    const WT *w = reinterpret_cast<const WT *>(E.w);
+                                                 const float *xs, int n0, int lane,
+                                                 const WT *const (&rows)[R], int c0, int c1,
+                                                 const GemvBatch<WT> &first) {
     float acc[R][MT];
-    const WT *rows[R];
-    int c0, c1;
-    gemv_range<KS>(a.K, (int)threadIdx.x >> 5, c0, c1);
-#pragma unroll
-    for (int r = 0; r < R; r++) rows[r] = w + (size_t)min(n0 + r, E.N - 1) * a.K;
-    gemv_acc<WT, MT, R, SW>(acc, a, xs, rows, lane, c0, c1);
+    gemv_acc<WT, MT, R, SW>(acc, a, xs, rows, lane, c0, c1, first);
     if (KS > 1) {
         __shared__ float part[KS > 1 ? KS : 1][R][MT];
         const int warp = (int)threadIdx.x >> 5;
@@ -334,16 +343,16 @@ static __device__ __forceinline__ void gemv_rows(const GemvArgs &a, const cu_gem
     }
 }
 
-/* Rows (i, i + hd/2) of head h of entry E (pair p), by one warp, rotated by RoPE. */
+/* Rows (r0, r0 + hd/2) of a head of entry E (pointers `rows`, first pass in `first`), by
+ * one warp, rotated by RoPE with inverse frequency index i. */
 template <typename WT, int MT, bool SW>
 static __device__ __forceinline__ void gemv_rope_pair(const GemvArgs &a, const cu_gemv_ent &E,
-                                                      const float *xs, int p, int lane) {
-    const int half = a.rhd >> 1, h = p / half, i = p - h * half;
-    const int r0 = h * a.rhd + i, r1 = r0 + half;
-    const WT *w = reinterpret_cast<const WT *>(E.w);
-    const WT *rows[2] = {w + (size_t)r0 * a.K, w + (size_t)r1 * a.K};
+                                                      const float *xs, int r0, int i, int lane,
+                                                      const WT *const (&rows)[2],
+                                                      const GemvBatch<WT> &first) {
+    const int r1 = r0 + (a.rhd >> 1);
     float acc[2][MT];
-    gemv_acc<WT, MT, 2, SW>(acc, a, xs, rows, lane, 0, a.K >> 3);
+    gemv_acc<WT, MT, 2, SW>(acc, a, xs, rows, lane, 0, a.K >> 3, first);
     if (lane == 0) {
         const float b0 = E.bias ? cu_load_w(E.bias, E.bias_dt, (size_t)r0) : 0.0f;
         const float b1 = E.bias ? cu_load_w(E.bias, E.bias_dt, (size_t)r1) : 0.0f;
@@ -359,10 +368,11 @@ static __device__ __forceinline__ void gemv_rope_pair(const GemvArgs &a, const c
 }
 
 /* out[m, n] = x[m, :] . W[n, :] (+ b[n]) for m < M <= MT. A warp owns R rows of W (or a
- * RoPE pair; KS > 1: a block owns R rows, a warp a KS-th of them) and streams them in
- * 16-byte chunks (K % 8 == 0, 16-byte aligned rows): each lane issues U chunk loads per
- * row (predicated past the end) before using any, so a row of up to 32 * U chunks costs
- * one memory latency. */
+ * RoPE pair (i, i + hd/2) of a head; KS > 1: a block owns R rows, a warp a KS-th of them)
+ * and streams them in 16-byte chunks (K % 8 == 0, 16-byte aligned rows): each lane issues
+ * its 8 chunk loads of a pass before using any, so a row of up to 256 / R chunks costs one
+ * memory latency. Frozen weights (a.wpre) are loaded before cu_dep_wait(), so their first
+ * pass overlaps the previous kernel; other weights are only asked of L2 then. */
 template <typename WT, int MT, int R, bool SW, int KS>
 static __global__ void __launch_bounds__(128) gemv_kernel(const GemvArgs a) {
     extern __shared__ __align__(16) float xs[]; /* SW: [M, K] silu(x) * up */
@@ -370,25 +380,37 @@ static __global__ void __launch_bounds__(128) gemv_kernel(const GemvArgs a) {
     int e = 0;
     while (e + 1 < a.nent && (int)blockIdx.x >= a.bstart[e + 1]) e++;
     const cu_gemv_ent &E = a.ent[e];
+    const WT *w = reinterpret_cast<const WT *>(E.w);
     const int j = KS > 1 ? (int)blockIdx.x - a.bstart[e] : ((int)blockIdx.x - a.bstart[e]) * 4 + warp;
-    if (lane < (E.rope ? 2 : R)) { /* the warp's weight rows, into L2 while the previous kernel ends */
-        const int half = a.rhd >> 1;
-        const int n = E.rope ? (j < E.N / 2 ? (j / half) * a.rhd + j % half + lane * half : E.N)
-                             : j * R + lane;
-        int c0, c1;
-        gemv_range<KS>(a.K, warp, c0, c1);
-        if (n < E.N) cu_prefetch_l2(reinterpret_cast<const WT *>(E.w) + (size_t)n * a.K + (size_t)c0 * 8,
-                                    (unsigned)((size_t)(c1 - c0) * 8 * sizeof(WT)));
+    const bool rope = E.rope != 0, active = rope ? j < E.N / 2 : j * R < E.N;
+    /* rope: the pair (r0, r0 + hd/2), inverse frequency index ri */
+    const int half = a.rhd >> 1, ri = rope ? j % half : 0, r0 = rope ? (j / half) * a.rhd + ri : 0;
+    const WT *rrows[2] = {w + (size_t)r0 * a.K, w + (size_t)(r0 + half) * a.K};
+    const WT *rows[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) rows[r] = w + (size_t)min(j * R + r, E.N - 1) * a.K;
+    int c0, c1;
+    gemv_range<KS>(a.K, warp, c0, c1);
+    GemvBatch<WT> b; /* the warp's first pass over its rows */
+    if (active && a.wpre) {
+        if (rope) b.template load<2>(rrows, lane, 0, a.K >> 3);
+        else b.template load<R>(rows, lane, c0, c1);
+    } else if (active && lane < (rope ? 2 : R)) {
+        cu_prefetch_l2(rope ? rrows[lane] : rows[lane] + (size_t)c0 * 8,
+                       (unsigned)((size_t)(rope ? a.K >> 3 : c1 - c0) * 8 * sizeof(WT)));
     }
     cu_dep_wait();
+    if (active && !a.wpre) {
+        if (rope) b.template load<2>(rrows, lane, 0, a.K >> 3);
+        else b.template load<R>(rows, lane, c0, c1);
+    }
     if (SW) {
         for (int i = threadIdx.x; i < a.M * a.K; i += blockDim.x) xs[i] = swiglu1(a.x[i], a.up[i]);
         __syncthreads();
     }
-    if (E.rope) {
-        if (j < E.N / 2) gemv_rope_pair<WT, MT, SW>(a, E, xs, j, lane);
-    } else if (j * R < E.N) {
-        gemv_rows<WT, MT, R, SW, KS>(a, E, xs, j * R, lane);
+    if (active) {
+        if (rope) gemv_rope_pair<WT, MT, SW>(a, E, xs, r0, ri, lane, rrows, b);
+        else gemv_rows<WT, MT, R, SW, KS>(a, E, xs, j * R, lane, rows, c0, c1, b);
     }
     if (SW && a.sw_out) {
         __shared__ int last;
@@ -410,7 +432,7 @@ static __global__ void __launch_bounds__(128) gemv_kernel(const GemvArgs a) {
  * n reads row n of both weights (entries 0 and 1, same N, K and input x) and its lane 0
  * writes gate[m, n], up[m, n] and then glu[m, n] = silu(gate) * up, exactly as the swiglu
  * kernel computes it (glu may be the gate or up buffer itself: each element is read and
- * written by the same lane only). */
+ * written by the same lane only). Frozen weights are loaded before cu_dep_wait(). */
 template <typename WT, int MT>
 static __global__ void __launch_bounds__(128) gemv_glu_kernel(const GemvArgs a) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -418,11 +440,14 @@ static __global__ void __launch_bounds__(128) gemv_glu_kernel(const GemvArgs a) 
     const int n = (int)blockIdx.x * 4 + warp;
     const WT *rows[2] = {reinterpret_cast<const WT *>(G.w) + (size_t)min(n, G.N - 1) * a.K,
                          reinterpret_cast<const WT *>(U.w) + (size_t)min(n, G.N - 1) * a.K};
-    if (lane < 2 && n < G.N) cu_prefetch_l2(rows[lane], (unsigned)((size_t)a.K * sizeof(WT)));
+    GemvBatch<WT> b;
+    if (n < G.N && a.wpre) b.template load<2>(rows, lane, 0, a.K >> 3);
+    else if (lane < 2 && n < G.N) cu_prefetch_l2(rows[lane], (unsigned)((size_t)a.K * sizeof(WT)));
     cu_dep_wait();
     if (n >= G.N) return;
+    if (!a.wpre) b.template load<2>(rows, lane, 0, a.K >> 3);
     float acc[2][MT];
-    gemv_acc<WT, MT, 2, false>(acc, a, nullptr, rows, lane, 0, a.K >> 3);
+    gemv_acc<WT, MT, 2, false>(acc, a, nullptr, rows, lane, 0, a.K >> 3, b);
     if (lane == 0) {
         const float bg = G.bias ? cu_load_w(G.bias, G.bias_dt, (size_t)n) : 0.0f;
         const float bu = U.bias ? cu_load_w(U.bias, U.bias_dt, (size_t)n) : 0.0f;
@@ -510,8 +535,12 @@ static void gemv_launch_t(mc_cuda *c, const GemvArgs &a) {
     else gemv_launch_m<WT, false>(c, a);
 }
 
-/* Launches a vector GEMV (K % 8 == 0, aligned) over a.nent entries of weight dtype dt. */
-static void gemv_launch(mc_cuda *c, const GemvArgs &a, mc_dtype dt) {
+/* Launches a vector GEMV (K % 8 == 0, aligned) over a0.nent entries of weight dtype dt. */
+static void gemv_launch(mc_cuda *c, const GemvArgs &a0, mc_dtype dt) {
+    GemvArgs a = a0;
+    a.wpre = 1;
+    for (int e = 0; e < a.nent; e++)
+        if (!cu_is_frozen(c, a.ent[e].w, (size_t)a.ent[e].N * (size_t)a.K * mc_dtype_size(dt))) a.wpre = 0;
     switch (dt) {
     case MC_BF16: gemv_launch_t<__nv_bfloat16>(c, a); return;
     case MC_F16: gemv_launch_t<__half>(c, a); return;

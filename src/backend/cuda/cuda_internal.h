@@ -6,9 +6,10 @@
  * Every kernel takes exactly one argument, a plain struct, so a launch can be queued as
  * (function, grid, block, shared bytes, argument bytes) and later either launched
  * directly or turned into a graph node whose arguments are updated in place. Every kernel
- * starts with cu_dep_wait(), so kernels can be launched as programmatic dependents of the
- * previous one (Hopper's PDL): the next kernel's blocks are scheduled while the previous
- * kernel drains, hiding most of the launch gap between small decode kernels. */
+ * starts with cu_dep_wait() (after reading frozen weights or hinting L2, if anything), so
+ * kernels can be launched as programmatic dependents of the previous one (Hopper's PDL):
+ * the next kernel's blocks are scheduled while the previous kernel runs, hiding the launch
+ * gap and the weight fetch of small decode kernels. */
 #ifndef MC_BACKEND_CUDA_INTERNAL_H
 #define MC_BACKEND_CUDA_INTERNAL_H
 
@@ -338,22 +339,16 @@ static inline __host__ __device__ bool cu_aligned16(const void *p) { return ((ui
 /* ---- device helpers ---- */
 
 #ifdef __CUDACC__
-/* First statement of every kernel (after cu_prefetch_l2 hints, if any): lets the next
- * kernel of the stream start launching, then waits until the previous kernel has finished
- * and its writes are visible (a no-op unless launched as a programmatic dependent). The
- * next kernel's blocks may thus become resident while this one runs; they do nothing but
- * issue their prefetch hints before their own wait, and the completion order still chains
- * (kernel n + 2 waits for n + 1, which waited for n). MC_CUDA_LATE_TRIGGER builds the
- * older order (wait, then trigger) for comparison. */
+/* First statement of every kernel (after its pre-wait work, if any): lets the next kernel
+ * of the stream start launching, then waits until the previous kernel has finished and
+ * its writes are visible (a no-op unless launched as a programmatic dependent). The next
+ * kernel's blocks may thus become resident while this one runs; before their own wait
+ * they only read frozen weights (cu_is_frozen) or issue L2 hints, and the completion order
+ * still chains (kernel n + 2 waits for n + 1, which waited for n). */
 static __device__ __forceinline__ void cu_dep_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-#ifdef MC_CUDA_LATE_TRIGGER
-    asm volatile("griddepcontrol.wait;\n" ::: "memory");
-    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-#else
     asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
     asm volatile("griddepcontrol.wait;\n" ::: "memory");
-#endif
 #endif
 }
 
@@ -363,7 +358,7 @@ static __device__ __forceinline__ void cu_dep_wait() {
  * the previous kernel's tail. Only a hint: L2 is where the device's memory is coherent,
  * so a prefetched line never hides a later write. */
 static __device__ __forceinline__ void cu_prefetch_l2(const void *p, unsigned bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && !defined(MC_CUDA_NO_PREFETCH)
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     if (bytes) asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
 #else
     (void)p;

@@ -321,7 +321,7 @@ mc_status mc_fwd_step(mc_fwd *f, const int *seqs, const int32_t *ids, int B, flo
         f->pos_host[b] = f->n_past[s];
     }
     rp.T = B;
-    rp.seq = -1;
-    rp.seqs = seqs;
+    rp.seq = B == 1 ? seqs[0] : -1;
+    rp.seqs = B == 1 ? NULL : seqs; /* one sequence: its keys and values go straight to its cache */
     return run_rows(f, &rp, ids, MC_LOGITS_ALL, logits_host);
 }

@@ -242,10 +242,11 @@ mc_status mc_generate_batch(mc_context *ctx, const int32_t *const *prompts, cons
             if (g[i].active) seqs[B++] = i;
         }
         if (B == 0) break;
-        s = mc_fwd_step(f, seqs, step_ids, B, step_logits);
+        /* one sequence: its logits land in its own buffer, no copy */
+        s = mc_fwd_step(f, seqs, step_ids, B, B == 1 ? g[seqs[0]].logits : step_logits);
         if (s != MC_OK) goto done;
         for (i = 0; i < B; i++) results[seqs[i]].decode_steps++;
-        for (i = 0; i < B; i++)
+        for (i = 0; B > 1 && i < B; i++)
             memcpy(g[seqs[i]].logits, step_logits + (size_t)i * (size_t)V, (size_t)V * sizeof(float));
     }
     for (i = 0; i < n; i++) results[i].decode_seconds = mc_time_now() - t0;

@@ -62,20 +62,32 @@ static __device__ __forceinline__ uint32_t lds32(const bf16 *p) {
 }
 
 /* Rows row0..row0+ROWS-1 of an f32 matrix (row stride ld, HD columns from src) as bf16
- * into dst[ROWS][HD + 8]; rows >= nvalid are zero. 128 threads. */
+ * into dst[ROWS][HD + 8]; rows >= nvalid are zero. 128 threads. The loads go out in
+ * batches of up to 16 float4 a thread before any is converted, so a tile costs one or two
+ * memory latencies instead of one per loop step. */
 template <int HD, int ROWS>
 static __device__ __forceinline__ void load_tile(bf16 *dst, const float *src, int ld, int row0,
                                                  int nvalid) {
-    constexpr int V4 = HD / 4, LD = HD + 8;
-    for (int i = threadIdx.x; i < ROWS * V4; i += 128) {
-        int r = i / V4, c4 = i - r * V4;
-        float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        if (row0 + r < nvalid)
-            v = __ldg(reinterpret_cast<const float4 *>(src + (size_t)(row0 + r) * ld) + c4);
-        uint2 u;
-        u.x = cu_pack_bf16(v.x, v.y);
-        u.y = cu_pack_bf16(v.z, v.w);
-        *reinterpret_cast<uint2 *>(dst + r * LD + c4 * 4) = u;
+    constexpr int V4 = HD / 4, LD = HD + 8, N = ROWS * V4 / 128, NB = N < 16 ? N : 16;
+    static_assert(N * 128 == ROWS * V4 && N % NB == 0, "tile does not split over 128 threads");
+#pragma unroll
+    for (int b0 = 0; b0 < N; b0 += NB) {
+        float4 v[NB];
+#pragma unroll
+        for (int j = 0; j < NB; j++) {
+            const int i = threadIdx.x + (b0 + j) * 128, r = i / V4, c4 = i - r * V4;
+            v[j] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            if (row0 + r < nvalid)
+                v[j] = __ldg(reinterpret_cast<const float4 *>(src + (size_t)(row0 + r) * ld) + c4);
+        }
+#pragma unroll
+        for (int j = 0; j < NB; j++) {
+            const int i = threadIdx.x + (b0 + j) * 128, r = i / V4, c4 = i - r * V4;
+            uint2 u;
+            u.x = cu_pack_bf16(v[j].x, v[j].y);
+            u.y = cu_pack_bf16(v[j].z, v[j].w);
+            *reinterpret_cast<uint2 *>(dst + r * LD + c4 * 4) = u;
+        }
     }
 }
 
@@ -694,14 +706,12 @@ static __global__ void __launch_bounds__(128) flash_bwd_kernel(const BwdArgs a) 
 #pragma unroll
             for (int dt = 0; dt < NCOL / 8; dt++) {
                 const int col = h * HD + cb * NCOL + dt * 8 + 2 * cq;
-                if (qr0 < a.T) {
-                    atomicAdd(a.dq + (size_t)qr0 * qdim + col, dqa[dt][0] * a.scale);
-                    atomicAdd(a.dq + (size_t)qr0 * qdim + col + 1, dqa[dt][1] * a.scale);
-                }
-                if (qr1 < a.T) {
-                    atomicAdd(a.dq + (size_t)qr1 * qdim + col, dqa[dt][2] * a.scale);
-                    atomicAdd(a.dq + (size_t)qr1 * qdim + col + 1, dqa[dt][3] * a.scale);
-                }
+                if (qr0 < a.T)
+                    atomicAdd(reinterpret_cast<float2 *>(a.dq + (size_t)qr0 * qdim + col),
+                              make_float2(dqa[dt][0] * a.scale, dqa[dt][1] * a.scale));
+                if (qr1 < a.T)
+                    atomicAdd(reinterpret_cast<float2 *>(a.dq + (size_t)qr1 * qdim + col),
+                              make_float2(dqa[dt][2] * a.scale, dqa[dt][3] * a.scale));
             }
         }
     }
@@ -710,17 +720,15 @@ static __global__ void __launch_bounds__(128) flash_bwd_kernel(const BwdArgs a) 
         const int col = hk * HD + dt * 8 + 2 * cq;
         if (key0 < a.T) {
             const size_t off = (size_t)key0 * kvdim + col;
-            atomicAdd(a.dk + off, dK[dt][0] * a.scale);
-            atomicAdd(a.dk + off + 1, dK[dt][1] * a.scale);
-            atomicAdd(a.dv + off, dV[dt][0]);
-            atomicAdd(a.dv + off + 1, dV[dt][1]);
+            atomicAdd(reinterpret_cast<float2 *>(a.dk + off),
+                      make_float2(dK[dt][0] * a.scale, dK[dt][1] * a.scale));
+            atomicAdd(reinterpret_cast<float2 *>(a.dv + off), make_float2(dV[dt][0], dV[dt][1]));
         }
         if (key1 < a.T) {
             const size_t off = (size_t)key1 * kvdim + col;
-            atomicAdd(a.dk + off, dK[dt][2] * a.scale);
-            atomicAdd(a.dk + off + 1, dK[dt][3] * a.scale);
-            atomicAdd(a.dv + off, dV[dt][2]);
-            atomicAdd(a.dv + off + 1, dV[dt][3]);
+            atomicAdd(reinterpret_cast<float2 *>(a.dk + off),
+                      make_float2(dK[dt][2] * a.scale, dK[dt][3] * a.scale));
+            atomicAdd(reinterpret_cast<float2 *>(a.dv + off), make_float2(dV[dt][2], dV[dt][3]));
         }
     }
 }

@@ -11,6 +11,7 @@ struct RmsArgs {
     const void *w;        /* [D] */
     __nv_bfloat16 *sh;    /* bf16 copy of the result, or NULL */
     int T, D, wdt;
+    int wpre; /* w is frozen (cu_is_frozen): the forward may read it before cu_dep_wait() */
     float eps;
 };
 
@@ -34,20 +35,34 @@ static __device__ __forceinline__ float rms_recip(float ss, int D, float eps) {
     return __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(var, eps)));
 }
 
+/* The thread's E weights (elements l, l + G, ...; zero past D). */
+template <int G, int E>
+static __device__ __forceinline__ void rms_load_w(float (&wv)[E > 0 ? E : 1], const RmsArgs &a, int l) {
+#pragma unroll
+    for (int i = 0; i < E; i++) {
+        const int d = l + i * G;
+        wv[i] = d < a.D ? cu_load_w(a.w, a.wdt, (size_t)d) : 0.0f;
+    }
+}
+
 /* E > 0: a row has at most G * E elements, held in registers between the two passes, and
- * every load of a pass is issued before any is used (decode rows are latency-bound);
- * E == 0: any D, the second pass reads x again. The sums run in the same order either way. */
+ * every load is issued before any is used (decode rows are latency-bound), the weights
+ * before cu_dep_wait() when frozen; E == 0: any D, the second pass reads x again. The sums
+ * run in the same order either way. */
 template <int G, int E>
 static __global__ void rmsnorm_kernel(const RmsArgs a) {
+    const int rows = blockDim.x / G, g = threadIdx.x / G, l = threadIdx.x % G;
+    float wv[E > 0 ? E : 1];
+    if (E > 0 && a.wpre) rms_load_w<G, E>(wv, a, l);
     cu_dep_wait();
     __shared__ float red[G / 32 > 0 ? G / 32 : 1];
-    const int rows = blockDim.x / G, g = threadIdx.x / G, l = threadIdx.x % G;
     const int t = blockIdx.x * rows + g;
     if (t >= a.T) return; /* only when G == 32: no barriers below */
     float *xr = a.x + (size_t)t * a.D;
     float *orow = a.out + (size_t)t * a.D;
     float ss = 0.0f;
     if (E > 0) {
+        if (!a.wpre) rms_load_w<G, E>(wv, a, l); /* issued with the row's loads */
         float v[E > 0 ? E : 1];
 #pragma unroll
         for (int i = 0; i < E; i++) {
@@ -76,12 +91,6 @@ static __global__ void rmsnorm_kernel(const RmsArgs a) {
             if (l + i * G < a.D) ss = fmaf(v[i], v[i], ss);
         ss = group_sum<G>(ss, red);
         const float r = rms_recip(ss, a.D, a.eps);
-        float wv[E > 0 ? E : 1];
-#pragma unroll
-        for (int i = 0; i < E; i++) {
-            const int d = l + i * G;
-            wv[i] = d < a.D ? cu_load_w(a.w, a.wdt, (size_t)d) : 0.0f;
-        }
 #pragma unroll
         for (int i = 0; i < E; i++) {
             const int d = l + i * G;
@@ -181,6 +190,7 @@ void cu_rmsnorm(mc_backend *be, void *out, const void *x, mc_wt w, int T, int D,
     a.x = (float *)x;
     a.w = w.data;
     a.wdt = (int)w.dtype;
+    a.wpre = cu_is_frozen(c, w.data, (size_t)D * mc_dtype_size(w.dtype)) ? 1 : 0;
     a.sh = (__nv_bfloat16 *)cu_shadow_for(c, out, n, T);
     a.T = T;
     a.D = D;

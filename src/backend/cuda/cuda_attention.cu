@@ -485,6 +485,7 @@ template <int HD>
 static __global__ void __cluster_dims__(1, 1, DEC_SPLIT) __launch_bounds__(ROW_THREADS)
     dec_fwd_kernel(const RowArgs a) {
     constexpr int PL = HD / 32, KB = HD == 64 ? 16 : 8, NW = ROW_THREADS / 32, NP = NW * DEC_SPLIT;
+    static_assert(NP == 32, "the merge gives each (block, warp) partial one lane of warp 0");
     __shared__ float so[NW][HD], sm[NW], sl[NW], wsm[NP];
     cg::cluster_group cluster = cg::this_cluster();
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;

@@ -291,6 +291,7 @@ void cu_launch_raw(mc_cuda *c, const void *func, dim3 grid, dim3 block, unsigned
     n->name = name;
     memcpy(n->args, args, size);
     if (size < CU_ARGS_MAX) memset(n->args + size, 0, CU_ARGS_MAX - size);
+    if (c->qn >= CU_SEG_MAX && c->pend.kind == CU_PEND_NONE) cu_end_segment(c);
 }
 
 void cu_break(mc_cuda *c) {
@@ -335,10 +336,9 @@ static cudaKernelNodeParams node_params(const cu_node *n, void **params) {
     return p;
 }
 
-/* Builds and instantiates a graph of the queued launches: a chain whose edges are
+/* Builds and instantiates into g a graph of the queued launches: a chain whose edges are
  * programmatic (PDL) when pdl is set; false on failure. */
-static bool graph_build_edges(mc_cuda *c, bool pdl) {
-    cu_graph *g = &c->g;
+static bool graph_build_edges(mc_cuda *c, cu_graph *g, bool pdl) {
     cudaGraphEdgeData *edges = NULL;
     int i;
     graph_drop(g);
@@ -371,14 +371,13 @@ fail:
     return false;
 }
 
-static bool graph_build(mc_cuda *c) {
-    if (c->pdl_on && graph_build_edges(c, true)) return true;
-    return graph_build_edges(c, false);
+static bool graph_build(mc_cuda *c, cu_graph *g) {
+    if (c->pdl_on && graph_build_edges(c, g, true)) return true;
+    return graph_build_edges(c, g, false);
 }
 
-/* Puts the queued launches' arguments into the cached graph; false on failure. */
-static bool graph_update(mc_cuda *c) {
-    cu_graph *g = &c->g;
+/* Puts the queued launches' arguments into the cached graph g; false on failure. */
+static bool graph_update(mc_cuda *c, cu_graph *g) {
     int i;
     for (i = 0; i < c->qn; i++) {
         if (memcmp(g->nodes[i].args, c->q[i].args, c->q[i].size) == 0) continue;
@@ -393,40 +392,72 @@ static bool graph_update(mc_cuda *c) {
     return true;
 }
 
+/* The cached graph of the queued sequence, or NULL. */
+static cu_graph *graph_find(mc_cuda *c) {
+    for (int i = 0; i < CU_NGRAPH; i++)
+        if (c->g[i].exec && same_sequence(c->q, c->qn, c->g[i].nodes, c->g[i].n)) return &c->g[i];
+    return NULL;
+}
+
+/* True when the queued sequence is one of the recent segments. */
+static bool seen_recently(const mc_cuda *c) {
+    for (int i = 0; i < CU_NGRAPH; i++)
+        if (same_sequence(c->q, c->qn, c->recent[i].nodes, c->recent[i].n)) return true;
+    return false;
+}
+
+/* The least recently launched graph slot (an empty one first), emptied. */
+static cu_graph *graph_slot(mc_cuda *c) {
+    cu_graph *v = &c->g[0];
+    for (int i = 0; i < CU_NGRAPH; i++) {
+        if (!c->g[i].exec) {
+            v = &c->g[i];
+            break;
+        }
+        if (c->g[i].used < v->used) v = &c->g[i];
+    }
+    graph_drop(v);
+    return v;
+}
+
+/* Remembers the queued sequence in the ring of recent segments. */
+static void remember(mc_cuda *c) {
+    cu_seq *r = &c->recent[c->recent_next];
+    c->recent_next = (c->recent_next + 1) % CU_NGRAPH;
+    if (r->cap < c->qn) {
+        cu_node *p = (cu_node *)mc_realloc(r->nodes, (size_t)c->qn * sizeof *p);
+        if (!p) {
+            r->n = 0;
+            return;
+        }
+        r->nodes = p;
+        r->cap = c->qn;
+    }
+    memcpy(r->nodes, c->q, (size_t)c->qn * sizeof *c->q);
+    r->n = c->qn;
+}
+
 void cu_end_segment(mc_cuda *c) {
-    bool done = false;
     cu_pending_flush(c);
     if (c->qn > 0) {
-        if (c->g.exec && same_sequence(c->q, c->qn, c->g.nodes, c->g.n)) {
-            if (graph_update(c)) {
-                done = cu_check(c, cudaGraphLaunch(c->g.exec, c->stream), "cudaGraphLaunch");
-                c->n_graph_launch++;
-            } else {
-                graph_drop(&c->g);
-            }
-        } else if (same_sequence(c->q, c->qn, c->prev, c->prev_n)) {
-            if (graph_build(c)) {
-                done = cu_check(c, cudaGraphLaunch(c->g.exec, c->stream), "cudaGraphLaunch");
-                c->n_graph_launch++;
-            }
+        cu_graph *g = graph_find(c);
+        bool done = false;
+        if (g && !graph_update(c, g)) {
+            graph_drop(g);
+            g = NULL;
+        }
+        if (!g && seen_recently(c)) {
+            g = graph_slot(c);
+            if (!graph_build(c, g)) g = NULL;
+        }
+        if (g) {
+            done = cu_check(c, cudaGraphLaunch(g->exec, c->stream), "cudaGraphLaunch");
+            g->used = ++c->g_clock;
+            c->n_graph_launch++;
         }
         if (!done) {
-            int i;
-            for (i = 0; i < c->qn; i++) launch_node(c, &c->q[i]);
-        }
-        /* remember this segment's sequence for the next one */
-        if (c->prev_cap < c->qn) {
-            cu_node *p = (cu_node *)mc_realloc(c->prev, (size_t)c->qn * sizeof *p);
-            if (p) {
-                c->prev = p;
-                c->prev_cap = c->qn;
-            }
-        }
-        if (c->prev_cap >= c->qn) {
-            memcpy(c->prev, c->q, (size_t)c->qn * sizeof *c->q);
-            c->prev_n = c->qn;
-        } else {
-            c->prev_n = 0;
+            for (int i = 0; i < c->qn; i++) launch_node(c, &c->q[i]);
+            remember(c);
         }
     }
     c->qn = 0;
@@ -549,7 +580,10 @@ static void cuda_destroy(mc_backend *be) {
     if (c) {
         cu_end_segment(c);
         (void)cudaStreamSynchronize(c->stream);
-        graph_drop(&c->g);
+        for (i = 0; i < CU_NGRAPH; i++) {
+            graph_drop(&c->g[i]);
+            mc_free(c->recent[i].nodes);
+        }
         for (i = 0; i < CU_S_COUNT; i++)
             if (c->scratch[i]) cu_free(c, c->scratch[i]);
         for (i = 0; i < CU_N_SHADOW; i++)
@@ -572,7 +606,6 @@ static void cuda_destroy(mc_backend *be) {
         if (c->stream) (void)cudaStreamDestroy(c->stream);
         mc_free(c->allocs);
         mc_free(c->q);
-        mc_free(c->prev);
         mc_free(c);
     }
     mc_free(be);

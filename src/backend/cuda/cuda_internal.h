@@ -40,7 +40,19 @@ struct cu_graph {
     cudaGraphNode_t *gnodes; /* [n] */
     cu_node *nodes;          /* [n] */
     int n;
+    unsigned long used;      /* when it was last launched (LRU) */
 };
+
+/* A recent segment's sequence of launches: a graph is built for a sequence seen twice. */
+struct cu_seq {
+    cu_node *nodes;
+    int n, cap;
+};
+
+/* A segment ends after CU_SEG_MAX queued launches (when no op is held back), so the device
+ * starts on a decode step while the host still queues its later layers; a step is then a
+ * few graphs, and the cache holds CU_NGRAPH of them (a batch-8 step is about a dozen). */
+enum { CU_SEG_MAX = 64, CU_NGRAPH = 16 };
 
 /* A bf16/f16 copy of an f32 activation range, reused by GEMMs that read the same input
  * (q/k/v read one normed input) and written by producers next to their f32 output. */
@@ -177,9 +189,10 @@ struct mc_cuda {
     bool rec_broken;
     cu_node *q;
     int qn, qcap;
-    cu_node *prev;
-    int prev_n, prev_cap;
-    cu_graph g;
+    cu_seq recent[CU_NGRAPH]; /* the last segments launched without a graph (a ring) */
+    int recent_next;
+    cu_graph g[CU_NGRAPH];
+    unsigned long g_clock;
     long n_graph_launch, n_graph_build, n_launch;
 
     /* op fusion (MC_CUDA_FUSE=0: none; MC_CUDA_NOFUSE=rope,glu: not those) */

@@ -291,7 +291,10 @@ void cu_launch_raw(mc_cuda *c, const void *func, dim3 grid, dim3 block, unsigned
     n->name = name;
     memcpy(n->args, args, size);
     if (size < CU_ARGS_MAX) memset(n->args + size, 0, CU_ARGS_MAX - size);
-    if (c->qn >= CU_SEG_MAX && c->pend.kind == CU_PEND_NONE) cu_end_segment(c);
+    if (c->qn >= (c->seg_split ? CU_SEG_MAX : CU_SEG_FIRST) && c->pend.kind == CU_PEND_NONE) {
+        cu_end_segment(c);
+        c->seg_split = true;
+    }
 }
 
 void cu_break(mc_cuda *c) {
@@ -462,6 +465,7 @@ void cu_end_segment(mc_cuda *c) {
     }
     c->qn = 0;
     c->rec_broken = false;
+    c->seg_split = false;
 }
 
 /* ---- the memory entries of the ops table ---- */

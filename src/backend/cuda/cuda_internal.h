@@ -49,10 +49,11 @@ struct cu_seq {
     int n, cap;
 };
 
-/* A segment ends after CU_SEG_MAX queued launches (when no op is held back), so the device
- * starts on a decode step while the host still queues its later layers; a step is then a
- * few graphs, and the cache holds CU_NGRAPH of them (a batch-8 step is about a dozen). */
-enum { CU_SEG_MAX = 64, CU_NGRAPH = 16 };
+/* A segment ends after CU_SEG_MAX queued launches (CU_SEG_FIRST for the first after a
+ * synchronisation) when no op is held back, so the device starts on a decode step while
+ * the host still queues its later layers; a step is then a few graphs, and the cache holds
+ * CU_NGRAPH of them (a batch-8 step is about a dozen). */
+enum { CU_SEG_FIRST = 16, CU_SEG_MAX = 64, CU_NGRAPH = 16 };
 
 /* A bf16/f16 copy of an f32 activation range, reused by GEMMs that read the same input
  * (q/k/v read one normed input) and written by producers next to their f32 output. */
@@ -191,6 +192,7 @@ struct mc_cuda {
     int qn, qcap;
     cu_seq recent[CU_NGRAPH]; /* the last segments launched without a graph (a ring) */
     int recent_next;
+    bool seg_split; /* the open segment follows one that ended at CU_SEG_FIRST or CU_SEG_MAX */
     cu_graph g[CU_NGRAPH];
     unsigned long g_clock;
     long n_graph_launch, n_graph_build, n_launch;

@@ -479,14 +479,14 @@ template <> struct DecVec<128> {
  * takes the z-th eighth of the row's keys; warp w of a block takes batches of KB
  * consecutive keys (w, w + 4, ... batches in), loading all KB key and value rows before
  * using any, with an online softmax in f32. The 4 warps of the 8 blocks leave 32 (max,
- * sum, output) triples in their shared memory; the cluster's first block weighs them and
- * writes the row. Needs 16-byte aligned q/k/v rows (DecVec loads). */
+ * sum, output) triples in the cluster's first block's shared memory, which weighs them
+ * and writes the row. Needs 16-byte aligned q/k/v rows (DecVec loads). */
 template <int HD>
 static __global__ void __cluster_dims__(1, 1, DEC_SPLIT) __launch_bounds__(ROW_THREADS)
     dec_fwd_kernel(const RowArgs a) {
     constexpr int PL = HD / 32, KB = HD == 64 ? 16 : 8, NW = ROW_THREADS / 32, NP = NW * DEC_SPLIT;
     static_assert(NP == 32, "the merge gives each (block, warp) partial one lane of warp 0");
-    __shared__ float so[NW][HD], sm[NW], sl[NW], wsm[NP];
+    __shared__ float so[NP][HD], sm[NP], sl[NP], wsm[NP]; /* the first block's: every partial */
     cg::cluster_group cluster = cg::this_cluster();
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int h = blockIdx.x, t = blockIdx.y, sp = (int)cluster.block_rank();
@@ -534,35 +534,33 @@ static __global__ void __cluster_dims__(1, 1, DEC_SPLIT) __launch_bounds__(ROW_T
         }
         m = mn;
     }
+    /* partial p = (block sp, warp): stored straight into the first block's shared memory,
+     * so the other blocks are done at the barrier */
+    const int p = sp * NW + warp;
+    float *ro = cluster.map_shared_rank(&so[0][0], 0), *rm = cluster.map_shared_rank(sm, 0);
+    float *rl = cluster.map_shared_rank(sl, 0);
 #pragma unroll
-    for (int i = 0; i < PL; i++) so[warp][lane * PL + i] = o.get(i);
+    for (int i = 0; i < PL; i++) ro[p * HD + lane * PL + i] = o.get(i);
     if (lane == 0) {
-        sm[warp] = m;
-        sl[warp] = l;
+        rm[p] = m;
+        rl[p] = l;
     }
-    cluster.sync(); /* every block's triples are written */
-    if (sp == 0) {
-        if (warp == 0) { /* partial i = (block i / NW, warp i % NW): its weight */
-            const float *rm = cluster.map_shared_rank(sm, lane / NW);
-            const float *rl = cluster.map_shared_rank(sl, lane / NW);
-            const float mi = rm[lane % NW], li = rl[lane % NW];
-            const float M = cu_warp_max(mi);
-            const float wi = mi == -INFINITY ? 0.0f : expf(mi - M);
-            const float L = cu_warp_sum(li * wi);
-            wsm[lane] = wi / L;
-        }
-        __syncthreads();
-        for (int d = threadIdx.x; d < HD; d += ROW_THREADS) {
-            float acc = 0.0f;
+    cluster.sync(); /* every partial is in the first block */
+    if (sp != 0) return;
+    if (warp == 0) { /* lane p weighs partial p */
+        const float mi = sm[lane], li = sl[lane];
+        const float M = cu_warp_max(mi);
+        const float wi = mi == -INFINITY ? 0.0f : expf(mi - M);
+        const float L = cu_warp_sum(li * wi);
+        wsm[lane] = wi / L;
+    }
+    __syncthreads();
+    for (int d = threadIdx.x; d < HD; d += ROW_THREADS) {
+        float acc = 0.0f;
 #pragma unroll
-            for (int i = 0; i < NP; i++) {
-                const float *ro = cluster.map_shared_rank(&so[0][0], i / NW);
-                acc = fmaf(ro[(i % NW) * HD + d], wsm[i], acc);
-            }
-            a.out[((size_t)t * a.Hq + h) * HD + d] = acc;
-        }
+        for (int i = 0; i < NP; i++) acc = fmaf(so[i][d], wsm[i], acc);
+        a.out[((size_t)t * a.Hq + h) * HD + d] = acc;
     }
-    cluster.sync(); /* the first block has read every block's shared memory */
 }
 
 /* ---- flash backward ---- */

@@ -2,12 +2,15 @@
  * gradient with respect to the hidden states, over chunks of rows so that at most a
  * [chunk, V] block of logits (f32) and of gradients (the weight dtype) exists at a time
  * (about 256 MiB for Qwen's 151,936-token vocabulary). Per-row losses are summed on the
- * host in row order, so the result does not depend on scheduling. */
+ * host in row order, so the result does not depend on scheduling. The gradient GEMM
+ * reduces over the vocabulary with only a [rows, D] output: it runs as a batch over
+ * slices of the vocabulary whose partial sums (in the logits buffer, free by then) are
+ * added in slice order. */
 #include <math.h>
 
 #include "cuda_internal.h"
 
-enum { XENT_THREADS = 512 };
+enum { XENT_THREADS = 512, XENT_MIN_SLICE = 4096, XENT_MAX_SLICES = 8 };
 static const size_t XENT_CHUNK_BYTES = (size_t)256 << 20;
 
 struct XentArgs {
@@ -123,6 +126,34 @@ static __global__ void __launch_bounds__(XENT_THREADS) xent_kernel(const XentArg
         store_g(a.grad, a.gdt, base + v, expf(row[v] - lse) - (v == tg ? 1.0f : 0.0f));
 }
 
+struct XentReduceArgs {
+    float *dh;         /* [n] */
+    const float *part; /* [parts, n] */
+    size_t n;
+    int parts;
+};
+
+/* dh[i] = sum_p part[p, i], the slices added in order. */
+static __global__ void xent_reduce_kernel(const XentReduceArgs a) {
+    cu_dep_wait();
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < a.n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        float s = 0.0f;
+        for (int p = 0; p < a.parts; p++) s += a.part[(size_t)p * a.n + i];
+        a.dh[i] = s;
+    }
+}
+
+/* Vocabulary slices of the gradient GEMM: the most (a power of two up to XENT_MAX_SLICES)
+ * that split V into equal multiples of 8 at least XENT_MIN_SLICE long, their partial sums
+ * fitting in the logits buffer (S D <= V); 1 when none do. A tail GEMM for a remainder
+ * would cost more than the slices save. */
+static int xent_slices(int D, int V) {
+    int s = XENT_MAX_SLICES;
+    while (s > 1 && (V % (8 * s) != 0 || V / s < XENT_MIN_SLICE || s * D > V)) s /= 2;
+    return s;
+}
+
 static cudaDataType_t xent_type(mc_dtype t) {
     switch (t) {
     case MC_BF16: return CUDA_R_16BF;
@@ -177,17 +208,31 @@ mc_status cu_linear_xent(mc_backend *be, void *dh, double *loss_sum, const void 
         a.gdt = (int)w.dtype;
         cu_launch(c, xent_kernel, dim3((unsigned)rows), dim3(XENT_THREADS), 0, a, "linear_xent");
         if (dh) {
+            /* dh [rows, D] = grad_scale (softmax - onehot) W (column-major: [D, rows]), over
+             * S slices of V / S tokens */
+            const int S = xent_slices(D, V), Vs = V / S;
+            const cudaDataType_t dt = xent_type(w.dtype);
+            float *out = (float *)dh + (size_t)r0 * D;
             cu_break(c);
             ps = cu_prof_begin(c, "cublas xent dh");
-            /* dh [rows, D] = grad_scale (softmax - onehot) W (column-major: [D, rows]) */
-            if (!cu_check_blas(c, cublasGemmEx(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, D, rows, V,
-                                               &grad_scale, w.data, xent_type(w.dtype), D, grad,
-                                               xent_type(w.dtype), V, &zero,
-                                               (float *)dh + (size_t)r0 * D, CUDA_R_32F, D,
-                                               CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+            if (!cu_check_blas(c, cublasGemmStridedBatchedEx(
+                                      c->blas, CUBLAS_OP_N, CUBLAS_OP_N, D, rows, Vs, &grad_scale,
+                                      w.data, dt, D, (long long)Vs * D, grad, dt, V, Vs, &zero,
+                                      S > 1 ? logits : out, CUDA_R_32F, D, (long long)rows * D, S,
+                                      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
                                "linear_xent dh"))
                 break;
             cu_prof_end(c, ps);
+            if (S > 1) {
+                XentReduceArgs ra;
+                memset(&ra, 0, sizeof ra);
+                ra.dh = out;
+                ra.part = logits;
+                ra.n = (size_t)rows * D;
+                ra.parts = S;
+                cu_launch(c, xent_reduce_kernel, dim3(cu_blocks(ra.n, 256, (unsigned)c->n_sm * 4)),
+                          dim3(256), 0, ra, "linear_xent dh reduce");
+            }
         }
     }
     cu_end_segment(c);

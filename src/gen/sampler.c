@@ -25,7 +25,8 @@ struct mc_sampler {
     mc_sampler_params p; /* validated copy; p.logit_bias points at bias */
     int32_t n_vocab;
     mc_logit_bias *bias; /* [p.n_logit_bias] owned copy */
-    float *work;         /* [n_vocab] logits after bias and penalties */
+    float *work;         /* [n_vocab] logits after bias and penalties, when there are any */
+    const float *cur;    /* the logits the later stages read: work, or the caller's */
     mc_cand *cand;       /* [n_vocab] candidate tokens of the current step */
     /* repetition penalty; allocated only when repetition_penalty != 1 */
     int32_t *hist; /* [cap_hist] accepted tokens (prompt and generated), oldest first */
@@ -257,10 +258,16 @@ mc_status mc_sampler_accept(mc_sampler *s, int32_t token) {
 /* ---- stages 1-3: bias and penalties --------------------------------------------------- */
 
 /* Copies logits into s->work and applies the logit bias, the repetition penalty and the
- * presence/frequency penalties, in that order. */
+ * presence/frequency penalties, in that order; s->cur is then s->work, or the logits
+ * themselves when there is nothing to apply. */
 static void apply_bias_penalties(mc_sampler *s, const float *logits) {
     float *w = s->work; /* [n_vocab] */
     size_t i;
+    if (s->p.n_logit_bias == 0 && !s->stamp && !s->gen_count) {
+        s->cur = logits; /* nothing to apply: the later stages read the logits in place */
+        return;
+    }
+    s->cur = w;
     memcpy(w, logits, (size_t)s->n_vocab * sizeof *w);
     for (i = 0; i < s->p.n_logit_bias; i++) w[s->bias[i].token] += s->bias[i].bias;
     if (s->stamp) {
@@ -288,12 +295,34 @@ static void apply_bias_penalties(mc_sampler *s, const float *logits) {
 }
 
 /* Finds the largest processed logit (*imax: the lowest id among equals). MC_ERR_NUMERIC
- * for a NaN or +inf logit, or when every logit is -inf. */
+ * for a NaN or +inf logit, or when every logit is -inf. Eight lanes keep their own maximum
+ * and its first id (the loop vectorises); the scalar loop below names a bad logit. */
 static mc_status scan_max(const mc_sampler *s, float *m_out, int32_t *imax_out) {
-    const float *w = s->work;
-    float m = -INFINITY;
-    int32_t i, imax = -1;
-    for (i = 0; i < s->n_vocab; i++) {
+    const float *w = s->cur;
+    float m = -INFINITY, lm[8];
+    int32_t i, imax = -1, li[8], bad = 0, j;
+    for (j = 0; j < 8; j++) {
+        lm[j] = -INFINITY;
+        li[j] = -1;
+    }
+    for (i = 0; i + 8 <= s->n_vocab; i += 8)
+        for (j = 0; j < 8; j++) {
+            const float v = w[i + j];
+            bad |= !(v < INFINITY);
+            li[j] = v > lm[j] ? i + j : li[j];
+            lm[j] = v > lm[j] ? v : lm[j];
+        }
+    for (j = 0; j < 8 && !bad; j++)
+        if (li[j] >= 0 && (lm[j] > m || (lm[j] == m && li[j] < imax))) {
+            m = lm[j];
+            imax = li[j];
+        }
+    if (bad) { /* start over, one at a time, to name the first bad logit */
+        m = -INFINITY;
+        imax = -1;
+        i = 0;
+    }
+    for (; i < s->n_vocab; i++) {
         float v = w[i];
         if (!(v < INFINITY))
             return mc_fail(MC_ERR_NUMERIC,
@@ -337,7 +366,7 @@ static void cand_swap(mc_cand *a, mc_cand *b) {
  * e >= gate are kept. Returns how many were kept (at least 1: the maximum has x = 0,
  * e = 1). */
 static size_t gather(mc_sampler *s, float m, int with_e, float gate) {
-    const float *w = s->work;
+    const float *w = s->cur;
     const float t = s->p.temperature;
     mc_cand *c = s->cand;
     size_t n = 0;
@@ -363,7 +392,7 @@ static size_t gather(mc_sampler *s, float m, int with_e, float gate) {
  * every token with x > -inf. */
 static size_t gather_split(mc_sampler *s, float m, float gate, int keep_rest, double *z,
                            double *kept, size_t *n_rest) {
-    const float *w = s->work;
+    const float *w = s->cur;
     const float t = s->p.temperature;
     mc_cand *c = s->cand;
     double sum = 0, sum_kept = 0;
@@ -420,7 +449,7 @@ static void heap_up(mc_cand *h, size_t i) {
  * about one comparison per token. */
 static size_t heap_top_k(mc_sampler *s, float m, size_t k) {
     mc_cand *h = s->cand; /* [k] heap; root = the worst kept candidate */
-    const float *w = s->work;
+    const float *w = s->cur;
     const float t = s->p.temperature;
     size_t n = 0;
     int32_t i;
@@ -717,13 +746,17 @@ static float exp_nonpos(float t) {
  * of 2,048 logits and the blocks in double: within 1e-6 of the exact value over a
  * 151,936-token vocabulary, at a fraction of the cost of expf on every logit. */
 static float raw_logprob(const float *logits, size_t n, int32_t tok) {
-    float m = logits[tok];
+    float m = logits[tok], lm[8];
     double z = 0.0;
-    size_t i, b;
-    for (i = 0; i < n; i++)
+    size_t i, b, j;
+    for (j = 0; j < 8; j++) lm[j] = m;
+    for (i = 0; i + 8 <= n; i += 8) /* eight lanes: the loop vectorises */
+        for (j = 0; j < 8; j++) lm[j] = logits[i + j] > lm[j] ? logits[i + j] : lm[j];
+    for (j = 0; j < 8; j++) m = lm[j] > m ? lm[j] : m;
+    for (; i < n; i++)
         if (logits[i] > m) m = logits[i];
     for (b = 0; b < n; b += 2048) {
-        size_t e = b + 2048 < n ? b + 2048 : n, j;
+        size_t e = b + 2048 < n ? b + 2048 : n;
         float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0}, part = 0.0f;
         for (i = b; i + 8 <= e; i += 8)
             for (j = 0; j < 8; j++) acc[j] += exp_nonpos(logits[i + j] - m);

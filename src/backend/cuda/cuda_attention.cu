@@ -434,44 +434,42 @@ static __global__ void __launch_bounds__(ROW_THREADS) row_fwd_kernel(const RowAr
 
 /* ---- decode forward: a cluster per query row and head ---- */
 
-/* Lane l holds elements [l * HD / 32, (l + 1) * HD / 32) of a head's row. */
-template <int HD> struct DecVec;
-template <> struct DecVec<64> {
-    float2 v;
-    __device__ __forceinline__ void load(const float *p) { v = __ldg(reinterpret_cast<const float2 *>(p)); }
-    __device__ __forceinline__ void zero() { v = make_float2(0.0f, 0.0f); }
-    __device__ __forceinline__ float dot(const DecVec &o) const { return fmaf(v.y, o.v.y, v.x * o.v.x); }
-    __device__ __forceinline__ void axpy(float p, const DecVec &x) {
-        v.x = fmaf(p, x.v.x, v.x);
-        v.y = fmaf(p, x.v.y, v.y);
+/* Lane l holds elements [l * PL, (l + 1) * PL) of a head's row, PL = HD / 32 (2 or 4:
+ * one 8- or 16-byte load). */
+template <int HD> struct DecVec {
+    static constexpr int PL = HD / 32;
+    static_assert(PL == 2 || PL == 4, "head_dim 64 or 128");
+    float v[PL];
+    __device__ __forceinline__ void load(const float *p) {
+        if constexpr (PL == 2) {
+            const float2 x = __ldg(reinterpret_cast<const float2 *>(p));
+            v[0] = x.x;
+            v[1] = x.y;
+        } else {
+            const float4 x = __ldg(reinterpret_cast<const float4 *>(p));
+            v[0] = x.x;
+            v[1] = x.y;
+            v[2] = x.z;
+            v[3] = x.w;
+        }
     }
-    __device__ __forceinline__ void scale(float s) {
-        v.x *= s;
-        v.y *= s;
+    __device__ __forceinline__ void zero() {
+#pragma unroll
+        for (int i = 0; i < PL; i++) v[i] = 0.0f;
     }
-    __device__ __forceinline__ float get(int i) const { return i == 0 ? v.x : v.y; }
-};
-template <> struct DecVec<128> {
-    float4 v;
-    __device__ __forceinline__ void load(const float *p) { v = __ldg(reinterpret_cast<const float4 *>(p)); }
-    __device__ __forceinline__ void zero() { v = make_float4(0.0f, 0.0f, 0.0f, 0.0f); }
     __device__ __forceinline__ float dot(const DecVec &o) const {
-        return fmaf(v.w, o.v.w, fmaf(v.z, o.v.z, fmaf(v.y, o.v.y, v.x * o.v.x)));
+        float d = v[0] * o.v[0];
+#pragma unroll
+        for (int i = 1; i < PL; i++) d = fmaf(v[i], o.v[i], d);
+        return d;
     }
     __device__ __forceinline__ void axpy(float p, const DecVec &x) {
-        v.x = fmaf(p, x.v.x, v.x);
-        v.y = fmaf(p, x.v.y, v.y);
-        v.z = fmaf(p, x.v.z, v.z);
-        v.w = fmaf(p, x.v.w, v.w);
+#pragma unroll
+        for (int i = 0; i < PL; i++) v[i] = fmaf(p, x.v[i], v[i]);
     }
     __device__ __forceinline__ void scale(float s) {
-        v.x *= s;
-        v.y *= s;
-        v.z *= s;
-        v.w *= s;
-    }
-    __device__ __forceinline__ float get(int i) const {
-        return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+#pragma unroll
+        for (int i = 0; i < PL; i++) v[i] *= s;
     }
 };
 
@@ -540,7 +538,7 @@ static __global__ void __cluster_dims__(1, 1, DEC_SPLIT) __launch_bounds__(ROW_T
     float *ro = cluster.map_shared_rank(&so[0][0], 0), *rm = cluster.map_shared_rank(sm, 0);
     float *rl = cluster.map_shared_rank(sl, 0);
 #pragma unroll
-    for (int i = 0; i < PL; i++) ro[p * HD + lane * PL + i] = o.get(i);
+    for (int i = 0; i < PL; i++) ro[p * HD + lane * PL + i] = o.v[i];
     if (lane == 0) {
         rm[p] = m;
         rl[p] = l;

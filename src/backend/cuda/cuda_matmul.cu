@@ -392,18 +392,18 @@ static __global__ void __launch_bounds__(128) gemv_kernel(const GemvArgs a) {
     int c0, c1;
     gemv_range<KS>(a.K, warp, c0, c1);
     GemvBatch<WT> b; /* the warp's first pass over its rows */
-    if (active && a.wpre) {
+    const auto load_first = [&] {
         if (rope) b.template load<2>(rrows, lane, 0, a.K >> 3);
         else b.template load<R>(rows, lane, c0, c1);
+    };
+    if (active && a.wpre) {
+        load_first();
     } else if (active && lane < (rope ? 2 : R)) {
         cu_prefetch_l2(rope ? rrows[lane] : rows[lane] + (size_t)c0 * 8,
                        (unsigned)((size_t)(rope ? a.K >> 3 : c1 - c0) * 8 * sizeof(WT)));
     }
     cu_dep_wait();
-    if (active && !a.wpre) {
-        if (rope) b.template load<2>(rrows, lane, 0, a.K >> 3);
-        else b.template load<R>(rows, lane, c0, c1);
-    }
+    if (active && !a.wpre) load_first();
     if (SW) {
         for (int i = threadIdx.x; i < a.M * a.K; i += blockDim.x) xs[i] = swiglu1(a.x[i], a.up[i]);
         __syncthreads();

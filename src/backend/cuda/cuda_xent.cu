@@ -90,14 +90,7 @@ static __global__ void __launch_bounds__(XENT_THREADS) xent_kernel(const XentArg
     }
     float m = -INFINITY, s = 0.0f;
     for (int v = threadIdx.x; v < v4; v += XENT_THREADS) lse_add4(m, s, row4[v]);
-    for (int v = 4 * v4 + threadIdx.x; v < a.V; v += XENT_THREADS) {
-        const float x = row[v];
-        if (x > m) {
-            s *= expf(m - x);
-            m = x;
-        }
-        s += expf(x - m);
-    }
+    for (int v = 4 * v4 + threadIdx.x; v < a.V; v += XENT_THREADS) lse_merge(m, s, row[v], 1.0f);
     for (int o = 16; o > 0; o >>= 1) {
         const float m2 = __shfl_xor_sync(0xffffffffu, m, o), s2 = __shfl_xor_sync(0xffffffffu, s, o);
         lse_merge(m, s, m2, s2);

@@ -476,13 +476,14 @@ template <int HD> struct DecVec {
 /* Grid (Hq, T, DEC_SPLIT), clusters of DEC_SPLIT blocks along z: block z of a cluster
  * takes the z-th eighth of the row's keys; warp w of a block takes batches of KB
  * consecutive keys (w, w + 4, ... batches in), loading all KB key and value rows before
- * using any, with an online softmax in f32. The 4 warps of the 8 blocks leave 32 (max,
+ * using any, with an online softmax in f32 (up to 32 * KB keys, 1,024 for head_dim 64, are
+ * one batch per warp). The 4 warps of the 8 blocks leave 32 (max,
  * sum, output) triples in the cluster's first block's shared memory, which weighs them
  * and writes the row. Needs 16-byte aligned q/k/v rows (DecVec loads). */
 template <int HD>
 static __global__ void __cluster_dims__(1, 1, DEC_SPLIT) __launch_bounds__(ROW_THREADS)
     dec_fwd_kernel(const RowArgs a) {
-    constexpr int PL = HD / 32, KB = HD == 64 ? 16 : 8, NW = ROW_THREADS / 32, NP = NW * DEC_SPLIT;
+    constexpr int PL = HD / 32, KB = HD == 64 ? 32 : 16, NW = ROW_THREADS / 32, NP = NW * DEC_SPLIT;
     static_assert(NP == 32, "the merge gives each (block, warp) partial one lane of warp 0");
     __shared__ float so[NP][HD], sm[NP], sl[NP], wsm[NP]; /* the first block's: every partial */
     cg::cluster_group cluster = cg::this_cluster();
@@ -492,11 +493,13 @@ static __global__ void __cluster_dims__(1, 1, DEC_SPLIT) __launch_bounds__(ROW_T
     const int nk = a.pos0 + t + 1, per = (nk + DEC_SPLIT - 1) / DEC_SPLIT;
     const int j0 = sp * per, j1 = min(nk, j0 + per);
     const float *kb = a.k + (size_t)hk * HD + lane * PL, *vb = a.v + (size_t)hk * HD + lane * PL;
-    {   /* the warp's first batch of key and value rows, into L2 while the previous kernel ends */
-        const int j = j0 + warp * KB + (lane >> 1);
-        if (lane < 2 * KB && j < j1)
-            cu_prefetch_l2((lane & 1 ? a.v : a.k) + (size_t)j * kvdim + (size_t)hk * HD,
-                           (unsigned)(HD * sizeof(float)));
+    /* all of the warp's key and value rows (its key r is row r % KB of its batch r / KB),
+     * into L2 while the previous kernel ends */
+    for (int r = lane >> 1;; r += 16) {
+        const int j = j0 + warp * KB + (r / KB) * NW * KB + r % KB;
+        if (j >= j1) break;
+        cu_prefetch_l2((lane & 1 ? a.v : a.k) + (size_t)j * kvdim + (size_t)hk * HD,
+                       (unsigned)(HD * sizeof(float)));
     }
     cu_dep_wait();
     DecVec<HD> q, o;
@@ -506,19 +509,22 @@ static __global__ void __cluster_dims__(1, 1, DEC_SPLIT) __launch_bounds__(ROW_T
     for (int jb = j0 + warp * KB; jb < j1; jb += NW * KB) {
         DecVec<HD> kr[KB], vr[KB];
 #pragma unroll
-        for (int i = 0; i < KB; i++) {
-            if (jb + i < j1) {
-                kr[i].load(kb + (size_t)(jb + i) * kvdim);
-                vr[i].load(vb + (size_t)(jb + i) * kvdim);
-            } else {
-                kr[i].zero();
-                vr[i].zero();
-            }
+        for (int i = 0; i < KB; i++) { /* past the end: the last key again, weighed 0 below */
+            const int j = min(jb + i, j1 - 1);
+            kr[i].load(kb + (size_t)j * kvdim);
+            vr[i].load(vb + (size_t)j * kvdim);
         }
+        /* the KB warp sums interleaved and without branches, so their shuffles overlap */
         float sc[KB], bm = -INFINITY;
 #pragma unroll
+        for (int i = 0; i < KB; i++) sc[i] = q.dot(kr[i]);
+#pragma unroll
+        for (int s = 16; s > 0; s >>= 1)
+#pragma unroll
+            for (int i = 0; i < KB; i++) sc[i] += __shfl_xor_sync(0xffffffffu, sc[i], s);
+#pragma unroll
         for (int i = 0; i < KB; i++) {
-            sc[i] = jb + i < j1 ? cu_warp_sum(q.dot(kr[i])) * a.scale : -INFINITY;
+            sc[i] = jb + i < j1 ? sc[i] * a.scale : -INFINITY;
             bm = fmaxf(bm, sc[i]);
         }
         const float mn = fmaxf(m, bm), alpha = expf(m - mn); /* bm is finite: key jb exists */

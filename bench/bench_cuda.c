@@ -59,12 +59,14 @@ static double bench_prefill(mc_model *m, const int32_t *ids, int n) {
     return t[2];
 }
 
-/* Model-level decode: ctx prompt tokens, then gen steps of 1 token with its logits copied to
- * the host each step; tokens/s of the steps. */
-static double bench_decode_steps(mc_model *m, const int32_t *ids, int ctx, int gen) {
+/* Model-level decode: ctx prompt tokens, then gen steps of 1 token whose logits are read on
+ * the host each step: where the step leaves them (mc_fwd_logits: copied by DMA into
+ * page-locked memory), or (copy) copied on into a caller's buffer; tokens/s of the steps. */
+static double bench_decode_steps(mc_model *m, const int32_t *ids, int ctx, int gen, bool copy) {
     mc_fwd *f = NULL;
     int V = mc_model_dims(m).V;
     float *logits = malloc((size_t)V * sizeof(float));
+    volatile float sink = 0;
     double t0, t = 0;
     if (!logits || mc_fwd_create(m, 1, ctx + gen + 8, ctx, &f) != MC_OK) {
         fprintf(stderr, "decode: %s\n", mc_last_error());
@@ -77,10 +79,13 @@ static double bench_decode_steps(mc_model *m, const int32_t *ids, int ctx, int g
         t0 = mc_time_now();
         for (int i = 0; i < gen; i++) {
             int32_t tok = ids[(ctx + i) % ctx];
-            if (mc_fwd_run(f, 0, &tok, 1, MC_LOGITS_LAST, logits) != MC_OK) {
+            const float *row = logits;
+            if (mc_fwd_run(f, 0, &tok, 1, MC_LOGITS_LAST, copy ? logits : NULL) != MC_OK ||
+                (!copy && !(row = mc_fwd_logits(f)))) {
                 fprintf(stderr, "decode: %s\n", mc_last_error());
                 break;
             }
+            sink = sink + row[tok];
         }
         t = mc_time_now() - t0;
     }
@@ -89,16 +94,15 @@ static double bench_decode_steps(mc_model *m, const int32_t *ids, int ctx, int g
     return t > 0 ? gen / t : 0;
 }
 
-/* Batched decode: B sequences of ctx tokens, then gen steps of B tokens; tokens/s. */
+/* Batched decode: B sequences of ctx tokens, then gen steps of B tokens (B <=
+ * MC_FWD_VIEW_ROWS: logits read in place); tokens/s. */
 static double bench_decode_batch(mc_model *m, const int32_t *ids, int ctx, int gen, int B) {
     mc_fwd *f = NULL;
-    int V = mc_model_dims(m).V, seqs[64];
-    float *logits = malloc((size_t)B * (size_t)V * sizeof(float));
-    int32_t tok[64];
+    int seqs[MC_FWD_VIEW_ROWS];
+    int32_t tok[MC_FWD_VIEW_ROWS];
     double t0 = mc_time_now(), t = 0;
-    if (!logits || B > 64 || mc_fwd_create(m, B, ctx + gen + 8, ctx, &f) != MC_OK) {
+    if (B > MC_FWD_VIEW_ROWS || mc_fwd_create(m, B, ctx + gen + 8, ctx, &f) != MC_OK) {
         fprintf(stderr, "batched decode: %s\n", mc_last_error());
-        free(logits);
         return 0;
     }
     for (int s = 0; s < B; s++) {
@@ -106,21 +110,19 @@ static double bench_decode_batch(mc_model *m, const int32_t *ids, int ctx, int g
         if (mc_fwd_run(f, s, ids, ctx, MC_LOGITS_NONE, NULL) != MC_OK) {
             fprintf(stderr, "batched decode: %s\n", mc_last_error());
             mc_fwd_free(f);
-            free(logits);
             return 0;
         }
     }
     for (int i = 0; i < gen + 4; i++) {
         if (i == 4) t0 = mc_time_now(); /* 4 warm-up steps */
         for (int s = 0; s < B; s++) tok[s] = ids[(i * 31 + s * 7) % ctx];
-        if (mc_fwd_step(f, seqs, tok, B, logits) != MC_OK) {
+        if (mc_fwd_step(f, seqs, tok, B, NULL) != MC_OK || !mc_fwd_logits(f)) {
             fprintf(stderr, "batched decode: %s\n", mc_last_error());
             break;
         }
         if (i >= 4) t = mc_time_now() - t0;
     }
     mc_fwd_free(f);
-    free(logits);
     return t > 0 ? (double)B * gen / t : 0;
 }
 
@@ -139,7 +141,7 @@ int main(int argc, char **argv) {
     mc_backend *be;
     int32_t *ids;
     mc_rng rng;
-    double bw, gemm, bytes_tok, kv_bytes, t_pre = 0, dec_steps = 0, dec_gen = 0, dec_b8 = 0;
+    double bw, gemm, bytes_tok, kv_bytes, t_pre = 0, dec_steps = 0, dec_copy = 0, dec_gen = 0, dec_b8 = 0;
     double train_tps = 0, train_mfu = 0, train_tps_ck = 0;
     uint64_t mem_now = 0, mem_peak = 0, mem_model = 0, mem_peak_ck = 0;
     if (!dir) {
@@ -195,11 +197,12 @@ int main(int argc, char **argv) {
         double roof = bw / (bytes_tok + kv_bytes);
         long gl0, gb0, kl0, gl1, gb1, kl1;
         mc_cuda_stats(be, &gl0, &gb0, &kl0);
-        dec_steps = bench_decode_steps(m, ids, ctx_n, gen);
+        dec_steps = bench_decode_steps(m, ids, ctx_n, gen, false);
+        dec_copy = bench_decode_steps(m, ids, ctx_n, gen, true);
         mc_cuda_stats(be, &gl1, &gb1, &kl1);
         printf("decode steps: %ld graph launches, %ld graph builds, %ld direct kernel launches "
-               "(prompt included)\n", gl1 - gl0, gb1 - gb0, kl1 - kl0);
-        profile(be, "decode (2 x prompt + steps)");
+               "(prompts included)\n", gl1 - gl0, gb1 - gb0, kl1 - kl0);
+        profile(be, "decode (4 x prompt + steps)");
         cp.n_ctx = ctx_n + gen + 8;
         cp.n_batch = ctx_n;
         if (mc_context_create(m, &cp, &ctx) == MC_OK) {
@@ -219,10 +222,11 @@ int main(int argc, char **argv) {
         } else {
             fprintf(stderr, "context: %s\n", mc_last_error());
         }
-        printf("decode batch 1 at %d context: %.0f tokens/s (model steps + logits to host), "
-               "%.0f tokens/s (mc_generate, greedy); %.1f MiB read per token; roofline %.0f "
-               "tokens/s; %.0f%% / %.0f%% of roofline\n",
-               ctx_n, dec_steps, dec_gen, (bytes_tok + kv_bytes) / 1048576.0, roof,
+        printf("decode batch 1 at %d context: %.0f tokens/s (model steps + logits to host memory, "
+               "read in place), %.0f tokens/s (steps + logits copied to a caller's buffer), %.0f tokens/s "
+               "(mc_generate, greedy); %.1f MiB read per token; roofline %.0f tokens/s; %.0f%% / "
+               "%.0f%% of roofline\n",
+               ctx_n, dec_steps, dec_copy, dec_gen, (bytes_tok + kv_bytes) / 1048576.0, roof,
                100.0 * dec_steps / roof, 100.0 * dec_gen / roof);
         profile(be, "mc_generate");
         dec_b8 = bench_decode_batch(m, ids, ctx_n, gen, 8);

@@ -43,6 +43,11 @@ struct mc_backend {
     /* Device buffer of `bytes` bytes (64-byte aligned on CPU); NULL on failure. */
     void *(*alloc)(mc_backend *be, size_t bytes);
     void (*free)(mc_backend *be, void *p);
+    /* Optional (NULL: plain host memory serves): host memory that to_host fills fastest,
+     * for buffers copied into every step, such as a decode step's logits (CUDA: page-locked
+     * memory the copy engine writes directly). NULL on failure; freed with free_host. */
+    void *(*alloc_host)(mc_backend *be, size_t bytes);
+    void (*free_host)(mc_backend *be, void *p);
     /* Copies host -> device / device -> host / device -> device. */
     mc_status (*to_device)(mc_backend *be, void *dst, const void *host_src, size_t bytes);
     mc_status (*to_host)(mc_backend *be, void *host_dst, const void *src, size_t bytes);

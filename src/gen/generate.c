@@ -37,7 +37,8 @@ void mc_generation_clear(mc_generation *g) {
 typedef struct gen_seq {
     mc_sampler *sampler;
     mc_stopper stopper;
-    float *logits;       /* [V] logits for the next token */
+    float *own;          /* [V] this sequence's buffer: its prompt's last logits */
+    const float *logits; /* [V] logits for the next token: own, or a row of the last step's */
     mc_generation *out;
     size_t tok_cap, text_cap;
     bool active;
@@ -123,7 +124,8 @@ static mc_status next_token(gen_seq *g, int i, const mc_generate_params *p, cons
     float lp = 0.0f;
     mc_stop_out so;
     int stop_cb;
-    mc_status s = mc_sampler_sample(g->sampler, g->logits, tok, &lp);
+    /* the log-probability (a pass over the vocabulary) only for a callback to receive */
+    mc_status s = mc_sampler_sample(g->sampler, g->logits, tok, p->on_token ? &lp : NULL);
     if (s != MC_OK) return s;
     if (is_eos(p, eos, n_eos, *tok)) return finish(g, i, MC_STOP_EOS, p);
     s = append_token(g, *tok);
@@ -164,7 +166,7 @@ static void seqs_free(gen_seq *g, int n) {
     for (i = 0; i < n; i++) {
         mc_sampler_free(g[i].sampler);
         mc_stopper_free(&g[i].stopper);
-        mc_free(g[i].logits);
+        mc_free(g[i].own);
     }
     mc_free(g);
 }
@@ -202,8 +204,8 @@ mc_status mc_generate_batch(mc_context *ctx, const int32_t *const *prompts, cons
     g = mc_calloc((size_t)n, sizeof *g);
     seqs = mc_calloc((size_t)n, sizeof *seqs);
     step_ids = mc_calloc((size_t)n, sizeof *step_ids);
-    step_logits = mc_malloc((size_t)n * (size_t)V * sizeof *step_logits);
-    if (!g || !seqs || !step_ids || !step_logits) {
+    if (n > MC_FWD_VIEW_ROWS) step_logits = mc_malloc((size_t)n * (size_t)V * sizeof *step_logits);
+    if (!g || !seqs || !step_ids || (n > MC_FWD_VIEW_ROWS && !step_logits)) {
         s = mc_fail(MC_ERR_OOM, "out of memory for generation state");
         goto done;
     }
@@ -215,8 +217,9 @@ mc_status mc_generate_batch(mc_context *ctx, const int32_t *const *prompts, cons
         if (s == MC_OK) s = mc_sampler_accept_prompt(g[i].sampler, prompts[i], n_prompt[i]);
         if (s == MC_OK && p.tokenizer) s = mc_stopper_init(&g[i].stopper, p.stop, (size_t)p.n_stop);
         if (s != MC_OK) goto done;
-        g[i].logits = mc_malloc((size_t)V * sizeof(float));
-        if (!g[i].logits) {
+        g[i].own = mc_malloc((size_t)V * sizeof(float));
+        g[i].logits = g[i].own;
+        if (!g[i].own) {
             s = mc_fail(MC_ERR_OOM, "out of memory for logits");
             goto done;
         }
@@ -225,7 +228,7 @@ mc_status mc_generate_batch(mc_context *ctx, const int32_t *const *prompts, cons
     for (i = 0; i < n; i++) {
         t0 = mc_time_now();
         mc_context_reset(ctx, i);
-        s = mc_context_decode(ctx, i, prompts[i], n_prompt[i], g[i].logits);
+        s = mc_context_decode(ctx, i, prompts[i], n_prompt[i], g[i].own);
         if (s != MC_OK) goto done;
         results[i].prompt_tokens = n_prompt[i];
         results[i].prefill_seconds = mc_time_now() - t0;
@@ -242,12 +245,21 @@ mc_status mc_generate_batch(mc_context *ctx, const int32_t *const *prompts, cons
             if (g[i].active) seqs[B++] = i;
         }
         if (B == 0) break;
-        /* one sequence: its logits land in its own buffer, no copy */
-        s = mc_fwd_step(f, seqs, step_ids, B, B == 1 ? g[seqs[0]].logits : step_logits);
+        /* up to MC_FWD_VIEW_ROWS rows are read where the step leaves them (on a GPU: the
+         * page-locked memory its copy engine wrote), more from a copy */
+        s = mc_fwd_step(f, seqs, step_ids, B, B <= MC_FWD_VIEW_ROWS ? NULL : step_logits);
         if (s != MC_OK) goto done;
-        for (i = 0; i < B; i++) results[seqs[i]].decode_steps++;
-        for (i = 0; B > 1 && i < B; i++)
-            memcpy(g[seqs[i]].logits, step_logits + (size_t)i * (size_t)V, (size_t)V * sizeof(float));
+        {
+            const float *rows = B <= MC_FWD_VIEW_ROWS ? mc_fwd_logits(f) : step_logits;
+            if (!rows) {
+                s = mc_fail(MC_ERR_INTERNAL, "decode step kept no logits");
+                goto done;
+            }
+            for (i = 0; i < B; i++) {
+                results[seqs[i]].decode_steps++;
+                g[seqs[i]].logits = rows + (size_t)i * (size_t)V;
+            }
+        }
     }
     for (i = 0; i < n; i++) results[i].decode_seconds = mc_time_now() - t0;
 done:

@@ -56,6 +56,7 @@ mc_status mc_fwd_create(const mc_model *m, int n_seq, int n_ctx, int n_batch, mc
     f->n_seq = n_seq;
     f->n_ctx = n_ctx;
     f->n_batch = n_batch;
+    f->view_rows = n_batch < MC_FWD_VIEW_ROWS ? n_batch : MC_FWD_VIEW_ROWS;
     f->n_past = mc_calloc((size_t)n_seq, sizeof *f->n_past);
     f->k_cache = be->alloc(be, z.kv);
     f->v_cache = be->alloc(be, z.kv);
@@ -71,9 +72,13 @@ mc_status mc_fwd_create(const mc_model *m, int n_seq, int n_ctx, int n_batch, mc
     f->ids_dev = be->alloc(be, z.ids);
     f->pos_dev = be->alloc(be, z.ids);
     f->pos_host = mc_malloc(z.ids);
+    {   /* the rows mc_fwd_logits reads, in the host memory the backend copies to fastest */
+        size_t bytes = (size_t)f->view_rows * (size_t)mc_model_dims(m).V * sizeof(float);
+        f->logits_view = be->alloc_host ? be->alloc_host(be, bytes) : mc_malloc(bytes);
+    }
     if (!f->n_past || !f->k_cache || !f->v_cache || !f->x || !f->xn || !f->q || !f->att ||
         !f->k_tmp || !f->v_tmp || !f->gate || !f->up || !f->logits || !f->ids_dev || !f->pos_dev ||
-        !f->pos_host) {
+        !f->pos_host || !f->logits_view) {
         mc_fwd_free(f);
         return mc_fail(MC_ERR_OOM, "out of memory: a context of %d x %d positions (batch %d) "
                        "needs %llu bytes", n_seq, n_ctx, n_batch,
@@ -105,6 +110,8 @@ void mc_fwd_free(mc_fwd *f) {
     for (i = 0; i < 13; i++)
         if (bufs[i]) be->free(be, bufs[i]);
     mc_free(f->pos_host);
+    if (f->logits_view && be->free_host) be->free_host(be, f->logits_view);
+    else mc_free(f->logits_view);
     if (f->lora_tmp) be->free(be, f->lora_tmp);
     mc_free(f->n_past);
     mc_free(f);
@@ -257,6 +264,7 @@ static mc_status run_rows(mc_fwd *f, const row_plan *rp, const int32_t *ids, mc_
     size_t ids_bytes = (size_t)rp->T * sizeof(int32_t);
     mc_status s;
     int l, r;
+    f->view_valid = false;
     for (r = 0; r < rp->T; r++)
         if (ids[r] < 0 || ids[r] >= d.V)
             return mc_fail(MC_ERR_TOKEN_ID, "token id %d is outside the vocabulary (size %d)",
@@ -278,13 +286,19 @@ static mc_status run_rows(mc_fwd *f, const row_plan *rp, const int32_t *ids, mc_
     {
         int first = mode == MC_LOGITS_LAST ? rp->T - 1 : 0;
         int rows = rp->T - first;
+        size_t n = (size_t)rows * (size_t)d.V;
         const void *xr = mc_act_at(be, f->x, (size_t)first * (size_t)d.D);
         be->rmsnorm(be, f->xn, xr, m->final_norm, rows, d.D, (float)m->cfg.rms_norm_eps);
         be->matmul(be, f->logits, d.V, f->xn, m->lm_head, none, rows, d.V, d.D);
-        if (!logits_host) return be->sync ? be->sync(be) : MC_OK;
-        return be->to_host_f32(be, logits_host, f->logits, (size_t)rows * (size_t)d.V);
+        if (logits_host) return be->to_host_f32(be, logits_host, f->logits, n);
+        if (rows > f->view_rows) return be->sync ? be->sync(be) : MC_OK;
+        s = be->to_host_f32(be, f->logits_view, f->logits, n);
+        f->view_valid = s == MC_OK;
+        return s;
     }
 }
+
+const float *mc_fwd_logits(const mc_fwd *f) { return f->view_valid ? f->logits_view : NULL; }
 
 mc_status mc_fwd_run(mc_fwd *f, int seq, const int32_t *ids, int T, mc_logits_mode mode,
                      float *logits_host) {

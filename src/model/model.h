@@ -58,6 +58,9 @@ typedef struct mc_fwd {
     void *k_tmp, *v_tmp;      /* [n_batch, kv_dim] new keys/values of a multi-sequence step */
     void *gate, *up;          /* [n_batch, F] */
     void *logits;             /* [n_batch, V] */
+    float *logits_view;       /* [view_rows, V] host copy of a step's logits (be->alloc_host's) */
+    int view_rows;            /* logits rows a step keeps readable through mc_fwd_logits */
+    bool view_valid;          /* logits_view holds the last call's logits */
     int32_t *ids_dev;         /* [n_batch] */
     int32_t *pos_dev;         /* [n_batch] */
     int32_t *pos_host;        /* [n_batch] */
@@ -79,14 +82,26 @@ typedef enum mc_logits_mode { MC_LOGITS_NONE = 0, MC_LOGITS_LAST = 1, MC_LOGITS_
 
 /* Runs ids[0..T) (T <= n_batch) of sequence seq at its positions n_past..n_past+T-1,
  * appends their keys and values to its cache and advances its n_past. MC_LOGITS_ALL:
- * logits_host (if not NULL) receives [T, V]; MC_LOGITS_LAST: only the last row [V];
- * MC_LOGITS_NONE: none computed. MC_ERR_CONTEXT_FULL if the tokens do not fit. */
+ * logits_host receives [T, V]; MC_LOGITS_LAST: only the last row [V]; MC_LOGITS_NONE:
+ * none computed. With logits_host NULL, up to MC_FWD_VIEW_ROWS rows stay readable through
+ * mc_fwd_logits (more are computed and dropped). MC_ERR_CONTEXT_FULL if the tokens do not
+ * fit. */
 mc_status mc_fwd_run(mc_fwd *f, int seq, const int32_t *ids, int T, mc_logits_mode mode,
                      float *logits_host);
 
 /* One token for each of B distinct sequences (B <= n_batch) in one batched pass: row b is
- * ids[b] of sequence seqs[b] at its next position. logits_host receives [B, V]. */
+ * ids[b] of sequence seqs[b] at its next position. logits_host receives [B, V] (NULL:
+ * see mc_fwd_logits). */
 mc_status mc_fwd_step(mc_fwd *f, const int *seqs, const int32_t *ids, int B, float *logits_host);
+
+/* Rows of logits a call with logits_host == NULL keeps readable on the host. */
+enum { MC_FWD_VIEW_ROWS = 8 };
+
+/* The logits of the last mc_fwd_run / mc_fwd_step, when it was called with logits_host
+ * NULL and at most MC_FWD_VIEW_ROWS rows: [rows, V] floats owned by f, readable until the
+ * next call on f (on CUDA: copied by DMA into page-locked memory, read with no further
+ * copy). NULL otherwise. */
+const float *mc_fwd_logits(const mc_fwd *f);
 
 /* Forgets cached positions of seq from n onwards (n <= n_past). */
 void mc_fwd_truncate(mc_fwd *f, int seq, int n);

@@ -76,6 +76,63 @@ static void test_fwd_errors(void) {
     mc_model_free(m);
 }
 
+/* A backend's alloc_host / free_host, counting the live buffers. */
+static int host_live;
+static void *count_alloc_host(mc_backend *be, size_t bytes) {
+    (void)be;
+    host_live++;
+    return mc_malloc(bytes);
+}
+static void count_free_host(mc_backend *be, void *p) {
+    (void)be;
+    host_live--;
+    mc_free(p);
+}
+
+/* Logits left readable by calls with logits_host == NULL (mc_fwd_logits): those of the
+ * last call, the same as copied ones, in plain host memory or (pass 1) in the backend's
+ * alloc_host memory; none after a call without logits or with more than
+ * MC_FWD_VIEW_ROWS rows. */
+static void test_fwd_logits_view(void) {
+    mc_model *m = load_tiny();
+    mc_fwd *f = NULL, *g = NULL;
+    int32_t ids[12];
+    int seqs[2] = {1, 0};
+    float want[2 * V];
+    if (!m) return;
+    fill_ids(ids, 12, 5);
+    for (int pass = 0; pass < 2; pass++) {
+        m->be->alloc_host = pass ? count_alloc_host : NULL;
+        m->be->free_host = pass ? count_free_host : NULL;
+        CHECK_OK(mc_fwd_create(m, 2, 16, 12, &f));
+        CHECK_OK(mc_fwd_create(m, 2, 16, 12, &g));
+        if (!f || !g) break;
+        CHECK_INT(host_live, 2 * pass);
+        CHECK(mc_fwd_logits(f) == NULL);
+        CHECK_OK(mc_fwd_run(f, 0, ids, 10, MC_LOGITS_ALL, NULL)); /* 10 rows: none kept */
+        CHECK(mc_fwd_logits(f) == NULL);
+        CHECK_OK(mc_fwd_run(g, 0, ids, 10, MC_LOGITS_NONE, NULL));
+        CHECK_OK(mc_fwd_run(f, 1, ids, 1, MC_LOGITS_LAST, NULL));
+        CHECK_OK(mc_fwd_run(g, 1, ids, 1, MC_LOGITS_LAST, want));
+        CHECK(mc_fwd_logits(f) != NULL && memcmp(mc_fwd_logits(f), want, V * sizeof(float)) == 0);
+        CHECK_OK(mc_fwd_step(f, seqs, ids + 10, 2, NULL));
+        CHECK_OK(mc_fwd_step(g, seqs, ids + 10, 2, want));
+        CHECK(mc_fwd_logits(f) != NULL &&
+              memcmp(mc_fwd_logits(f), want, 2 * V * sizeof(float)) == 0);
+        CHECK_OK(mc_fwd_run(f, 0, ids, 1, MC_LOGITS_NONE, NULL));
+        CHECK(mc_fwd_logits(f) == NULL);
+        mc_fwd_free(f);
+        mc_fwd_free(g);
+        f = g = NULL;
+        CHECK_INT(host_live, 0);
+    }
+    mc_fwd_free(f);
+    mc_fwd_free(g);
+    m->be->alloc_host = NULL;
+    m->be->free_host = NULL;
+    mc_model_free(m);
+}
+
 /* Truncating a sequence's cache and running again gives the logits of a fresh run. */
 static void test_truncate(void) {
     mc_model *m = load_tiny();
@@ -797,6 +854,7 @@ static void test_generate_alloc_failures(void) {
 
 int main(void) {
     RUN(test_fwd_errors);
+    RUN(test_fwd_logits_view);
     RUN(test_truncate);
     RUN(test_eval_edges);
     RUN(test_context_chunks);

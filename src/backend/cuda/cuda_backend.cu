@@ -509,11 +509,39 @@ static void *pinned_for(mc_cuda *c, size_t bytes) {
     return c->pinned;
 }
 
+/* True when host memory p is page-locked (alloc_host's, or registered by the caller): the
+ * copy engine writes it directly. */
+static bool host_pinned(const void *p) {
+    cudaPointerAttributes at;
+    if (cudaPointerGetAttributes(&at, p) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return false;
+    }
+    return at.type == cudaMemoryTypeHost;
+}
+
+static void *cuda_alloc_host(mc_backend *be, size_t bytes) {
+    void *p = NULL;
+    (void)be;
+    if (cudaMallocHost(&p, bytes ? bytes : 1) != cudaSuccess) {
+        (void)cudaGetLastError();
+        mc_log(MC_LOG_WARN, "cuda: cannot allocate %zu bytes of page-locked host memory", bytes);
+        return NULL;
+    }
+    return p;
+}
+
+static void cuda_free_host(mc_backend *be, void *p) {
+    cu_end_segment(cu_ctx(be)); /* a queued copy may still write p */
+    (void)cudaStreamSynchronize(cu_ctx(be)->stream);
+    if (p) (void)cudaFreeHost(p);
+}
+
 static mc_status cuda_to_host(mc_backend *be, void *host_dst, const void *src, size_t bytes) {
     mc_cuda *c = cu_ctx(be);
     cu_end_segment(c);
     if (bytes) {
-        void *stage = pinned_for(c, bytes);
+        void *stage = host_pinned(host_dst) ? NULL : pinned_for(c, bytes);
         if (cu_check(c, cudaMemcpyAsync(stage ? stage : host_dst, src, bytes,
                                         cudaMemcpyDeviceToHost, c->stream),
                      "copy to the host") &&
@@ -623,6 +651,8 @@ static void fill_table(mc_backend *be) {
     be->n_threads = 1;
     be->alloc = cuda_alloc;
     be->free = cuda_free;
+    be->alloc_host = cuda_alloc_host;
+    be->free_host = cuda_free_host;
     be->to_device = cuda_to_device;
     be->to_host = cuda_to_host;
     be->copy = cuda_copy;

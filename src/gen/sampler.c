@@ -294,35 +294,62 @@ static void apply_bias_penalties(mc_sampler *s, const float *logits) {
     }
 }
 
+/* Four float lanes (SSE2 / NEON registers): the block maxima below are written with
+ * vector types rather than left to the auto-vectoriser, whose results differ from one
+ * compiler and optimisation level to another by up to 4x on this loop. */
+typedef float mc_v4f __attribute__((vector_size(16)));
+typedef int32_t mc_v4i __attribute__((vector_size(16)));
+
+enum { SCAN_BLOCK = 2048 };
+
+/* The largest of w[0..n) (n a multiple of 16), with *bad set when one of them is NaN or
+ * +inf. */
+static float block_max(const float *w, int32_t n, mc_v4i *bad) {
+    const mc_v4f inf = {INFINITY, INFINITY, INFINITY, INFINITY};
+    mc_v4f l[4] = {-inf, -inf, -inf, -inf};
+    float m = -INFINITY;
+    int32_t i, u, j;
+    for (i = 0; i < n; i += 16)
+        for (u = 0; u < 4; u++) {
+            mc_v4f a;
+            mc_v4i gt;
+            memcpy(&a, w + i + 4 * u, sizeof a);
+            *bad |= ~(a < inf);
+            gt = a > l[u];
+            l[u] = (mc_v4f)((gt & (mc_v4i)a) | (~gt & (mc_v4i)l[u]));
+        }
+    for (u = 0; u < 4; u++)
+        for (j = 0; j < 4; j++) m = l[u][j] > m ? l[u][j] : m;
+    return m;
+}
+
 /* Finds the largest processed logit (*imax: the lowest id among equals). MC_ERR_NUMERIC
- * for a NaN or +inf logit, or when every logit is -inf. Eight lanes keep their own maximum
- * and its first id (the loop vectorises); the scalar loop below names a bad logit. */
+ * for a NaN or +inf logit, or when every logit is -inf. One pass takes the maximum of each
+ * block of SCAN_BLOCK logits (vector lanes) and keeps the first block holding the largest;
+ * the id is then found in that block alone. A bad logit sends a scalar pass to name it. */
 static mc_status scan_max(const mc_sampler *s, float *m_out, int32_t *imax_out) {
     const float *w = s->cur;
-    float m = -INFINITY, lm[8];
-    int32_t i, imax = -1, li[8], bad = 0, j;
-    for (j = 0; j < 8; j++) {
-        lm[j] = -INFINITY;
-        li[j] = -1;
+    const int32_t n = s->n_vocab, nv = n - n % 16;
+    float m = -INFINITY;
+    int32_t i, b0 = -1, imax = -1, bad = 0;
+    mc_v4i badv = {0, 0, 0, 0};
+    for (i = 0; i < nv; i += SCAN_BLOCK) {
+        const int32_t len = nv - i < SCAN_BLOCK ? nv - i : SCAN_BLOCK;
+        const float bm = block_max(w + i, len, &badv);
+        if (bm > m) {
+            m = bm;
+            b0 = i;
+        }
     }
-    for (i = 0; i + 8 <= s->n_vocab; i += 8)
-        for (j = 0; j < 8; j++) {
-            const float v = w[i + j];
-            bad |= !(v < INFINITY);
-            li[j] = v > lm[j] ? i + j : li[j];
-            lm[j] = v > lm[j] ? v : lm[j];
-        }
-    for (j = 0; j < 8 && !bad; j++)
-        if (li[j] >= 0 && (lm[j] > m || (lm[j] == m && li[j] < imax))) {
-            m = lm[j];
-            imax = li[j];
-        }
-    if (bad) { /* start over, one at a time, to name the first bad logit */
+    bad = badv[0] | badv[1] | badv[2] | badv[3];
+    if (b0 >= 0 && !bad)
+        for (imax = b0; w[imax] != m; imax++) {}
+    i = bad ? 0 : nv; /* the tail past the blocks, or everything again to name a bad logit */
+    if (bad) {
         m = -INFINITY;
         imax = -1;
-        i = 0;
     }
-    for (; i < s->n_vocab; i++) {
+    for (; i < n; i++) {
         float v = w[i];
         if (!(v < INFINITY))
             return mc_fail(MC_ERR_NUMERIC,
@@ -718,50 +745,65 @@ static int32_t draw(mc_sampler *s, size_t n, double total) {
     return s->cand[j].id;
 }
 
-/* exp(t) for t <= 0 (or -inf) to about 2e-7 relative, in plain float and integer
- * arithmetic that compilers vectorise: t is clamped to -87 on its bits (for t <= 0 a larger
- * unsigned pattern is a more negative value; exp(-87) < 2e-38 is nothing next to the
- * normaliser's 1), t = k ln2 + r with |r| <= ln2/2 (k rounded with the 1.5 * 2^23 trick),
- * a degree-6 Taylor polynomial for exp(r), and 2^k built in the exponent bits. */
-static float exp_nonpos(float t) {
-    const float magic = 12582912.0f; /* 1.5 * 2^23 */
-    const uint32_t lim = 0xC2AE0000u; /* -87.0f */
-    float tc, kf, r, p, scale;
-    uint32_t tb, bits;
+/* exp(t) for t <= 0 (or -inf) in each lane, to about 2e-7 relative, in float and integer
+ * arithmetic: t is clamped to -87 on its bits (for t <= 0 a larger unsigned pattern is a
+ * more negative value; exp(-87) < 2e-38 is nothing next to the normaliser's 1),
+ * t = k ln2 + r with |r| <= ln2/2 (k rounded with the 1.5 * 2^23 trick), a degree-6
+ * Taylor polynomial for exp(r), and 2^k built in the exponent bits. */
+static mc_v4f exp_nonpos4(mc_v4f t) {
+    typedef uint32_t v4u __attribute__((vector_size(16)));
+    const mc_v4f magic = {12582912.0f, 12582912.0f, 12582912.0f, 12582912.0f}; /* 1.5 * 2^23 */
+    const v4u lim = {0xC2AE0000u, 0xC2AE0000u, 0xC2AE0000u, 0xC2AE0000u};    /* -87.0f */
+    v4u tb, over;
+    mc_v4f tc, kf, r, p;
     memcpy(&tb, &t, sizeof tb);
-    tb = tb > lim ? lim : tb;
+    over = (v4u)(tb > lim);
+    tb = (over & lim) | (~over & tb);
     memcpy(&tc, &tb, sizeof tc);
     kf = (tc * 1.44269504f + magic) - magic;
     r = (tc - kf * 0.693145752f) - kf * 1.42860677e-6f;
     p = 1.0f + r * (1.0f + r * (0.5f + r * (1.66666667e-1f +
                                          r * (4.16666667e-2f + r * (8.33333333e-3f +
                                                                     r * 1.38888889e-3f)))));
-    bits = (uint32_t)((int32_t)kf + 127) << 23;
-    memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
+    tb = (v4u)((__builtin_convertvector(kf, mc_v4i) + 127) << 23);
+    memcpy(&tc, &tb, sizeof tc);
+    return p * tc;
+}
+
+static float exp_nonpos(float t) {
+    const mc_v4f v = {t, t, t, t};
+    return exp_nonpos4(v)[0];
 }
 
 /* log_softmax(logits)[tok]; logits are free of NaN and +inf (checked by the chain) and
- * logits[tok] is finite. The normaliser sums exp(x - max) in eight float lanes per block
- * of 2,048 logits and the blocks in double: within 1e-6 of the exact value over a
- * 151,936-token vocabulary, at a fraction of the cost of expf on every logit. */
+ * logits[tok] is finite. The normaliser sums exp(x - max) in eight float lanes (two
+ * vectors) per block of 2,048 logits and the blocks in double: within 1e-6 of the exact
+ * value over a 151,936-token vocabulary, at a fraction of the cost of expf on every logit. */
 static float raw_logprob(const float *logits, size_t n, int32_t tok) {
-    float m = logits[tok], lm[8];
+    const size_t nv = n - n % 16;
+    mc_v4i bad = {0, 0, 0, 0};
+    float m = logits[tok];
     double z = 0.0;
     size_t i, b, j;
-    for (j = 0; j < 8; j++) lm[j] = m;
-    for (i = 0; i + 8 <= n; i += 8) /* eight lanes: the loop vectorises */
-        for (j = 0; j < 8; j++) lm[j] = logits[i + j] > lm[j] ? logits[i + j] : lm[j];
-    for (j = 0; j < 8; j++) m = lm[j] > m ? lm[j] : m;
-    for (; i < n; i++)
+    for (i = 0; i < nv; i += SCAN_BLOCK) {
+        const float bm = block_max(logits + i, (int32_t)(nv - i < SCAN_BLOCK ? nv - i : SCAN_BLOCK), &bad);
+        m = bm > m ? bm : m;
+    }
+    for (i = nv; i < n; i++)
         if (logits[i] > m) m = logits[i];
-    for (b = 0; b < n; b += 2048) {
-        size_t e = b + 2048 < n ? b + 2048 : n;
-        float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0}, part = 0.0f;
+    for (b = 0; b < n; b += SCAN_BLOCK) {
+        const size_t e = b + SCAN_BLOCK < n ? b + SCAN_BLOCK : n;
+        const mc_v4f mv = {m, m, m, m};
+        mc_v4f acc[2] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
+        float part = 0.0f;
         for (i = b; i + 8 <= e; i += 8)
-            for (j = 0; j < 8; j++) acc[j] += exp_nonpos(logits[i + j] - m);
+            for (j = 0; j < 2; j++) {
+                mc_v4f x;
+                memcpy(&x, logits + i + 4 * j, sizeof x);
+                acc[j] += exp_nonpos4(x - mv);
+            }
         for (; i < e; i++) part += exp_nonpos(logits[i] - m);
-        for (j = 0; j < 8; j++) part += acc[j];
+        for (j = 0; j < 8; j++) part += acc[j / 4][j % 4];
         z += (double)part;
     }
     if (z < 1.0) z = 1.0; /* cannot happen: the maximum adds exp(0) = 1 */

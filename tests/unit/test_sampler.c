@@ -734,6 +734,51 @@ static void test_infinities(void) {
     mc_sampler_free(s);
 }
 
+/* Greedy over a vocabulary of many scan blocks and a tail past the last 16 (151,941
+ * ids): the maximum in the first, a middle and the last block and in the tail, ties
+ * across and within blocks (the lowest id wins), a block of -inf, NaN and +inf named
+ * wherever they are. */
+static void test_greedy_blocks(void) {
+    const int32_t v = 151941;
+    mc_sampler_params p = mc_sampler_default_params();
+    mc_sampler *s;
+    float *l = malloc((size_t)v * sizeof *l);
+    int32_t tok = -1, i;
+    const struct {
+        int32_t at[2]; /* ids given the maximum (the second: a tie, or -1) */
+        int32_t want;
+    } cases[] = {{{5, -1}, 5},         {{70001, -1}, 70001}, {{151930, -1}, 151930},
+                 {{151940, -1}, 151940}, {{90000, 3000}, 3000}, {{2050, 2049}, 2049},
+                 {{151939, 151938}, 151938}, {{4096, 151937}, 4096}};
+    if (!l) exit(2);
+    p.temperature = 0.0f;
+    s = make(&p, v);
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        for (i = 0; i < v; i++) l[i] = (float)((uint32_t)i * 2654435761u % 1000003u) / 1000003.0f;
+        for (i = 0; i < 2048; i++) l[i] = -INFINITY; /* the first block holds no candidate */
+        l[cases[c].at[0]] = 7.5f;
+        if (cases[c].at[1] >= 0) l[cases[c].at[1]] = 7.5f;
+        CHECK_OK(mc_sampler_sample(s, l, &tok, NULL));
+        CHECK_INT(tok, cases[c].want);
+    }
+    for (i = 0; i < v; i++) l[i] = -INFINITY;
+    l[v - 1] = -3.0f; /* the only finite logit, in the tail */
+    CHECK_OK(mc_sampler_sample(s, l, &tok, NULL));
+    CHECK_INT(tok, v - 1);
+    l[v - 1] = -INFINITY;
+    CHECK_STATUS(mc_sampler_sample(s, l, &tok, NULL), MC_ERR_NUMERIC);
+    CHECK_MSG("every logit is -inf");
+    l[77777] = NAN;
+    CHECK_STATUS(mc_sampler_sample(s, l, &tok, NULL), MC_ERR_NUMERIC);
+    CHECK_MSG("token 77777 is NaN");
+    l[77777] = 0.0f;
+    l[151939] = INFINITY;
+    CHECK_STATUS(mc_sampler_sample(s, l, &tok, NULL), MC_ERR_NUMERIC);
+    CHECK_MSG("token 151939 is +inf");
+    mc_sampler_free(s);
+    free(l);
+}
+
 /* ---- the fast paths against the reference -------------------------------------------------- */
 
 static void test_against_reference(void) {
@@ -1091,6 +1136,7 @@ int main(void) {
     RUN(test_presence_frequency);
     RUN(test_chain_order);
     RUN(test_infinities);
+    RUN(test_greedy_blocks);
     RUN(test_against_reference);
     RUN(test_against_reference_large);
     RUN(test_determinism);

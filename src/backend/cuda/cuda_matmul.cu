@@ -247,13 +247,13 @@ static __device__ __forceinline__ void gemv_chunk(float (&acc)[R][MT], const Chu
 }
 
 /* One pass of a warp over R weight rows: lane l holds the chunks base + u * 32 + l
- * (u < 8 / R) of every row r in c[u * R + r], 8 chunks in all (zero past the end). */
-template <typename WT> struct GemvBatch {
-    Chunk8<WT> c[8];
+ * (u < S / R) of every row r in c[u * R + r], S chunks in all (zero past the end). */
+template <typename WT, int S = 8> struct GemvBatch {
+    Chunk8<WT> c[S];
     template <int R>
     __device__ __forceinline__ void load(const WT *const (&rows)[R], int lane, int base, int nch) {
 #pragma unroll
-        for (int u = 0; u < 8 / R; u++) {
+        for (int u = 0; u < S / R; u++) {
             const int ch = base + u * 32 + lane;
 #pragma unroll
             for (int r = 0; r < R; r++) {
@@ -266,17 +266,17 @@ template <typename WT> struct GemvBatch {
 
 /* acc[r][m] = rows[r] . x[m, :] over the chunks [c0, nch) of 8 elements (summed over the
  * warp) for R weight rows; `first` holds the pass at c0, already loaded. */
-template <typename WT, int MT, int R, bool SW>
+template <typename WT, int MT, int R, bool SW, int S = 8>
 static __device__ __forceinline__ void gemv_acc(float (&acc)[R][MT], const GemvArgs &a,
                                                 const float *xs, const WT *const (&rows)[R],
                                                 int lane, int c0, int nch,
-                                                const GemvBatch<WT> &first) {
-    constexpr int U = 8 / R;
+                                                const GemvBatch<WT, S> &first) {
+    constexpr int U = S / R;
 #pragma unroll
     for (int r = 0; r < R; r++)
 #pragma unroll
         for (int m = 0; m < MT; m++) acc[r][m] = 0.0f;
-    GemvBatch<WT> b = first;
+    GemvBatch<WT, S> b = first;
     for (int base = c0; base < nch;) {
 #pragma unroll
         for (int u = 0; u < U; u++) {
@@ -432,32 +432,43 @@ static __global__ void __launch_bounds__(128) gemv_kernel(const GemvArgs a) {
  * n reads row n of both weights (entries 0 and 1, same N, K and input x) and its lane 0
  * writes gate[m, n], up[m, n] and then glu[m, n] = silu(gate) * up, exactly as the swiglu
  * kernel computes it (glu may be the gate or up buffer itself: each element is read and
- * written by the same lane only). Frozen weights are loaded before cu_dep_wait(). */
-template <typename WT, int MT>
+ * written by the same lane only). Frozen weights are loaded before cu_dep_wait(). RW = 2:
+ * a warp takes rows n and n + 1 (16 chunks a pass: the same chunks per lane and row as
+ * one row, so the same sums), half the warps, so that the grid fits the card at once. */
+template <typename WT, int MT, int RW>
 static __global__ void __launch_bounds__(128) gemv_glu_kernel(const GemvArgs a) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const cu_gemv_ent &G = a.ent[0], &U = a.ent[1];
-    const int n = (int)blockIdx.x * 4 + warp;
-    const WT *rows[2] = {reinterpret_cast<const WT *>(G.w) + (size_t)min(n, G.N - 1) * a.K,
-                         reinterpret_cast<const WT *>(U.w) + (size_t)min(n, G.N - 1) * a.K};
-    GemvBatch<WT> b;
-    if (n < G.N && a.wpre) b.template load<2>(rows, lane, 0, a.K >> 3);
-    else if (lane < 2 && n < G.N) cu_prefetch_l2(rows[lane], (unsigned)((size_t)a.K * sizeof(WT)));
-    cu_dep_wait();
-    if (n >= G.N) return;
-    if (!a.wpre) b.template load<2>(rows, lane, 0, a.K >> 3);
-    float acc[2][MT];
-    gemv_acc<WT, MT, 2, false>(acc, a, nullptr, rows, lane, 0, a.K >> 3, b);
-    if (lane == 0) {
-        const float bg = G.bias ? cu_load_w(G.bias, G.bias_dt, (size_t)n) : 0.0f;
-        const float bu = U.bias ? cu_load_w(U.bias, U.bias_dt, (size_t)n) : 0.0f;
+    const int n0 = ((int)blockIdx.x * 4 + warp) * RW;
+    const WT *rows[2 * RW];
 #pragma unroll
-        for (int m = 0; m < MT; m++) {
-            if (m < a.M) {
-                const float g = acc[0][m] + bg, u = acc[1][m] + bu;
-                G.out[(size_t)m * G.ldo + n] = g;
-                U.out[(size_t)m * U.ldo + n] = u;
-                a.glu[(size_t)m * G.N + n] = swiglu1(g, u);
+    for (int q = 0; q < RW; q++) {
+        rows[2 * q] = reinterpret_cast<const WT *>(G.w) + (size_t)min(n0 + q, G.N - 1) * a.K;
+        rows[2 * q + 1] = reinterpret_cast<const WT *>(U.w) + (size_t)min(n0 + q, G.N - 1) * a.K;
+    }
+    GemvBatch<WT, 8 * RW> b;
+    if (n0 < G.N && a.wpre) b.template load<2 * RW>(rows, lane, 0, a.K >> 3);
+    else if (lane < 2 * RW && n0 < G.N) cu_prefetch_l2(rows[lane], (unsigned)((size_t)a.K * sizeof(WT)));
+    cu_dep_wait();
+    if (n0 >= G.N) return;
+    if (!a.wpre) b.template load<2 * RW>(rows, lane, 0, a.K >> 3);
+    float acc[2 * RW][MT];
+    gemv_acc<WT, MT, 2 * RW, false, 8 * RW>(acc, a, nullptr, rows, lane, 0, a.K >> 3, b);
+    if (lane == 0) {
+#pragma unroll
+        for (int q = 0; q < RW; q++) {
+            const int n = n0 + q;
+            if (n >= G.N) break;
+            const float bg = G.bias ? cu_load_w(G.bias, G.bias_dt, (size_t)n) : 0.0f;
+            const float bu = U.bias ? cu_load_w(U.bias, U.bias_dt, (size_t)n) : 0.0f;
+#pragma unroll
+            for (int m = 0; m < MT; m++) {
+                if (m < a.M) {
+                    const float g = acc[2 * q][m] + bg, u = acc[2 * q + 1][m] + bu;
+                    G.out[(size_t)m * G.ldo + n] = g;
+                    U.out[(size_t)m * U.ldo + n] = u;
+                    a.glu[(size_t)m * G.N + n] = swiglu1(g, u);
+                }
             }
         }
     }
@@ -496,9 +507,13 @@ static __global__ void __launch_bounds__(128) gemv_scalar_kernel(const GemvScala
 template <typename WT, int MT, bool SW>
 static void gemv_launch_r(mc_cuda *c, GemvArgs a) {
     if constexpr (!SW) { /* a SwiGLU taken over by the gate/up GEMV: never a staged input */
-        if (a.glu) {
-            cu_launch(c, gemv_glu_kernel<WT, MT>, dim3((unsigned)((a.ent[0].N + 3) / 4)),
-                      dim3(128), 0, a, "gemv gate/up swiglu");
+        if (a.glu) { /* 2-byte weights, at most 2 input rows: two weight rows a warp */
+            if (sizeof(WT) == 2 && MT <= 2)
+                cu_launch(c, gemv_glu_kernel<WT, MT, 2>, dim3((unsigned)((a.ent[0].N + 7) / 8)),
+                          dim3(128), 0, a, "gemv gate/up swiglu");
+            else
+                cu_launch(c, gemv_glu_kernel<WT, MT, 1>, dim3((unsigned)((a.ent[0].N + 3) / 4)),
+                          dim3(128), 0, a, "gemv gate/up swiglu");
             return;
         }
     }

@@ -28,7 +28,7 @@ namespace cg = cooperative_groups;
 
 typedef __nv_bfloat16 bf16;
 
-enum { ROW_THREADS = 128, ROW_CHUNK = 256, ROW_MAX_SPLIT = 32, SMALL_T = 8, DEC_SPLIT = 8 };
+enum { ROW_THREADS = 128, ROW_CHUNK = 256, ROW_MAX_SPLIT = 32, SMALL_T = 8, DEC_SPLIT = 8, DEC_THREADS = 256 };
 
 static const float LOG2E = 1.4426950408889634f;
 
@@ -475,16 +475,16 @@ template <int HD> struct DecVec {
 
 /* Grid (Hq, T, DEC_SPLIT), clusters of DEC_SPLIT blocks along z: block z of a cluster
  * takes the z-th eighth of the row's keys; warp w of a block takes batches of KB
- * consecutive keys (w, w + 4, ... batches in), loading all KB key and value rows before
- * using any, with an online softmax in f32 (up to 32 * KB keys, 1,024 for head_dim 64, are
- * one batch per warp). The 4 warps of the 8 blocks leave 32 (max,
- * sum, output) triples in the cluster's first block's shared memory, which weighs them
- * and writes the row. Needs 16-byte aligned q/k/v rows (DecVec loads). */
+ * consecutive keys (w, w + 8, ... batches in), loading all KB key and value rows before
+ * using any, with an online softmax in f32 (up to 64 * KB keys, 1,024 for head_dim 64, are
+ * one batch per warp). The 8 warps of the 8 blocks leave 64 (max, sum, output) triples in
+ * the cluster's first block's shared memory, which weighs them and writes the row. Needs
+ * 16-byte aligned q/k/v rows (DecVec loads). */
 template <int HD>
-static __global__ void __cluster_dims__(1, 1, DEC_SPLIT) __launch_bounds__(ROW_THREADS)
+static __global__ void __cluster_dims__(1, 1, DEC_SPLIT) __launch_bounds__(DEC_THREADS)
     dec_fwd_kernel(const RowArgs a) {
-    constexpr int PL = HD / 32, KB = HD == 64 ? 32 : 16, NW = ROW_THREADS / 32, NP = NW * DEC_SPLIT;
-    static_assert(NP == 32, "the merge gives each (block, warp) partial one lane of warp 0");
+    constexpr int PL = HD / 32, KB = HD == 64 ? 16 : 8, NW = DEC_THREADS / 32, NP = NW * DEC_SPLIT;
+    static_assert(NP == 64, "the merge gives each (block, warp) partial one of two lanes of warp 0");
     __shared__ float so[NP][HD], sm[NP], sl[NP], wsm[NP]; /* the first block's: every partial */
     cg::cluster_group cluster = cg::this_cluster();
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -551,15 +551,17 @@ static __global__ void __cluster_dims__(1, 1, DEC_SPLIT) __launch_bounds__(ROW_T
     }
     cluster.sync(); /* every partial is in the first block */
     if (sp != 0) return;
-    if (warp == 0) { /* lane p weighs partial p */
-        const float mi = sm[lane], li = sl[lane];
-        const float M = cu_warp_max(mi);
-        const float wi = mi == -INFINITY ? 0.0f : expf(mi - M);
-        const float L = cu_warp_sum(li * wi);
-        wsm[lane] = wi / L;
+    if (warp == 0) { /* lane p weighs partials p and p + 32 */
+        const float m0 = sm[lane], m1 = sm[lane + 32];
+        const float M = cu_warp_max(fmaxf(m0, m1));
+        const float w0 = m0 == -INFINITY ? 0.0f : expf(m0 - M);
+        const float w1 = m1 == -INFINITY ? 0.0f : expf(m1 - M);
+        const float L = cu_warp_sum(fmaf(sl[lane], w0, sl[lane + 32] * w1));
+        wsm[lane] = w0 / L;
+        wsm[lane + 32] = w1 / L;
     }
     __syncthreads();
-    for (int d = threadIdx.x; d < HD; d += ROW_THREADS) {
+    for (int d = threadIdx.x; d < HD; d += DEC_THREADS) {
         float acc = 0.0f;
 #pragma unroll
         for (int i = 0; i < NP; i++) acc = fmaf(so[i][d], wsm[i], acc);
@@ -874,8 +876,8 @@ void cu_attention(mc_backend *be, void *out, const void *q, const void *k, const
         cu_aligned16(v) && c->dec_cluster) {
         a.nsplit = DEC_SPLIT;
         const dim3 grid((unsigned)Hq, (unsigned)T, DEC_SPLIT);
-        if (hd == 64) cu_launch(c, dec_fwd_kernel<64>, grid, dim3(ROW_THREADS), 0, a, "attention_decode");
-        else cu_launch(c, dec_fwd_kernel<128>, grid, dim3(ROW_THREADS), 0, a, "attention_decode");
+        if (hd == 64) cu_launch(c, dec_fwd_kernel<64>, grid, dim3(DEC_THREADS), 0, a, "attention_decode");
+        else cu_launch(c, dec_fwd_kernel<128>, grid, dim3(DEC_THREADS), 0, a, "attention_decode");
         return;
     }
     const int nsplit = T <= SMALL_T ? ROW_MAX_SPLIT : 1;

@@ -141,7 +141,8 @@ int main(int argc, char **argv) {
     mc_backend *be;
     int32_t *ids;
     mc_rng rng;
-    double bw, gemm, bytes_tok, kv_bytes, t_pre = 0, dec_steps = 0, dec_copy = 0, dec_gen = 0, dec_b8 = 0;
+    double bw, gemm, bytes_tok, kv_bytes, t_pre = 0, dec_steps = 0, dec_copy = 0, dec_gen = 0;
+    double dec_b8 = 0;
     double train_tps = 0, train_mfu = 0, train_tps_ck = 0;
     uint64_t mem_now = 0, mem_peak = 0, mem_model = 0, mem_peak_ck = 0;
     if (!dir) {
@@ -222,10 +223,10 @@ int main(int argc, char **argv) {
         } else {
             fprintf(stderr, "context: %s\n", mc_last_error());
         }
-        printf("decode batch 1 at %d context: %.0f tokens/s (model steps + logits to host memory, "
-               "read in place), %.0f tokens/s (steps + logits copied to a caller's buffer), %.0f tokens/s "
-               "(mc_generate, greedy); %.1f MiB read per token; roofline %.0f tokens/s; %.0f%% / "
-               "%.0f%% of roofline\n",
+        printf("decode batch 1 at %d context: %.0f tokens/s (model steps + logits to host "
+               "memory, read in place), %.0f tokens/s (steps + logits copied to a caller's "
+               "buffer), %.0f tokens/s (mc_generate, greedy); %.1f MiB read per token; roofline "
+               "%.0f tokens/s; %.0f%% / %.0f%% of roofline\n",
                ctx_n, dec_steps, dec_copy, dec_gen, (bytes_tok + kv_bytes) / 1048576.0, roof,
                100.0 * dec_steps / roof, 100.0 * dec_gen / roof);
         profile(be, "mc_generate");

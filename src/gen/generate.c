@@ -204,8 +204,8 @@ mc_status mc_generate_batch(mc_context *ctx, const int32_t *const *prompts, cons
     g = mc_calloc((size_t)n, sizeof *g);
     seqs = mc_calloc((size_t)n, sizeof *seqs);
     step_ids = mc_calloc((size_t)n, sizeof *step_ids);
-    if (n > MC_FWD_VIEW_ROWS) step_logits = mc_malloc((size_t)n * (size_t)V * sizeof *step_logits);
-    if (!g || !seqs || !step_ids || (n > MC_FWD_VIEW_ROWS && !step_logits)) {
+    if (n > f->view_rows) step_logits = mc_malloc((size_t)n * (size_t)V * sizeof *step_logits);
+    if (!g || !seqs || !step_ids || (n > f->view_rows && !step_logits)) {
         s = mc_fail(MC_ERR_OOM, "out of memory for generation state");
         goto done;
     }
@@ -245,16 +245,12 @@ mc_status mc_generate_batch(mc_context *ctx, const int32_t *const *prompts, cons
             if (g[i].active) seqs[B++] = i;
         }
         if (B == 0) break;
-        /* up to MC_FWD_VIEW_ROWS rows are read where the step leaves them (on a GPU: the
+        /* up to f->view_rows rows are read where the step leaves them (on a GPU: the
          * page-locked memory its copy engine wrote), more from a copy */
-        s = mc_fwd_step(f, seqs, step_ids, B, B <= MC_FWD_VIEW_ROWS ? NULL : step_logits);
+        s = mc_fwd_step(f, seqs, step_ids, B, B <= f->view_rows ? NULL : step_logits);
         if (s != MC_OK) goto done;
-        {
-            const float *rows = B <= MC_FWD_VIEW_ROWS ? mc_fwd_logits(f) : step_logits;
-            if (!rows) {
-                s = mc_fail(MC_ERR_INTERNAL, "decode step kept no logits");
-                goto done;
-            }
+        {   /* a successful step of at most view_rows rows leaves them readable */
+            const float *rows = B <= f->view_rows ? mc_fwd_logits(f) : step_logits;
             for (i = 0; i < B; i++) {
                 results[seqs[i]].decode_steps++;
                 g[seqs[i]].logits = rows + (size_t)i * (size_t)V;

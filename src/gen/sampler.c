@@ -323,6 +323,22 @@ static float block_max(const float *w, int32_t n, mc_v4i *bad) {
     return m;
 }
 
+/* The largest of w[0..nv) (nv a multiple of 16) by blocks of SCAN_BLOCK, *b0 the start of
+ * the first block holding it (-1 when every value is -inf), *bad as block_max sets it. */
+static float blocks_max(const float *w, int32_t nv, int32_t *b0, mc_v4i *bad) {
+    float m = -INFINITY;
+    int32_t i;
+    *b0 = -1;
+    for (i = 0; i < nv; i += SCAN_BLOCK) {
+        const float bm = block_max(w + i, nv - i < SCAN_BLOCK ? nv - i : SCAN_BLOCK, bad);
+        if (bm > m) {
+            m = bm;
+            *b0 = i;
+        }
+    }
+    return m;
+}
+
 /* Finds the largest processed logit (*imax: the lowest id among equals). MC_ERR_NUMERIC
  * for a NaN or +inf logit, or when every logit is -inf. One pass takes the maximum of each
  * block of SCAN_BLOCK logits (vector lanes) and keeps the first block holding the largest;
@@ -330,17 +346,9 @@ static float block_max(const float *w, int32_t n, mc_v4i *bad) {
 static mc_status scan_max(const mc_sampler *s, float *m_out, int32_t *imax_out) {
     const float *w = s->cur;
     const int32_t n = s->n_vocab, nv = n - n % 16;
-    float m = -INFINITY;
-    int32_t i, b0 = -1, imax = -1, bad = 0;
+    int32_t i, b0, imax = -1, bad;
     mc_v4i badv = {0, 0, 0, 0};
-    for (i = 0; i < nv; i += SCAN_BLOCK) {
-        const int32_t len = nv - i < SCAN_BLOCK ? nv - i : SCAN_BLOCK;
-        const float bm = block_max(w + i, len, &badv);
-        if (bm > m) {
-            m = bm;
-            b0 = i;
-        }
-    }
+    float m = blocks_max(w, nv, &b0, &badv);
     bad = badv[0] | badv[1] | badv[2] | badv[3];
     if (b0 >= 0 && !bad)
         for (imax = b0; w[imax] != m; imax++) {}
@@ -782,13 +790,11 @@ static float exp_nonpos(float t) {
 static float raw_logprob(const float *logits, size_t n, int32_t tok) {
     const size_t nv = n - n % 16;
     mc_v4i bad = {0, 0, 0, 0};
-    float m = logits[tok];
+    int32_t b0;
+    const float bm = blocks_max(logits, (int32_t)nv, &b0, &bad);
+    float m = bm > logits[tok] ? bm : logits[tok];
     double z = 0.0;
     size_t i, b, j;
-    for (i = 0; i < nv; i += SCAN_BLOCK) {
-        const float bm = block_max(logits + i, (int32_t)(nv - i < SCAN_BLOCK ? nv - i : SCAN_BLOCK), &bad);
-        m = bm > m ? bm : m;
-    }
     for (i = nv; i < n; i++)
         if (logits[i] > m) m = logits[i];
     for (b = 0; b < n; b += SCAN_BLOCK) {

@@ -102,8 +102,8 @@ static void test_fixtures(void) {
     for (size_t i = 0; i < sizeof k_models / sizeof *k_models; i++) check_fixture(k_models[i]);
 }
 
-/* Copies the logits a call with logits_host == NULL left readable (on the GPU: written by
- * the device into mapped host memory), rows x V, into out. */
+/* Copies the logits a call with logits_host == NULL left readable (on the GPU: copied by
+ * DMA into page-locked host memory), rows x V, into out. */
 static void take_view(const mc_fwd *f, float *out, size_t n) {
     const float *v = mc_fwd_logits(f);
     CHECK(v != NULL);

@@ -28,7 +28,14 @@ namespace cg = cooperative_groups;
 
 typedef __nv_bfloat16 bf16;
 
-enum { ROW_THREADS = 128, ROW_CHUNK = 256, ROW_MAX_SPLIT = 32, SMALL_T = 8, DEC_SPLIT = 8, DEC_THREADS = 256 };
+enum {
+    ROW_THREADS = 128,
+    ROW_CHUNK = 256,
+    ROW_MAX_SPLIT = 32,
+    SMALL_T = 8,
+    DEC_SPLIT = 8,
+    DEC_THREADS = 256
+};
 
 static const float LOG2E = 1.4426950408889634f;
 
@@ -484,7 +491,7 @@ template <int HD>
 static __global__ void __cluster_dims__(1, 1, DEC_SPLIT) __launch_bounds__(DEC_THREADS)
     dec_fwd_kernel(const RowArgs a) {
     constexpr int PL = HD / 32, KB = HD == 64 ? 16 : 8, NW = DEC_THREADS / 32, NP = NW * DEC_SPLIT;
-    static_assert(NP == 64, "the merge gives each (block, warp) partial one of two lanes of warp 0");
+    static_assert(NP == 64, "the merge gives each lane of warp 0 two (block, warp) partials");
     __shared__ float so[NP][HD], sm[NP], sl[NP], wsm[NP]; /* the first block's: every partial */
     cg::cluster_group cluster = cg::this_cluster();
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -876,8 +883,10 @@ void cu_attention(mc_backend *be, void *out, const void *q, const void *k, const
         cu_aligned16(v) && c->dec_cluster) {
         a.nsplit = DEC_SPLIT;
         const dim3 grid((unsigned)Hq, (unsigned)T, DEC_SPLIT);
-        if (hd == 64) cu_launch(c, dec_fwd_kernel<64>, grid, dim3(DEC_THREADS), 0, a, "attention_decode");
-        else cu_launch(c, dec_fwd_kernel<128>, grid, dim3(DEC_THREADS), 0, a, "attention_decode");
+        if (hd == 64)
+            cu_launch(c, dec_fwd_kernel<64>, grid, dim3(DEC_THREADS), 0, a, "attention_decode");
+        else
+            cu_launch(c, dec_fwd_kernel<128>, grid, dim3(DEC_THREADS), 0, a, "attention_decode");
         return;
     }
     const int nsplit = T <= SMALL_T ? ROW_MAX_SPLIT : 1;

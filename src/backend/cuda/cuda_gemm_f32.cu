@@ -6,7 +6,7 @@
  * Each kernel streams its one large operand once, in 16-byte loads (8-byte at rank 32)
  * with the next loads in flight during the FMAs, and keeps the rank-r side in shared
  * memory or registers. Grids are sized to one wave of two 256-thread blocks per SM. A
- * reduction split over blocks leaves partial sums in part[], which skinny_reduce_kernel
+ * reduction split over blocks leaves partial sums in part[], which cu_sum_parts
  * adds in split order, so every result is the same from run to run. */
 
 struct SkinnyArgs {
@@ -298,19 +298,41 @@ static __global__ void __launch_bounds__(SK_THREADS, 2) skinny_splitk_kernel(con
     }
 }
 
-/* C[m, n] = alpha sum_s part[s, m, n] + beta C[m, n], splits added in order. */
-static __global__ void skinny_reduce_kernel(const SkinnyArgs a) {
+struct PartsArgs {
+    float *C;          /* [M, ldc] */
+    const float *part; /* [parts, M, N] */
+    int M, N, ldc, parts;
+    float alpha, beta;
+};
+
+/* C[m, n] = alpha sum_p part[p, m, n] + beta C[m, n], the parts added in order. */
+static __global__ void parts_sum_kernel(const PartsArgs a) {
     cu_dep_wait();
     const size_t total = (size_t)a.M * a.N;
-    const int splits = (a.K + a.krows - 1) / a.krows;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
          i += (size_t)gridDim.x * blockDim.x) {
         float s = 0.0f;
 #pragma unroll 8
-        for (int p = 0; p < splits; p++) s += a.part[(size_t)p * total + i];
+        for (int p = 0; p < a.parts; p++) s += a.part[(size_t)p * total + i];
         float *cp = a.C + (i / a.N) * a.ldc + i % a.N;
         *cp = a.beta == 0.0f ? a.alpha * s : a.alpha * s + a.beta * *cp;
     }
+}
+
+void cu_sum_parts(mc_cuda *c, float *C, int ldc, const float *part, int M, int N, int parts,
+                  float alpha, float beta, const char *name) {
+    PartsArgs a;
+    memset(&a, 0, sizeof a);
+    a.C = C;
+    a.part = part;
+    a.M = M;
+    a.N = N;
+    a.ldc = ldc;
+    a.parts = parts;
+    a.alpha = alpha;
+    a.beta = beta;
+    cu_launch(c, parts_sum_kernel, dim3(cu_blocks((size_t)M * N, 256, (unsigned)c->n_sm * 8)),
+              dim3(256), 0, a, name);
 }
 
 /* C[M, N] = alpha T[M, K] op(B) + beta C for a small K <= KT (8, 16 or 32, the LoRA
@@ -481,8 +503,8 @@ static bool gemm_f32_skinny(mc_cuda *c, bool ta, bool tb, int M, int N, int K, f
         return false;
     }
     if (a.part)
-        cu_launch(c, skinny_reduce_kernel, dim3(cu_blocks((size_t)M * N, 256, (unsigned)c->n_sm * 8)),
-                  dim3(256), 0, a, "gemm_f32 reduce");
+        cu_sum_parts(c, C, ldc, a.part, M, N, (K + a.krows - 1) / a.krows, alpha, beta,
+                     "gemm_f32 reduce");
     return true;
 }
 

@@ -315,6 +315,11 @@ void cu_matmul_dx(mc_backend *be, void *dx, const void *dy, mc_wt w, int M, int 
 /* cuda_gemm_f32.cu */
 void cu_gemm_f32(mc_backend *be, bool ta, bool tb, int M, int N, int K, float alpha,
                  const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
+/* C[m, n] = alpha sum_p part[p, m, n] + beta C[m, n] for the `parts` partial sums
+ * [parts, M, N] of a split reduction, added in order (the result does not depend on
+ * scheduling); one launch named `name`. */
+void cu_sum_parts(mc_cuda *c, float *C, int ldc, const float *part, int M, int N, int parts,
+                  float alpha, float beta, const char *name);
 /* cuda_attention.cu */
 void cu_attention(mc_backend *be, void *out, const void *q, const void *k, const void *v, int T,
                   int pos0, int Hq, int Hkv, int hd);

@@ -448,7 +448,8 @@ static __global__ void __launch_bounds__(128) gemv_glu_kernel(const GemvArgs a) 
     }
     GemvBatch<WT, 8 * RW> b;
     if (n0 < G.N && a.wpre) b.template load<2 * RW>(rows, lane, 0, a.K >> 3);
-    else if (lane < 2 * RW && n0 < G.N) cu_prefetch_l2(rows[lane], (unsigned)((size_t)a.K * sizeof(WT)));
+    else if (lane < 2 * RW && n0 < G.N)
+        cu_prefetch_l2(rows[lane], (unsigned)((size_t)a.K * sizeof(WT)));
     cu_dep_wait();
     if (n0 >= G.N) return;
     if (!a.wpre) b.template load<2 * RW>(rows, lane, 0, a.K >> 3);

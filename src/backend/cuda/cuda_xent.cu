@@ -119,24 +119,6 @@ static __global__ void __launch_bounds__(XENT_THREADS) xent_kernel(const XentArg
         store_g(a.grad, a.gdt, base + v, expf(row[v] - lse) - (v == tg ? 1.0f : 0.0f));
 }
 
-struct XentReduceArgs {
-    float *dh;         /* [n] */
-    const float *part; /* [parts, n] */
-    size_t n;
-    int parts;
-};
-
-/* dh[i] = sum_p part[p, i], the slices added in order. */
-static __global__ void xent_reduce_kernel(const XentReduceArgs a) {
-    cu_dep_wait();
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < a.n;
-         i += (size_t)gridDim.x * blockDim.x) {
-        float s = 0.0f;
-        for (int p = 0; p < a.parts; p++) s += a.part[(size_t)p * a.n + i];
-        a.dh[i] = s;
-    }
-}
-
 /* Vocabulary slices of the gradient GEMM: the most (a power of two up to XENT_MAX_SLICES)
  * that split V into equal multiples of 8 at least XENT_MIN_SLICE long, their partial sums
  * fitting in the logits buffer (S D <= V); 1 when none do. A tail GEMM for a remainder
@@ -216,16 +198,8 @@ mc_status cu_linear_xent(mc_backend *be, void *dh, double *loss_sum, const void 
                                "linear_xent dh"))
                 break;
             cu_prof_end(c, ps);
-            if (S > 1) {
-                XentReduceArgs ra;
-                memset(&ra, 0, sizeof ra);
-                ra.dh = out;
-                ra.part = logits;
-                ra.n = (size_t)rows * D;
-                ra.parts = S;
-                cu_launch(c, xent_reduce_kernel, dim3(cu_blocks(ra.n, 256, (unsigned)c->n_sm * 4)),
-                          dim3(256), 0, ra, "linear_xent dh reduce");
-            }
+            if (S > 1) /* the slices' partial sums, added in slice order */
+                cu_sum_parts(c, out, D, logits, rows, D, S, 1.0f, 0.0f, "linear_xent dh reduce");
         }
     }
     cu_end_segment(c);

@@ -95,6 +95,36 @@ static const cu_alloc_rec *reg_find(const mc_cuda *c, const void *p, size_t byte
 
 bool cu_is_device(const mc_cuda *c, const void *p, size_t bytes) { return reg_find(c, p, bytes) != NULL; }
 
+void cu_track_write(mc_cuda *c, const void *p, size_t bytes) {
+    const uintptr_t lo = (uintptr_t)p, hi = lo + bytes;
+    int i;
+    if (c->wr_full) return;
+    for (i = c->n_wr - 1; i >= 0 && i >= c->n_wr - 8; i--) /* a buffer rewritten layer after layer */
+        if (c->wr[i].lo == lo && c->wr[i].hi == hi) return;
+    if (c->n_wr == CU_WR_MAX) {
+        c->wr_full = true;
+        return;
+    }
+    c->wr[c->n_wr].lo = lo;
+    c->wr[c->n_wr].hi = hi;
+    c->n_wr++;
+}
+
+bool cu_unwritten(const mc_cuda *c, const void *p, size_t bytes) {
+    const uintptr_t lo = (uintptr_t)p, hi = lo + bytes;
+    int i;
+    if (c->wr_full || !reg_find(c, p, bytes)) return false;
+    for (i = 0; i < c->n_wr; i++)
+        if (lo < c->wr[i].hi && c->wr[i].lo < hi) return false;
+    return true;
+}
+
+/* After a completed stream synchronisation: every queued write has finished. */
+static void sync_done(mc_cuda *c) {
+    c->n_wr = 0;
+    c->wr_full = c->wr == NULL;
+}
+
 bool cu_is_frozen(const mc_cuda *c, const void *p, size_t bytes) {
     const cu_alloc_rec *r = reg_find(c, p, bytes);
     return r && r->frozen;
@@ -550,6 +580,7 @@ static mc_status cuda_to_host(mc_backend *be, void *host_dst, const void *src, s
     } else {
         (void)cu_check(c, cudaStreamSynchronize(c->stream), "a queued kernel");
     }
+    if (c->err == MC_OK) sync_done(c);
     return cu_take_error(c);
 }
 
@@ -601,6 +632,7 @@ static mc_status cuda_sync(mc_backend *be) {
     mc_cuda *c = cu_ctx(be);
     cu_end_segment(c);
     (void)cu_check(c, cudaStreamSynchronize(c->stream), "a queued kernel");
+    if (c->err == MC_OK) sync_done(c);
     return cu_take_error(c);
 }
 
@@ -637,6 +669,7 @@ static void cuda_destroy(mc_backend *be) {
         if (c->blas) (void)cublasDestroy(c->blas);
         if (c->stream) (void)cudaStreamDestroy(c->stream);
         mc_free(c->allocs);
+        mc_free(c->wr);
         mc_free(c->q);
         mc_free(c);
     }
@@ -719,6 +752,7 @@ extern "C" mc_status mc_backend_cuda_create(int device, mc_backend **out) {
     c->fuse_glu = c->fuse_on && !(env && strstr(env, "glu"));
     env = getenv("MC_CUDA_DECODE_ATT"); /* "row": the older one-block-per-split decode attention */
     c->dec_cluster = !(env && strcmp(env, "row") == 0);
+    c->kv_pre_on = !getenv("MC_CUDA_NOKVPRE"); /* for comparisons */
     env = getenv("MC_CUDA_PROFILE");
     if (env && env[0] == '1') { /* per-kernel timing: direct, serialised launches */
         c->prof_on = true;
@@ -743,6 +777,8 @@ extern "C" mc_status mc_backend_cuda_create(int device, mc_backend **out) {
                        "needs 9.0 (Hopper)", device, major, minor);
     }
     c->n_sm = c->prop.multiProcessorCount;
+    c->wr = (cu_wr_range *)mc_calloc(CU_WR_MAX, sizeof *c->wr);
+    c->wr_full = true; /* until the first synchronisation */
     snprintf(c->name, sizeof c->name, "%s", c->prop.name);
     {
         cublasStatus_t st = cublasCreate(&c->blas);

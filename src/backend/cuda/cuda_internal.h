@@ -92,6 +92,15 @@ struct cu_alloc_rec {
     bool frozen; /* uploaded by the weights entry: no kernel ever writes it */
 };
 
+/* A device range written by work queued since the last stream synchronisation. */
+struct cu_wr_range {
+    uintptr_t lo, hi;
+};
+
+/* The ranges kept (a decode step writes about ten per layer); past that, every range
+ * counts as written until the next synchronisation. */
+enum { CU_WR_MAX = 1024 };
+
 /* An op whose launch is held back so the next op can fuse with it (MC_CUDA_FUSE, on by
  * default): a residual add feeds the next RMSNorm, RoPE on q waits for RoPE on k, small
  * GEMVs reading the same input (q/k/v, gate/up) go out as one launch, RoPE on q and k is
@@ -164,6 +173,12 @@ struct mc_cuda {
     mc_status err;
     char err_msg[512];
 
+    /* the ranges written since the last completed stream synchronisation (cu_unwritten);
+     * wr_full: more than CU_WR_MAX of them (or no list) */
+    cu_wr_range *wr;
+    int n_wr;
+    bool wr_full;
+
     /* allocations, sorted by address */
     cu_alloc_rec *allocs;
     size_t n_allocs, cap_allocs;
@@ -201,6 +216,7 @@ struct mc_cuda {
     bool fuse_on;
     bool fuse_rope, fuse_glu; /* RoPE and SwiGLU taken over by the GEMVs before them */
     bool dec_cluster;         /* decode attention by clusters of blocks (else one block per split) */
+    bool kv_pre_on;           /* decode attention may read older cache rows before its wait */
     cu_pending pend;
     int *gemv_cnt; /* [1] device counter of the SwiGLU-fused GEMV, zero between launches */
 
@@ -278,14 +294,20 @@ bool cu_is_device(const mc_cuda *c, const void *p, size_t bytes);
 /* True when [p, p + bytes) lies in one weight upload (the weights entry): kernels may read
  * it before cu_dep_wait(), since no kernel writes it. */
 bool cu_is_frozen(const mc_cuda *c, const void *p, size_t bytes);
+/* Records that queued work writes [p, p + bytes) (cu_note_write calls it). */
+void cu_track_write(mc_cuda *c, const void *p, size_t bytes);
+/* True when [p, p + bytes) lies in one allocation of this backend and nothing queued since
+ * the last completed stream synchronisation writes to it: every write to it has finished,
+ * so a kernel may read it before cu_dep_wait() (the older rows of a KV cache). */
+bool cu_unwritten(const mc_cuda *c, const void *p, size_t bytes);
 /* Scratch buffer `id` of at least `bytes` bytes (contents kept only while not grown);
  * NULL with a recorded OOM on failure. zero_new: clear a newly allocated buffer. */
 void *cu_scratch(mc_cuda *c, int id, size_t bytes, bool zero_new);
 
 /* ---- shadows (cuda_matmul.cu) ---- */
 
-/* Tells the shadow cache that [p, p + bytes) is about to be written. Every op calls it
- * for each of its outputs. */
+/* Tells the shadow cache (and the write tracking of cu_unwritten) that [p, p + bytes) is
+ * about to be written. Every op calls it for each of its outputs. */
 void cu_note_write(mc_cuda *c, const void *p, size_t bytes);
 /* The f32 activations x[0..n) as dtype dt (x itself for MC_F32): a cached shadow, or a
  * fresh conversion. NULL on failure (recorded). */

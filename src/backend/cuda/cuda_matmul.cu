@@ -18,6 +18,7 @@ enum { CU_GEMV_MAX_M = 8, CU_GEMV_KSPLIT_MIN = 2048 };
 void cu_note_write(mc_cuda *c, const void *p, size_t bytes) {
     uintptr_t a = (uintptr_t)p, b = a + bytes;
     int i;
+    cu_track_write(c, p, bytes);
     for (i = 0; i < CU_N_SHADOW; i++) {
         cu_shadow *s = &c->shadow[i];
         uintptr_t sa, sb;

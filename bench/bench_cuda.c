@@ -61,13 +61,15 @@ static double bench_prefill(mc_model *m, const int32_t *ids, int n) {
 
 /* Model-level decode: ctx prompt tokens, then gen steps of 1 token whose logits are read on
  * the host each step: where the step leaves them (mc_fwd_logits: copied by DMA into
- * page-locked memory), or (copy) copied on into a caller's buffer; tokens/s of the steps. */
-static double bench_decode_steps(mc_model *m, const int32_t *ids, int ctx, int gen, bool copy) {
+ * page-locked memory), or (copy) copied on into a caller's buffer; tokens/s of the steps.
+ * Prints how a step's time splits between the host's work and its wait for the device. */
+static double bench_decode_steps(mc_backend *be, mc_model *m, const int32_t *ids, int ctx,
+                                 int gen, bool copy) {
     mc_fwd *f = NULL;
     int V = mc_model_dims(m).V;
     float *logits = malloc((size_t)V * sizeof(float));
     volatile float sink = 0;
-    double t0, t = 0;
+    double t0, t = 0, w0, w = 0;
     if (!logits || mc_fwd_create(m, 1, ctx + gen + 8, ctx, &f) != MC_OK) {
         fprintf(stderr, "decode: %s\n", mc_last_error());
         free(logits);
@@ -77,6 +79,7 @@ static double bench_decode_steps(mc_model *m, const int32_t *ids, int ctx, int g
         mc_fwd_truncate(f, 0, 0);
         if (mc_fwd_run(f, 0, ids, ctx, MC_LOGITS_NONE, NULL) != MC_OK) break;
         t0 = mc_time_now();
+        w0 = mc_cuda_sync_wait(be);
         for (int i = 0; i < gen; i++) {
             int32_t tok = ids[(ctx + i) % ctx];
             const float *row = logits;
@@ -88,7 +91,11 @@ static double bench_decode_steps(mc_model *m, const int32_t *ids, int ctx, int g
             sink = sink + row[tok];
         }
         t = mc_time_now() - t0;
+        w = mc_cuda_sync_wait(be) - w0;
     }
+    printf("decode steps%s: %.1f us a step, %.1f us of host work, %.1f us waiting for the "
+           "device\n", copy ? " (logits copied)" : "", 1e6 * t / gen, 1e6 * (t - w) / gen,
+           1e6 * w / gen);
     mc_fwd_free(f);
     free(logits);
     return t > 0 ? gen / t : 0;
@@ -198,8 +205,8 @@ int main(int argc, char **argv) {
         double roof = bw / (bytes_tok + kv_bytes);
         long gl0, gb0, kl0, gl1, gb1, kl1;
         mc_cuda_stats(be, &gl0, &gb0, &kl0);
-        dec_steps = bench_decode_steps(m, ids, ctx_n, gen, false);
-        dec_copy = bench_decode_steps(m, ids, ctx_n, gen, true);
+        dec_steps = bench_decode_steps(be, m, ids, ctx_n, gen, false);
+        dec_copy = bench_decode_steps(be, m, ids, ctx_n, gen, true);
         mc_cuda_stats(be, &gl1, &gb1, &kl1);
         printf("decode steps: %ld graph launches, %ld graph builds, %ld direct kernel launches "
                "(prompts included)\n", gl1 - gl0, gb1 - gb0, kl1 - kl0);

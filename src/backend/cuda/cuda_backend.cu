@@ -521,6 +521,14 @@ static mc_status cuda_to_device(mc_backend *be, void *dst, const void *host_src,
  * the driver's staged copy into pageable memory. */
 enum { CU_PINNED_MAX = 16u << 20 };
 
+/* Waits for the stream, adding the time the host spent blocked to sync_wait_s. */
+static bool cu_sync_stream(mc_cuda *c) {
+    const double t0 = mc_time_now();
+    const bool ok = cu_check(c, cudaStreamSynchronize(c->stream), "a queued kernel");
+    c->sync_wait_s += mc_time_now() - t0;
+    return ok;
+}
+
 static void *pinned_for(mc_cuda *c, size_t bytes) {
     if (bytes > CU_PINNED_MAX) return NULL;
     if (c->pinned_cap < bytes) {
@@ -575,10 +583,10 @@ static mc_status cuda_to_host(mc_backend *be, void *host_dst, const void *src, s
         if (cu_check(c, cudaMemcpyAsync(stage ? stage : host_dst, src, bytes,
                                         cudaMemcpyDeviceToHost, c->stream),
                      "copy to the host") &&
-            cu_check(c, cudaStreamSynchronize(c->stream), "a queued kernel") && stage)
+            cu_sync_stream(c) && stage)
             memcpy(host_dst, stage, bytes);
     } else {
-        (void)cu_check(c, cudaStreamSynchronize(c->stream), "a queued kernel");
+        (void)cu_sync_stream(c);
     }
     if (c->err == MC_OK) sync_done(c);
     return cu_take_error(c);
@@ -631,7 +639,7 @@ static void cuda_release_weights(mc_backend *be, const void *dev) {
 static mc_status cuda_sync(mc_backend *be) {
     mc_cuda *c = cu_ctx(be);
     cu_end_segment(c);
-    (void)cu_check(c, cudaStreamSynchronize(c->stream), "a queued kernel");
+    (void)cu_sync_stream(c);
     if (c->err == MC_OK) sync_done(c);
     return cu_take_error(c);
 }
@@ -926,6 +934,8 @@ extern "C" void mc_cuda_stats(const mc_backend *be, long *graph_launches, long *
     if (graph_builds) *graph_builds = c->n_graph_build;
     if (kernel_launches) *kernel_launches = c->n_launch;
 }
+
+extern "C" double mc_cuda_sync_wait(const mc_backend *be) { return cu_ctx_c(be)->sync_wait_s; }
 
 static int prof_cmp(const void *x, const void *y) {
     const cu_prof_row *a = (const cu_prof_row *)x, *b = (const cu_prof_row *)y;

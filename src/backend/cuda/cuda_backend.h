@@ -48,6 +48,11 @@ double mc_cuda_gemm_rate(mc_backend *be, int M, int N, int K, int rounds);
 void mc_cuda_stats(const mc_backend *be, long *graph_launches, long *graph_builds,
                    long *kernel_launches);
 
+/* Seconds the host has spent blocked waiting for the device in the backend's stream
+ * synchronisations (copies to the host, sync) since creation: what is left of a step's
+ * time is host work (when this is small, the host is what a step waits for). */
+double mc_cuda_sync_wait(const mc_backend *be);
+
 /* With MC_CUDA_PROFILE=1 in the environment at creation, every kernel and cuBLAS call is
  * timed with events (launches serialised, no graphs); this formats the per-name device
  * time table into buf (cap bytes, NUL-terminated) and returns its length; reset empties

@@ -211,6 +211,7 @@ struct mc_cuda {
     cu_graph g[CU_NGRAPH];
     unsigned long g_clock;
     long n_graph_launch, n_graph_build, n_launch;
+    double sync_wait_s; /* host time spent blocked in stream synchronisations */
 
     /* op fusion (MC_CUDA_FUSE=0: none; MC_CUDA_NOFUSE=rope,glu: not those) */
     bool fuse_on;

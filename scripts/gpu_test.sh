@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # gpu_test.sh - builds the CUDA backend on a machine with an NVIDIA GPU and runs, in one go:
 # the GPU tests (ctest -L gpu), a compute-sanitizer memcheck run of them, and the GPU
-# benchmark (bench_cuda) next to its Hugging Face transformers + PEFT peer
-# (bench/peft_bench.py) on the same checkpoint. Logs go to $OUT (default ./out).
+# benchmarks: bench_cuda next to its Hugging Face transformers + PEFT peer
+# (bench/peft_bench.py) on the same checkpoint, and bench_cuda_handoff. Logs go to $OUT
+# (default ./out).
 #
 # Steps (all by default, in this order): build test bench peft profile memcheck
 #   (profile: bench_cuda again with MC_CUDA_PROFILE=1, short runs, device time per kernel)
@@ -76,7 +77,7 @@ if want build; then
     if cmake -S "$ROOT" -B "$B" -G Ninja -Wno-dev --log-level=WARNING -DCMAKE_BUILD_TYPE=Release \
         -DMC_CUDA=ON -DMC_WERROR=ON -DCMAKE_CUDA_COMPILER="$(command -v nvcc)" >"$OUT/build.log" 2>&1 &&
         cmake --build "$B" -j "$JOBS" --target test_gpu_ops test_gpu_model test_gpu_train bench_cuda \
-            mcandle_cli >>"$OUT/build.log" 2>&1; then
+            bench_cuda_handoff mcandle_cli >>"$OUT/build.log" 2>&1; then
         note build "passed $((SECONDS - t0))s"
     else
         tail -n 60 "$OUT/build.log"
@@ -110,6 +111,13 @@ if want bench; then
         overall=1
     fi
     tail -n 12 "$OUT/bench_cuda.log"
+    # the cost of a kernel's wait for the one before it (graphs of dependent launches)
+    if timeout 60 "$B/bench_cuda_handoff" >"$OUT/bench_handoff.log" 2>&1; then
+        note handoff "passed"
+    else
+        note handoff "FAILED (bench_handoff.log)"
+        overall=1
+    fi
 fi
 if want peft; then
     t0=$SECONDS

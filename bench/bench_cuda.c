@@ -250,6 +250,7 @@ int main(int argc, char **argv) {
         mc_train_params tp = mc_train_default_params();
         mc_train_result res;
         timing tm;
+        long reuse0;
         FILE *fp;
         snprintf(data, sizeof data, "%s/mcandle-bench-cuda-data", tmp);
         snprintf(out, sizeof out, "%s/mcandle-bench-cuda-out", tmp);
@@ -271,6 +272,7 @@ int main(int argc, char **argv) {
             return 1;
         }
         mc_cuda_memory_reset_peak(be);
+        reuse0 = mc_cuda_attention_reuse(be);
         tp.train_path = data;
         tp.adapter_path = out;
         tp.batch_size = batch;
@@ -312,6 +314,8 @@ int main(int argc, char **argv) {
                    tps, tm.steps, tps * flops_tok / 1e12, 100.0 * tps * flops_tok / H100_BF16_PEAK,
                    100.0 * tps * flops_tok / gemm, tm.loss_first, tm.loss_last,
                    (double)peak / 1073741824.0, (double)mem_model / 1073741824.0);
+            printf("training%s: %ld attention backwards took their forward's statistics\n",
+                   mode ? " (checkpointing)" : "", mc_cuda_attention_reuse(be) - reuse0);
         }
         mc_adapter_free(a);
         profile(be, mode ? "training with checkpointing" : "training");

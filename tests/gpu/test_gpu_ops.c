@@ -412,6 +412,44 @@ static void test_attention(void) {
     }
 }
 
+/* The flash backward after a forward over the same q, k, v (it reuses the forward's
+ * log-sum-exp and output: dq as wq, the CPU's), then after q is written between the
+ * forward and the backward (it must run the forward again: dq of the new q). */
+static void attention_backward_kept(const float *k, const float *v, const float *go, float *dq,
+                                    float *dk, float *dv, float *dgo, int T, int Hq, int Hkv, int hd,
+                                    const float *wq) {
+    const size_t nq = (size_t)T * Hq * hd, nkv = (size_t)T * Hkv * hd;
+    float *o = dputf(go, nq), *ddq = dputf(go, nq), *ddk = dputf(k, nkv), *ddv = dputf(v, nkv);
+    float *gq = falloc(nq), *q2 = frand(nq, 1.0f), *wq2 = falloc(nq), *wk2 = falloc(nkv),
+          *wv2 = falloc(nkv);
+    const long hits0 = mc_cuda_attention_reuse(g_cu);
+    char what[96];
+    g_cu->attention(g_cu, o, dq, dk, dv, T, 0, Hq, Hkv, hd);
+    g_cu->attention_backward(g_cu, ddq, ddk, ddv, dgo, dq, dk, dv, T, Hq, Hkv, hd);
+    dget(gq, ddq, nq);
+    snprintf(what, sizeof what, "  ... after its forward (statistics kept) hd=%d T=%d dq", hd, T);
+    cmp(what, gq, wq, nq, 1e-2);
+    CHECK(mc_cuda_attention_reuse(g_cu) == hits0 + 1);
+    /* the same forward, then q rewritten: the kept statistics must not be used */
+    g_cu->attention(g_cu, o, dq, dk, dv, T, 0, Hq, Hkv, hd);
+    CHECK_OK(g_cu->to_device(g_cu, dq, q2, nq * sizeof(float)));
+    g_cu->attention_backward(g_cu, ddq, ddk, ddv, dgo, dq, dk, dv, T, Hq, Hkv, hd);
+    dget(gq, ddq, nq);
+    g_ref->attention_backward(g_ref, wq2, wk2, wv2, go, q2, k, v, T, Hq, Hkv, hd);
+    snprintf(what, sizeof what, "  ... q written after the forward hd=%d T=%d dq", hd, T);
+    cmp(what, gq, wq2, nq, 1e-2);
+    CHECK(mc_cuda_attention_reuse(g_cu) == hits0 + 1);
+    dfree(o);
+    dfree(ddq);
+    dfree(ddk);
+    dfree(ddv);
+    free(gq);
+    free(q2);
+    free(wq2);
+    free(wk2);
+    free(wv2);
+}
+
 static void test_attention_backward(void) {
     /* hd, Hq, Hkv, T */
     const int cases[][4] = {{64, 14, 2, 1},  {64, 14, 2, 7},  {64, 14, 2, 64}, {64, 14, 2, 200},
@@ -443,6 +481,8 @@ static void test_attention_backward(void) {
         cmp(what, gk, wk, nkv, tol);
         what[strlen(what) - 1] = 'v';
         cmp(what, gv, wv, nkv, tol);
+        if (flash && T > 8) /* after a forward of the same attention: its kept statistics */
+            attention_backward_kept(k, v, go, dq, dk, dv, dgo, T, Hq, Hkv, hd, wq);
         dfree(dq);
         dfree(dk);
         dfree(dv);

@@ -855,6 +855,114 @@ static void flash_fwd(mc_cuda *c, int hd, const FlashArgs &a) {
     }
 }
 
+/* ---- log-sum-exp rows kept from the forward for the backward ---- */
+
+static bool span_hits(const void *p, size_t bytes, uintptr_t a, uintptr_t b) {
+    const uintptr_t lo = (uintptr_t)p;
+    return lo < b && a < lo + bytes;
+}
+
+static void lse_drop(mc_cuda *c, cu_lse_slot *s) {
+    if (!s->valid) return;
+    s->valid = false;
+    c->n_lse_valid--;
+}
+
+void cu_lse_drop_range(mc_cuda *c, uintptr_t a, uintptr_t b) {
+    for (int i = 0; i < CU_N_LSE; i++) {
+        cu_lse_slot *s = &c->lse[i];
+        if (!s->valid) continue;
+        const size_t nq = (size_t)s->T * s->Hq * s->hd * sizeof(float);
+        const size_t nkv = (size_t)s->T * s->Hkv * s->hd * sizeof(float);
+        if (span_hits(s->q, nq, a, b) || span_hits(s->out, nq, a, b) || span_hits(s->k, nkv, a, b) ||
+            span_hits(s->v, nkv, a, b))
+            lse_drop(c, s);
+    }
+}
+
+void cu_lse_drop_all(mc_cuda *c) {
+    for (int i = 0; i < CU_N_LSE; i++) c->lse[i].valid = false;
+    c->n_lse_valid = 0;
+}
+
+/* The kept entry of an attention over q, k, v of this shape, or NULL. */
+static cu_lse_slot *lse_find(mc_cuda *c, const void *q, const void *k, const void *v, int T, int Hq,
+                             int Hkv, int hd) {
+    if (!c->n_lse_valid) return NULL;
+    for (int i = 0; i < CU_N_LSE; i++) {
+        cu_lse_slot *s = &c->lse[i];
+        if (s->valid && s->q == q && s->k == k && s->v == v && s->T == T && s->Hq == Hq &&
+            s->Hkv == Hkv && s->hd == hd)
+            return s;
+    }
+    return NULL;
+}
+
+/* A buffer for the log-sum-exp rows of the forward writing out, entered as kept (the
+ * caller has already noted the write of out); NULL when there is no memory for it (the
+ * backward then runs the forward again). */
+static float *lse_keep(mc_cuda *c, const void *out, const void *q, const void *k, const void *v,
+                       int T, int Hq, int Hkv, int hd) {
+    cu_lse_slot *s = lse_find(c, q, k, v, T, Hq, Hkv, hd);
+    const size_t n = (size_t)Hq * (size_t)T;
+    if (!s) {
+        for (int i = 0; i < CU_N_LSE; i++) {
+            cu_lse_slot *t = &c->lse[i];
+            if (!t->valid) {
+                s = t;
+                break;
+            }
+            if (!s || t->stamp < s->stamp) s = t;
+        }
+        lse_drop(c, s);
+    }
+    if (s->cap < n) {
+        lse_drop(c, s);
+        if (s->lse) cu_free(c, s->lse);
+        s->cap = 0;
+        s->lse = (float *)cu_malloc(c, n * sizeof(float), NULL);
+        if (!s->lse) return NULL; /* an optimisation: go on without it */
+        s->cap = n;
+    }
+    s->q = q;
+    s->k = k;
+    s->v = v;
+    s->out = out;
+    s->T = T;
+    s->Hq = Hq;
+    s->Hkv = Hkv;
+    s->hd = hd;
+    s->stamp = ++c->lse_clock;
+    if (!s->valid) {
+        s->valid = true;
+        c->n_lse_valid++;
+    }
+    return s->lse;
+}
+
+struct DsumArgs {
+    const float *dout, *out; /* [T, Hq*hd] */
+    float *dsum;             /* [Hq, T] */
+    int T, Hq, hd;
+};
+
+/* dsum[h, t] = rowsum(bf16(dout) * out) over head h of row t (a warp each), the D of the
+ * backward, from the forward's kept output. */
+static __global__ void dsum_kernel(const DsumArgs a) {
+    cu_dep_wait();
+    const int lane = (int)(threadIdx.x & 31), rows = a.T * a.Hq;
+    const int step = (int)((gridDim.x * blockDim.x) >> 5);
+    for (int w = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5); w < rows; w += step) {
+        const int t = w / a.Hq, h = w - t * a.Hq;
+        const size_t off = ((size_t)t * a.Hq + h) * a.hd;
+        float sum = 0.0f;
+        for (int d = lane; d < a.hd; d += 32)
+            sum = fmaf(bf16_round(a.dout[off + d]), a.out[off + d], sum);
+        sum = cu_warp_sum(sum);
+        if (lane == 0) a.dsum[(size_t)h * a.T + t] = sum;
+    }
+}
+
 void cu_attention(mc_backend *be, void *out, const void *q, const void *k, const void *v, int T,
                   int pos0, int Hq, int Hkv, int hd) {
     mc_cuda *c = cu_ctx(be);
@@ -879,6 +987,9 @@ void cu_attention(mc_backend *be, void *out, const void *q, const void *k, const
         a.Hq = Hq;
         a.Hkv = Hkv;
         a.scale_log2 = (1.0f / sqrtf((float)hd)) * LOG2E;
+        /* a training forward: its backward may take the log-sum-exp from here */
+        if (c->lse_on && pos0 == 0 && q != out && k != out && v != out)
+            a.lse = lse_keep(c, out, q, k, v, T, Hq, Hkv, hd);
         flash_fwd(c, hd, a);
         return;
     }
@@ -964,7 +1075,23 @@ void cu_attention_backward(mc_backend *be, void *dq, void *dk, void *dv, const v
         f.Hq = Hq;
         f.Hkv = Hkv;
         f.scale_log2 = (1.0f / sqrtf((float)hd)) * LOG2E;
-        flash_fwd(c, hd, f);
+        const cu_lse_slot *kept = lse_find(c, q, k, v, T, Hq, Hkv, hd);
+        if (kept) { /* the forward's statistics: only D is left to compute */
+            DsumArgs d;
+            memset(&d, 0, sizeof d);
+            d.dout = f.dout;
+            d.out = (const float *)kept->out;
+            d.dsum = f.dsum;
+            d.T = T;
+            d.Hq = Hq;
+            d.hd = hd;
+            f.lse = kept->lse;
+            c->n_lse_hit++;
+            cu_launch(c, dsum_kernel, dim3(cu_blocks((size_t)T * Hq * 32, 256, (unsigned)c->n_sm * 8)),
+                      dim3(256), 0, d, "attention_backward dsum");
+        } else {
+            flash_fwd(c, hd, f);
+        }
         BwdArgs b;
         memset(&b, 0, sizeof b);
         b.dq = (float *)dq;

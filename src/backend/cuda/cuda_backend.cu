@@ -123,6 +123,7 @@ bool cu_unwritten(const mc_cuda *c, const void *p, size_t bytes) {
 static void sync_done(mc_cuda *c) {
     c->n_wr = 0;
     c->wr_full = c->wr == NULL;
+    cu_lse_drop_all(c);
 }
 
 bool cu_is_frozen(const mc_cuda *c, const void *p, size_t bytes) {
@@ -660,6 +661,8 @@ static void cuda_destroy(mc_backend *be) {
             if (c->scratch[i]) cu_free(c, c->scratch[i]);
         for (i = 0; i < CU_N_SHADOW; i++)
             if (c->shadow[i].buf) cu_free(c, c->shadow[i].buf);
+        for (i = 0; i < CU_N_LSE; i++)
+            if (c->lse[i].lse) cu_free(c, c->lse[i].lse);
         if (c->gemv_cnt) cu_free(c, c->gemv_cnt);
         if (c->pinned) (void)cudaFreeHost(c->pinned);
         if (c->n_allocs)
@@ -758,6 +761,7 @@ extern "C" mc_status mc_backend_cuda_create(int device, mc_backend **out) {
     env = getenv("MC_CUDA_NOFUSE"); /* e.g. "rope,glu": those fusions off */
     c->fuse_rope = c->fuse_on && !(env && strstr(env, "rope"));
     c->fuse_glu = c->fuse_on && !(env && strstr(env, "glu"));
+    c->lse_on = c->fuse_on && !(env && strstr(env, "lse"));
     env = getenv("MC_CUDA_DECODE_ATT"); /* "row": the older one-block-per-split decode attention */
     c->dec_cluster = !(env && strcmp(env, "row") == 0);
     c->kv_pre_on = !getenv("MC_CUDA_NOKVPRE"); /* for comparisons */
@@ -936,6 +940,8 @@ extern "C" void mc_cuda_stats(const mc_backend *be, long *graph_launches, long *
 }
 
 extern "C" double mc_cuda_sync_wait(const mc_backend *be) { return cu_ctx_c(be)->sync_wait_s; }
+
+extern "C" long mc_cuda_attention_reuse(const mc_backend *be) { return cu_ctx_c(be)->n_lse_hit; }
 
 static int prof_cmp(const void *x, const void *y) {
     const cu_prof_row *a = (const cu_prof_row *)x, *b = (const cu_prof_row *)y;

@@ -53,6 +53,10 @@ void mc_cuda_stats(const mc_backend *be, long *graph_launches, long *graph_build
  * time is host work (when this is small, the host is what a step waits for). */
 double mc_cuda_sync_wait(const mc_backend *be);
 
+/* Attention backwards (flash path) since creation that took the log-sum-exp rows their
+ * forward had left instead of running the forward again. */
+long mc_cuda_attention_reuse(const mc_backend *be);
+
 /* With MC_CUDA_PROFILE=1 in the environment at creation, every kernel and cuBLAS call is
  * timed with events (launches serialised, no graphs); this formats the per-name device
  * time table into buf (cap bytes, NUL-terminated) and returns its length; reset empties

@@ -69,6 +69,22 @@ struct cu_shadow {
 
 enum { CU_N_SHADOW = 4 };
 
+/* The log-sum-exp rows a flash-attention forward (pos0 == 0) computed, kept so that the
+ * backward of the same attention (same q, k, v and shape, none of them nor the forward's
+ * output written since: cu_note_write drops the entry) need not run the forward again;
+ * it then takes D = rowsum(dO * O) from the kept output. Entries go at a synchronisation
+ * (to_host, sync); a training step's forward and backward sit between two of them. */
+struct cu_lse_slot {
+    const void *q, *k, *v, *out;
+    int T, Hq, Hkv, hd;
+    float *lse; /* [Hq, T] */
+    size_t cap; /* floats */
+    bool valid;
+    unsigned long stamp;
+};
+
+enum { CU_N_LSE = 128 };
+
 /* Named scratch buffers (grown on demand, freed at destroy). */
 enum cu_scratch_id {
     CU_S_ATT_PART = 0, /* attention split partials */
@@ -197,6 +213,11 @@ struct mc_cuda {
     /* activation shadows */
     cu_shadow shadow[CU_N_SHADOW];
     unsigned long shadow_clock;
+    cu_lse_slot lse[CU_N_LSE];
+    bool lse_on; /* kept log-sum-exp rows (MC_CUDA_NOFUSE=lse: off) */
+    int n_lse_valid;
+    unsigned long lse_clock;
+    long n_lse_hit; /* attention backwards that reused their forward's log-sum-exp */
     mc_dtype shadow_hint; /* dtype of the last GEMM weight; producers shadow in it */
 
     /* launch queue and graphs */
@@ -213,7 +234,7 @@ struct mc_cuda {
     long n_graph_launch, n_graph_build, n_launch;
     double sync_wait_s; /* host time spent blocked in stream synchronisations */
 
-    /* op fusion (MC_CUDA_FUSE=0: none; MC_CUDA_NOFUSE=rope,glu: not those) */
+    /* op fusion (MC_CUDA_FUSE=0: none; MC_CUDA_NOFUSE=rope,glu,lse: not those) */
     bool fuse_on;
     bool fuse_rope, fuse_glu; /* RoPE and SwiGLU taken over by the GEMVs before them */
     bool dec_cluster;         /* decode attention by clusters of blocks (else one block per split) */
@@ -231,6 +252,11 @@ struct mc_cuda {
 
 static inline mc_cuda *cu_ctx(mc_backend *be) { return (mc_cuda *)be->impl; }
 static inline const mc_cuda *cu_ctx_c(const mc_backend *be) { return (const mc_cuda *)be->impl; }
+
+/* Drops every kept log-sum-exp entry (cuda_attention.cu). */
+void cu_lse_drop_all(mc_cuda *c);
+/* Drops the kept entries whose inputs or output overlap [a, b) (cuda_attention.cu). */
+void cu_lse_drop_range(mc_cuda *c, uintptr_t a, uintptr_t b);
 
 /* ---- errors (cuda_backend.cu) ---- */
 

@@ -19,6 +19,7 @@ void cu_note_write(mc_cuda *c, const void *p, size_t bytes) {
     uintptr_t a = (uintptr_t)p, b = a + bytes;
     int i;
     cu_track_write(c, p, bytes);
+    if (c->n_lse_valid) cu_lse_drop_range(c, a, b);
     for (i = 0; i < CU_N_SHADOW; i++) {
         cu_shadow *s = &c->shadow[i];
         uintptr_t sa, sb;

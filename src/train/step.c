@@ -99,13 +99,22 @@ mc_status mc_trainer_core_create(mc_model *m, mc_adapter *a, int max_rows, bool 
     c->dF2 = act_alloc(c, N, (int)widest, &ok);
     c->drop_buf = act_alloc(c, N, (int)widest, &ok);
     c->grads = be->alloc(be, MC_MAX(a->n_params, (size_t)1) * sizeof(float));
-    c->lora_tmp = be->alloc(be, N * (size_t)a->rank * sizeof(float));
     c->lora_tmp2 = be->alloc(be, N * (size_t)a->rank * sizeof(float));
+    c->xa_slot = mc_malloc((size_t)d.L * MC_LM_COUNT * sizeof *c->xa_slot);
+    if (c->xa_slot) {
+        size_t n_xa = 0, bytes = 0;
+        for (l = 0; l < d.L; l++)
+            for (int k = 0; k < MC_LM_COUNT; k++)
+                c->xa_slot[l * MC_LM_COUNT + k] =
+                    mc_adapter_mod(a, l, (mc_lora_module)k) ? (int)n_xa++ : -1;
+        if (mc_mul_ok(n_xa * N, (size_t)a->rank * sizeof(float), &bytes))
+            c->lora_xa = be->alloc(be, MC_MAX(bytes, sizeof(float)));
+    }
     c->ids_dev = be->alloc(be, N * sizeof(int32_t));
     c->tg_dev = be->alloc(be, N * sizeof(int32_t));
     c->pos_dev = be->alloc(be, N * sizeof(int32_t));
-    if (!ok || !c->grads || !c->lora_tmp || !c->lora_tmp2 || !c->ids_dev || !c->tg_dev ||
-        !c->pos_dev) {
+    if (!ok || !c->grads || !c->lora_tmp2 || !c->lora_xa || !c->ids_dev ||
+        !c->tg_dev || !c->pos_dev) {
         mc_trainer_core_free(c);
         return mc_fail(MC_ERR_OOM, "out of memory for training activations (%d rows%s)", max_rows,
                        checkpointing ? "" : "; try activation checkpointing");
@@ -132,8 +141,9 @@ void mc_trainer_core_free(mc_trainer_core *c) {
     for (i = 0; i < 13; i++)
         if (p[i]) be->free(be, p[i]);
     if (c->grads) be->free(be, c->grads);
-    if (c->lora_tmp) be->free(be, c->lora_tmp);
     if (c->lora_tmp2) be->free(be, c->lora_tmp2);
+    if (c->lora_xa) be->free(be, c->lora_xa);
+    mc_free(c->xa_slot);
     mc_free(c->acts);
     mc_free(c);
 }
@@ -155,6 +165,12 @@ static const float *lora_input(mc_trainer_core *c, int l, int k, const void *x, 
     return (const float *)c->drop_buf;
 }
 
+/* Where projection k of layer l keeps dropout(x) A^T [N, r] from its forward. */
+static float *lora_xa(const mc_trainer_core *c, int l, mc_lora_module k) {
+    const int slot = c->xa_slot[l * MC_LM_COUNT + (int)k];
+    return c->lora_xa + (size_t)slot * (size_t)c->max_rows * (size_t)c->a->rank;
+}
+
 /* y = x W^T + b (+ s * (dropout(x) A^T) B^T) for projection k of layer l over N rows. */
 static void proj_fwd(mc_trainer_core *c, int l, mc_lora_module k, void *y, const void *x, mc_wt w,
                      mc_wt b, int N, int out, int in) {
@@ -163,12 +179,13 @@ static void proj_fwd(mc_trainer_core *c, int l, mc_lora_module k, void *y, const
     be->matmul(be, y, out, x, w, b, N, out, in);
     if (mod) {
         const float *xd = lora_input(c, l, (int)k, x, N, in);
-        mc_lora_apply(be, mod, c->a->rank, c->a->scale, y, out, xd, N, c->lora_tmp);
+        mc_lora_apply(be, mod, c->a->rank, c->a->scale, y, out, xd, N, lora_xa(c, l, k));
     }
 }
 
 /* Backward of proj_fwd given dy [N, out]: dx_acc (+)= dy W (accumulate selects), and when
- * adapted: gB += s dy^T (xd A^T); gA += (s dy B)^T xd; dx_acc += dropout'(s dy B A). */
+ * adapted: gB += s dy^T (xd A^T) (xd A^T as the forward kept it); gA += (s dy B)^T xd;
+ * dx_acc += dropout'(s dy B A). */
 static void proj_bwd(mc_trainer_core *c, int l, mc_lora_module k, void *dx_acc, bool accumulate,
                      const void *dy, const void *x, mc_wt w, int N, int out, int in) {
     mc_backend *be = c->m->be;
@@ -182,9 +199,9 @@ static void proj_bwd(mc_trainer_core *c, int l, mc_lora_module k, void *dx_acc, 
     gA = c->grads + (mod->A - a->params);
     gB = c->grads + (mod->B - a->params);
     xd = lora_input(c, l, (int)k, x, N, in);
-    /* tmp = xd A^T [N, r]; gB [out, r] += s * dy^T tmp */
-    be->gemm_f32(be, false, true, N, r, in, 1.0f, xd, in, mod->A, in, 0.0f, c->lora_tmp, r);
-    be->gemm_f32(be, true, false, out, r, N, s, (const float *)dy, out, c->lora_tmp, r, 1.0f, gB, r);
+    /* gB [out, r] += s * dy^T (xd A^T) */
+    be->gemm_f32(be, true, false, out, r, N, s, (const float *)dy, out, lora_xa(c, l, k), r, 1.0f,
+                 gB, r);
     /* tmp2 = s * dy B [N, r]; gA [r, in] += tmp2^T xd */
     be->gemm_f32(be, false, false, N, r, out, s, (const float *)dy, out, mod->B, r, 0.0f,
                  c->lora_tmp2, r);

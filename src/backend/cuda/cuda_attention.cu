@@ -943,13 +943,24 @@ static float *lse_keep(mc_cuda *c, const void *out, const void *q, const void *k
 struct DsumArgs {
     const float *dout, *out; /* [T, Hq*hd] */
     float *dsum;             /* [Hq, T] */
+    float4 *dq, *dk, *dv;    /* zeroed: [nq4], [nkv4], [nkv4] */
+    size_t nq4, nkv4;
     int T, Hq, hd;
 };
 
 /* dsum[h, t] = rowsum(bf16(dout) * out) over head h of row t (a warp each), the D of the
- * backward, from the forward's kept output. */
+ * backward, from the forward's kept output; also zeroes dq, dk and dv, which the backward
+ * kernel adds into. */
 static __global__ void dsum_kernel(const DsumArgs a) {
     cu_dep_wait();
+    const size_t tid = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    const size_t nthr = (size_t)gridDim.x * blockDim.x;
+    const float4 z = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    for (size_t i = tid; i < a.nq4; i += nthr) a.dq[i] = z;
+    for (size_t i = tid; i < a.nkv4; i += nthr) {
+        a.dk[i] = z;
+        a.dv[i] = z;
+    }
     const int lane = (int)(threadIdx.x & 31), rows = a.T * a.Hq;
     const int step = (int)((gridDim.x * blockDim.x) >> 5);
     for (int w = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5); w < rows; w += step) {
@@ -1060,9 +1071,12 @@ void cu_attention_backward(mc_backend *be, void *dq, void *dk, void *dv, const v
         cu_aligned16(dv)) {
         float *stats = (float *)cu_scratch(c, CU_S_ATT_STATS, 2 * (size_t)Hq * T * sizeof(float), false);
         if (!stats) return;
-        cu_zero(be, dq, nq * sizeof(float));
-        cu_zero(be, dk, nkv * sizeof(float));
-        cu_zero(be, dv, nkv * sizeof(float));
+        const cu_lse_slot *kept = lse_find(c, q, k, v, T, Hq, Hkv, hd);
+        if (!kept) {
+            cu_zero(be, dq, nq * sizeof(float));
+            cu_zero(be, dk, nkv * sizeof(float));
+            cu_zero(be, dv, nkv * sizeof(float));
+        }
         FlashArgs f;
         memset(&f, 0, sizeof f);
         f.q = (const float *)q;
@@ -1075,10 +1089,14 @@ void cu_attention_backward(mc_backend *be, void *dq, void *dk, void *dv, const v
         f.Hq = Hq;
         f.Hkv = Hkv;
         f.scale_log2 = (1.0f / sqrtf((float)hd)) * LOG2E;
-        const cu_lse_slot *kept = lse_find(c, q, k, v, T, Hq, Hkv, hd);
         if (kept) { /* the forward's statistics: only D is left to compute */
             DsumArgs d;
             memset(&d, 0, sizeof d);
+            d.dq = (float4 *)dq; /* flash_ok: 16-byte aligned, hd a multiple of 16 */
+            d.dk = (float4 *)dk;
+            d.dv = (float4 *)dv;
+            d.nq4 = nq / 4;
+            d.nkv4 = nkv / 4;
             d.dout = f.dout;
             d.out = (const float *)kept->out;
             d.dsum = f.dsum;

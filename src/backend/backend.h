@@ -96,6 +96,12 @@ struct mc_backend {
     void (*add)(mc_backend *be, void *y /* [n] */, const void *x /* [n] */, size_t n);
     /* Converts n activations to host f32. */
     mc_status (*to_host_f32)(mc_backend *be, float *host_dst, const void *src, size_t n);
+    /* Optional (NULL: callers read the logits and scan them): out[r] = the index of the
+     * largest of x[r, 0..n) for r < rows, the first one on ties, on the host (waits for
+     * the device), exactly as mc_argmax_row computes it, including its MC_ERR_NUMERIC
+     * failures. A greedy decode step then moves rows ints instead of rows x n floats. */
+    mc_status (*argmax_rows)(mc_backend *be, int32_t *out /* [rows], host */,
+                             const void *x /* [rows, n] */, int rows, int n);
 
     /* ---- training ops ----
      * Base weights are frozen: their backward gives input gradients only. Gradient outputs

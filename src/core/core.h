@@ -96,6 +96,14 @@ uint64_t mc_rng_next(mc_rng *r);
 double mc_rng_uniform(mc_rng *r); /* [0, 1) with 53 random bits */
 float mc_rng_normal(mc_rng *r);   /* standard normal (Box-Muller) */
 
+/* *idx = the index of the largest of x[0..n) (the first one on ties): MC_OK, or
+ * MC_ERR_NUMERIC with a message naming `row` and the token when a value is NaN or +inf (the
+ * first such) or every value is -inf. The greedy choice over one row of logits. */
+mc_status mc_argmax_row(const float *x, int n, int row, int32_t *idx);
+/* The message of a failed argmax of row `row`: bad >= 0 is the first token whose logit is
+ * NaN (is_nan) or +inf; bad < 0 means every logit is -inf. Returns MC_ERR_NUMERIC. */
+mc_status mc_argmax_fail(int row, int bad, int is_nan, int n);
+
 /* Wall-clock seconds (monotonic) and the process's peak resident set in bytes. */
 double mc_time_now(void);
 uint64_t mc_peak_rss_bytes(void);

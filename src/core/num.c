@@ -110,6 +110,29 @@ float mc_rng_normal(mc_rng *r) {
     return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
 }
 
+mc_status mc_argmax_fail(int row, int bad, int is_nan, int n) {
+    if (bad < 0)
+        return mc_fail(MC_ERR_NUMERIC, "logits row %d: every logit is -inf (%d tokens)", row, n);
+    return mc_fail(MC_ERR_NUMERIC, "logits row %d: the logit of token %d is %s", row, bad,
+                   is_nan ? "NaN" : "+inf");
+}
+
+mc_status mc_argmax_row(const float *x, int n, int row, int32_t *idx) {
+    float m = -INFINITY;
+    int32_t best = -1;
+    for (int i = 0; i < n; i++) {
+        const float v = x[i];
+        if (!(v < INFINITY)) return mc_argmax_fail(row, i, isnan(v), n);
+        if (v > m) {
+            m = v;
+            best = i;
+        }
+    }
+    if (best < 0) return mc_argmax_fail(row, -1, 0, n);
+    *idx = best;
+    return MC_OK;
+}
+
 double mc_time_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);

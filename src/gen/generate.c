@@ -39,6 +39,8 @@ typedef struct gen_seq {
     mc_stopper stopper;
     float *own;          /* [V] this sequence's buffer: its prompt's last logits */
     const float *logits; /* [V] logits for the next token: own, or a row of the last step's */
+    int32_t next;        /* the next token when chosen on the device (has_next) */
+    bool has_next;
     mc_generation *out;
     size_t tok_cap, text_cap;
     bool active;
@@ -124,8 +126,14 @@ static mc_status next_token(gen_seq *g, int i, const mc_generate_params *p, cons
     float lp = 0.0f;
     mc_stop_out so;
     int stop_cb;
-    /* the log-probability (a pass over the vocabulary) only for a callback to receive */
-    mc_status s = mc_sampler_sample(g->sampler, g->logits, tok, p->on_token ? &lp : NULL);
+    mc_status s;
+    if (g->has_next) { /* the backend's argmax (device_greedy): recorded as the sampler would */
+        g->has_next = false;
+        *tok = g->next;
+        s = mc_sampler_accept(g->sampler, *tok);
+    } else { /* the log-probability (a pass over the vocabulary) only for a callback */
+        s = mc_sampler_sample(g->sampler, g->logits, tok, p->on_token ? &lp : NULL);
+    }
     if (s != MC_OK) return s;
     if (is_eos(p, eos, n_eos, *tok)) return finish(g, i, MC_STOP_EOS, p);
     s = append_token(g, *tok);
@@ -143,6 +151,17 @@ static mc_status next_token(gen_seq *g, int i, const mc_generate_params *p, cons
     if (g->out->n_tokens >= (size_t)p->max_tokens) return finish(g, i, MC_STOP_MAX_TOKENS, p);
     if (n_past >= n_ctx) return finish(g, i, MC_STOP_CONTEXT_FULL, p);
     return MC_OK;
+}
+
+/* True when each next token is the argmax of the raw logits and nothing else reads them
+ * (greedy, no logit bias or penalty, no token callback, whose log-probability needs the
+ * logits): the backend then picks it where the logits are, and a decode step moves one
+ * int per sequence instead of a row of logits. */
+static bool device_greedy(const mc_generate_params *p, const mc_backend *be) {
+    const mc_sampler_params *sp = &p->sampler;
+    return be->argmax_rows && sp->temperature == 0.0f && sp->n_logit_bias == 0 &&
+           sp->repetition_penalty == 1.0f && sp->presence_penalty == 0.0f &&
+           sp->frequency_penalty == 0.0f && !p->on_token;
 }
 
 /* Checks the parameters shared by single and batch generation. */
@@ -176,7 +195,8 @@ mc_status mc_generate_batch(mc_context *ctx, const int32_t *const *prompts, cons
     mc_generate_params p = params ? *params : mc_generate_default_params();
     gen_seq *g = NULL;
     int *seqs = NULL, i, B, V, n_eos;
-    int32_t *step_ids = NULL;
+    int32_t *step_ids = NULL, *next_ids = NULL;
+    bool on_device;
     float *step_logits = NULL;
     const int32_t *eos;
     mc_fwd *f;
@@ -204,8 +224,11 @@ mc_status mc_generate_batch(mc_context *ctx, const int32_t *const *prompts, cons
     g = mc_calloc((size_t)n, sizeof *g);
     seqs = mc_calloc((size_t)n, sizeof *seqs);
     step_ids = mc_calloc((size_t)n, sizeof *step_ids);
-    if (n > f->view_rows) step_logits = mc_malloc((size_t)n * (size_t)V * sizeof *step_logits);
-    if (!g || !seqs || !step_ids || (n > f->view_rows && !step_logits)) {
+    next_ids = mc_calloc((size_t)n, sizeof *next_ids);
+    on_device = device_greedy(&p, ctx->model->be);
+    if (n > f->view_rows && !on_device)
+        step_logits = mc_malloc((size_t)n * (size_t)V * sizeof *step_logits);
+    if (!g || !seqs || !step_ids || !next_ids || (n > f->view_rows && !on_device && !step_logits)) {
         s = mc_fail(MC_ERR_OOM, "out of memory for generation state");
         goto done;
     }
@@ -245,6 +268,16 @@ mc_status mc_generate_batch(mc_context *ctx, const int32_t *const *prompts, cons
             if (g[i].active) seqs[B++] = i;
         }
         if (B == 0) break;
+        if (on_device) {
+            s = mc_fwd_step_argmax(f, seqs, step_ids, B, next_ids);
+            if (s != MC_OK) goto done;
+            for (i = 0; i < B; i++) {
+                results[seqs[i]].decode_steps++;
+                g[seqs[i]].next = next_ids[i];
+                g[seqs[i]].has_next = true;
+            }
+            continue;
+        }
         /* up to f->view_rows rows are read where the step leaves them (on a GPU: the
          * page-locked memory its copy engine wrote), more from a copy */
         s = mc_fwd_step(f, seqs, step_ids, B, B <= f->view_rows ? NULL : step_logits);
@@ -264,6 +297,7 @@ done:
     seqs_free(g, n);
     mc_free(seqs);
     mc_free(step_ids);
+    mc_free(next_ids);
     mc_free(step_logits);
     return s;
 }

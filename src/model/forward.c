@@ -253,10 +253,10 @@ static void mlp_block(mc_fwd *f, int l, int T) {
     be->add(be, f->x, f->xn, (size_t)T * (size_t)d.D);
 }
 
-/* Embeds ids, runs every layer and computes the requested logits rows. Positions must
- * already be in pos_host. */
+/* Embeds ids, runs every layer and computes the requested logits rows (with next != NULL:
+ * only each row's argmax, into next). Positions must already be in pos_host. */
 static mc_status run_rows(mc_fwd *f, const row_plan *rp, const int32_t *ids, mc_logits_mode mode,
-                          float *logits_host) {
+                          float *logits_host, int32_t *next) {
     const mc_model *m = f->m;
     mc_backend *be = m->be;
     mc_dims d = mc_model_dims(m);
@@ -290,6 +290,7 @@ static mc_status run_rows(mc_fwd *f, const row_plan *rp, const int32_t *ids, mc_
         const void *xr = mc_act_at(be, f->x, (size_t)first * (size_t)d.D);
         be->rmsnorm(be, f->xn, xr, m->final_norm, rows, d.D, (float)m->cfg.rms_norm_eps);
         be->matmul(be, f->logits, d.V, f->xn, m->lm_head, none, rows, d.V, d.D);
+        if (next) return be->argmax_rows(be, next, f->logits, rows, d.V);
         if (logits_host) return be->to_host_f32(be, logits_host, f->logits, n);
         if (rows > f->view_rows) return be->sync ? be->sync(be) : MC_OK;
         s = be->to_host_f32(be, f->logits_view, f->logits, n);
@@ -315,10 +316,12 @@ mc_status mc_fwd_run(mc_fwd *f, int seq, const int32_t *ids, int T, mc_logits_mo
     rp.T = T;
     rp.seq = seq;
     rp.seqs = NULL;
-    return run_rows(f, &rp, ids, mode, logits_host);
+    return run_rows(f, &rp, ids, mode, logits_host, NULL);
 }
 
-mc_status mc_fwd_step(mc_fwd *f, const int *seqs, const int32_t *ids, int B, float *logits_host) {
+/* mc_fwd_step, and with next != NULL the argmax of each row instead of its logits. */
+static mc_status step_rows(mc_fwd *f, const int *seqs, const int32_t *ids, int B,
+                           float *logits_host, int32_t *next) {
     row_plan rp;
     int b, c;
     if (B <= 0 || B > f->n_batch)
@@ -337,5 +340,15 @@ mc_status mc_fwd_step(mc_fwd *f, const int *seqs, const int32_t *ids, int B, flo
     rp.T = B;
     rp.seq = B == 1 ? seqs[0] : -1;
     rp.seqs = B == 1 ? NULL : seqs; /* one sequence: its keys and values go straight to its cache */
-    return run_rows(f, &rp, ids, MC_LOGITS_ALL, logits_host);
+    return run_rows(f, &rp, ids, MC_LOGITS_ALL, logits_host, next);
+}
+
+mc_status mc_fwd_step(mc_fwd *f, const int *seqs, const int32_t *ids, int B, float *logits_host) {
+    return step_rows(f, seqs, ids, B, logits_host, NULL);
+}
+
+mc_status mc_fwd_step_argmax(mc_fwd *f, const int *seqs, const int32_t *ids, int B, int32_t *next) {
+    if (!f->m->be->argmax_rows)
+        return mc_fail(MC_ERR_UNSUPPORTED, "backend %s has no argmax_rows", f->m->be->name);
+    return step_rows(f, seqs, ids, B, NULL, next);
 }

@@ -94,6 +94,11 @@ mc_status mc_fwd_run(mc_fwd *f, int seq, const int32_t *ids, int T, mc_logits_mo
  * see mc_fwd_logits). */
 mc_status mc_fwd_step(mc_fwd *f, const int *seqs, const int32_t *ids, int B, float *logits_host);
 
+/* mc_fwd_step for greedy decoding: next[b] receives the argmax of row b's logits (the first
+ * index on ties), which never leave the device (be->argmax_rows; MC_ERR_UNSUPPORTED when
+ * the backend has none, MC_ERR_NUMERIC for a NaN or +inf logit or a row of -inf). */
+mc_status mc_fwd_step_argmax(mc_fwd *f, const int *seqs, const int32_t *ids, int B, int32_t *next);
+
 /* Rows of logits a call with logits_host == NULL keeps readable on the host. */
 enum { MC_FWD_VIEW_ROWS = 8 };
 

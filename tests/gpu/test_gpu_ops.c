@@ -821,6 +821,48 @@ static void test_decode_layers(void) {
     free(hr);
 }
 
+/* ---- greedy choice ---- */
+
+/* argmax_rows against mc_argmax_row: random rows, ties (the first index wins), and the
+ * failures (the first NaN or +inf, a row of -inf). */
+static void test_argmax(void) {
+    const int lens[3] = {151936, 1000, 37};
+    for (int li = 0; li < 3; li++) {
+        const int n = lens[li], rows = 3;
+        float *x = frand((size_t)rows * n, 1.0f);
+        int32_t got[3] = {-1, -1, -1}, want[3] = {-2, -2, -2};
+        float *dx;
+        char what[96];
+        x[(size_t)n + n / 2] = 100.0f; /* row 1: a tie, the first index wins */
+        x[(size_t)n + n - 1] = 100.0f;
+        for (int i = 0; i < n; i++) x[(size_t)2 * n + i] = i % 3 == 0 ? -INFINITY : 5.0f;
+        dx = dputf(x, (size_t)rows * n);
+        for (int r = 0; r < rows; r++) CHECK_OK(mc_argmax_row(x + (size_t)r * n, n, r, &want[r]));
+        CHECK_OK(g_cu->argmax_rows(g_cu, got, dx, rows, n));
+        snprintf(what, sizeof what, "argmax_rows n=%d", n);
+        printf("  %-58s %d %d %d (want %d %d %d)\n", what, got[0], got[1], got[2], want[0], want[1],
+               want[2]);
+        for (int r = 0; r < rows; r++) CHECK_INT(got[r], want[r]);
+        /* row 1: +inf at n - 2, NaN at 2 (the first bad one is named) */
+        x[(size_t)n + n - 2] = INFINITY;
+        x[(size_t)n + 2] = NAN;
+        CHECK_OK(g_cu->to_device(g_cu, dx, x, (size_t)rows * n * sizeof(float)));
+        CHECK_STATUS(g_cu->argmax_rows(g_cu, got, dx, rows, n), MC_ERR_NUMERIC);
+        CHECK_MSG("row 1: the logit of token 2 is NaN");
+        for (int i = 0; i < n; i++) x[(size_t)n + i] = i == n - 1 ? INFINITY : 1.0f;
+        CHECK_OK(g_cu->to_device(g_cu, dx, x, (size_t)rows * n * sizeof(float)));
+        CHECK_STATUS(g_cu->argmax_rows(g_cu, got, dx, rows, n), MC_ERR_NUMERIC);
+        snprintf(what, sizeof what, "token %d is +inf", n - 1);
+        CHECK_MSG(what);
+        for (int i = 0; i < n; i++) x[(size_t)n + i] = -INFINITY;
+        CHECK_OK(g_cu->to_device(g_cu, dx, x, (size_t)rows * n * sizeof(float)));
+        CHECK_STATUS(g_cu->argmax_rows(g_cu, got, dx, rows, n), MC_ERR_NUMERIC);
+        CHECK_MSG("row 1: every logit is -inf");
+        dfree(dx);
+        free(x);
+    }
+}
+
 /* ---- errors ---- */
 
 static void test_errors(void) {
@@ -882,6 +924,7 @@ int main(void) {
     RUN(test_elementwise);
     RUN(test_adamw_sumsq);
     RUN(test_linear_xent);
+    RUN(test_argmax);
     RUN(test_decode_layers);
     CHECK_OK(g_cu->sync(g_cu));
     mc_backend_free(g_ref);

@@ -240,6 +240,30 @@ static void test_rng(void) {
     CHECK_NEAR(sum2 / n, 1.0, 0.05);
 }
 
+/* The greedy choice: first index of the largest value; NaN, +inf and all -inf fail. */
+static void test_argmax(void) {
+    const float tie[6] = {1.0f, 3.0f, -2.0f, 3.0f, 0.5f, 3.0f};
+    float row[5] = {-INFINITY, -INFINITY, -1.0f, -INFINITY, -3.0f};
+    int32_t idx = -7;
+    CHECK_OK(mc_argmax_row(tie, 6, 0, &idx));
+    CHECK_INT(idx, 1);
+    CHECK_OK(mc_argmax_row(row, 5, 0, &idx));
+    CHECK_INT(idx, 2);
+    row[2] = -INFINITY;
+    row[4] = -INFINITY;
+    idx = -7;
+    CHECK_STATUS(mc_argmax_row(row, 5, 3, &idx), MC_ERR_NUMERIC);
+    CHECK_MSG("row 3: every logit is -inf");
+    CHECK_INT(idx, -7);
+    row[1] = NAN;
+    row[3] = INFINITY;
+    CHECK_STATUS(mc_argmax_row(row, 5, 0, &idx), MC_ERR_NUMERIC);
+    CHECK_MSG("token 1 is NaN");
+    row[1] = 0.0f;
+    CHECK_STATUS(mc_argmax_row(row, 5, 0, &idx), MC_ERR_NUMERIC);
+    CHECK_MSG("token 3 is +inf");
+}
+
 static void test_clock_and_memory(void) {
     double t0 = mc_time_now(), t1 = mc_time_now();
     CHECK(t0 > 0 && t1 >= t0);
@@ -253,6 +277,7 @@ int main(void) {
     RUN(test_dtypes);
     RUN(test_alloc);
     RUN(test_checked_arithmetic);
+    RUN(test_argmax);
     RUN(test_f16);
     RUN(test_bf16);
     RUN(test_convert);

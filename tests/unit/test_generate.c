@@ -123,6 +123,86 @@ static void test_batch_equals_single(void) {
     mc_model_free(m);
 }
 
+static int count_tokens(int seq, const char *text, size_t len, int32_t token, float lp, void *u) {
+    (void)seq;
+    (void)text;
+    (void)len;
+    (void)lp;
+    if (token >= 0) ++*(int *)u;
+    return 0;
+}
+
+/* Greedy generation with the backend's argmax (the default for plain greedy) gives the
+ * same tokens as the sampler reading every step's logits (forced by a token callback),
+ * alone and for a batch of more sequences than a step keeps logits rows for. */
+static void test_greedy_paths(void) {
+    enum { NS = 10, NT = 9 };
+    mc_model *m = load("qwen2_bf16_sharded");
+    mc_context *ctx = NULL;
+    mc_context_params cp = mc_context_default_params();
+    int32_t prompts_buf[NS][3];
+    const int32_t *prompts[NS];
+    size_t lens[NS];
+    mc_generation dev[NS], host[NS];
+    mc_generate_params p = greedy(NT);
+    int calls = 0, i;
+    if (!m) return;
+    CHECK(m->be->argmax_rows != NULL);
+    for (i = 0; i < NS; i++) {
+        prompts_buf[i][0] = 3 + i;
+        prompts_buf[i][1] = 40 + 7 * i;
+        prompts_buf[i][2] = 11 * i + 1;
+        prompts[i] = prompts_buf[i];
+        lens[i] = 3;
+    }
+    cp.n_seq = NS;
+    cp.n_ctx = 32;
+    CHECK_OK(mc_context_create(m, &cp, &ctx));
+    CHECK_OK(mc_generate_batch(ctx, prompts, lens, NS, &p, dev));
+    p.on_token = count_tokens;
+    p.user = &calls;
+    CHECK_OK(mc_generate_batch(ctx, prompts, lens, NS, &p, host));
+    CHECK_INT(calls, NS * NT);
+    for (i = 0; i < NS; i++) {
+        CHECK_INT(dev[i].n_tokens, NT);
+        CHECK_INT(host[i].n_tokens, NT);
+        CHECK(dev[i].tokens && host[i].tokens &&
+              memcmp(dev[i].tokens, host[i].tokens, NT * sizeof(int32_t)) == 0);
+        CHECK_INT(dev[i].decode_steps, host[i].decode_steps);
+        mc_generation_clear(&dev[i]);
+        mc_generation_clear(&host[i]);
+    }
+    {   /* one step's argmax equals the argmax of the same step's logits; no op: refused */
+        mc_status (*am)(mc_backend *, int32_t *, const void *, int, int) = m->be->argmax_rows;
+        const int V = m->cfg.vocab_size, seq0 = 0;
+        mc_fwd *f = NULL, *g = NULL;
+        int32_t id = 5, nx = -1, want = -2;
+        float *logits = malloc((size_t)V * sizeof(float));
+        CHECK_OK(mc_fwd_create(m, 1, 8, 4, &f));
+        CHECK_OK(mc_fwd_create(m, 1, 8, 4, &g));
+        CHECK_OK(mc_fwd_step_argmax(f, &seq0, &id, 1, &nx));
+        CHECK(logits != NULL);
+        if (logits) {
+            CHECK_OK(mc_fwd_step(g, &seq0, &id, 1, logits));
+            CHECK_OK(mc_argmax_row(logits, V, 0, &want));
+        }
+        CHECK_INT(nx, want);
+        m->be->argmax_rows = NULL;
+        CHECK_STATUS(mc_fwd_step_argmax(f, &seq0, &id, 1, &nx), MC_ERR_UNSUPPORTED);
+        CHECK_MSG("argmax_rows");
+        p.on_token = NULL; /* plain greedy without the op: the sampler's path */
+        CHECK_OK(mc_generate(ctx, prompts[0], lens[0], &p, &dev[0]));
+        CHECK_INT(dev[0].n_tokens, NT);
+        mc_generation_clear(&dev[0]);
+        m->be->argmax_rows = am;
+        mc_fwd_free(f);
+        mc_fwd_free(g);
+        free(logits);
+    }
+    mc_context_free(ctx);
+    mc_model_free(m);
+}
+
 static int stop_after_3(int seq, const char *text, size_t len, int32_t token, float lp, void *u) {
     int *count = u;
     (void)seq;
@@ -312,6 +392,7 @@ int main(void) {
     RUN(test_decode_equals_eval);
     RUN(test_batched_step);
     RUN(test_batch_equals_single);
+    RUN(test_greedy_paths);
     RUN(test_stop_conditions);
     RUN(test_errors);
     RUN(test_seeded_sampling);

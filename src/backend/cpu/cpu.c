@@ -66,6 +66,15 @@ static mc_status cpu_to_host_f32(mc_backend *be, float *host_dst, const void *sr
     return MC_OK;
 }
 
+static mc_status cpu_argmax_rows(mc_backend *be, int32_t *out, const void *x, int rows, int n) {
+    (void)be;
+    for (int r = 0; r < rows; r++) {
+        mc_status s = mc_argmax_row((const float *)x + (size_t)r * (size_t)n, n, r, &out[r]);
+        if (s != MC_OK) return s;
+    }
+    return MC_OK;
+}
+
 static void cpu_destroy(mc_backend *be) {
     mc_cpu *cpu;
     if (!be) return;
@@ -100,6 +109,7 @@ static void cpu_fill_table(mc_backend *be, mc_cpu_variant variant) {
     be->sync = cpu_sync;
     be->destroy = cpu_destroy;
     be->to_host_f32 = cpu_to_host_f32;
+    be->argmax_rows = cpu_argmax_rows;
     if (variant == MC_CPU_REF) {
         be->name = "cpu-ref";
         be->embedding = mc_ref_embedding;

@@ -712,6 +712,7 @@ static void fill_table(mc_backend *be) {
     be->swiglu = cu_swiglu;
     be->add = cu_add;
     be->to_host_f32 = cuda_to_host_f32;
+    be->argmax_rows = cu_argmax_rows;
     be->gemm_f32 = cu_gemm_f32;
     be->matmul_dx = cu_matmul_dx;
     be->rmsnorm_backward = cu_rmsnorm_backward;

@@ -97,6 +97,7 @@ enum cu_scratch_id {
     CU_S_ROPE,         /* RoPE inverse frequencies */
     CU_S_GEMM,         /* split-K partial sums of the skinny f32 GEMMs */
     CU_S_BENCH,        /* benchmarks */
+    CU_S_ARGMAX,       /* argmax_rows: per-block partial results */
     CU_S_COUNT
 };
 
@@ -384,6 +385,7 @@ void cu_add(mc_backend *be, void *y, const void *x, size_t n);
 void cu_dropout(mc_backend *be, void *out, const void *x, size_t n, float p, uint64_t seed);
 void cu_copy_kernel(mc_cuda *c, void *dst, const void *src, size_t bytes);
 void cu_zero(mc_backend *be, void *p, size_t bytes);
+mc_status cu_argmax_rows(mc_backend *be, int32_t *out, const void *x, int rows, int n);
 /* cuda_xent.cu */
 mc_status cu_linear_xent(mc_backend *be, void *dh, double *loss_sum, const void *h, mc_wt w,
                          const int32_t *targets, int T, int D, int V, float grad_scale);

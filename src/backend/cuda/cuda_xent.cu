@@ -6,6 +6,7 @@
  * reduces over the vocabulary with only a [rows, D] output: it runs as a batch over
  * slices of the vocabulary whose partial sums (in the logits buffer, free by then) are
  * added in slice order. */
+#include <limits.h>
 #include <math.h>
 
 #include "cuda_internal.h"
@@ -215,4 +216,126 @@ done:
     mc_free(host);
     (void)zero;
     return cu_take_error(c);
+}
+
+/* ---- greedy choice: the argmax of each row of logits ---- */
+
+enum { AM_BLOCKS = 64, AM_THREADS = 256 };
+
+/* One block's share of a row: its largest value and that value's first index (-1: no
+ * value above -inf), and its first NaN or +inf (INT_MAX: none). */
+struct ArgmaxPart {
+    float m;
+    int32_t i, bad, nan;
+};
+
+struct ArgmaxArgs {
+    const float *x;   /* [rows, n] */
+    ArgmaxPart *part; /* [rows, AM_BLOCKS] */
+    int n, per;       /* row length; elements a block scans */
+};
+
+/* (m, i) takes (m2, i2) when it is larger, or equal with a smaller index. */
+static __device__ __forceinline__ void am_merge(float &m, int &i, float m2, int i2) {
+    if (i2 >= 0 && (i < 0 || m2 > m || (m2 == m && i2 < i))) {
+        m = m2;
+        i = i2;
+    }
+}
+
+static __global__ void __launch_bounds__(AM_THREADS) argmax_kernel(const ArgmaxArgs a) {
+    __shared__ float sm[AM_THREADS / 32];
+    __shared__ int si[AM_THREADS / 32], sb[AM_THREADS / 32], sn[AM_THREADS / 32];
+    cu_dep_wait();
+    const float *x = a.x + (size_t)blockIdx.y * (size_t)a.n;
+    const int lo = (int)blockIdx.x * a.per, hi = min(a.n, lo + a.per);
+    const int warp = (int)threadIdx.x >> 5, lane = (int)threadIdx.x & 31;
+    float m = -INFINITY;
+    int i = -1, bad = INT_MAX, nan = 0;
+    for (int k = lo + (int)threadIdx.x; k < hi; k += AM_THREADS) {
+        const float v = x[k];
+        if (!(v < INFINITY)) {
+            if (k < bad) {
+                bad = k;
+                nan = isnan(v) ? 1 : 0;
+            }
+        } else if (v > m) { /* k grows along the thread's walk: the first of equals stays */
+            m = v;
+            i = k;
+        }
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        const float m2 = __shfl_xor_sync(0xffffffffu, m, o);
+        const int i2 = __shfl_xor_sync(0xffffffffu, i, o);
+        const int b2 = __shfl_xor_sync(0xffffffffu, bad, o), n2 = __shfl_xor_sync(0xffffffffu, nan, o);
+        am_merge(m, i, m2, i2);
+        if (b2 < bad) {
+            bad = b2;
+            nan = n2;
+        }
+    }
+    if (lane == 0) {
+        sm[warp] = m;
+        si[warp] = i;
+        sb[warp] = bad;
+        sn[warp] = nan;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int w = 1; w < AM_THREADS / 32; w++) {
+            am_merge(m, i, sm[w], si[w]);
+            if (sb[w] < bad) {
+                bad = sb[w];
+                nan = sn[w];
+            }
+        }
+        ArgmaxPart p;
+        p.m = m;
+        p.i = i;
+        p.bad = bad;
+        p.nan = nan;
+        a.part[(size_t)blockIdx.y * gridDim.x + blockIdx.x] = p;
+    }
+}
+
+mc_status cu_argmax_rows(mc_backend *be, int32_t *out, const void *x, int rows, int n) {
+    mc_cuda *c = cu_ctx(be);
+    ArgmaxPart *host;
+    mc_status s;
+    if (rows <= 0) return cu_take_error(c);
+    const size_t bytes = (size_t)rows * AM_BLOCKS * sizeof(ArgmaxPart);
+    ArgmaxPart *dev = (ArgmaxPart *)cu_scratch(c, CU_S_ARGMAX, bytes, false);
+    host = (ArgmaxPart *)mc_malloc(bytes);
+    if (!dev || !host) {
+        mc_free(host);
+        if (!host && dev) return mc_fail(MC_ERR_OOM, "argmax: out of host memory");
+        return cu_take_error(c);
+    }
+    ArgmaxArgs a;
+    memset(&a, 0, sizeof a);
+    a.x = (const float *)x;
+    a.part = dev;
+    a.n = n;
+    a.per = (n + AM_BLOCKS - 1) / AM_BLOCKS;
+    cu_launch(c, argmax_kernel, dim3(AM_BLOCKS, (unsigned)rows), dim3(AM_THREADS), 0, a, "argmax");
+    s = be->to_host(be, host, dev, bytes);
+    for (int r = 0; s == MC_OK && r < rows; r++) {
+        float m = -INFINITY;
+        int best = -1;
+        for (int b = 0; b < AM_BLOCKS; b++) { /* blocks in index order */
+            const ArgmaxPart &p = host[(size_t)r * AM_BLOCKS + b];
+            if (p.bad != INT_MAX) {
+                s = mc_argmax_fail(r, p.bad, p.nan, n);
+                break;
+            }
+            if (p.i >= 0 && (best < 0 || p.m > m)) {
+                m = p.m;
+                best = p.i;
+            }
+        }
+        if (s == MC_OK && best < 0) s = mc_argmax_fail(r, -1, 0, n);
+        if (s == MC_OK) out[r] = best;
+    }
+    mc_free(host);
+    return s;
 }

@@ -287,6 +287,7 @@ void cu_pending_flush(mc_cuda *c) {
     c->pend.kind = CU_PEND_NONE; /* before launching: the launch comes back through here */
     switch (p.kind) {
     case CU_PEND_ADD: cu_flush_add(c, &p); break;
+    case CU_PEND_COPY: cu_flush_copy(c, &p); break;
     case CU_PEND_SWIGLU: cu_flush_swiglu(c, &p); break;
     case CU_PEND_ROPE: cu_flush_rope(c, &p); break;
     case CU_PEND_GEMV: cu_flush_gemv(c, &p); break;
@@ -602,6 +603,15 @@ static mc_status cuda_copy(mc_backend *be, void *dst, const void *src, size_t by
     if (!bytes) return MC_OK;
     cu_note_write(c, dst, bytes);
     if (cu_aligned16(dst) && cu_aligned16(src) && bytes % 16 == 0) {
+        uintptr_t d = (uintptr_t)dst, s = (uintptr_t)src;
+        if (c->fuse_on && (d + bytes <= s || s + bytes <= d)) { /* an add into dst may follow */
+            cu_pending_flush(c);
+            c->pend.kind = CU_PEND_COPY;
+            c->pend.y = (float *)dst;
+            c->pend.x = (const float *)src;
+            c->pend.n = bytes / sizeof(float);
+            return MC_OK;
+        }
         cu_copy_kernel(c, dst, src, bytes); /* a kernel, so decode steps stay one graph */
     } else {
         cu_break(c);

@@ -162,14 +162,16 @@ void cu_swiglu_backward(mc_backend *be, void *dgate, void *dup, const void *dout
 struct AddArgs {
     float *y;
     const float *x;
+    const float *src; /* y = src + x instead of y += x, or NULL */
     size_t n;
 };
 
 static __global__ void add_kernel(const AddArgs a) {
     cu_dep_wait();
-    size_t n4 = (cu_aligned16(a.y) && cu_aligned16(a.x)) ? a.n / 4 : 0;
+    const float *s = a.src ? a.src : a.y;
+    size_t n4 = (cu_aligned16(a.y) && cu_aligned16(a.x) && cu_aligned16(s)) ? a.n / 4 : 0;
     for (size_t i = gtid(); i < n4; i += gstride()) {
-        float4 y = reinterpret_cast<float4 *>(a.y)[i];
+        float4 y = reinterpret_cast<const float4 *>(s)[i];
         float4 x = __ldg(reinterpret_cast<const float4 *>(a.x) + i);
         y.x += x.x;
         y.y += x.y;
@@ -177,33 +179,53 @@ static __global__ void add_kernel(const AddArgs a) {
         y.w += x.w;
         reinterpret_cast<float4 *>(a.y)[i] = y;
     }
-    for (size_t i = n4 * 4 + gtid(); i < a.n; i += gstride()) a.y[i] += a.x[i];
+    for (size_t i = n4 * 4 + gtid(); i < a.n; i += gstride()) a.y[i] = s[i] + a.x[i];
 }
 
-static void add_launch(mc_cuda *c, float *y, const float *x, size_t n) {
+static void add_launch(mc_cuda *c, float *y, const float *x, const float *src, size_t n) {
     AddArgs a;
     memset(&a, 0, sizeof a);
     a.y = y;
     a.x = x;
+    a.src = src;
     a.n = n;
     cu_launch(c, add_kernel, grid_for(c, n / 4 + 1), dim3(256), 0, a, "add");
 }
 
-void cu_flush_add(mc_cuda *c, const cu_pending *p) { add_launch(c, p->y, p->x, p->n); }
+void cu_flush_add(mc_cuda *c, const cu_pending *p) { add_launch(c, p->y, p->x, p->src, p->n); }
+
+void cu_flush_copy(mc_cuda *c, const cu_pending *p) {
+    cu_copy_kernel(c, p->y, p->x, p->n * sizeof(float));
+}
+
+/* True when [a, a + n) and [b, b + n) floats overlap. */
+static bool spans_overlap(const float *a, const float *b, size_t n) {
+    return a < b + n && b < a + n;
+}
 
 void cu_add(mc_backend *be, void *y, const void *x, size_t n) {
     mc_cuda *c = cu_ctx(be);
     if (!n) return;
     cu_note_write(c, y, n * sizeof(float));
+    if (c->pend.kind == CU_PEND_COPY && c->pend.y == y && c->pend.n == n &&
+        !spans_overlap(c->pend.x, (const float *)x, n) &&
+        !spans_overlap((const float *)y, (const float *)x, n)) {
+        /* y was just copied from src: y = src + x in one pass, still pending */
+        c->pend.kind = CU_PEND_ADD;
+        c->pend.src = c->pend.x;
+        c->pend.x = (const float *)x;
+        return;
+    }
     if (c->fuse_on) { /* the residual add usually feeds the next RMSNorm */
         cu_pending_flush(c);
         c->pend.kind = CU_PEND_ADD;
         c->pend.y = (float *)y;
         c->pend.x = (const float *)x;
+        c->pend.src = NULL;
         c->pend.n = n;
         return;
     }
-    add_launch(c, (float *)y, (const float *)x, n);
+    add_launch(c, (float *)y, (const float *)x, NULL, n);
 }
 
 struct DropArgs {

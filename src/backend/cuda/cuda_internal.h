@@ -119,12 +119,20 @@ struct cu_wr_range {
 enum { CU_WR_MAX = 1024 };
 
 /* An op whose launch is held back so the next op can fuse with it (MC_CUDA_FUSE, on by
- * default): a residual add feeds the next RMSNorm, RoPE on q waits for RoPE on k, small
+ * default): a residual add feeds the next RMSNorm (and a copy of its destination just
+ * before it becomes the add's source: y = src + x), RoPE on q waits for RoPE on k, small
  * GEMVs reading the same input (q/k/v, gate/up) go out as one launch, RoPE on q and k is
  * applied in the q/k/v GEMV's epilogue, and SwiGLU in the gate/up GEMV's (or else inside
  * the down projection's GEMV, which stages it). Any launch, cuBLAS call or host copy first
  * launches what is pending (cu_pending_flush), unless it is the op that fuses with it. */
-enum cu_pend_kind { CU_PEND_NONE = 0, CU_PEND_ADD, CU_PEND_ROPE, CU_PEND_GEMV, CU_PEND_SWIGLU };
+enum cu_pend_kind {
+    CU_PEND_NONE = 0,
+    CU_PEND_ADD,
+    CU_PEND_ROPE,
+    CU_PEND_GEMV,
+    CU_PEND_SWIGLU,
+    CU_PEND_COPY
+};
 
 enum { CU_GEMV_MAX_ENT = 3 };
 
@@ -139,9 +147,10 @@ struct cu_gemv_ent {
 
 struct cu_pending {
     int kind;
-    /* add: y[0..n) += x[0..n) */
+    /* add: y[0..n) = (src ? src : y)[0..n) + x[0..n); copy: y[0..n) = x[0..n) (floats) */
     float *y;
     const float *x;
+    const float *src;
     size_t n;
     /* swiglu: out = silu(gate) * up over n */
     float *s_out;
@@ -293,6 +302,7 @@ void cu_prof_end(mc_cuda *c, int slot);
 void cu_pending_flush(mc_cuda *c);
 /* The families' launches of a pending op on its own. */
 void cu_flush_add(mc_cuda *c, const cu_pending *p);
+void cu_flush_copy(mc_cuda *c, const cu_pending *p);
 void cu_flush_swiglu(mc_cuda *c, const cu_pending *p);
 void cu_flush_rope(mc_cuda *c, const cu_pending *p);
 void cu_flush_gemv(mc_cuda *c, const cu_pending *p);

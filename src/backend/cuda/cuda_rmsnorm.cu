@@ -7,6 +7,7 @@ struct RmsArgs {
     float *out;           /* [T, D] (forward) or dx [T, D] += (backward) */
     float *x;             /* [T, D] (forward with delta: updated to x + delta first) */
     const float *delta;   /* [T, D] residual to add to x first, or NULL (forward) */
+    const float *src;     /* [T, D] with delta: x = src + delta instead of x += delta */
     const float *dy;      /* [T, D] (backward) */
     const void *w;        /* [D] */
     __nv_bfloat16 *sh;    /* bf16 copy of the result, or NULL */
@@ -59,6 +60,7 @@ static __global__ void rmsnorm_kernel(const RmsArgs a) {
     const int t = blockIdx.x * rows + g;
     if (t >= a.T) return; /* only when G == 32: no barriers below */
     float *xr = a.x + (size_t)t * a.D;
+    const float *xin = a.src ? a.src + (size_t)t * a.D : xr; /* the row before the add */
     float *orow = a.out + (size_t)t * a.D;
     float ss = 0.0f;
     if (E > 0) {
@@ -67,7 +69,7 @@ static __global__ void rmsnorm_kernel(const RmsArgs a) {
 #pragma unroll
         for (int i = 0; i < E; i++) {
             const int d = l + i * G;
-            v[i] = d < a.D ? xr[d] : 0.0f;
+            v[i] = d < a.D ? xin[d] : 0.0f;
         }
         if (a.delta) {
             const float *dr = a.delta + (size_t)t * a.D;
@@ -105,7 +107,7 @@ static __global__ void rmsnorm_kernel(const RmsArgs a) {
     if (a.delta) { /* x += delta (the residual add), then normalise the sum */
         const float *dr = a.delta + (size_t)t * a.D;
         for (int d = l; d < a.D; d += G) {
-            float v = xr[d] + dr[d];
+            float v = xin[d] + dr[d];
             xr[d] = v;
             ss = fmaf(v, v, ss);
         }
@@ -181,8 +183,10 @@ void cu_rmsnorm(mc_backend *be, void *out, const void *x, mc_wt w, int T, int D,
      * be d itself: each element of d is read before the same thread writes out there) */
     if (c->pend.kind == CU_PEND_ADD && c->pend.y == x && c->pend.n == n &&
         (c->pend.x == (const float *)out || !overlaps(c->pend.x, (const float *)out, n)) &&
-        !overlaps(c->pend.x, (const float *)x, n)) {
+        !overlaps(c->pend.x, (const float *)x, n) &&
+        (!c->pend.src || !overlaps(c->pend.src, (const float *)out, n))) {
         a.delta = c->pend.x;
+        a.src = c->pend.src;
         c->pend.kind = CU_PEND_NONE;
     }
     cu_note_write(c, out, n * sizeof(float));

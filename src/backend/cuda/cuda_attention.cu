@@ -2,11 +2,13 @@
  *
  * Forward, two kernels:
  *  - flash (T > 8 rows, head_dim 16/32/64/128): a block owns 64 query rows of one head;
- *    key/value tiles of 64 rows are converted to bf16 in shared memory; S = Q K^T and
- *    O += P V run on tensor cores (mma.sync m16n8k16, f32 accumulation) with an online
- *    softmax in the log2 domain. It can also emit the per-row log-sum-exp and
- *    D = rowsum(dO * O) that the backward needs (the op table passes no forward state,
- *    so the backward recomputes them).
+ *    key/value tiles of 64 rows come from bf16 copies of k and v made once per call,
+ *    loaded with cp.async one tile ahead (or, without the copies, are converted from f32
+ *    into shared memory); S = Q K^T and O += P V run on tensor cores (mma.sync m16n8k16,
+ *    f32 accumulation) with an online softmax in the log2 domain. It can also emit the
+ *    per-row log-sum-exp and D = rowsum(dO * O) that the backward needs (the op table
+ *    passes no forward state: a training forward keeps its log-sum-exp for the backward
+ *    of the same attention, which otherwise recomputes them).
  *  - decode (T <= 8, head_dim 64 or 128): a cluster of 8 blocks owns one query row of one
  *    head, a block one eighth of the keys and each of its warps batches of keys whose key
  *    and value rows it loads together (one memory latency per batch); the blocks' (max,
@@ -105,6 +107,7 @@ struct FlashArgs {
     bf16 *sh;           /* bf16 copy of out, or NULL */
     const float *q;     /* [T, Hq*HD] */
     const float *k, *v; /* [pos0 + T, Hkv*HD] */
+    const bf16 *kb, *vb; /* bf16 copies of k and v (flash_fwd_kernel<HD, true>), or NULL */
     const float *dout;  /* [T, Hq*HD] for dsum, or NULL */
     float *lse;         /* [Hq, T] log2-domain log-sum-exp of the scaled scores, or NULL */
     float *dsum;        /* [Hq, T] rowsum(bf16(dout) * out), or NULL: with dout rounded as
@@ -115,8 +118,111 @@ struct FlashArgs {
 };
 
 template <int HD> constexpr int flash_smem() { return 3 * 64 * (HD + 8) * 2; }
+/* With bf16 K/V copies: the Q tile and two buffers each of K and V tiles. */
+template <int HD> constexpr int flash_smem_kb() { return 5 * 64 * (HD + 8) * 2; }
 
+/* Rows row0..row0+63 of a bf16 matrix (row stride ld, HD columns from src) into
+ * dst[64][HD + 8] with cp.async (16 bytes each, no registers held); rows >= nvalid are
+ * zero-filled. 128 threads; the caller commits and waits. */
 template <int HD>
+static __device__ __forceinline__ void cp_tile(bf16 *dst, const bf16 *src, int ld, int row0,
+                                               int nvalid) {
+    constexpr int C = HD / 8, LD = HD + 8, N = 64 * C / 128;
+    static_assert(N * 128 == 64 * C, "tile does not split over 128 threads");
+#pragma unroll
+    for (int j = 0; j < N; j++) {
+        const int i = (int)threadIdx.x + j * 128, r = i / C, c = i - r * C;
+        const bool ok = row0 + r < nvalid;
+        const bf16 *g = ok ? src + (size_t)(row0 + r) * ld + c * 8 : src;
+        const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst + r * LD + c * 8);
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(g),
+                     "r"(ok ? 16 : 0)
+                     : "memory");
+    }
+}
+
+/* One K/V tile of the online softmax for this warp's 16 query rows: scores against the
+ * tile's keys (masked past each row's position when need_mask), the running maxima and
+ * sums, and o += P V. */
+template <int HD>
+static __device__ __forceinline__ void flash_step(const FlashArgs &a, const bf16 *Ks, const bf16 *Vs,
+                                                  int kt0, bool need_mask, int qpos0, int qpos1,
+                                                  const uint32_t (&qf)[HD / 16][4],
+                                                  float (&o)[HD / 8][4], float &m0, float &m1,
+                                                  float &l0, float &l1) {
+    constexpr int BN = 64, LD = HD + 8;
+    const int lane = threadIdx.x & 31, g = lane >> 2, cq = lane & 3;
+    float s[BN / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; kk++)
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; nt++) {
+            const bf16 *kr = Ks + (nt * 8 + g) * LD + kk * 16 + 2 * cq;
+            mma16816(s[nt], qf[kk], lds32(kr), lds32(kr + 8));
+        }
+    float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            float x = s[nt][e] * a.scale_log2;
+            int key = kt0 + nt * 8 + 2 * cq + (e & 1);
+            if (need_mask && key > (e < 2 ? qpos0 : qpos1)) x = -INFINITY;
+            s[nt][e] = x;
+            if (e < 2) mx0 = fmaxf(mx0, x);
+            else mx1 = fmaxf(mx1, x);
+        }
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+    const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+    /* key 0 is visible to every row, so the maxima are finite from the first tile on */
+    const float al0 = exp2f(m0 - mn0), al1 = exp2f(m1 - mn1);
+    m0 = mn0;
+    m1 = mn1;
+    float rs0 = 0.0f, rs1 = 0.0f;
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; nt++) {
+        s[nt][0] = exp2f(s[nt][0] - mn0);
+        s[nt][1] = exp2f(s[nt][1] - mn0);
+        s[nt][2] = exp2f(s[nt][2] - mn1);
+        s[nt][3] = exp2f(s[nt][3] - mn1);
+        rs0 += s[nt][0] + s[nt][1];
+        rs1 += s[nt][2] + s[nt][3];
+    }
+    l0 = l0 * al0 + rs0;
+    l1 = l1 * al1 + rs1;
+#pragma unroll
+    for (int dt = 0; dt < HD / 8; dt++) {
+        o[dt][0] *= al0;
+        o[dt][1] *= al0;
+        o[dt][2] *= al1;
+        o[dt][3] *= al1;
+    }
+    const int mat = lane >> 3, rr = lane & 7;
+#pragma unroll
+    for (int kq = 0; kq < BN / 16; kq++) {
+        uint32_t pa[4];
+        pa[0] = cu_pack_bf16(s[2 * kq][0], s[2 * kq][1]);
+        pa[1] = cu_pack_bf16(s[2 * kq][2], s[2 * kq][3]);
+        pa[2] = cu_pack_bf16(s[2 * kq + 1][0], s[2 * kq + 1][1]);
+        pa[3] = cu_pack_bf16(s[2 * kq + 1][2], s[2 * kq + 1][3]);
+#pragma unroll
+        for (int dt = 0; dt < HD / 8; dt += 2) {
+            uint32_t vb[4];
+            ldsm_x4_t(vb, Vs + (kq * 16 + (mat & 1) * 8 + rr) * LD + (dt + (mat >> 1)) * 8);
+            mma16816(o[dt], pa, vb[0], vb[1]);
+            mma16816(o[dt + 1], pa, vb[2], vb[3]);
+        }
+    }
+}
+
+/* KB: k and v come as bf16 copies, loaded with cp.async two tiles deep so the next tile's
+ * loads overlap this tile's math; else f32 tiles converted into shared memory. */
+template <int HD, bool KB>
 static __global__ void __launch_bounds__(128) flash_fwd_kernel(const FlashArgs a) {
     cu_dep_wait();
     constexpr int BM = 64, BN = 64, LD = HD + 8;
@@ -132,6 +238,11 @@ static __global__ void __launch_bounds__(128) flash_fwd_kernel(const FlashArgs a
     const int qpos0 = a.pos0 + qt0 + r0, qpos1 = qpos0 + 8;
     const int warp_last_pos = a.pos0 + qt0 + warp * 16 + 15;
 
+    if (KB) { /* the first K/V tile goes out before the Q tile's loads */
+        cp_tile<HD>(Ks, a.kb + hk * HD, kvdim, 0, nk);
+        cp_tile<HD>(Vs, a.vb + hk * HD, kvdim, 0, nk);
+        asm volatile("cp.async.commit_group;\n" ::: "memory");
+    }
     load_tile<HD, BM>(Qs, a.q + h * HD, qdim, qt0, a.T);
     __syncthreads();
     uint32_t qf[HD / 16][4];
@@ -147,79 +258,30 @@ static __global__ void __launch_bounds__(128) flash_fwd_kernel(const FlashArgs a
     for (int i = 0; i < HD / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
 
-    for (int kt0 = 0; kt0 < nk; kt0 += BN) {
-        __syncthreads(); /* every warp is done with the previous K/V tile */
-        load_tile<HD, BN>(Ks, a.k + hk * HD, kvdim, kt0, nk);
-        load_tile<HD, BN>(Vs, a.v + hk * HD, kvdim, kt0, nk);
-        __syncthreads();
-        if (warp_last_pos < kt0) continue; /* every key of the tile is in this warp's future */
-        float s[BN / 8][4];
-#pragma unroll
-        for (int nt = 0; nt < BN / 8; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
-#pragma unroll
-        for (int kk = 0; kk < HD / 16; kk++)
-#pragma unroll
-            for (int nt = 0; nt < BN / 8; nt++) {
-                const bf16 *kr = Ks + (nt * 8 + g) * LD + kk * 16 + 2 * cq;
-                mma16816(s[nt], qf[kk], lds32(kr), lds32(kr + 8));
+    for (int kt0 = 0, t = 0; kt0 < nk; kt0 += BN, t++) {
+        const bf16 *kt = Ks, *vt = Vs;
+        if (KB) { /* tile t in buffer t % 2; tile t + 1 into the other one */
+            bf16 *nxt = Ks + ((t + 1) & 1) * 2 * BN * LD;
+            if (kt0 + BN < nk) {
+                cp_tile<HD>(nxt, a.kb + hk * HD, kvdim, kt0 + BN, nk);
+                cp_tile<HD>(nxt + BN * LD, a.vb + hk * HD, kvdim, kt0 + BN, nk);
             }
-        const bool need_mask = kt0 + BN - 1 > a.pos0 + qt0 + warp * 16;
-        float mx0 = -INFINITY, mx1 = -INFINITY;
-#pragma unroll
-        for (int nt = 0; nt < BN / 8; nt++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                float x = s[nt][e] * a.scale_log2;
-                int key = kt0 + nt * 8 + 2 * cq + (e & 1);
-                if (need_mask && key > (e < 2 ? qpos0 : qpos1)) x = -INFINITY;
-                s[nt][e] = x;
-                if (e < 2) mx0 = fmaxf(mx0, x);
-                else mx1 = fmaxf(mx1, x);
-            }
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-        const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
-        /* key 0 is visible to every row, so the maxima are finite from the first tile on */
-        const float al0 = exp2f(m0 - mn0), al1 = exp2f(m1 - mn1);
-        m0 = mn0;
-        m1 = mn1;
-        float rs0 = 0.0f, rs1 = 0.0f;
-#pragma unroll
-        for (int nt = 0; nt < BN / 8; nt++) {
-            s[nt][0] = exp2f(s[nt][0] - mn0);
-            s[nt][1] = exp2f(s[nt][1] - mn0);
-            s[nt][2] = exp2f(s[nt][2] - mn1);
-            s[nt][3] = exp2f(s[nt][3] - mn1);
-            rs0 += s[nt][0] + s[nt][1];
-            rs1 += s[nt][2] + s[nt][3];
+            asm volatile("cp.async.commit_group;\n" ::: "memory");
+            asm volatile("cp.async.wait_group 1;\n" ::: "memory");
+            __syncthreads();
+            kt = Ks + (t & 1) * 2 * BN * LD;
+            vt = kt + BN * LD;
+        } else {
+            __syncthreads(); /* every warp is done with the previous K/V tile */
+            load_tile<HD, BN>(Ks, a.k + hk * HD, kvdim, kt0, nk);
+            load_tile<HD, BN>(Vs, a.v + hk * HD, kvdim, kt0, nk);
+            __syncthreads();
         }
-        l0 = l0 * al0 + rs0;
-        l1 = l1 * al1 + rs1;
-#pragma unroll
-        for (int dt = 0; dt < HD / 8; dt++) {
-            o[dt][0] *= al0;
-            o[dt][1] *= al0;
-            o[dt][2] *= al1;
-            o[dt][3] *= al1;
-        }
-        const int mat = lane >> 3, rr = lane & 7;
-#pragma unroll
-        for (int kq = 0; kq < BN / 16; kq++) {
-            uint32_t pa[4];
-            pa[0] = cu_pack_bf16(s[2 * kq][0], s[2 * kq][1]);
-            pa[1] = cu_pack_bf16(s[2 * kq][2], s[2 * kq][3]);
-            pa[2] = cu_pack_bf16(s[2 * kq + 1][0], s[2 * kq + 1][1]);
-            pa[3] = cu_pack_bf16(s[2 * kq + 1][2], s[2 * kq + 1][3]);
-#pragma unroll
-            for (int dt = 0; dt < HD / 8; dt += 2) {
-                uint32_t vb[4];
-                ldsm_x4_t(vb, Vs + (kq * 16 + (mat & 1) * 8 + rr) * LD + (dt + (mat >> 1)) * 8);
-                mma16816(o[dt], pa, vb[0], vb[1]);
-                mma16816(o[dt + 1], pa, vb[2], vb[3]);
-            }
-        }
+        /* tiles wholly in this warp's future are skipped */
+        if (warp_last_pos >= kt0)
+            flash_step<HD>(a, kt, vt, kt0, kt0 + BN - 1 > a.pos0 + qt0 + warp * 16, qpos0, qpos1,
+                           qf, o, m0, m1, l0, l1);
+        if (KB) __syncthreads(); /* the buffer is refilled two tiles on */
     }
 
     l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
@@ -843,7 +905,12 @@ static bool flash_ok(int hd, int Hq, int Hkv, const void *p0, const void *p1, co
 template <int HD>
 static void flash_fwd_launch(mc_cuda *c, const FlashArgs &a) {
     dim3 grid((unsigned)((a.T + 63) / 64), (unsigned)a.Hq);
-    cu_launch(c, flash_fwd_kernel<HD>, grid, dim3(128), (unsigned)flash_smem<HD>(), a, "attention");
+    if (a.kb && a.vb)
+        cu_launch(c, flash_fwd_kernel<HD, true>, grid, dim3(128), (unsigned)flash_smem_kb<HD>(), a,
+                  "attention");
+    else
+        cu_launch(c, flash_fwd_kernel<HD, false>, grid, dim3(128), (unsigned)flash_smem<HD>(), a,
+                  "attention");
 }
 
 static void flash_fwd(mc_cuda *c, int hd, const FlashArgs &a) {
@@ -998,6 +1065,14 @@ void cu_attention(mc_backend *be, void *out, const void *q, const void *k, const
         a.Hq = Hq;
         a.Hkv = Hkv;
         a.scale_log2 = (1.0f / sqrtf((float)hd)) * LOG2E;
+        /* bf16 copies of the keys and values (a producer's shadow, or converted once here,
+         * not by every query tile): the kernel streams them with cp.async */
+        if (c->kv16_on) {
+            const size_t nkv = ((size_t)pos0 + (size_t)T) * (size_t)Hkv * (size_t)hd;
+            a.kb = (const bf16 *)cu_act_as_opt(c, (const float *)k, nkv, MC_BF16);
+            a.vb = a.kb ? (const bf16 *)cu_act_as_opt(c, (const float *)v, nkv, MC_BF16) : NULL;
+            if (!a.vb) a.kb = NULL; /* an optimisation: without memory, the f32 tiles */
+        }
         /* a training forward: its backward may take the log-sum-exp from here (not when
          * the output overwrites an input) */
         const uintptr_t o0 = (uintptr_t)out, o1 = o0 + nout * sizeof(float);
@@ -1167,9 +1242,17 @@ void cu_attention_backward(mc_backend *be, void *dq, void *dk, void *dv, const v
 /* Raises the dynamic shared-memory limits of the kernels that need more than 48 KB. */
 void cu_attention_init(mc_cuda *c) {
     const int optin = (int)c->prop.sharedMemPerBlockOptin;
-    (void)cu_check(c, cudaFuncSetAttribute(flash_fwd_kernel<128>,
+    (void)cu_check(c, cudaFuncSetAttribute(flash_fwd_kernel<128, false>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            flash_smem<128>()),
+                   "attention setup");
+    (void)cu_check(c, cudaFuncSetAttribute(flash_fwd_kernel<128, true>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           flash_smem_kb<128>()),
+                   "attention setup");
+    (void)cu_check(c, cudaFuncSetAttribute(flash_fwd_kernel<64, true>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           flash_smem_kb<64>()),
                    "attention setup");
     (void)cu_check(c, cudaFuncSetAttribute(flash_bwd_kernel<128, 32>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize,

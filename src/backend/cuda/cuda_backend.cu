@@ -773,6 +773,7 @@ extern "C" mc_status mc_backend_cuda_create(int device, mc_backend **out) {
     c->fuse_rope = c->fuse_on && !(env && strstr(env, "rope"));
     c->fuse_glu = c->fuse_on && !(env && strstr(env, "glu"));
     c->lse_on = c->fuse_on && !(env && strstr(env, "lse"));
+    c->kv16_on = c->fuse_on && !(env && strstr(env, "kv16"));
     env = getenv("MC_CUDA_DECODE_ATT"); /* "row": the older one-block-per-split decode attention */
     c->dec_cluster = !(env && strcmp(env, "row") == 0);
     c->kv_pre_on = !getenv("MC_CUDA_NOKVPRE"); /* for comparisons */

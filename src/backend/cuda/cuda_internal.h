@@ -225,6 +225,7 @@ struct mc_cuda {
     unsigned long shadow_clock;
     cu_lse_slot lse[CU_N_LSE];
     bool lse_on; /* kept log-sum-exp rows (MC_CUDA_NOFUSE=lse: off) */
+    bool kv16_on; /* flash attention reads bf16 copies of k and v (MC_CUDA_NOFUSE=kv16: off) */
     int n_lse_valid;
     unsigned long lse_clock;
     long n_lse_hit; /* attention backwards that reused their forward's log-sum-exp */
@@ -350,6 +351,8 @@ void cu_note_write(mc_cuda *c, const void *p, size_t bytes);
 /* The f32 activations x[0..n) as dtype dt (x itself for MC_F32): a cached shadow, or a
  * fresh conversion. NULL on failure (recorded). */
 const void *cu_act_as(mc_cuda *c, const float *x, size_t n, mc_dtype dt);
+/* cu_act_as for an optional copy: NULL on an allocation failure, nothing recorded. */
+const void *cu_act_as_opt(mc_cuda *c, const float *x, size_t n, mc_dtype dt);
 /* A bf16 buffer for a producer to write the shadow of dst[0..n) into, next to its f32
  * output (call after cu_note_write(dst)); NULL when no shadow is wanted (the last GEMM
  * weight was not bf16, or few rows: small outputs feed the GEMV path, which reads f32). */

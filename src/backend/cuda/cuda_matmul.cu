@@ -91,7 +91,8 @@ static __global__ void convert_kernel(const ConvArgs a) {
     }
 }
 
-const void *cu_act_as(mc_cuda *c, const float *x, size_t n, mc_dtype dt) {
+/* cu_act_as; record: an allocation failure is recorded (else only NULL comes back). */
+static const void *act_as(mc_cuda *c, const float *x, size_t n, mc_dtype dt, bool record) {
     cu_shadow *s;
     ConvArgs a;
     int i;
@@ -103,7 +104,7 @@ const void *cu_act_as(mc_cuda *c, const float *x, size_t n, mc_dtype dt) {
             return s->buf;
         }
     }
-    s = shadow_slot(c, n * 2, true);
+    s = shadow_slot(c, n * 2, record);
     if (!s) return NULL;
     memset(&a, 0, sizeof a);
     a.dst = s->buf;
@@ -117,6 +118,14 @@ const void *cu_act_as(mc_cuda *c, const float *x, size_t n, mc_dtype dt) {
     s->dt = dt;
     s->valid = true;
     return s->buf;
+}
+
+const void *cu_act_as(mc_cuda *c, const float *x, size_t n, mc_dtype dt) {
+    return act_as(c, x, n, dt, true);
+}
+
+const void *cu_act_as_opt(mc_cuda *c, const float *x, size_t n, mc_dtype dt) {
+    return act_as(c, x, n, dt, false);
 }
 
 void *cu_shadow_for(mc_cuda *c, const void *dst, size_t n, int rows) {

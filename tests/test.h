@@ -133,4 +133,30 @@ static inline const char *t_tmpdir(const char *name) {
     return buf;
 }
 
+/* A token callback of mc_generate that counts the tokens (user: an int) and never stops:
+ * setting it makes generation read every step's logits on the host. */
+static inline int t_count_tokens(int seq, const char *text, size_t len, int32_t token, float lp,
+                                 void *user) {
+    (void)seq;
+    (void)text;
+    (void)len;
+    (void)lp;
+    if (token >= 0) ++*(int *)user;
+    return 0;
+}
+
+/* Greedy generation of n prompts twice: into dev with p as given (the backend's argmax when
+ * p allows it), then into host with t_count_tokens as token callback (the sampler reading
+ * every step's logits). Returns the callback's count. */
+static inline int t_generate_both(mc_context *ctx, const int32_t *const *prompts,
+                                  const size_t *lens, int n, mc_generate_params p,
+                                  mc_generation *dev, mc_generation *host) {
+    int calls = 0;
+    CHECK_OK(mc_generate_batch(ctx, prompts, lens, n, &p, dev));
+    p.on_token = t_count_tokens;
+    p.user = &calls;
+    CHECK_OK(mc_generate_batch(ctx, prompts, lens, n, &p, host));
+    return calls;
+}
+
 #endif /* MC_TEST_H */

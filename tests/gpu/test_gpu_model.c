@@ -237,15 +237,6 @@ static void test_decode_generated(void) {
     mc_model_free(m);
 }
 
-static int count_tokens(int seq, const char *text, size_t len, int32_t token, float lp, void *u) {
-    (void)seq;
-    (void)text;
-    (void)len;
-    (void)lp;
-    if (token >= 0) ++*(int *)u;
-    return 0;
-}
-
 /* Greedy generation on CUDA: the tokens the backend picks on the device (argmax_rows) equal
  * those the sampler picks from each step's logits on the host (forced by a token callback). */
 static void test_generate_greedy(void) {
@@ -259,7 +250,7 @@ static void test_generate_greedy(void) {
     const int32_t *prompts[NS] = {a, b, c};
     const size_t lens[NS] = {4, 2, 1};
     mc_generation dev[NS], host[NS];
-    int calls = 0, same = 1;
+    int same = 1;
     snprintf(dir, sizeof dir, "%s", t_tmpdir("gpu_tiny_gen"));
     CHECK_OK(mc_checkpoint_init("tiny", NULL, MC_BF16, 3, dir));
     m = load(dir, "cuda");
@@ -270,11 +261,7 @@ static void test_generate_greedy(void) {
     p.max_tokens = NT;
     p.ignore_eos = 1;
     CHECK_OK(mc_context_create(m, &cp, &ctx));
-    CHECK_OK(mc_generate_batch(ctx, prompts, lens, NS, &p, dev));
-    p.on_token = count_tokens;
-    p.user = &calls;
-    CHECK_OK(mc_generate_batch(ctx, prompts, lens, NS, &p, host));
-    CHECK_INT(calls, NS * NT);
+    CHECK_INT(t_generate_both(ctx, prompts, lens, NS, p, dev, host), NS * NT);
     for (int i = 0; i < NS; i++) {
         CHECK_INT(dev[i].n_tokens, NT);
         if (!dev[i].tokens || !host[i].tokens || dev[i].n_tokens != host[i].n_tokens ||

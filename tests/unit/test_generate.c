@@ -123,15 +123,6 @@ static void test_batch_equals_single(void) {
     mc_model_free(m);
 }
 
-static int count_tokens(int seq, const char *text, size_t len, int32_t token, float lp, void *u) {
-    (void)seq;
-    (void)text;
-    (void)len;
-    (void)lp;
-    if (token >= 0) ++*(int *)u;
-    return 0;
-}
-
 /* Greedy generation with the backend's argmax (the default for plain greedy) gives the
  * same tokens as the sampler reading every step's logits (forced by a token callback),
  * alone and for a batch of more sequences than a step keeps logits rows for. */
@@ -145,7 +136,7 @@ static void test_greedy_paths(void) {
     size_t lens[NS];
     mc_generation dev[NS], host[NS];
     mc_generate_params p = greedy(NT);
-    int calls = 0, i;
+    int i;
     if (!m) return;
     CHECK(m->be->argmax_rows != NULL);
     for (i = 0; i < NS; i++) {
@@ -158,11 +149,7 @@ static void test_greedy_paths(void) {
     cp.n_seq = NS;
     cp.n_ctx = 32;
     CHECK_OK(mc_context_create(m, &cp, &ctx));
-    CHECK_OK(mc_generate_batch(ctx, prompts, lens, NS, &p, dev));
-    p.on_token = count_tokens;
-    p.user = &calls;
-    CHECK_OK(mc_generate_batch(ctx, prompts, lens, NS, &p, host));
-    CHECK_INT(calls, NS * NT);
+    CHECK_INT(t_generate_both(ctx, prompts, lens, NS, p, dev, host), NS * NT);
     for (i = 0; i < NS; i++) {
         CHECK_INT(dev[i].n_tokens, NT);
         CHECK_INT(host[i].n_tokens, NT);
@@ -190,7 +177,7 @@ static void test_greedy_paths(void) {
         m->be->argmax_rows = NULL;
         CHECK_STATUS(mc_fwd_step_argmax(f, &seq0, &id, 1, &nx), MC_ERR_UNSUPPORTED);
         CHECK_MSG("argmax_rows");
-        p.on_token = NULL; /* plain greedy without the op: the sampler's path */
+        /* plain greedy without the op: the sampler's path */
         CHECK_OK(mc_generate(ctx, prompts[0], lens[0], &p, &dev[0]));
         CHECK_INT(dev[0].n_tokens, NT);
         mc_generation_clear(&dev[0]);

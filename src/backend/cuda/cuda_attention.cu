@@ -66,6 +66,15 @@ static __device__ __forceinline__ float bf16_round(float x) {
     return __bfloat162float(__float2bfloat16(x));
 }
 
+/* The m16n8k16 A fragment of two adjacent 8-column accumulator tiles (P or dS), as bf16. */
+static __device__ __forceinline__ void pack_a(uint32_t (&a)[4], const float (&t0)[4],
+                                              const float (&t1)[4]) {
+    a[0] = cu_pack_bf16(t0[0], t0[1]);
+    a[1] = cu_pack_bf16(t0[2], t0[3]);
+    a[2] = cu_pack_bf16(t1[0], t1[1]);
+    a[3] = cu_pack_bf16(t1[2], t1[3]);
+}
+
 static __device__ __forceinline__ uint32_t lds32(const bf16 *p) {
     return *reinterpret_cast<const uint32_t *>(p);
 }
@@ -206,10 +215,7 @@ static __device__ __forceinline__ void flash_step(const FlashArgs &a, const bf16
 #pragma unroll
     for (int kq = 0; kq < BN / 16; kq++) {
         uint32_t pa[4];
-        pa[0] = cu_pack_bf16(s[2 * kq][0], s[2 * kq][1]);
-        pa[1] = cu_pack_bf16(s[2 * kq][2], s[2 * kq][3]);
-        pa[2] = cu_pack_bf16(s[2 * kq + 1][0], s[2 * kq + 1][1]);
-        pa[3] = cu_pack_bf16(s[2 * kq + 1][2], s[2 * kq + 1][3]);
+        pack_a(pa, s[2 * kq], s[2 * kq + 1]);
 #pragma unroll
         for (int dt = 0; dt < HD / 8; dt += 2) {
             uint32_t vb[4];
@@ -747,14 +753,8 @@ static __global__ void __launch_bounds__(128) flash_bwd_kernel(const BwdArgs a) 
 #pragma unroll
             for (int kq = 0; kq < BMQ / 16; kq++) {
                 uint32_t pa[4], da[4];
-                pa[0] = cu_pack_bf16(st[2 * kq][0], st[2 * kq][1]);
-                pa[1] = cu_pack_bf16(st[2 * kq][2], st[2 * kq][3]);
-                pa[2] = cu_pack_bf16(st[2 * kq + 1][0], st[2 * kq + 1][1]);
-                pa[3] = cu_pack_bf16(st[2 * kq + 1][2], st[2 * kq + 1][3]);
-                da[0] = cu_pack_bf16(dpt[2 * kq][0], dpt[2 * kq][1]);
-                da[1] = cu_pack_bf16(dpt[2 * kq][2], dpt[2 * kq][3]);
-                da[2] = cu_pack_bf16(dpt[2 * kq + 1][0], dpt[2 * kq + 1][1]);
-                da[3] = cu_pack_bf16(dpt[2 * kq + 1][2], dpt[2 * kq + 1][3]);
+                pack_a(pa, st[2 * kq], st[2 * kq + 1]);
+                pack_a(da, dpt[2 * kq], dpt[2 * kq + 1]);
 #pragma unroll
                 for (int dt = 0; dt < HD / 8; dt += 2) {
                     uint32_t b[4];

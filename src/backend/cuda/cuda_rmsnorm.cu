@@ -46,11 +46,12 @@ static __device__ __forceinline__ void rms_load_w(float (&wv)[E > 0 ? E : 1], co
     }
 }
 
-/* E > 0: a row has at most G * E elements, held in registers between the two passes, and
+/* SRC: x = src + delta (a copy and an add taken over) instead of x += delta.
+ * E > 0: a row has at most G * E elements, held in registers between the two passes, and
  * every load is issued before any is used (decode rows are latency-bound), the weights
  * before cu_dep_wait() when frozen; E == 0: any D, the second pass reads x again. The sums
  * run in the same order either way. */
-template <int G, int E>
+template <int G, int E, bool SRC>
 static __global__ void rmsnorm_kernel(const RmsArgs a) {
     const int rows = blockDim.x / G, g = threadIdx.x / G, l = threadIdx.x % G;
     float wv[E > 0 ? E : 1];
@@ -60,7 +61,7 @@ static __global__ void rmsnorm_kernel(const RmsArgs a) {
     const int t = blockIdx.x * rows + g;
     if (t >= a.T) return; /* only when G == 32: no barriers below */
     float *xr = a.x + (size_t)t * a.D;
-    const float *xin = a.src ? a.src + (size_t)t * a.D : xr; /* the row before the add */
+    const float *xin = SRC ? a.src + (size_t)t * a.D : xr; /* the row before the add */
     float *orow = a.out + (size_t)t * a.D;
     float ss = 0.0f;
     if (E > 0) {
@@ -154,14 +155,21 @@ static __global__ void rmsnorm_bwd_kernel(const RmsArgs a) {
     }
 }
 
+/* The forward for rows of D elements, with a.src (SRC) or without. */
+template <int G, bool SRC>
+static void launch_src(mc_cuda *c, const RmsArgs &a, dim3 grid, dim3 block) {
+    if (a.D <= G * 8) cu_launch(c, rmsnorm_kernel<G, 8, SRC>, grid, block, 0, a, "rmsnorm");
+    else if (a.D <= G * 16) cu_launch(c, rmsnorm_kernel<G, 16, SRC>, grid, block, 0, a, "rmsnorm");
+    else cu_launch(c, rmsnorm_kernel<G, 0, SRC>, grid, block, 0, a, "rmsnorm");
+}
+
 template <int G>
 static void launch_g(mc_cuda *c, const RmsArgs &a, bool backward) {
     const int rows = G == 32 ? 8 : 1;
     dim3 grid((unsigned)((a.T + rows - 1) / rows)), block((unsigned)(G == 32 ? 256 : G));
     if (backward) cu_launch(c, rmsnorm_bwd_kernel<G>, grid, block, 0, a, "rmsnorm_backward");
-    else if (a.D <= G * 8) cu_launch(c, rmsnorm_kernel<G, 8>, grid, block, 0, a, "rmsnorm");
-    else if (a.D <= G * 16) cu_launch(c, rmsnorm_kernel<G, 16>, grid, block, 0, a, "rmsnorm");
-    else cu_launch(c, rmsnorm_kernel<G, 0>, grid, block, 0, a, "rmsnorm");
+    else if (a.src) launch_src<G, true>(c, a, grid, block);
+    else launch_src<G, false>(c, a, grid, block);
 }
 
 static void launch(mc_cuda *c, const RmsArgs &a, bool backward) {

@@ -754,7 +754,10 @@ typedef struct mc_generation {
  *  token per step. Errors (nothing generated): MC_ERR_INVALID_ARG for an empty prompt,
  *  max_tokens <= 0, stop strings without a tokenizer, or invalid sampler parameters;
  *  MC_ERR_TOKEN_ID for an id outside the vocabulary; MC_ERR_CONTEXT_FULL when the prompt
- *  leaves no room to generate. On success *out owns the result. */
+ *  leaves no room to generate; MC_ERR_NUMERIC for a NaN or +inf logit. On success *out
+ *  owns the result. Plain greedy decoding (temperature 0, no logit bias or penalty, no
+ *  on_token callback) takes each token's argmax where the backend keeps the logits (on a
+ *  GPU only the token id comes back to the host); the tokens are the same either way. */
 MC_API mc_status mc_generate(mc_context *ctx, const int32_t *prompt, size_t n_prompt,
                              const mc_generate_params *params, mc_generation *out);
 

@@ -972,24 +972,25 @@ static float *lse_keep(mc_cuda *c, const void *out, const void *q, const void *k
                        int T, int Hq, int Hkv, int hd) {
     cu_lse_slot *s = lse_find(c, q, k, v, T, Hq, Hkv, hd);
     const size_t n = (size_t)Hq * (size_t)T;
-    if (!s) {
-        for (int i = 0; i < CU_N_LSE; i++) {
+    if (!s) { /* a free slot, one large enough first; else the least recently kept */
+        cu_lse_slot *free_any = NULL;
+        for (int i = 0; i < CU_N_LSE && !(s && !s->valid); i++) {
             cu_lse_slot *t = &c->lse[i];
-            if (!t->valid) {
-                s = t;
-                break;
-            }
-            if (!s || t->stamp < s->stamp) s = t;
+            if (!t->valid && t->cap >= n) s = t;
+            else if (!t->valid && !free_any) free_any = t;
+            else if (t->valid && (!s || (s->valid && t->stamp < s->stamp))) s = t;
         }
+        if (free_any && (!s || s->valid)) s = free_any;
         lse_drop(c, s);
     }
-    if (s->cap < n) {
+    if (s->cap < n) { /* grown with room to spare: a reallocation waits for the device */
+        const size_t cap = MC_MAX(n + n / 4, (size_t)CU_LSE_MIN);
         lse_drop(c, s);
         if (s->lse) cu_free(c, s->lse);
         s->cap = 0;
-        s->lse = (float *)cu_malloc(c, n * sizeof(float), NULL);
+        s->lse = (float *)cu_malloc(c, cap * sizeof(float), NULL);
         if (!s->lse) return NULL; /* an optimisation: go on without it */
-        s->cap = n;
+        s->cap = cap;
     }
     s->q = q;
     s->k = k;

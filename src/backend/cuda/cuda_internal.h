@@ -83,7 +83,7 @@ struct cu_lse_slot {
     unsigned long stamp;
 };
 
-enum { CU_N_LSE = 128 };
+enum { CU_N_LSE = 128, CU_LSE_MIN = 16384 /* floats a kept entry's buffer holds at least */ };
 
 /* Named scratch buffers (grown on demand, freed at destroy). */
 enum cu_scratch_id {

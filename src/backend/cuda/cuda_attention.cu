@@ -1076,10 +1076,11 @@ void cu_attention(mc_backend *be, void *out, const void *q, const void *k, const
         }
         /* a training forward: its backward may take the log-sum-exp from here (not when
          * the output overwrites an input) */
-        const uintptr_t o0 = (uintptr_t)out, o1 = o0 + nout * sizeof(float);
-        const size_t kvb = (size_t)T * Hkv * hd * sizeof(float);
-        if (c->lse_on && pos0 == 0 && !span_hits(q, nout * sizeof(float), o0, o1) &&
-            !span_hits(k, kvb, o0, o1) && !span_hits(v, kvb, o0, o1))
+        const float *of = (const float *)out;
+        const size_t nkv = (size_t)T * Hkv * hd;
+        if (c->lse_on && pos0 == 0 && !cu_f32_overlap((const float *)q, nout, of, nout) &&
+            !cu_f32_overlap((const float *)k, nkv, of, nout) &&
+            !cu_f32_overlap((const float *)v, nkv, of, nout))
             a.lse = lse_keep(c, out, q, k, v, T, Hq, Hkv, hd);
         flash_fwd(c, hd, a);
         return;

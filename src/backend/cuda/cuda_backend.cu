@@ -603,13 +603,14 @@ static mc_status cuda_copy(mc_backend *be, void *dst, const void *src, size_t by
     if (!bytes) return MC_OK;
     cu_note_write(c, dst, bytes);
     if (cu_aligned16(dst) && cu_aligned16(src) && bytes % 16 == 0) {
-        uintptr_t d = (uintptr_t)dst, s = (uintptr_t)src;
-        if (c->fuse_on && (d + bytes <= s || s + bytes <= d)) { /* an add into dst may follow */
+        const size_t nf = bytes / sizeof(float);
+        if (c->fuse_on && !cu_f32_overlap((const float *)dst, nf, (const float *)src, nf)) {
+            /* an add into dst may follow */
             cu_pending_flush(c);
             c->pend.kind = CU_PEND_COPY;
             c->pend.y = (float *)dst;
             c->pend.x = (const float *)src;
-            c->pend.n = bytes / sizeof(float);
+            c->pend.n = nf;
             return MC_OK;
         }
         cu_copy_kernel(c, dst, src, bytes); /* a kernel, so decode steps stay one graph */

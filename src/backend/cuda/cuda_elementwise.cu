@@ -194,22 +194,13 @@ static void add_launch(mc_cuda *c, float *y, const float *x, const float *src, s
 
 void cu_flush_add(mc_cuda *c, const cu_pending *p) { add_launch(c, p->y, p->x, p->src, p->n); }
 
-void cu_flush_copy(mc_cuda *c, const cu_pending *p) {
-    cu_copy_kernel(c, p->y, p->x, p->n * sizeof(float));
-}
-
-/* True when [a, a + n) and [b, b + n) floats overlap. */
-static bool spans_overlap(const float *a, const float *b, size_t n) {
-    return a < b + n && b < a + n;
-}
-
 void cu_add(mc_backend *be, void *y, const void *x, size_t n) {
     mc_cuda *c = cu_ctx(be);
     if (!n) return;
     cu_note_write(c, y, n * sizeof(float));
     if (c->pend.kind == CU_PEND_COPY && c->pend.y == y && c->pend.n == n &&
-        !spans_overlap(c->pend.x, (const float *)x, n) &&
-        !spans_overlap((const float *)y, (const float *)x, n)) {
+        !cu_f32_overlap(c->pend.x, n, (const float *)x, n) &&
+        !cu_f32_overlap((const float *)y, n, (const float *)x, n)) {
         /* y was just copied from src: y = src + x in one pass, still pending */
         c->pend.kind = CU_PEND_ADD;
         c->pend.src = c->pend.x;
@@ -294,10 +285,8 @@ static __global__ void copy_kernel(const CopyArgs a) {
     }
 }
 
-void cu_copy_kernel(mc_cuda *c, void *dst, const void *src, size_t bytes) {
+static void copy_launch(mc_cuda *c, void *dst, const void *src, size_t bytes) {
     CopyArgs a;
-    if (!bytes) return;
-    cu_note_write(c, dst, bytes);
     memset(&a, 0, sizeof a);
     a.dst = dst;
     a.src = src;
@@ -308,6 +297,16 @@ void cu_copy_kernel(mc_cuda *c, void *dst, const void *src, size_t bytes) {
         a.tail = bytes;
     }
     cu_launch(c, copy_kernel, grid_for(c, a.n16 + a.tail), dim3(256), 0, a, "copy");
+}
+
+void cu_copy_kernel(mc_cuda *c, void *dst, const void *src, size_t bytes) {
+    if (!bytes) return;
+    cu_note_write(c, dst, bytes);
+    copy_launch(c, dst, src, bytes);
+}
+
+void cu_flush_copy(mc_cuda *c, const cu_pending *p) { /* its write was noted when queued */
+    copy_launch(c, p->y, p->x, p->n * sizeof(float));
 }
 
 void cu_zero(mc_backend *be, void *p, size_t bytes) {

@@ -420,6 +420,11 @@ static inline unsigned cu_blocks(size_t n, unsigned threads, unsigned cap = 6553
 
 static inline __host__ __device__ bool cu_aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
 
+/* True when the floats [a, a + na) and [b, b + nb) overlap. */
+static inline bool cu_f32_overlap(const float *a, size_t na, const float *b, size_t nb) {
+    return a < b + nb && b < a + na;
+}
+
 /* ---- device helpers ---- */
 
 #ifdef __CUDACC__

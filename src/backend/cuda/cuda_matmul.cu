@@ -587,16 +587,12 @@ static cu_gemv_ent gemv_ent(float *out, int ldo, mc_wt w, mc_wt bias, int N) {
     return e;
 }
 
-static bool ranges_overlap(const float *a, size_t na, const float *b, size_t nb) {
-    return a < b + nb && b < a + na;
-}
-
 /* True when out[0, n) overlaps nothing the pending GEMV reads (its input) or writes to
  * (its entries). */
 static bool gemv_out_free(const cu_pending *p, const float *out, size_t n) {
-    if (ranges_overlap(out, n, p->gx, (size_t)p->M * (size_t)p->K)) return false;
+    if (cu_f32_overlap(out, n, p->gx, (size_t)p->M * (size_t)p->K)) return false;
     for (int e = 0; e < p->nent; e++)
-        if (ranges_overlap(out, n, p->ent[e].out, (size_t)(p->M - 1) * p->ent[e].ldo + p->ent[e].N))
+        if (cu_f32_overlap(out, n, p->ent[e].out, (size_t)(p->M - 1) * p->ent[e].ldo + p->ent[e].N))
             return false;
     return true;
 }
@@ -643,9 +639,10 @@ bool cu_gemv_take_swiglu(mc_cuda *c, float *out, const float *gate, const float 
         G.rope || U.rope)
         return false;
     /* out may be gate or up itself, but no other overlap with the outputs or the input */
-    if ((out != gate && ranges_overlap(out, n, gate, n)) || (out != up && ranges_overlap(out, n, up, n)))
+    if ((out != gate && cu_f32_overlap(out, n, gate, n)) ||
+        (out != up && cu_f32_overlap(out, n, up, n)))
         return false;
-    if (ranges_overlap(out, n, p->gx, (size_t)p->M * (size_t)p->K)) return false;
+    if (cu_f32_overlap(out, n, p->gx, (size_t)p->M * (size_t)p->K)) return false;
     p->glu_out = out;
     return true;
 }
@@ -686,8 +683,8 @@ static void gemv(mc_cuda *c, float *out, int ldo, const float *x, mc_wt w, mc_wt
     if (c->fuse_on && c->gemv_cnt && p->kind == CU_PEND_SWIGLU && p->s_out == x && p->n == nx &&
         nx * sizeof(float) <= 48 * 1024 &&
         cu_aligned16(p->gate) && cu_aligned16(p->up) &&
-        !ranges_overlap(out, nout, p->gate, nx) && !ranges_overlap(out, nout, p->up, nx) &&
-        !ranges_overlap(out, nout, p->s_out, nx)) {
+        !cu_f32_overlap(out, nout, p->gate, nx) && !cu_f32_overlap(out, nout, p->up, nx) &&
+        !cu_f32_overlap(out, nout, p->s_out, nx)) {
         a.x = p->gate;
         a.up = p->up;
         a.sw_out = p->s_out;
@@ -701,7 +698,7 @@ static void gemv(mc_cuda *c, float *out, int ldo, const float *x, mc_wt w, mc_wt
         p->ent[p->nent++] = a.ent[0];
         return;
     }
-    if (c->fuse_on && !ranges_overlap(out, nout, x, nx)) {
+    if (c->fuse_on && !cu_f32_overlap(out, nout, x, nx)) {
         cu_pending_flush(c);
         p->kind = CU_PEND_GEMV;
         p->glu_out = NULL;

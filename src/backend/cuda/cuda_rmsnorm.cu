@@ -178,8 +178,6 @@ static void launch(mc_cuda *c, const RmsArgs &a, bool backward) {
     else launch_g<256>(c, a, backward);
 }
 
-/* True when [a, a + n) and [b, b + n) floats overlap. */
-static bool overlaps(const float *a, const float *b, size_t n) { return a < b + n && b < a + n; }
 
 void cu_rmsnorm(mc_backend *be, void *out, const void *x, mc_wt w, int T, int D, float eps) {
     mc_cuda *c = cu_ctx(be);
@@ -190,9 +188,9 @@ void cu_rmsnorm(mc_backend *be, void *out, const void *x, mc_wt w, int T, int D,
     /* a pending y += d with y == x fuses: x += d and out = rmsnorm(x) in one pass (out may
      * be d itself: each element of d is read before the same thread writes out there) */
     if (c->pend.kind == CU_PEND_ADD && c->pend.y == x && c->pend.n == n &&
-        (c->pend.x == (const float *)out || !overlaps(c->pend.x, (const float *)out, n)) &&
-        !overlaps(c->pend.x, (const float *)x, n) &&
-        (!c->pend.src || !overlaps(c->pend.src, (const float *)out, n))) {
+        (c->pend.x == (const float *)out || !cu_f32_overlap(c->pend.x, n, (const float *)out, n)) &&
+        !cu_f32_overlap(c->pend.x, n, (const float *)x, n) &&
+        (!c->pend.src || !cu_f32_overlap(c->pend.src, n, (const float *)out, n))) {
         a.delta = c->pend.x;
         a.src = c->pend.src;
         c->pend.kind = CU_PEND_NONE;

@@ -194,10 +194,11 @@ static void test_rmsnorm(void) {
 
 static void test_matmul(void) {
     const int Ms[6] = {1, 3, 8, 9, 64, 133};
-    const int NK[4][2] = {{896, 896}, {130, 200}, {77, 100}, {300, 4864}};
+    /* {1001, 2056}: one-row products staged in shared memory, the last block short */
+    const int NK[5][2] = {{896, 896}, {130, 200}, {77, 100}, {300, 4864}, {1001, 2056}};
     const mc_dtype dts[3] = {MC_BF16, MC_F16, MC_F32};
     for (int di = 0; di < 3; di++)
-        for (int nk = 0; nk < 4; nk++)
+        for (int nk = 0; nk < 5; nk++)
             for (int mi = 0; mi < 6; mi++) {
                 int M = Ms[mi], N = NK[nk][0], K = NK[nk][1], ldo = N + (mi % 2 ? 5 : 0);
                 bool with_bias = (mi + nk) % 2 == 0;

@@ -298,6 +298,20 @@ void cu_pending_flush(mc_cuda *c) {
 void cu_launch_raw(mc_cuda *c, const void *func, dim3 grid, dim3 block, unsigned smem,
                    const void *args, unsigned size, const char *name) {
     cu_node *n;
+    const bool keep_l1 = c->keep_l1;
+    c->keep_l1 = false;
+    if (c->smem_on && !keep_l1) {
+        /* the largest shared-memory split: an SM changes its split only when idle, and the
+         * staged GEMV's blocks must fit beside the kernels still running before it */
+        int i = 0;
+        while (i < c->n_carved && c->carved[i] != func) i++;
+        if (i == c->n_carved && i < CU_N_CARVED) {
+            c->carved[c->n_carved++] = func;
+            const cudaFuncAttribute at = cudaFuncAttributePreferredSharedMemoryCarveout;
+            (void)cu_check(c, cudaFuncSetAttribute(func, at, (int)cudaSharedmemCarveoutMaxShared),
+                           name);
+        }
+    }
     if (c->pend.kind != CU_PEND_NONE) cu_pending_flush(c);
     if (!c->graphs_on || c->rec_broken) {
         launch_direct(c, func, grid, block, smem, args, name);
@@ -775,6 +789,7 @@ extern "C" mc_status mc_backend_cuda_create(int device, mc_backend **out) {
     c->fuse_glu = c->fuse_on && !(env && strstr(env, "glu"));
     c->lse_on = c->fuse_on && !(env && strstr(env, "lse"));
     c->kv16_on = c->fuse_on && !(env && strstr(env, "kv16"));
+    c->smem_on = !(env && strstr(env, "smem"));
     env = getenv("MC_CUDA_DECODE_ATT"); /* "row": the older one-block-per-split decode attention */
     c->dec_cluster = !(env && strcmp(env, "row") == 0);
     c->kv_pre_on = !getenv("MC_CUDA_NOKVPRE"); /* for comparisons */
@@ -817,6 +832,7 @@ extern "C" mc_status mc_backend_cuda_create(int device, mc_backend **out) {
         (void)cublasSetStream(c->blas, c->stream);
     }
     cu_attention_init(c);
+    cu_matmul_init(c);
     c->gemv_cnt = (int *)cu_malloc(c, sizeof(int), "setup");
     if (c->gemv_cnt) (void)cu_check(c, cudaMemset(c->gemv_cnt, 0, sizeof(int)), "setup");
     if (c->err != MC_OK) {

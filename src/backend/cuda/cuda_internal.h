@@ -69,6 +69,9 @@ struct cu_shadow {
 
 enum { CU_N_SHADOW = 4 };
 
+/* Kernels whose shared-memory split cu_launch_raw sets (there are fewer). */
+enum { CU_N_CARVED = 256 };
+
 /* The log-sum-exp rows a flash-attention forward (pos0 == 0) computed, kept so that the
  * backward of the same attention (same q, k, v and shape, none of them nor the forward's
  * output written since: cu_note_write drops the entry) need not run the forward again;
@@ -226,6 +229,13 @@ struct mc_cuda {
     cu_lse_slot lse[CU_N_LSE];
     bool lse_on; /* kept log-sum-exp rows (MC_CUDA_NOFUSE=lse: off) */
     bool kv16_on; /* flash attention reads bf16 copies of k and v (MC_CUDA_NOFUSE=kv16: off) */
+    /* one-row GEMVs of long rows staged in shared memory, and every kernel but the
+     * several-row GEMVs asking for the largest shared-memory split (MC_CUDA_NOFUSE=smem:
+     * neither) */
+    bool smem_on;
+    bool keep_l1; /* the launch being queued keeps the default split */
+    const void *carved[CU_N_CARVED]; /* kernels whose split was set */
+    int n_carved;
     int n_lse_valid;
     unsigned long lse_clock;
     long n_lse_hit; /* attention backwards that reused their forward's log-sum-exp */
@@ -390,6 +400,7 @@ void cu_attention_backward(mc_backend *be, void *dq, void *dk, void *dv, const v
                            const void *q, const void *k, const void *v, int T, int Hq, int Hkv,
                            int hd);
 void cu_attention_init(mc_cuda *c);
+void cu_matmul_init(mc_cuda *c);
 /* cuda_elementwise.cu */
 void cu_swiglu(mc_backend *be, void *out, const void *gate, const void *up, size_t n);
 void cu_swiglu_backward(mc_backend *be, void *dgate, void *dup, const void *dout, const void *gate,

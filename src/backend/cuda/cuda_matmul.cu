@@ -516,10 +516,126 @@ static __global__ void __launch_bounds__(128) gemv_scalar_kernel(const GemvScala
     }
 }
 
+/* ---- long-row GEMV staged in shared memory (one input row) ---- */
+
+enum { CU_SMV_MAX_RB = 8, CU_SMV_MAX_BYTES = 112 * 1024, CU_SMV_THREADS = 256 };
+
+struct GemvSmemArgs {
+    float *out;       /* [N] */
+    const void *w;    /* [N, K], frozen */
+    const void *bias; /* [N] or NULL */
+    const float *x;   /* [K] */
+    int N, K, rb, bias_dt;
+};
+
+/* out[n] = W[n, :] . x (+ b[n]) for one input row and long rows (the down projection): a
+ * block owns rb consecutive rows (one contiguous range of the weight) and copies them into
+ * shared memory with cp.async before cu_dep_wait(), holding no registers, so a grid of
+ * about one block per SM has the whole weight in flight while the previous kernel (the
+ * gate/up GEMV) still runs; the input follows after the wait, in one trip through L2.
+ * Thread i then sums chunks i, i + 256, ... of 8 elements of every row against the same
+ * input chunk; warp sums, then the 8 warps in order. Needs the largest shared-memory split
+ * on the SMs it shares with the kernels before it (cu_launch_raw asks for it). */
+template <typename WT>
+static __global__ void __launch_bounds__(CU_SMV_THREADS) gemv_smem_kernel(const GemvSmemArgs a) {
+    extern __shared__ __align__(16) unsigned char wsm[]; /* rb weight rows, then x [K] f32 */
+    constexpr int NT = CU_SMV_THREADS, NW = NT / 32;
+    const int n0 = (int)blockIdx.x * a.rb, rb = min(a.rb, a.N - n0);
+    const size_t bytes = (size_t)rb * (size_t)a.K * sizeof(WT);
+    const unsigned char *src =
+        static_cast<const unsigned char *>(a.w) + (size_t)n0 * a.K * sizeof(WT);
+    const uint32_t s0 = (uint32_t)__cvta_generic_to_shared(wsm);
+    const uint32_t sx = s0 + (uint32_t)((size_t)a.rb * (size_t)a.K * sizeof(WT));
+    for (size_t off = (size_t)threadIdx.x * 16; off < bytes; off += NT * 16)
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s0 + (uint32_t)off),
+                     "l"(src + off)
+                     : "memory");
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+    cu_dep_wait();
+    /* the input: one trip through L2 for the whole block */
+    for (int off = (int)threadIdx.x * 16; off < a.K * 4; off += NT * 16)
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(sx + (uint32_t)off),
+                     "l"(reinterpret_cast<const unsigned char *>(a.x) + off)
+                     : "memory");
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+    asm volatile("cp.async.wait_all;\n" ::: "memory");
+    __syncthreads();
+    float acc[CU_SMV_MAX_RB];
+#pragma unroll
+    for (int r = 0; r < CU_SMV_MAX_RB; r++) acc[r] = 0.0f;
+    const int nch = a.K >> 3;
+    const WT *ws = reinterpret_cast<const WT *>(wsm);
+    const float4 *xs = reinterpret_cast<const float4 *>(wsm + (size_t)a.rb * a.K * sizeof(WT));
+    for (int ch = threadIdx.x; ch < nch; ch += NT) {
+        const float4 x0 = xs[2 * ch], x1 = xs[2 * ch + 1];
+#pragma unroll
+        for (int r = 0; r < CU_SMV_MAX_RB; r++) {
+            if (r < rb) {
+                Chunk8<WT> w;
+                w.u = *reinterpret_cast<const uint4 *>(ws + (size_t)r * a.K + (size_t)ch * 8);
+                float f[8];
+                w.get(f);
+                float s = acc[r];
+                s = fmaf(f[0], x0.x, s);
+                s = fmaf(f[1], x0.y, s);
+                s = fmaf(f[2], x0.z, s);
+                s = fmaf(f[3], x0.w, s);
+                s = fmaf(f[4], x1.x, s);
+                s = fmaf(f[5], x1.y, s);
+                s = fmaf(f[6], x1.z, s);
+                s = fmaf(f[7], x1.w, s);
+                acc[r] = s;
+            }
+        }
+    }
+    __shared__ float part[NW][CU_SMV_MAX_RB];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+#pragma unroll
+    for (int r = 0; r < CU_SMV_MAX_RB; r++) {
+        const float v = cu_warp_sum(acc[r]);
+        if (lane == 0) part[warp][r] = v;
+    }
+    __syncthreads();
+    if ((int)threadIdx.x < rb) {
+        const int r = threadIdx.x, n = n0 + r;
+        float t = part[0][r];
+#pragma unroll
+        for (int w = 1; w < NW; w++) t += part[w][r];
+        const float b = a.bias ? cu_load_w(a.bias, a.bias_dt, (size_t)n) : 0.0f;
+        a.out[n] = t + b;
+    }
+}
+
+/* Shared memory of gemv_smem_kernel: rb rows of 2-byte weights and the f32 input. */
+static size_t gemv_smem_bytes(int rb, int K) { return (size_t)rb * (size_t)K * 2 + (size_t)K * 4; }
+
+/* Rows a block of gemv_smem_kernel takes for an N x K weight of 2-byte elements, or 0 when
+ * the kernel does not apply (short rows, or a single row over the shared-memory limit). */
+static int gemv_smem_rows(const mc_cuda *c, int N, int K) {
+    if (!c->smem_on || K < CU_GEMV_KSPLIT_MIN || K % 8 != 0) return 0;
+    int rb = (N + c->n_sm - 1) / c->n_sm;
+    if (rb > CU_SMV_MAX_RB) rb = CU_SMV_MAX_RB;
+    while (rb > 1 && gemv_smem_bytes(rb, K) > CU_SMV_MAX_BYTES) rb--;
+    return gemv_smem_bytes(rb, K) <= CU_SMV_MAX_BYTES ? rb : 0;
+}
+
+/* Raises the dynamic shared-memory limit of the staged GEMV. */
+void cu_matmul_init(mc_cuda *c) {
+    (void)cu_check(c, cudaFuncSetAttribute(gemv_smem_kernel<__nv_bfloat16>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           (int)CU_SMV_MAX_BYTES),
+                   "matmul setup");
+    (void)cu_check(c, cudaFuncSetAttribute(gemv_smem_kernel<__half>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           (int)CU_SMV_MAX_BYTES),
+                   "matmul setup");
+}
+
 template <typename WT, int MT, bool SW>
 static void gemv_launch_r(mc_cuda *c, GemvArgs a) {
     if constexpr (!SW) { /* a SwiGLU taken over by the gate/up GEMV: never a staged input */
         if (a.glu) { /* 2-byte weights, at most 2 input rows: two weight rows a warp */
+            c->keep_l1 = MT > 1;
             if (sizeof(WT) == 2 && MT <= 2)
                 cu_launch(c, gemv_glu_kernel<WT, MT, 2>, dim3((unsigned)((a.ent[0].N + 7) / 8)),
                           dim3(128), 0, a, "gemv gate/up swiglu");
@@ -543,6 +659,7 @@ static void gemv_launch_r(mc_cuda *c, GemvArgs a) {
     for (int e = a.nent; e <= CU_GEMV_MAX_ENT; e++) a.bstart[e] = b;
     const unsigned smem = SW ? (unsigned)((size_t)a.M * a.K * sizeof(float)) : 0u;
     const char *name = a.nent > 1 ? "gemv multi" : SW ? "gemv swiglu" : "gemv";
+    c->keep_l1 = MT > 1; /* their inputs are read through L1 once per row of W */
     if (KS == 4) cu_launch(c, gemv_kernel<WT, MT, 1, SW, 4>, dim3((unsigned)b), dim3(128), smem, a, name);
     else if (R == 2) cu_launch(c, gemv_kernel<WT, MT, 2, SW, 1>, dim3((unsigned)b), dim3(128), smem, a, name);
     else cu_launch(c, gemv_kernel<WT, MT, 1, SW, 1>, dim3((unsigned)b), dim3(128), smem, a, name);
@@ -568,6 +685,30 @@ static void gemv_launch(mc_cuda *c, const GemvArgs &a0, mc_dtype dt) {
     a.wpre = 1;
     for (int e = 0; e < a.nent; e++)
         if (!cu_is_frozen(c, a.ent[e].w, (size_t)a.ent[e].N * (size_t)a.K * mc_dtype_size(dt))) a.wpre = 0;
+    if (a.M == 1 && a.nent == 1 && a.wpre && !a.up && !a.ent[0].rope &&
+        (dt == MC_BF16 || dt == MC_F16)) {
+        const int rb = gemv_smem_rows(c, a.ent[0].N, a.K);
+        if (rb > 0) {
+            GemvSmemArgs s;
+            memset(&s, 0, sizeof s);
+            s.out = a.ent[0].out;
+            s.w = a.ent[0].w;
+            s.bias = a.ent[0].bias;
+            s.bias_dt = a.ent[0].bias_dt;
+            s.x = a.x;
+            s.N = a.ent[0].N;
+            s.K = a.K;
+            s.rb = rb;
+            const dim3 grid((unsigned)((s.N + rb - 1) / rb));
+            const unsigned smem = (unsigned)gemv_smem_bytes(rb, a.K);
+            const dim3 block(CU_SMV_THREADS);
+            if (dt == MC_BF16)
+                cu_launch(c, gemv_smem_kernel<__nv_bfloat16>, grid, block, smem, s, "gemv staged");
+            else
+                cu_launch(c, gemv_smem_kernel<__half>, grid, block, smem, s, "gemv staged");
+            return;
+        }
+    }
     switch (dt) {
     case MC_BF16: gemv_launch_t<__nv_bfloat16>(c, a); return;
     case MC_F16: gemv_launch_t<__half>(c, a); return;

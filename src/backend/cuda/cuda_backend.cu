@@ -295,6 +295,17 @@ void cu_pending_flush(mc_cuda *c) {
     }
 }
 
+/* True when func's shared-memory split was set already; else records it (an open-addressing
+ * set of kernels, looked up on every launch; past half full, every kernel counts as set). */
+static bool carved_before(mc_cuda *c, const void *func) {
+    unsigned h = (unsigned)(((uintptr_t)func >> 4) * 2654435761u) % CU_N_CARVED;
+    while (c->carved[h] && c->carved[h] != func) h = (h + 1) % CU_N_CARVED;
+    if (c->carved[h] || c->n_carved >= CU_N_CARVED / 2) return true;
+    c->carved[h] = func;
+    c->n_carved++;
+    return false;
+}
+
 void cu_launch_raw(mc_cuda *c, const void *func, dim3 grid, dim3 block, unsigned smem,
                    const void *args, unsigned size, const char *name) {
     cu_node *n;
@@ -303,10 +314,7 @@ void cu_launch_raw(mc_cuda *c, const void *func, dim3 grid, dim3 block, unsigned
     if (c->smem_on && !keep_l1) {
         /* the largest shared-memory split: an SM changes its split only when idle, and the
          * staged GEMV's blocks must fit beside the kernels still running before it */
-        int i = 0;
-        while (i < c->n_carved && c->carved[i] != func) i++;
-        if (i == c->n_carved && i < CU_N_CARVED) {
-            c->carved[c->n_carved++] = func;
+        if (!carved_before(c, func)) {
             const cudaFuncAttribute at = cudaFuncAttributePreferredSharedMemoryCarveout;
             (void)cu_check(c, cudaFuncSetAttribute(func, at, (int)cudaSharedmemCarveoutMaxShared),
                            name);

@@ -69,7 +69,8 @@ struct cu_shadow {
 
 enum { CU_N_SHADOW = 4 };
 
-/* Kernels whose shared-memory split cu_launch_raw sets (there are fewer). */
+/* Slots of the set of kernels whose shared-memory split cu_launch_raw has set (there are
+ * far fewer kernels than half of them). */
 enum { CU_N_CARVED = 256 };
 
 /* The log-sum-exp rows a flash-attention forward (pos0 == 0) computed, kept so that the
@@ -234,7 +235,7 @@ struct mc_cuda {
      * neither) */
     bool smem_on;
     bool keep_l1; /* the launch being queued keeps the default split */
-    const void *carved[CU_N_CARVED]; /* kernels whose split was set */
+    const void *carved[CU_N_CARVED]; /* kernels whose split was set (hashed; NULL: free) */
     int n_carved;
     int n_lse_valid;
     unsigned long lse_clock;

@@ -229,6 +229,18 @@ static __device__ __forceinline__ void load_x8(const GemvArgs &a, const float *x
     }
 }
 
+/* s + w . (x0, x1) over one chunk of 8, the products added in element order. */
+static __device__ __forceinline__ float dot8(const float (&w)[8], float4 x0, float4 x1, float s) {
+    s = fmaf(w[0], x0.x, s);
+    s = fmaf(w[1], x0.y, s);
+    s = fmaf(w[2], x0.z, s);
+    s = fmaf(w[3], x0.w, s);
+    s = fmaf(w[4], x1.x, s);
+    s = fmaf(w[5], x1.y, s);
+    s = fmaf(w[6], x1.z, s);
+    return fmaf(w[7], x1.w, s);
+}
+
 /* acc[r][m] += W[n0 + r, chunk] . x[m, chunk] for one chunk of 8. */
 template <typename WT, int MT, int R, bool SW>
 static __device__ __forceinline__ void gemv_chunk(float (&acc)[R][MT], const Chunk8<WT> *wc,
@@ -241,18 +253,7 @@ static __device__ __forceinline__ void gemv_chunk(float (&acc)[R][MT], const Chu
             float4 x0, x1;
             load_x8<SW>(a, xs, m, ch, x0, x1);
 #pragma unroll
-            for (int r = 0; r < R; r++) {
-                float s = acc[r][m];
-                s = fmaf(wf[r][0], x0.x, s);
-                s = fmaf(wf[r][1], x0.y, s);
-                s = fmaf(wf[r][2], x0.z, s);
-                s = fmaf(wf[r][3], x0.w, s);
-                s = fmaf(wf[r][4], x1.x, s);
-                s = fmaf(wf[r][5], x1.y, s);
-                s = fmaf(wf[r][6], x1.z, s);
-                s = fmaf(wf[r][7], x1.w, s);
-                acc[r][m] = s;
-            }
+            for (int r = 0; r < R; r++) acc[r][m] = dot8(wf[r], x0, x1, acc[r][m]);
         }
     }
 }
@@ -536,6 +537,17 @@ struct GemvSmemArgs {
  * Thread i then sums chunks i, i + 256, ... of 8 elements of every row against the same
  * input chunk; warp sums, then the 8 warps in order. Needs the largest shared-memory split
  * on the SMs it shares with the kernels before it (cu_launch_raw asks for it). */
+/* Starts copying [src, src + n) (16-byte aligned, n a multiple of 16) into shared memory
+ * at s0, 16 bytes a thread at a time, as one cp.async group; no registers held. */
+static __device__ __forceinline__ void smem_copy_async(uint32_t s0, const void *src, size_t n) {
+    const unsigned char *g = static_cast<const unsigned char *>(src);
+    for (size_t off = (size_t)threadIdx.x * 16; off < n; off += (size_t)blockDim.x * 16)
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s0 + (uint32_t)off),
+                     "l"(g + off)
+                     : "memory");
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+
 template <typename WT>
 static __global__ void __launch_bounds__(CU_SMV_THREADS) gemv_smem_kernel(const GemvSmemArgs a) {
     extern __shared__ __align__(16) unsigned char wsm[]; /* rb weight rows, then x [K] f32 */
@@ -545,19 +557,11 @@ static __global__ void __launch_bounds__(CU_SMV_THREADS) gemv_smem_kernel(const 
     const unsigned char *src =
         static_cast<const unsigned char *>(a.w) + (size_t)n0 * a.K * sizeof(WT);
     const uint32_t s0 = (uint32_t)__cvta_generic_to_shared(wsm);
-    const uint32_t sx = s0 + (uint32_t)((size_t)a.rb * (size_t)a.K * sizeof(WT));
-    for (size_t off = (size_t)threadIdx.x * 16; off < bytes; off += NT * 16)
-        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s0 + (uint32_t)off),
-                     "l"(src + off)
-                     : "memory");
-    asm volatile("cp.async.commit_group;\n" ::: "memory");
+    smem_copy_async(s0, src, bytes);
     cu_dep_wait();
     /* the input: one trip through L2 for the whole block */
-    for (int off = (int)threadIdx.x * 16; off < a.K * 4; off += NT * 16)
-        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(sx + (uint32_t)off),
-                     "l"(reinterpret_cast<const unsigned char *>(a.x) + off)
-                     : "memory");
-    asm volatile("cp.async.commit_group;\n" ::: "memory");
+    smem_copy_async(s0 + (uint32_t)((size_t)a.rb * (size_t)a.K * sizeof(WT)), a.x,
+                    (size_t)a.K * sizeof(float));
     asm volatile("cp.async.wait_all;\n" ::: "memory");
     __syncthreads();
     float acc[CU_SMV_MAX_RB];
@@ -575,16 +579,7 @@ static __global__ void __launch_bounds__(CU_SMV_THREADS) gemv_smem_kernel(const 
                 w.u = *reinterpret_cast<const uint4 *>(ws + (size_t)r * a.K + (size_t)ch * 8);
                 float f[8];
                 w.get(f);
-                float s = acc[r];
-                s = fmaf(f[0], x0.x, s);
-                s = fmaf(f[1], x0.y, s);
-                s = fmaf(f[2], x0.z, s);
-                s = fmaf(f[3], x0.w, s);
-                s = fmaf(f[4], x1.x, s);
-                s = fmaf(f[5], x1.y, s);
-                s = fmaf(f[6], x1.z, s);
-                s = fmaf(f[7], x1.w, s);
-                acc[r] = s;
+                acc[r] = dot8(f, x0, x1, acc[r]);
             }
         }
     }

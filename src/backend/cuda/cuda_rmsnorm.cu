@@ -178,7 +178,6 @@ static void launch(mc_cuda *c, const RmsArgs &a, bool backward) {
     else launch_g<256>(c, a, backward);
 }
 
-
 void cu_rmsnorm(mc_backend *be, void *out, const void *x, mc_wt w, int T, int D, float eps) {
     mc_cuda *c = cu_ctx(be);
     RmsArgs a;

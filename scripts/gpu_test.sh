@@ -2,8 +2,8 @@
 # gpu_test.sh - builds the CUDA backend on a machine with an NVIDIA GPU and runs, in one go:
 # the GPU tests (ctest -L gpu), a compute-sanitizer memcheck run of them, and the GPU
 # benchmarks: bench_cuda next to its Hugging Face transformers + PEFT peer
-# (bench/peft_bench.py) on the same checkpoint, and bench_cuda_handoff. Logs go to $OUT
-# (default ./out).
+# (bench/peft_bench.py) on the same checkpoint, bench_cuda_handoff and bench_gemm_floor.
+# Logs go to $OUT (default ./out).
 #
 # Steps (all by default, in this order): build test bench peft profile memcheck
 #   (profile: bench_cuda again with MC_CUDA_PROFILE=1, short runs, device time per kernel)
@@ -77,7 +77,7 @@ if want build; then
     if cmake -S "$ROOT" -B "$B" -G Ninja -Wno-dev --log-level=WARNING -DCMAKE_BUILD_TYPE=Release \
         -DMC_CUDA=ON -DMC_WERROR=ON -DCMAKE_CUDA_COMPILER="$(command -v nvcc)" >"$OUT/build.log" 2>&1 &&
         cmake --build "$B" -j "$JOBS" --target test_gpu_ops test_gpu_model test_gpu_train bench_cuda \
-            bench_cuda_handoff mcandle_cli >>"$OUT/build.log" 2>&1; then
+            bench_cuda_handoff bench_gemm_floor mcandle_cli >>"$OUT/build.log" 2>&1; then
         note build "passed $((SECONDS - t0))s"
     else
         tail -n 60 "$OUT/build.log"
@@ -118,6 +118,14 @@ if want bench; then
         note handoff "FAILED (bench_handoff.log)"
         overall=1
     fi
+    # the frozen-weight GEMMs of a training step alone in cuBLAS: the floor under a step
+    if timeout 120 "$B/bench_gemm_floor" >"$OUT/bench_gemm_floor.log" 2>&1; then
+        note gemm_floor "passed"
+    else
+        note gemm_floor "FAILED (bench_gemm_floor.log)"
+        overall=1
+    fi
+    tail -n 2 "$OUT/bench_gemm_floor.log"
 fi
 if want peft; then
     t0=$SECONDS

@@ -675,6 +675,55 @@ static void test_linear_xent(void) {
     }
 }
 
+/* The GEMMs of many rows run through cuBLASLt with each shape's algorithm chosen on its
+ * first call: later calls of the shape give the same bits, and cublasGemmEx's results
+ * (MC_CUDA_GEMM=default) agree with them within bf16 rounding. */
+static void test_gemm_choice(void) {
+    const int M = 133, N = 896, K = 896;
+    mc_backend *plain = NULL;
+    wpair w = make_w(MC_BF16, (size_t)N * K, 0.05f);
+    mc_wt nob = {NULL, MC_F32};
+    const size_t no = (size_t)M * N;
+    float *x = frand((size_t)M * K, 1.0f), *r1 = falloc(no), *r2 = falloc(no), *r3 = falloc(no);
+    float *dx = dputf(x, (size_t)M * K), *dout = dputf(r1, no);
+    g_cu->matmul(g_cu, dout, N, dx, w.gpu, nob, M, N, K); /* the shape's first call */
+    dget(r1, dout, no);
+    g_cu->matmul(g_cu, dout, N, dx, w.gpu, nob, M, N, K);
+    dget(r2, dout, no);
+    CHECK(memcmp(r1, r2, no * sizeof(float)) == 0);
+    printf("  %-58s %s\n", "matmul M=133: first call vs the next (chosen algorithm)",
+           memcmp(r1, r2, no * sizeof(float)) == 0 ? "identical" : "DIFFERENT");
+    setenv("MC_CUDA_GEMM", "default", 1);
+    CHECK_OK(mc_backend_cuda_create(0, &plain));
+    unsetenv("MC_CUDA_GEMM");
+    if (plain) {
+        float *px = NULL, *pout = NULL;
+        const void *pw = NULL;
+        CHECK_OK(plain->weights(plain, w.cpu.data, (size_t)N * K * 2, &pw));
+        px = plain->alloc(plain, (size_t)M * K * sizeof(float));
+        pout = plain->alloc(plain, no * sizeof(float));
+        CHECK(px && pout && pw);
+        if (px && pout && pw) {
+            mc_wt pwt = {pw, MC_BF16};
+            CHECK_OK(plain->to_device(plain, px, x, (size_t)M * K * sizeof(float)));
+            plain->matmul(plain, pout, N, px, pwt, nob, M, N, K);
+            CHECK_OK(plain->to_host(plain, r3, pout, no * sizeof(float)));
+            cmp("matmul M=133: cublasGemmEx vs cuBLASLt", r3, r1, no, 1e-5);
+        }
+        if (px) plain->free(plain, px);
+        if (pout) plain->free(plain, pout);
+        if (pw) plain->release_weights(plain, pw);
+        mc_backend_free(plain);
+    }
+    dfree(dx);
+    dfree(dout);
+    free(x);
+    free(r1);
+    free(r2);
+    free(r3);
+    free_w(&w);
+}
+
 /* ---- decode-like layers: graphs, PDL and op fusion vs plain launches vs the CPU ---- */
 
 /* LSTEPS steps from position 0, then LTAIL steps after a cache filled up to LCTX - LTAIL
@@ -925,6 +974,7 @@ int main(void) {
     RUN(test_elementwise);
     RUN(test_adamw_sumsq);
     RUN(test_linear_xent);
+    RUN(test_gemm_choice);
     RUN(test_argmax);
     RUN(test_decode_layers);
     CHECK_OK(g_cu->sync(g_cu));

@@ -697,6 +697,7 @@ static void cuda_destroy(mc_backend *be) {
         for (i = 0; i < CU_N_LSE; i++)
             if (c->lse[i].lse) cu_free(c, c->lse[i].lse);
         if (c->gemv_cnt) cu_free(c, c->gemv_cnt);
+        cu_lt_destroy(c);
         if (c->pinned) (void)cudaFreeHost(c->pinned);
         if (c->n_allocs)
             mc_log(MC_LOG_WARN, "cuda: %zu device buffers (%llu bytes) still allocated at destroy",
@@ -798,6 +799,8 @@ extern "C" mc_status mc_backend_cuda_create(int device, mc_backend **out) {
     c->lse_on = c->fuse_on && !(env && strstr(env, "lse"));
     c->kv16_on = c->fuse_on && !(env && strstr(env, "kv16"));
     c->smem_on = !(env && strstr(env, "smem"));
+    env = getenv("MC_CUDA_GEMM"); /* "default": cublasGemmEx's own algorithms */
+    c->lt_on = !(env && strcmp(env, "default") == 0);
     env = getenv("MC_CUDA_DECODE_ATT"); /* "row": the older one-block-per-split decode attention */
     c->dec_cluster = !(env && strcmp(env, "row") == 0);
     c->kv_pre_on = !getenv("MC_CUDA_NOKVPRE"); /* for comparisons */

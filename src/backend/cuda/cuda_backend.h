@@ -2,7 +2,7 @@
  * facts benchmarks and tools report (memory use, copy bandwidth).
  *
  * The backend fills every entry of the ops table (backend.h) with CUDA kernels and
- * cuBLAS calls on one stream of one device. Activations are f32 (act_dtype MC_F32) so the
+ * cuBLAS / cuBLASLt calls on one stream of one device. Activations are f32 (act_dtype MC_F32) so the
  * LoRA paths (gemm_f32 on float pointers) work unchanged; each GEMM reads its activation
  * operand converted to the weight's dtype (bf16 or f16; f32 weights stay f32) with f32
  * accumulation and an f32 result. Weights are uploaded once by be->weights and freed by
@@ -24,6 +24,8 @@ extern "C" {
  * Environment: MC_CUDA_GRAPHS=0 turns off replaying decode steps as CUDA graphs;
  * MC_CUDA_PDL=0 turns off programmatic dependent launches; MC_CUDA_FUSE=0 turns off fusing
  * consecutive ops (add + RMSNorm, q/k/v GEMVs, RoPE of q and k, SwiGLU + down GEMV);
+ * MC_CUDA_GEMM=default runs the GEMMs of many rows through cublasGemmEx's own algorithm
+ * choice instead of cuBLASLt's fastest candidate for each shape (timed on its first call);
  * MC_CUDA_PROFILE=1 times every kernel (see mc_cuda_profile_report). */
 mc_status mc_backend_cuda_create(int device, mc_backend **out);
 

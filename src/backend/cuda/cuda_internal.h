@@ -13,6 +13,7 @@
 #ifndef MC_BACKEND_CUDA_INTERNAL_H
 #define MC_BACKEND_CUDA_INTERNAL_H
 
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -120,6 +121,28 @@ struct cu_wr_range {
 
 /* The ranges kept (a decode step writes about ten per layer); past that, every range
  * counts as written until the next synchronisation. */
+/* ---- cuBLASLt GEMMs (cuda_blaslt.cu) ---- */
+
+/* A GEMM's shape in cublasGemmEx's column-major terms: C [m, n] (f32, ldc) = alpha op(A)
+ * op(B) (+ C when accumulate); A and B of type ab (bf16 or f16), f32 accumulation. */
+struct cu_lt_shape {
+    bool ta, tb, accumulate;
+    int m, n, k, lda, ldb, ldc;
+    cudaDataType_t ab;
+    unsigned align_a, align_b, align_c; /* the pointers' alignment (cu_gemm_bf16 sets them) */
+};
+
+/* A shape's descriptors and chosen algorithm (ok false: cublasGemmEx runs it). */
+struct cu_lt_ent {
+    cu_lt_shape s;
+    bool ok;
+    cublasLtMatmulDesc_t desc;
+    cublasLtMatrixLayout_t la, lb, lc;
+    cublasLtMatmulAlgo_t algo;
+};
+
+enum { CU_N_LT = 64 };
+
 enum { CU_WR_MAX = 1024 };
 
 /* An op whose launch is held back so the next op can fuse with it (MC_CUDA_FUSE, on by
@@ -195,6 +218,12 @@ struct mc_cuda {
     int device;
     cudaStream_t stream;
     cublasHandle_t blas;
+    /* cuBLASLt (MC_CUDA_GEMM=default: off): handle, workspace, the shapes seen so far */
+    bool lt_on;
+    cublasLtHandle_t lt;
+    void *lt_ws;
+    cu_lt_ent lt_ent[CU_N_LT];
+    int n_lt;
     cudaDeviceProp prop;
     int n_sm;
     char name[256];
@@ -353,6 +382,16 @@ bool cu_unwritten(const mc_cuda *c, const void *p, size_t bytes);
 /* Scratch buffer `id` of at least `bytes` bytes (contents kept only while not grown);
  * NULL with a recorded OOM on failure. zero_new: clear a newly allocated buffer. */
 void *cu_scratch(mc_cuda *c, int id, size_t bytes, bool zero_new);
+
+/* ---- cuBLASLt GEMMs (cuda_blaslt.cu) ---- */
+
+/* C = alpha op(A) op(B) (+ C) for shape s: cuBLASLt with the shape's fastest algorithm
+ * (chosen on its first call), else cublasGemmEx. Profiled as `what`; false on failure
+ * (recorded). */
+bool cu_gemm_bf16(mc_cuda *c, const cu_lt_shape &s, float alpha, const void *A, const void *B,
+                  float *C, const char *what);
+/* Frees the handle, workspace and descriptors. */
+void cu_lt_destroy(mc_cuda *c);
 
 /* ---- shadows (cuda_matmul.cu) ---- */
 

@@ -881,7 +881,6 @@ static __global__ void bias_kernel(const BiasArgs a) {
 void cu_matmul(mc_backend *be, void *out, int ldo, const void *x, mc_wt w, mc_wt bias, int M,
                int N, int K) {
     mc_cuda *c = cu_ctx(be);
-    const float one = 1.0f, zero = 0.0f;
     const void *xc;
     if (M <= 0 || N <= 0) return;
     c->shadow_hint = w.dtype;
@@ -893,13 +892,11 @@ void cu_matmul(mc_backend *be, void *out, int ldo, const void *x, mc_wt w, mc_wt
     xc = cu_act_as(c, (const float *)x, (size_t)M * (size_t)K, w.dtype);
     if (!xc) return;
     cu_break(c);
-    int ps = cu_prof_begin(c, "cublas matmul");
-    (void)cu_check_blas(c, cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, w.data,
-                                        blas_type(w.dtype), K, xc, blas_type(w.dtype), K, &zero,
-                                        out, CUDA_R_32F, ldo, CUBLAS_COMPUTE_32F,
-                                        CUBLAS_GEMM_DEFAULT),
-                        "matmul");
-    cu_prof_end(c, ps);
+    {
+        const cu_lt_shape s = {true, false, false, N, M, K, K, K, ldo, blas_type(w.dtype),
+                                 0, 0, 0};
+        (void)cu_gemm_bf16(c, s, 1.0f, w.data, xc, (float *)out, "cublas matmul");
+    }
     if (bias.data) {
         BiasArgs b;
         memset(&b, 0, sizeof b);
@@ -917,7 +914,6 @@ void cu_matmul(mc_backend *be, void *out, int ldo, const void *x, mc_wt w, mc_wt
 void cu_matmul_dx(mc_backend *be, void *dx, const void *dy, mc_wt w, int M, int N, int K,
                   bool accumulate) {
     mc_cuda *c = cu_ctx(be);
-    const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
     const void *dyc;
     if (M <= 0 || K <= 0) return;
     c->shadow_hint = w.dtype;
@@ -925,12 +921,11 @@ void cu_matmul_dx(mc_backend *be, void *dx, const void *dy, mc_wt w, int M, int 
     if (!dyc) return;
     cu_note_write(c, dx, (size_t)M * (size_t)K * sizeof(float));
     cu_break(c);
-    int ps = cu_prof_begin(c, "cublas matmul_dx");
-    /* column-major: dx^T [K, M] = W^T [K, N] dy^T [N, M] */
-    (void)cu_check_blas(c, cublasGemmEx(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, K, M, N, &one, w.data,
-                                        blas_type(w.dtype), K, dyc, blas_type(w.dtype), N, &beta,
-                                        dx, CUDA_R_32F, K, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-                        "matmul_dx");
-    cu_prof_end(c, ps);
+    {
+        /* column-major: dx^T [K, M] = W^T [K, N] dy^T [N, M] */
+        const cu_lt_shape s = {false, false, accumulate, K, M, N, K, N, K, blas_type(w.dtype),
+                                 0, 0, 0};
+        (void)cu_gemm_bf16(c, s, 1.0f, w.data, dyc, (float *)dx, "cublas matmul_dx");
+    }
 }
 

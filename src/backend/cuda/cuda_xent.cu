@@ -143,7 +143,7 @@ mc_status cu_linear_xent(mc_backend *be, void *dh, double *loss_sum, const void 
                          const int32_t *targets, int T, int D, int V, float grad_scale) {
     mc_cuda *c = cu_ctx(be);
     const size_t esz = mc_dtype_size(w.dtype);
-    const float one = 1.0f, zero = 0.0f;
+    const float zero = 0.0f;
     double *host = NULL, total = 0;
     size_t R;
     int r0;
@@ -165,16 +165,14 @@ mc_status cu_linear_xent(mc_backend *be, void *dh, double *loss_sum, const void 
         const int rows = (int)MC_MIN(R, (size_t)(T - r0));
         XentArgs a;
         cu_break(c);
-        int ps = cu_prof_begin(c, "cublas xent logits");
-        /* logits [rows, V] = h W^T (column-major: [V, rows] = W [V, D]-as-(D x V)^T h^T) */
-        if (!cu_check_blas(c, cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, V, rows, D, &one,
-                                           w.data, xent_type(w.dtype), D,
-                                           (const char *)hc + (size_t)r0 * D * esz,
-                                           xent_type(w.dtype), D, &zero, logits, CUDA_R_32F, V,
-                                           CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-                           "linear_xent logits"))
-            break;
-        cu_prof_end(c, ps);
+        {
+            /* logits [rows, V] = h W^T (column-major: [V, rows] = W [V, D]-as-(D x V)^T h^T) */
+            const cu_lt_shape s = {true, false, false, V, rows, D, D, D, V, xent_type(w.dtype),
+                                   0, 0, 0};
+            if (!cu_gemm_bf16(c, s, 1.0f, w.data, (const char *)hc + (size_t)r0 * D * esz,
+                              logits, "cublas xent logits"))
+                break;
+        }
         memset(&a, 0, sizeof a);
         a.logits = logits;
         a.grad = grad;
@@ -183,14 +181,22 @@ mc_status cu_linear_xent(mc_backend *be, void *dh, double *loss_sum, const void 
         a.V = V;
         a.gdt = (int)w.dtype;
         cu_launch(c, xent_kernel, dim3((unsigned)rows), dim3(XENT_THREADS), 0, a, "linear_xent");
-        if (dh) {
-            /* dh [rows, D] = grad_scale (softmax - onehot) W (column-major: [D, rows]), over
-             * S slices of V / S tokens */
+        if (dh && c->lt_on) {
+            /* dh [rows, D] = grad_scale (softmax - onehot) W (column-major: [D, rows]) */
+            const cu_lt_shape s = {false, false, false, D, rows, V, D, V, D, xent_type(w.dtype),
+                                   0, 0, 0};
+            cu_break(c);
+            if (!cu_gemm_bf16(c, s, grad_scale, w.data, grad, (float *)dh + (size_t)r0 * D,
+                              "cublas xent dh"))
+                break;
+        } else if (dh) {
+            /* the same over S slices of V / S tokens (cublasGemmEx alone leaves most of the
+             * device idle on this shape) */
             const int S = xent_slices(D, V), Vs = V / S;
             const cudaDataType_t dt = xent_type(w.dtype);
             float *out = (float *)dh + (size_t)r0 * D;
             cu_break(c);
-            ps = cu_prof_begin(c, "cublas xent dh");
+            const int ps = cu_prof_begin(c, "cublas xent dh");
             if (!cu_check_blas(c, cublasGemmStridedBatchedEx(
                                       c->blas, CUBLAS_OP_N, CUBLAS_OP_N, D, rows, Vs, &grad_scale,
                                       w.data, dt, D, (long long)Vs * D, grad, dt, V, Vs, &zero,

@@ -1,0 +1,187 @@
+/* cuda_blaslt.cu - the GEMMs of the frozen weights through cuBLASLt, each shape with the
+ * fastest of the library's first heuristic algorithms.
+ *
+ * cublasGemmEx picks one algorithm per shape by heuristics alone; on this model's training
+ * shapes that choice is up to 20% slower than the best of cuBLASLt's candidates
+ * (bench_gemm_floor prints both). The first call of a shape asks cuBLASLt for up to
+ * CU_LT_TRIES algorithms that fit the workspace, times each (two calls, after one to warm
+ * up) on the backend's stream and keeps the fastest for every later call of that shape.
+ * A shape whose candidates all fail, and every call once the table of shapes is full, goes
+ * to cublasGemmEx. Every algorithm is deterministic for a given device and library, so a
+ * shape's results do not change from call to call; which algorithm wins may differ between
+ * processes when two run equally fast (MC_CUDA_GEMM=default: cublasGemmEx only). */
+#include <string.h>
+
+#include "cuda_internal.h"
+
+enum { CU_LT_TRIES = 8 };
+static const size_t CU_LT_WORKSPACE = (size_t)32 << 20;
+
+/* A shape's key: everything the descriptors and the algorithm depend on. */
+static bool lt_same(const cu_lt_shape &a, const cu_lt_shape &b) {
+    return a.ta == b.ta && a.tb == b.tb && a.m == b.m && a.n == b.n && a.k == b.k &&
+           a.lda == b.lda && a.ldb == b.ldb && a.ldc == b.ldc && a.ab == b.ab &&
+           a.accumulate == b.accumulate && a.align_a == b.align_a && a.align_b == b.align_b &&
+           a.align_c == b.align_c;
+}
+
+/* The largest power of two up to 256 that divides p's address. */
+static unsigned align_of(const void *p) {
+    const uintptr_t u = (uintptr_t)p | 256u;
+    return (unsigned)(u & (~u + 1u));
+}
+
+static void lt_release(cu_lt_ent *e) {
+    if (e->la) (void)cublasLtMatrixLayoutDestroy(e->la);
+    if (e->lb) (void)cublasLtMatrixLayoutDestroy(e->lb);
+    if (e->lc) (void)cublasLtMatrixLayoutDestroy(e->lc);
+    if (e->desc) (void)cublasLtMatmulDescDestroy(e->desc);
+    memset(e, 0, sizeof *e);
+}
+
+void cu_lt_destroy(mc_cuda *c) {
+    for (int i = 0; i < c->n_lt; i++) lt_release(&c->lt_ent[i]);
+    c->n_lt = 0;
+    if (c->lt_ws) cu_free(c, c->lt_ws);
+    c->lt_ws = NULL;
+    if (c->lt) (void)cublasLtDestroy(c->lt);
+    c->lt = NULL;
+}
+
+/* Descriptors of shape s in e; false on failure. */
+static bool lt_describe(cu_lt_ent *e, const cu_lt_shape &s) {
+    const cublasOperation_t ta = s.ta ? CUBLAS_OP_T : CUBLAS_OP_N;
+    const cublasOperation_t tb = s.tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+    e->s = s;
+    if (cublasLtMatmulDescCreate(&e->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F) !=
+        CUBLAS_STATUS_SUCCESS)
+        return false;
+    (void)cublasLtMatmulDescSetAttribute(e->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta);
+    (void)cublasLtMatmulDescSetAttribute(e->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb);
+    /* stored shapes (before the transposes), column-major */
+    return cublasLtMatrixLayoutCreate(&e->la, s.ab, (uint64_t)(s.ta ? s.k : s.m),
+                                      (uint64_t)(s.ta ? s.m : s.k), s.lda) ==
+               CUBLAS_STATUS_SUCCESS &&
+           cublasLtMatrixLayoutCreate(&e->lb, s.ab, (uint64_t)(s.tb ? s.n : s.k),
+                                      (uint64_t)(s.tb ? s.k : s.n), s.ldb) ==
+               CUBLAS_STATUS_SUCCESS &&
+           cublasLtMatrixLayoutCreate(&e->lc, CUDA_R_32F, (uint64_t)s.m, (uint64_t)s.n, s.ldc) ==
+               CUBLAS_STATUS_SUCCESS;
+}
+
+static bool lt_run(mc_cuda *c, const cu_lt_ent *e, const cublasLtMatmulAlgo_t *algo, float alpha,
+                   float beta, const void *A, const void *B, float *C) {
+    return cublasLtMatmul(c->lt, e->desc, &alpha, A, e->la, B, e->lb, &beta, C, e->lc, C, e->lc,
+                          algo, c->lt_ws, CU_LT_WORKSPACE, c->stream) == CUBLAS_STATUS_SUCCESS;
+}
+
+/* Chooses e's algorithm: the fastest candidate on these operands. An accumulating shape
+ * is timed into a scratch output so that C keeps its values. */
+static bool lt_tune(mc_cuda *c, cu_lt_ent *e, const void *A, const void *B, float *C) {
+    cublasLtMatmulPreference_t pref = NULL;
+    cublasLtMatmulHeuristicResult_t res[CU_LT_TRIES];
+    cudaEvent_t e0 = NULL, e1 = NULL;
+    float *out = C, best = 0.0f;
+    int n = 0, won = -1;
+    const size_t ws = CU_LT_WORKSPACE;
+    if (cublasLtMatmulPreferenceCreate(&pref) != CUBLAS_STATUS_SUCCESS) return false;
+    const uint32_t al[3] = {e->s.align_a, e->s.align_b, e->s.align_c};
+    (void)cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
+                                               sizeof ws);
+    /* candidates that work at these pointers' alignment (C is also D) */
+    (void)cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                                               &al[0], sizeof al[0]);
+    (void)cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                                               &al[1], sizeof al[1]);
+    (void)cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                                               &al[2], sizeof al[2]);
+    (void)cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+                                               &al[2], sizeof al[2]);
+    if (cublasLtMatmulAlgoGetHeuristic(c->lt, e->desc, e->la, e->lb, e->lc, e->lc, pref,
+                                       CU_LT_TRIES, res, &n) != CUBLAS_STATUS_SUCCESS)
+        n = 0;
+    (void)cublasLtMatmulPreferenceDestroy(pref);
+    if (n > 0 && e->s.accumulate)
+        out = (float *)cu_malloc(c, (size_t)e->s.ldc * (size_t)e->s.n * sizeof(float), NULL);
+    if (n > 0 && out && cudaEventCreate(&e0) == cudaSuccess &&
+        cudaEventCreate(&e1) == cudaSuccess) {
+        for (int i = 0; i < n; i++) {
+            float ms = 0.0f;
+            if (res[i].state != CUBLAS_STATUS_SUCCESS || res[i].workspaceSize > ws) continue;
+            if (!lt_run(c, e, &res[i].algo, 1.0f, 0.0f, A, B, out) ||
+                cudaEventRecord(e0, c->stream) != cudaSuccess ||
+                !lt_run(c, e, &res[i].algo, 1.0f, 0.0f, A, B, out) ||
+                !lt_run(c, e, &res[i].algo, 1.0f, 0.0f, A, B, out) ||
+                cudaEventRecord(e1, c->stream) != cudaSuccess ||
+                cudaEventSynchronize(e1) != cudaSuccess ||
+                cudaEventElapsedTime(&ms, e0, e1) != cudaSuccess)
+                continue;
+            if (won < 0 || ms < best) {
+                won = i;
+                best = ms;
+            }
+        }
+    }
+    (void)cudaGetLastError(); /* a candidate that failed to run leaves nothing behind */
+    if (e0) (void)cudaEventDestroy(e0);
+    if (e1) (void)cudaEventDestroy(e1);
+    if (out && out != C) cu_free(c, out);
+    if (won < 0) return false;
+    e->algo = res[won].algo;
+    return true;
+}
+
+/* The entry of shape s, tuned on first use; NULL when cublasGemmEx is to run it. */
+static cu_lt_ent *lt_entry(mc_cuda *c, const cu_lt_shape &s, const void *A, const void *B,
+                           float *C) {
+    if (!c->lt_on) return NULL;
+    for (int i = 0; i < c->n_lt; i++)
+        if (lt_same(c->lt_ent[i].s, s)) return c->lt_ent[i].ok ? &c->lt_ent[i] : NULL;
+    if (c->n_lt == CU_N_LT) return NULL;
+    if (!c->lt) {
+        if (cublasLtCreate(&c->lt) != CUBLAS_STATUS_SUCCESS) {
+            c->lt = NULL;
+            c->lt_on = false;
+            return NULL;
+        }
+        c->lt_ws = cu_malloc(c, CU_LT_WORKSPACE, NULL);
+        if (!c->lt_ws) { /* no room for the workspace: cublasGemmEx serves */
+            c->lt_on = false;
+            return NULL;
+        }
+    }
+    cu_lt_ent *e = &c->lt_ent[c->n_lt++];
+    memset(e, 0, sizeof *e);
+    e->ok = lt_describe(e, s) && lt_tune(c, e, A, B, C);
+    if (!e->ok) { /* kept, failed, so the shape is not tried again */
+        cu_lt_shape keep = s;
+        lt_release(e);
+        e->s = keep;
+    }
+    return e->ok ? e : NULL;
+}
+
+bool cu_gemm_bf16(mc_cuda *c, const cu_lt_shape &shape, float alpha, const void *A,
+                  const void *B, float *C, const char *what) {
+    cu_lt_shape s = shape;
+    s.align_a = align_of(A);
+    s.align_b = align_of(B);
+    s.align_c = align_of(C);
+    const float beta = s.accumulate ? 1.0f : 0.0f;
+    cu_lt_ent *e = lt_entry(c, s, A, B, C);
+    int ps = cu_prof_begin(c, what);
+    bool ok;
+    if (e) {
+        ok = lt_run(c, e, &e->algo, alpha, beta, A, B, C);
+        if (!ok) cu_set_error(c, MC_ERR_BACKEND, "%s: cuBLASLt matmul failed", what);
+    } else {
+        ok = cu_check_blas(c, cublasGemmEx(c->blas, s.ta ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                           s.tb ? CUBLAS_OP_T : CUBLAS_OP_N, s.m, s.n, s.k,
+                                           &alpha, A, s.ab, s.lda, B, s.ab, s.ldb, &beta, C,
+                                           CUDA_R_32F, s.ldc, CUBLAS_COMPUTE_32F,
+                                           CUBLAS_GEMM_DEFAULT),
+                           what);
+    }
+    cu_prof_end(c, ps);
+    return ok;
+}

@@ -550,6 +550,7 @@ static bool cu_sync_stream(mc_cuda *c) {
     const double t0 = mc_time_now();
     const bool ok = cu_check(c, cudaStreamSynchronize(c->stream), "a queued kernel");
     c->sync_wait_s += mc_time_now() - t0;
+    c->n_sync++;
     return ok;
 }
 

@@ -25,7 +25,8 @@ extern "C" {
  * MC_CUDA_PDL=0 turns off programmatic dependent launches; MC_CUDA_FUSE=0 turns off fusing
  * consecutive ops (add + RMSNorm, q/k/v GEMVs, RoPE of q and k, SwiGLU + down GEMV);
  * MC_CUDA_GEMM=default runs the GEMMs of many rows through cublasGemmEx's own algorithm
- * choice instead of cuBLASLt's fastest candidate for each shape (timed on its first call);
+ * choice instead of cuBLASLt's fastest candidate for each shape (timed when the shape comes
+ * back after a synchronisation, so a one-off pass does not pay for the choice);
  * MC_CUDA_PROFILE=1 times every kernel (see mc_cuda_profile_report). */
 mc_status mc_backend_cuda_create(int device, mc_backend **out);
 

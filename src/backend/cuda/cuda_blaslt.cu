@@ -3,13 +3,18 @@
  *
  * cublasGemmEx picks one algorithm per shape by heuristics alone; on this model's training
  * shapes that choice is up to 20% slower than the best of cuBLASLt's candidates
- * (bench_gemm_floor prints both). The first call of a shape asks cuBLASLt for up to
- * CU_LT_TRIES algorithms that fit the workspace, times each (two calls, after one to warm
- * up) on the backend's stream and keeps the fastest for every later call of that shape.
- * A shape whose candidates all fail, and every call once the table of shapes is full, goes
- * to cublasGemmEx. Every algorithm is deterministic for a given device and library, so a
- * shape's results do not change from call to call; which algorithm wins may differ between
- * processes when two run equally fast (MC_CUDA_GEMM=default: cublasGemmEx only). */
+ * (bench_gemm_floor prints both). Choosing costs tens of milliseconds the first time
+ * (each candidate's kernels load on their first launch), which pays only for shapes that
+ * come back pass after pass, as a training step's do; a one-off prefill of a new length
+ * must not pay it (its 24 layers call each shape 24 times in one pass). So a shape goes to
+ * cublasGemmEx until it comes back after a stream synchronisation (the end of a pass: the
+ * logits or the loss read back); then cuBLASLt gives up to CU_LT_TRIES algorithms that fit
+ * the workspace, each is timed (two calls, after one to warm up) on the backend's stream and
+ * the fastest serves every later call. A shape whose candidates all fail, and a new shape
+ * once the table holds only chosen ones, goes to cublasGemmEx. Every algorithm is
+ * deterministic for a given device and library, so a shape's results do not change once
+ * chosen; which algorithm wins may differ between processes when two run equally fast
+ * (MC_CUDA_GEMM=default: cublasGemmEx only). */
 #include <string.h>
 
 #include "cuda_internal.h"
@@ -131,13 +136,43 @@ static bool lt_tune(mc_cuda *c, cu_lt_ent *e, const void *A, const void *B, floa
     return true;
 }
 
-/* The entry of shape s, tuned on first use; NULL when cublasGemmEx is to run it. */
+/* Notes shape s, seen for the first time: a free entry, else the oldest entry of a shape
+ * not chosen yet. */
+static void lt_note(mc_cuda *c, const cu_lt_shape &s) {
+    cu_lt_ent *e = NULL;
+    if (c->n_lt < CU_N_LT) {
+        e = &c->lt_ent[c->n_lt++];
+    } else {
+        for (int i = 0; i < CU_N_LT && !e; i++) {
+            cu_lt_ent *o = &c->lt_ent[(c->lt_next + i) % CU_N_LT];
+            if (o->state == CU_LT_SEEN) {
+                e = o;
+                c->lt_next = (c->lt_next + i + 1) % CU_N_LT;
+            }
+        }
+        if (!e) return; /* every entry holds a chosen algorithm: cublasGemmEx serves s */
+    }
+    memset(e, 0, sizeof *e);
+    e->s = s;
+    e->state = CU_LT_SEEN;
+    e->seen = c->n_sync;
+}
+
+/* The entry of shape s with its algorithm, chosen on the shape's first call after a
+ * synchronisation that followed its first sighting; NULL when cublasGemmEx is to run this
+ * call. */
 static cu_lt_ent *lt_entry(mc_cuda *c, const cu_lt_shape &s, const void *A, const void *B,
                            float *C) {
+    cu_lt_ent *e = NULL;
     if (!c->lt_on) return NULL;
-    for (int i = 0; i < c->n_lt; i++)
-        if (lt_same(c->lt_ent[i].s, s)) return c->lt_ent[i].ok ? &c->lt_ent[i] : NULL;
-    if (c->n_lt == CU_N_LT) return NULL;
+    for (int i = 0; i < c->n_lt && !e; i++)
+        if (lt_same(c->lt_ent[i].s, s)) e = &c->lt_ent[i];
+    if (!e) {
+        lt_note(c, s);
+        return NULL;
+    }
+    if (e->state != CU_LT_SEEN) return e->state == CU_LT_CHOSEN ? e : NULL;
+    if (e->seen == c->n_sync) return NULL; /* still the pass that first saw it */
     if (!c->lt) {
         if (cublasLtCreate(&c->lt) != CUBLAS_STATUS_SUCCESS) {
             c->lt = NULL;
@@ -150,15 +185,14 @@ static cu_lt_ent *lt_entry(mc_cuda *c, const cu_lt_shape &s, const void *A, cons
             return NULL;
         }
     }
-    cu_lt_ent *e = &c->lt_ent[c->n_lt++];
-    memset(e, 0, sizeof *e);
-    e->ok = lt_describe(e, s) && lt_tune(c, e, A, B, C);
-    if (!e->ok) { /* kept, failed, so the shape is not tried again */
-        cu_lt_shape keep = s;
-        lt_release(e);
-        e->s = keep;
+    if (lt_describe(e, s) && lt_tune(c, e, A, B, C)) {
+        e->state = CU_LT_CHOSEN;
+        return e;
     }
-    return e->ok ? e : NULL;
+    lt_release(e); /* kept as failed, so the shape is not tried again */
+    e->s = s;
+    e->state = CU_LT_FAILED;
+    return NULL;
 }
 
 bool cu_gemm_bf16(mc_cuda *c, const cu_lt_shape &shape, float alpha, const void *A,

@@ -132,10 +132,15 @@ struct cu_lt_shape {
     unsigned align_a, align_b, align_c; /* the pointers' alignment (cu_gemm_bf16 sets them) */
 };
 
-/* A shape's descriptors and chosen algorithm (ok false: cublasGemmEx runs it). */
+/* What the backend knows of a shape: seen, but not since a synchronisation (cublasGemmEx
+ * runs it), its algorithm chosen, or no candidate worked (cublasGemmEx runs it). */
+enum cu_lt_state { CU_LT_SEEN = 1, CU_LT_CHOSEN, CU_LT_FAILED };
+
+/* A shape's descriptors and chosen algorithm. */
 struct cu_lt_ent {
     cu_lt_shape s;
-    bool ok;
+    int state;          /* cu_lt_state */
+    unsigned long seen; /* n_sync when the shape was first seen */
     cublasLtMatmulDesc_t desc;
     cublasLtMatrixLayout_t la, lb, lc;
     cublasLtMatmulAlgo_t algo;
@@ -223,7 +228,7 @@ struct mc_cuda {
     cublasLtHandle_t lt;
     void *lt_ws;
     cu_lt_ent lt_ent[CU_N_LT];
-    int n_lt;
+    int n_lt, lt_next; /* entries used; where the search for a seen-once entry to reuse starts */
     cudaDeviceProp prop;
     int n_sm;
     char name[256];
@@ -284,6 +289,7 @@ struct mc_cuda {
     unsigned long g_clock;
     long n_graph_launch, n_graph_build, n_launch;
     double sync_wait_s; /* host time spent blocked in stream synchronisations */
+    unsigned long n_sync; /* stream synchronisations of the backend's own (to_host, sync) */
 
     /* op fusion (MC_CUDA_FUSE=0: none; MC_CUDA_NOFUSE=rope,glu,lse: not those) */
     bool fuse_on;
@@ -386,8 +392,8 @@ void *cu_scratch(mc_cuda *c, int id, size_t bytes, bool zero_new);
 /* ---- cuBLASLt GEMMs (cuda_blaslt.cu) ---- */
 
 /* C = alpha op(A) op(B) (+ C) for shape s: cuBLASLt with the shape's fastest algorithm
- * (chosen on its first call), else cublasGemmEx. Profiled as `what`; false on failure
- * (recorded). */
+ * (chosen when the shape comes back after a synchronisation), else cublasGemmEx. Profiled
+ * as `what`; false on failure (recorded). */
 bool cu_gemm_bf16(mc_cuda *c, const cu_lt_shape &s, float alpha, const void *A, const void *B,
                   float *C, const char *what);
 /* Frees the handle, workspace and descriptors. */

@@ -16,8 +16,9 @@
 #   fuzz      libFuzzer builds of tests/fuzz/fuzz_*.c (clang, ASan + UBSan); each runs
 #             MC_FUZZ_SECONDS (10) from its corpus, new inputs kept under build/
 #   cuda      when nvcc is found: Release build with MC_CUDA=ON of the library, the CLI,
-#             the GPU tests, bench_cuda and bench_cuda_handoff, compiled only (running them
-#             needs a GPU: scripts/gpu_test.sh); skipped with a note when there is no nvcc
+#             the GPU tests, bench_cuda, bench_cuda_handoff and bench_gemm_floor, compiled
+#             only (running them needs a GPU: scripts/gpu_test.sh); skipped with a note when
+#             there is no nvcc
 #
 # Environment:
 #   MC_TEST_STAGES="gcc tidy"   run only these stages (names above)
@@ -225,7 +226,7 @@ stage_cuda() {
         -DMC_WERROR=ON -DMC_COVERAGE=OFF -DMC_SANITIZE=OFF -DMC_FUZZ=OFF -DMC_CUDA=ON \
         -DCMAKE_CUDA_COMPILER="$nvcc"
     cmake --build "$B_CUDA" -j "$JOBS" --target mcandle mcandle_static mcandle_cli test_gpu_ops \
-        test_gpu_model test_gpu_train bench_cuda bench_cuda_handoff
+        test_gpu_model test_gpu_train bench_cuda bench_cuda_handoff bench_gemm_floor
     echo "CUDA backend, GPU tests and benchmarks compiled with $("$nvcc" --version | tail -n 1)"
     echo "(not run here: scripts/gpu_test.sh runs them on a GPU machine)"
 }

@@ -89,6 +89,7 @@ int main(int argc, char **argv) {
     tp.on_progress = timing_progress;
     tp.user = &tm;
     memset(&tm, 0, sizeof tm);
+    tm.warm = 1;
     printf("model: %s, %d layers, %llu parameters; LoRA r=%d on all projections (%zu parameters); "
            "batch %d x %d tokens%s\n", dir, d.L, (unsigned long long)info.n_params, rank,
            mc_adapter_n_params(a), batch, seq, ckpt ? ", activation checkpointing" : "");

@@ -42,8 +42,8 @@ static inline int cmp_double(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
-/* Times training steps warm + 1..N (steps 1..warm warm up; warm 0 counts as 1) through
- * the progress callback. */
+/* Times training steps warm + 1..N (steps 1..warm warm up, warm >= 1) through the
+ * progress callback. */
 typedef struct timing {
     int warm;
     double t_first, t_last;
@@ -55,7 +55,7 @@ typedef struct timing {
 static inline int timing_progress(const mc_train_progress *p, void *user) {
     timing *t = user;
     if (p->is_eval) return 0;
-    if (p->step == (t->warm > 0 ? t->warm : 1)) {
+    if (p->step == t->warm) {
         t->t_first = mc_time_now();
         t->tokens_first = p->tokens;
         t->loss_first = p->loss;

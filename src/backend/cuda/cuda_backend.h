@@ -2,10 +2,10 @@
  * facts benchmarks and tools report (memory use, copy bandwidth).
  *
  * The backend fills every entry of the ops table (backend.h) with CUDA kernels and
- * cuBLAS / cuBLASLt calls on one stream of one device. Activations are f32 (act_dtype MC_F32) so the
- * LoRA paths (gemm_f32 on float pointers) work unchanged; each GEMM reads its activation
- * operand converted to the weight's dtype (bf16 or f16; f32 weights stay f32) with f32
- * accumulation and an f32 result. Weights are uploaded once by be->weights and freed by
+ * cuBLAS / cuBLASLt calls on one stream of one device. Activations are f32 (act_dtype
+ * MC_F32) so the LoRA paths (gemm_f32 on float pointers) work unchanged; each GEMM reads its
+ * activation operand converted to the weight's dtype (bf16 or f16; f32 weights stay f32)
+ * with f32 accumulation and an f32 result. Weights are uploaded once by be->weights and freed by
  * be->release_weights. Ops that return void queue work and record the first failure; it
  * is reported (MC_ERR_BACKEND, or MC_ERR_OOM for device memory) by the next sync,
  * to_host, to_host_f32 or linear_xent. Built only with MC_CUDA (defines MC_HAVE_CUDA). */

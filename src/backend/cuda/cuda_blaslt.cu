@@ -22,12 +22,14 @@
 enum { CU_LT_TRIES = 8 };
 static const size_t CU_LT_WORKSPACE = (size_t)32 << 20;
 
-/* A shape's key: everything the descriptors and the algorithm depend on. */
-static bool lt_same(const cu_lt_shape &a, const cu_lt_shape &b) {
-    return a.ta == b.ta && a.tb == b.tb && a.m == b.m && a.n == b.n && a.k == b.k &&
-           a.lda == b.lda && a.ldb == b.ldb && a.ldc == b.ldc && a.ab == b.ab &&
-           a.accumulate == b.accumulate && a.align_a == b.align_a && a.align_b == b.align_b &&
-           a.align_c == b.align_c;
+/* Whether entry e is for shape s at these alignments: everything its descriptors and
+ * algorithm depend on. */
+static bool lt_same(const cu_lt_ent &e, const cu_lt_shape &s, const unsigned (&align)[3]) {
+    const cu_lt_shape &a = e.s;
+    return a.ta == s.ta && a.tb == s.tb && a.m == s.m && a.n == s.n && a.k == s.k &&
+           a.lda == s.lda && a.ldb == s.ldb && a.ldc == s.ldc && a.ab == s.ab &&
+           a.accumulate == s.accumulate && e.align[0] == align[0] && e.align[1] == align[1] &&
+           e.align[2] == align[2];
 }
 
 /* The largest power of two up to 256 that divides p's address. */
@@ -36,12 +38,14 @@ static unsigned align_of(const void *p) {
     return (unsigned)(u & (~u + 1u));
 }
 
+/* Frees e's descriptors (its key and state stay). */
 static void lt_release(cu_lt_ent *e) {
     if (e->la) (void)cublasLtMatrixLayoutDestroy(e->la);
     if (e->lb) (void)cublasLtMatrixLayoutDestroy(e->lb);
     if (e->lc) (void)cublasLtMatrixLayoutDestroy(e->lc);
     if (e->desc) (void)cublasLtMatmulDescDestroy(e->desc);
-    memset(e, 0, sizeof *e);
+    e->la = e->lb = e->lc = NULL;
+    e->desc = NULL;
 }
 
 void cu_lt_destroy(mc_cuda *c) {
@@ -53,11 +57,11 @@ void cu_lt_destroy(mc_cuda *c) {
     c->lt = NULL;
 }
 
-/* Descriptors of shape s in e; false on failure. */
-static bool lt_describe(cu_lt_ent *e, const cu_lt_shape &s) {
+/* Descriptors of e's shape; false on failure. */
+static bool lt_describe(cu_lt_ent *e) {
+    const cu_lt_shape &s = e->s;
     const cublasOperation_t ta = s.ta ? CUBLAS_OP_T : CUBLAS_OP_N;
     const cublasOperation_t tb = s.tb ? CUBLAS_OP_T : CUBLAS_OP_N;
-    e->s = s;
     if (cublasLtMatmulDescCreate(&e->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F) !=
         CUBLAS_STATUS_SUCCESS)
         return false;
@@ -90,7 +94,7 @@ static bool lt_tune(mc_cuda *c, cu_lt_ent *e, const void *A, const void *B, floa
     int n = 0, won = -1;
     const size_t ws = CU_LT_WORKSPACE;
     if (cublasLtMatmulPreferenceCreate(&pref) != CUBLAS_STATUS_SUCCESS) return false;
-    const uint32_t al[3] = {e->s.align_a, e->s.align_b, e->s.align_c};
+    const uint32_t al[3] = {e->align[0], e->align[1], e->align[2]};
     (void)cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
                                                sizeof ws);
     /* candidates that work at these pointers' alignment (C is also D) */
@@ -136,9 +140,9 @@ static bool lt_tune(mc_cuda *c, cu_lt_ent *e, const void *A, const void *B, floa
     return true;
 }
 
-/* Notes shape s, seen for the first time: a free entry, else the oldest entry of a shape
- * not chosen yet. */
-static void lt_note(mc_cuda *c, const cu_lt_shape &s) {
+/* Notes shape s at these alignments, seen for the first time: a free entry, else the oldest
+ * entry of a shape not chosen yet. */
+static void lt_note(mc_cuda *c, const cu_lt_shape &s, const unsigned (&align)[3]) {
     cu_lt_ent *e = NULL;
     if (c->n_lt < CU_N_LT) {
         e = &c->lt_ent[c->n_lt++];
@@ -154,6 +158,7 @@ static void lt_note(mc_cuda *c, const cu_lt_shape &s) {
     }
     memset(e, 0, sizeof *e);
     e->s = s;
+    for (int i = 0; i < 3; i++) e->align[i] = align[i];
     e->state = CU_LT_SEEN;
     e->seen = c->n_sync;
 }
@@ -163,12 +168,13 @@ static void lt_note(mc_cuda *c, const cu_lt_shape &s) {
  * call. */
 static cu_lt_ent *lt_entry(mc_cuda *c, const cu_lt_shape &s, const void *A, const void *B,
                            float *C) {
+    const unsigned align[3] = {align_of(A), align_of(B), align_of(C)};
     cu_lt_ent *e = NULL;
     if (!c->lt_on) return NULL;
     for (int i = 0; i < c->n_lt && !e; i++)
-        if (lt_same(c->lt_ent[i].s, s)) e = &c->lt_ent[i];
+        if (lt_same(c->lt_ent[i], s, align)) e = &c->lt_ent[i];
     if (!e) {
-        lt_note(c, s);
+        lt_note(c, s, align);
         return NULL;
     }
     if (e->state != CU_LT_SEEN) return e->state == CU_LT_CHOSEN ? e : NULL;
@@ -185,22 +191,17 @@ static cu_lt_ent *lt_entry(mc_cuda *c, const cu_lt_shape &s, const void *A, cons
             return NULL;
         }
     }
-    if (lt_describe(e, s) && lt_tune(c, e, A, B, C)) {
+    if (lt_describe(e) && lt_tune(c, e, A, B, C)) {
         e->state = CU_LT_CHOSEN;
         return e;
     }
     lt_release(e); /* kept as failed, so the shape is not tried again */
-    e->s = s;
     e->state = CU_LT_FAILED;
     return NULL;
 }
 
-bool cu_gemm_bf16(mc_cuda *c, const cu_lt_shape &shape, float alpha, const void *A,
-                  const void *B, float *C, const char *what) {
-    cu_lt_shape s = shape;
-    s.align_a = align_of(A);
-    s.align_b = align_of(B);
-    s.align_c = align_of(C);
+bool cu_gemm_bf16(mc_cuda *c, const cu_lt_shape &s, float alpha, const void *A, const void *B,
+                  float *C, const char *what) {
     const float beta = s.accumulate ? 1.0f : 0.0f;
     cu_lt_ent *e = lt_entry(c, s, A, B, C);
     int ps = cu_prof_begin(c, what);

@@ -129,7 +129,6 @@ struct cu_lt_shape {
     bool ta, tb, accumulate;
     int m, n, k, lda, ldb, ldc;
     cudaDataType_t ab;
-    unsigned align_a, align_b, align_c; /* the pointers' alignment (cu_gemm_bf16 sets them) */
 };
 
 /* What the backend knows of a shape: seen, but not since a synchronisation (cublasGemmEx
@@ -139,6 +138,7 @@ enum cu_lt_state { CU_LT_SEEN = 1, CU_LT_CHOSEN, CU_LT_FAILED };
 /* A shape's descriptors and chosen algorithm. */
 struct cu_lt_ent {
     cu_lt_shape s;
+    unsigned align[3];  /* of A, B and C's addresses: part of the key, as the candidates need */
     int state;          /* cu_lt_state */
     unsigned long seen; /* n_sync when the shape was first seen */
     cublasLtMatmulDesc_t desc;

@@ -292,16 +292,23 @@ static void test_matmul_dx(void) {
                 }
 }
 
-static void test_gemm_f32(void) {
+/* gemm_f32 against the CPU. From 256 token rows (M, or K for op(A) = A^T) a product runs
+ * in TF32 through cuBLASLt (tolerance 2e-3: inputs rounded to 10 mantissa bits), unless
+ * the backend was made with MC_CUDA_LORA=f32 (f32): then, as below 256 rows, the skinny f32
+ * kernels or cuBLAS SGEMM run it (1e-5). */
+static void gemm_f32_cases(bool f32) {
     /* M, N, K, leading-dimension padding: a generic shape, then the LoRA shapes that take
      * the skinny kernels (few output columns over many rows, aligned or not, with K split
      * or not; a small output summed over many rows; a rank-16 update of a wide output;
-     * then shapes whose leading dimensions let those kernels take their vector loads) */
-    const int shapes[12][4] = {{37, 16, 70, 3},   {300, 16, 200, 4},   {1030, 8, 96, 3},
+     * then shapes whose leading dimensions let those kernels take their vector loads;
+     * last the widths of 33-64 that a group of projections sharing an input gives) */
+    const int shapes[17][4] = {{37, 16, 70, 3},   {300, 16, 200, 4},   {1030, 8, 96, 3},
                                {16, 200, 1100, 4}, {200, 16, 1100, 4},  {300, 16, 2500, 4},
                                {300, 200, 16, 4}, {70, 130, 8, 3},     {1000, 32, 300, 4},
-                               {200, 14, 1102, 2}, {16, 198, 1100, 4}, {300, 199, 16, 4}};
-    for (int si = 0; si < 12; si++)
+                               {200, 14, 1102, 2}, {16, 198, 1100, 4}, {300, 199, 16, 4},
+                               {300, 48, 900, 4},  {1000, 64, 300, 3}, {300, 200, 48, 4},
+                               {48, 200, 1100, 4}, {48, 40, 1100, 3}};
+    for (int si = 0; si < 17; si++)
     for (int ta = 0; ta < 2; ta++)
         for (int tb = 0; tb < 2; tb++)
             for (int bi = 0; bi < 2; bi++) {
@@ -331,7 +338,8 @@ static void test_gemm_f32(void) {
                         float g = got[(size_t)m * ldc + N], o = C[(size_t)m * ldc + N];
                         if (!(g == o) && !(isnan(g) && isnan(o))) gap_ok = false;
                     }
-                    cmp(what, gv, wv, (size_t)M * N, 1e-5);
+                    cmp(what, gv, wv, (size_t)M * N,
+                        !f32 && (ta ? K : M) >= 256 ? 2e-3 : 1e-5);
                     CHECK(gap_ok);
                     free(gv);
                     free(wv);
@@ -345,6 +353,46 @@ static void test_gemm_f32(void) {
                 free(want);
                 free(got);
             }
+}
+
+/* gemm_f32 on both paths, and a training-sized product's three passes: cublasGemmEx in
+ * TF32 on the first, cuBLASLt's chosen algorithm after a synchronisation, the same bits on
+ * the third (each dget synchronises). */
+static void test_gemm_f32(void) {
+    const int M = 1024, N = 48, K = 896;
+    const size_t na = (size_t)M * K, nb = (size_t)N * K, nc = (size_t)M * N;
+    float *A = frand(na, 1.0f), *B = frand(nb, 1.0f), *want = fnan(nc), *r[3];
+    float *dA = dputf(A, na), *dB = dputf(B, nb), *dC = dputf(want, nc);
+    mc_backend *keep = g_cu, *f32 = NULL;
+    gemm_f32_cases(false);
+    g_ref->gemm_f32(g_ref, false, true, M, N, K, 1.0f, A, K, B, K, 0.0f, want, N);
+    for (int i = 0; i < 3; i++) {
+        r[i] = falloc(nc);
+        g_cu->gemm_f32(g_cu, false, true, M, N, K, 1.0f, dA, K, dB, K, 0.0f, dC, N);
+        dget(r[i], dC, nc);
+    }
+    cmp("gemm_f32 M=1024 N=48 K=896: 1st pass (cublasGemmEx)", r[0], want, nc, 2e-3);
+    cmp("  3rd pass (cuBLASLt, the chosen algorithm)", r[2], want, nc, 2e-3);
+    CHECK(memcmp(r[1], r[2], nc * sizeof(float)) == 0);
+    printf("  %-58s %s\n", "  2nd pass vs 3rd",
+           memcmp(r[1], r[2], nc * sizeof(float)) == 0 ? "identical" : "DIFFERENT");
+    for (int i = 0; i < 3; i++) free(r[i]);
+    dfree(dA);
+    dfree(dB);
+    dfree(dC);
+    free(A);
+    free(B);
+    free(want);
+    setenv("MC_CUDA_LORA", "f32", 1);
+    CHECK_OK(mc_backend_cuda_create(0, &f32));
+    unsetenv("MC_CUDA_LORA");
+    if (!f32) return;
+    printf("  with MC_CUDA_LORA=f32:\n");
+    g_cu = f32;
+    gemm_f32_cases(true);
+    CHECK_OK(g_cu->sync(g_cu));
+    g_cu = keep;
+    mc_backend_free(f32);
 }
 
 static void test_rope(void) {

@@ -802,6 +802,8 @@ extern "C" mc_status mc_backend_cuda_create(int device, mc_backend **out) {
     c->smem_on = !(env && strstr(env, "smem"));
     env = getenv("MC_CUDA_GEMM"); /* "default": cublasGemmEx's own algorithms */
     c->lt_on = !(env && strcmp(env, "default") == 0);
+    env = getenv("MC_CUDA_LORA");
+    c->lora_lt = !(env && strcmp(env, "f32") == 0);
     env = getenv("MC_CUDA_DECODE_ATT"); /* "row": the older one-block-per-split decode attention */
     c->dec_cluster = !(env && strcmp(env, "row") == 0);
     c->kv_pre_on = !getenv("MC_CUDA_NOKVPRE"); /* for comparisons */

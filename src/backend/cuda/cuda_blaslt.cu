@@ -1,4 +1,5 @@
-/* cuda_blaslt.cu - the GEMMs of the frozen weights through cuBLASLt, each shape with the
+/* cuda_blaslt.cu - the GEMMs of the frozen weights, and the LoRA products of training-sized
+ * batches (f32 operands, TF32 on the tensor cores), through cuBLASLt, each shape with the
  * fastest of the library's first heuristic algorithms.
  *
  * cublasGemmEx picks one algorithm per shape by heuristics alone; on this model's training
@@ -28,6 +29,7 @@ static bool lt_same(const cu_lt_ent &e, const cu_lt_shape &s, const unsigned (&a
     const cu_lt_shape &a = e.s;
     return a.ta == s.ta && a.tb == s.tb && a.m == s.m && a.n == s.n && a.k == s.k &&
            a.lda == s.lda && a.ldb == s.ldb && a.ldc == s.ldc && a.ab == s.ab &&
+           a.tf32 == s.tf32 &&
            a.accumulate == s.accumulate && e.align[0] == align[0] && e.align[1] == align[1] &&
            e.align[2] == align[2];
 }
@@ -57,12 +59,17 @@ void cu_lt_destroy(mc_cuda *c) {
     c->lt = NULL;
 }
 
+/* s.tf32: f32 operands multiply in TF32 on the tensor cores (f32 accumulation). */
+static cublasComputeType_t lt_compute(const cu_lt_shape &s) {
+    return s.tf32 && s.ab == CUDA_R_32F ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+}
+
 /* Descriptors of e's shape; false on failure. */
 static bool lt_describe(cu_lt_ent *e) {
     const cu_lt_shape &s = e->s;
     const cublasOperation_t ta = s.ta ? CUBLAS_OP_T : CUBLAS_OP_N;
     const cublasOperation_t tb = s.tb ? CUBLAS_OP_T : CUBLAS_OP_N;
-    if (cublasLtMatmulDescCreate(&e->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F) !=
+    if (cublasLtMatmulDescCreate(&e->desc, lt_compute(s), CUDA_R_32F) !=
         CUBLAS_STATUS_SUCCESS)
         return false;
     (void)cublasLtMatmulDescSetAttribute(e->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta);
@@ -200,8 +207,8 @@ static cu_lt_ent *lt_entry(mc_cuda *c, const cu_lt_shape &s, const void *A, cons
     return NULL;
 }
 
-bool cu_gemm_bf16(mc_cuda *c, const cu_lt_shape &s, float alpha, const void *A, const void *B,
-                  float *C, const char *what) {
+bool cu_gemm_lt(mc_cuda *c, const cu_lt_shape &s, float alpha, const void *A, const void *B,
+                float *C, const char *what) {
     const float beta = s.accumulate ? 1.0f : 0.0f;
     cu_lt_ent *e = lt_entry(c, s, A, B, C);
     int ps = cu_prof_begin(c, what);
@@ -213,7 +220,7 @@ bool cu_gemm_bf16(mc_cuda *c, const cu_lt_shape &s, float alpha, const void *A, 
         ok = cu_check_blas(c, cublasGemmEx(c->blas, s.ta ? CUBLAS_OP_T : CUBLAS_OP_N,
                                            s.tb ? CUBLAS_OP_T : CUBLAS_OP_N, s.m, s.n, s.k,
                                            &alpha, A, s.ab, s.lda, B, s.ab, s.ldb, &beta, C,
-                                           CUDA_R_32F, s.ldc, CUBLAS_COMPUTE_32F,
+                                           CUDA_R_32F, s.ldc, lt_compute(s),
                                            CUBLAS_GEMM_DEFAULT),
                            what);
     }

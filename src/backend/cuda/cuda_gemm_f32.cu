@@ -1,5 +1,7 @@
-/* cuda_gemm_f32.cu - gemm_f32, the f32 GEMMs of the LoRA paths: skinny kernels for the
- * LoRA shapes (one side of rank r <= 32), cuBLAS SGEMM otherwise. */
+/* cuda_gemm_f32.cu - gemm_f32, the f32 GEMMs of the LoRA paths. Training-sized products
+ * (CU_LORA_LT_ROWS or more token rows) run on the tensor cores in TF32 through cu_gemm_lt;
+ * smaller LoRA shapes (one side of rank r <= 32) take the skinny f32 kernels below, the
+ * rest cuBLAS SGEMM. */
 #include "cuda_internal.h"
 
 /* ---- skinny f32 GEMMs (the LoRA shapes) ----
@@ -426,6 +428,9 @@ static bool vec_ok(const void *p, int ld, int cols) {
     return ld % w == 0 && ((uintptr_t)p & (uintptr_t)(w * sizeof(float) - 1)) == 0;
 }
 
+/* Token rows from which a LoRA product runs in TF32 through cuBLASLt. */
+enum { CU_LORA_LT_ROWS = 256 };
+
 /* Runs the skinny kernels when the shape is one of the LoRA ones; false otherwise. */
 static bool gemm_f32_skinny(mc_cuda *c, bool ta, bool tb, int M, int N, int K, float alpha,
                             const float *A, int lda, const float *B, int ldb, float beta, float *C,
@@ -529,6 +534,20 @@ void cu_gemm_f32(mc_backend *be, bool ta, bool tb, int M, int N, int K, float al
         return;
     }
     cu_note_write(c, C, sc);
+    if (c->lora_lt && K > 0 && (ta ? K : M) >= CU_LORA_LT_ROWS && (beta == 0.0f || beta == 1.0f)) {
+        /* The token rows are M (x A^T, dy B, the rank-r updates) or K (the gradients'
+         * sums over rows, op(A) = A^T). Rounding the inputs to TF32 (10 mantissa bits, f32
+         * sums) is finer than the bf16 the frozen GEMMs read, and the tensor cores take
+         * the FMAs that bind the skinny kernels from a width of 32 on (several
+         * projections' ranks side by side). Row-major C = op(A) op(B) is column-major
+         * C^T = op(B)^T op(A)^T. */
+        static const char *const names[3] = {"lt gemm_f32 rows", "lt gemm_f32 splitk",
+                                             "lt gemm_f32 lowrank"};
+        const cu_lt_shape s = {tb, ta, beta != 0.0f, N, M, K, ldb, lda, ldc, CUDA_R_32F, true};
+        cu_break(c);
+        (void)cu_gemm_lt(c, s, alpha, B, A, C, names[ta ? 1 : K <= 64 ? 2 : 0]);
+        return;
+    }
     if (K > 0 && gemm_f32_skinny(c, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)) return;
     cu_break(c);
     static const char *const names[4] = {"cublas gemm_f32 NN", "cublas gemm_f32 NT",

@@ -129,6 +129,7 @@ struct cu_lt_shape {
     bool ta, tb, accumulate;
     int m, n, k, lda, ldb, ldc;
     cudaDataType_t ab;
+    bool tf32; /* f32 operands multiplied in TF32 on the tensor cores (else in f32) */
 };
 
 /* What the backend knows of a shape: seen, but not since a synchronisation (cublasGemmEx
@@ -146,7 +147,7 @@ struct cu_lt_ent {
     cublasLtMatmulAlgo_t algo;
 };
 
-enum { CU_N_LT = 64 };
+enum { CU_N_LT = 128 };
 
 enum { CU_WR_MAX = 1024 };
 
@@ -225,6 +226,8 @@ struct mc_cuda {
     cublasHandle_t blas;
     /* cuBLASLt (MC_CUDA_GEMM=default: off): handle, workspace, the shapes seen so far */
     bool lt_on;
+    bool lora_lt; /* gemm_f32 of CU_LORA_LT_ROWS+ token rows through cu_gemm_lt in TF32
+                   * (MC_CUDA_LORA=f32: the f32 skinny kernels) */
     cublasLtHandle_t lt;
     void *lt_ws;
     cu_lt_ent lt_ent[CU_N_LT];
@@ -391,11 +394,12 @@ void *cu_scratch(mc_cuda *c, int id, size_t bytes, bool zero_new);
 
 /* ---- cuBLASLt GEMMs (cuda_blaslt.cu) ---- */
 
-/* C = alpha op(A) op(B) (+ C) for shape s: cuBLASLt with the shape's fastest algorithm
- * (chosen when the shape comes back after a synchronisation), else cublasGemmEx. Profiled
- * as `what`; false on failure (recorded). */
-bool cu_gemm_bf16(mc_cuda *c, const cu_lt_shape &s, float alpha, const void *A, const void *B,
-                  float *C, const char *what);
+/* C = alpha op(A) op(B) (+ C) for shape s (column-major, as cuBLAS): cuBLASLt with the
+ * shape's fastest algorithm (chosen when the shape comes back after a synchronisation),
+ * else cublasGemmEx. 16-bit operands multiply as they are, f32 ones in f32 or (s.tf32)
+ * TF32; the sums and C are f32. Profiled as `what`; false on failure (recorded). */
+bool cu_gemm_lt(mc_cuda *c, const cu_lt_shape &s, float alpha, const void *A, const void *B,
+                float *C, const char *what);
 /* Frees the handle, workspace and descriptors. */
 void cu_lt_destroy(mc_cuda *c);
 

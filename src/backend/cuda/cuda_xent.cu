@@ -167,8 +167,9 @@ mc_status cu_linear_xent(mc_backend *be, void *dh, double *loss_sum, const void 
         cu_break(c);
         {
             /* logits [rows, V] = h W^T (column-major: [V, rows] = W [V, D]-as-(D x V)^T h^T) */
-            const cu_lt_shape s = {true, false, false, V, rows, D, D, D, V, xent_type(w.dtype)};
-            if (!cu_gemm_bf16(c, s, 1.0f, w.data, (const char *)hc + (size_t)r0 * D * esz,
+            const cu_lt_shape s = {true, false, false, V, rows, D, D, D, V, xent_type(w.dtype),
+                                   false};
+            if (!cu_gemm_lt(c, s, 1.0f, w.data, (const char *)hc + (size_t)r0 * D * esz,
                               logits, "cublas xent logits"))
                 break;
         }
@@ -182,9 +183,10 @@ mc_status cu_linear_xent(mc_backend *be, void *dh, double *loss_sum, const void 
         cu_launch(c, xent_kernel, dim3((unsigned)rows), dim3(XENT_THREADS), 0, a, "linear_xent");
         if (dh && c->lt_on) {
             /* dh [rows, D] = grad_scale (softmax - onehot) W (column-major: [D, rows]) */
-            const cu_lt_shape s = {false, false, false, D, rows, V, D, V, D, xent_type(w.dtype)};
+            const cu_lt_shape s = {false, false, false, D, rows, V, D, V, D, xent_type(w.dtype),
+                                   false};
             cu_break(c);
-            if (!cu_gemm_bf16(c, s, grad_scale, w.data, grad, (float *)dh + (size_t)r0 * D,
+            if (!cu_gemm_lt(c, s, grad_scale, w.data, grad, (float *)dh + (size_t)r0 * D,
                               "cublas xent dh"))
                 break;
         } else if (dh) {

@@ -69,14 +69,23 @@ mc_status mc_adapter_alloc(const mc_model *m, int rank, float alpha, bool rslora
     if (!a->params) goto oom;
     m->be->zero(m->be, a->params, total * sizeof(float));
     for (l = first_layer; l < d.L; l++)
-        for (k = 0; k < MC_LM_COUNT; k++) {
-            mc_lora_mod *mod = &a->mods[(size_t)l * MC_LM_COUNT + (size_t)k];
-            if (!(targets & (1u << k))) continue;
-            mc_lora_module_dims(&d, (mc_lora_module)k, &mod->in, &mod->out);
-            mod->A = a->params + off;
-            off += (size_t)rank * (size_t)mod->in;
-            mod->B = a->params + off;
-            off += (size_t)rank * (size_t)mod->out;
+        for (k = 0; k < MC_LM_COUNT;) { /* one group a pass: its A matrices, then its B */
+            int g0, g1, j;
+            mc_lora_group((mc_lora_module)k, &g0, &g1);
+            for (j = g0; j < g1; j++) {
+                mc_lora_mod *mod = &a->mods[(size_t)l * MC_LM_COUNT + (size_t)j];
+                if (!(targets & (1u << j))) continue;
+                mc_lora_module_dims(&d, (mc_lora_module)j, &mod->in, &mod->out);
+                mod->A = a->params + off;
+                off += (size_t)rank * (size_t)mod->in;
+            }
+            for (j = g0; j < g1; j++) {
+                mc_lora_mod *mod = &a->mods[(size_t)l * MC_LM_COUNT + (size_t)j];
+                if (!(targets & (1u << j))) continue;
+                mod->B = a->params + off;
+                off += (size_t)rank * (size_t)mod->out;
+            }
+            k = g1;
         }
     *out = a;
     return MC_OK;

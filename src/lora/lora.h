@@ -22,6 +22,16 @@ const char *mc_lora_module_parent(mc_lora_module m);
 /* in/out features of module m for model dims d. */
 void mc_lora_module_dims(const mc_dims *d, mc_lora_module m, int *in, int *out);
 
+/* The group of projections that read the same input as m: modules [*first, *end) (q, k
+ * and v; o; gate and up; down). An adapter keeps the A matrices of a group's adapted
+ * projections next to each other, so one product x [A_q; A_k; A_v]^T serves them all. */
+static inline void mc_lora_group(mc_lora_module m, int *first, int *end) {
+    static const signed char k_first[MC_LM_COUNT] = {0, 0, 0, 3, 4, 4, 6};
+    static const signed char k_end[MC_LM_COUNT] = {3, 3, 3, 4, 6, 6, 7};
+    *first = (unsigned)m < MC_LM_COUNT ? k_first[m] : 0;
+    *end = (unsigned)m < MC_LM_COUNT ? k_end[m] : 0;
+}
+
 /* One adapted projection. */
 typedef struct mc_lora_mod {
     float *A; /* [r, in] device; NULL when this projection has no adapter */
@@ -39,7 +49,9 @@ struct mc_adapter {
     unsigned targets;       /* bit (1u << mc_lora_module) per adapted projection */
     int first_layer;        /* layers [first_layer, L) carry adapters */
     mc_lora_mod *mods;      /* [L * MC_LM_COUNT], index l * MC_LM_COUNT + m */
-    float *params;          /* [n_params] device: every A then B, in mods order */
+    float *params;          /* [n_params] device: layer by layer, for each group of
+                             * projections that read the same input (mc_lora_group), the
+                             * A matrices of its adapted projections, then their B */
     size_t n_params;
     char *base_model;       /* base_model_name_or_path to record (may be NULL) */
 };

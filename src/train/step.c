@@ -99,7 +99,7 @@ mc_status mc_trainer_core_create(mc_model *m, mc_adapter *a, int max_rows, bool 
     c->dF2 = act_alloc(c, N, (int)widest, &ok);
     c->drop_buf = act_alloc(c, N, (int)widest, &ok);
     c->grads = be->alloc(be, MC_MAX(a->n_params, (size_t)1) * sizeof(float));
-    c->lora_tmp2 = be->alloc(be, N * (size_t)a->rank * sizeof(float));
+    c->lora_tmp2 = be->alloc(be, N * 3 * (size_t)a->rank * sizeof(float)); /* q, k and v */
     c->xa_slot = mc_malloc((size_t)d.L * MC_LM_COUNT * sizeof *c->xa_slot);
     if (c->xa_slot) {
         size_t n_xa = 0, bytes = 0;
@@ -165,10 +165,66 @@ static const float *lora_input(mc_trainer_core *c, int l, int k, const void *x, 
     return (const float *)c->drop_buf;
 }
 
-/* Where projection k of layer l keeps dropout(x) A^T [N, r] from its forward. */
-static float *lora_xa(const mc_trainer_core *c, int l, mc_lora_module k) {
-    const int slot = c->xa_slot[l * MC_LM_COUNT + (int)k];
-    return c->lora_xa + (size_t)slot * (size_t)c->max_rows * (size_t)c->a->rank;
+/* The first adapted projection of layer l in k's group (mc_lora_group), NULL when none
+ * is: its module in *first and the number adapted in *n (their A matrices follow one
+ * another from its A). */
+static const mc_lora_mod *group_first(const mc_trainer_core *c, int l, mc_lora_module k,
+                                      mc_lora_module *first, int *n) {
+    const mc_lora_mod *found = NULL;
+    int g0, g1, j;
+    mc_lora_group(k, &g0, &g1);
+    *first = k;
+    *n = 0;
+    for (j = g0; j < g1; j++) {
+        const mc_lora_mod *mod = mc_adapter_mod(c->a, l, (mc_lora_module)j);
+        if (!mod) continue;
+        if (!found) {
+            found = mod;
+            *first = (mc_lora_module)j;
+        }
+        ++*n;
+    }
+    return found;
+}
+
+/* Projection k's columns of an [N, n r] block of rank-r products shared by the n adapted
+ * projections of its group, in their order (*ld = n r). With per_slot the blocks of all
+ * groups follow one another in base (the block starts at the first one's xa_slot). */
+static float *group_cols(const mc_trainer_core *c, float *base, int l, mc_lora_module k, int *ld,
+                         bool per_slot) {
+    const int r = c->a->rank;
+    mc_lora_module first;
+    int n, slot, slot0;
+    (void)group_first(c, l, k, &first, &n);
+    slot = c->xa_slot[l * MC_LM_COUNT + (int)k];
+    slot0 = c->xa_slot[l * MC_LM_COUNT + (int)first];
+    *ld = n * r;
+    if (per_slot) base += (size_t)slot0 * (size_t)c->max_rows * (size_t)r;
+    return base + (size_t)(slot - slot0) * (size_t)r;
+}
+
+/* Where projection k of layer l keeps dropout(x) A^T from its forward. */
+static float *lora_xa(const mc_trainer_core *c, int l, mc_lora_module k, int *ld) {
+    return group_cols(c, c->lora_xa, l, k, ld, true);
+}
+
+/* Projection k's columns s dy B of the scratch c->lora_tmp2. */
+static float *lora_dyb(const mc_trainer_core *c, int l, mc_lora_module k, int *ld) {
+    return group_cols(c, c->lora_tmp2, l, k, ld, false);
+}
+
+/* Without dropout the projections of a group read the same LoRA input x, so one product
+ * x [A_1; ...; A_n]^T [N, n r] gives each its x A^T (called before their proj_fwd). */
+static void group_fwd(mc_trainer_core *c, int l, mc_lora_module k, const void *x, int N, int in) {
+    mc_backend *be = c->m->be;
+    mc_lora_module first;
+    int n, ld;
+    const mc_lora_mod *mod = group_first(c, l, k, &first, &n);
+    float *xa;
+    if (c->a->dropout > 0 || !mod) return;
+    xa = lora_xa(c, l, first, &ld);
+    be->gemm_f32(be, false, true, N, ld, in, 1.0f, (const float *)x, in, mod->A, in, 0.0f, xa,
+                 ld);
 }
 
 /* y = x W^T + b (+ s * (dropout(x) A^T) B^T) for projection k of layer l over N rows. */
@@ -178,44 +234,64 @@ static void proj_fwd(mc_trainer_core *c, int l, mc_lora_module k, void *y, const
     const mc_lora_mod *mod = mc_adapter_mod(c->a, l, k);
     be->matmul(be, y, out, x, w, b, N, out, in);
     if (mod) {
-        const float *xd = lora_input(c, l, (int)k, x, N, in);
-        mc_lora_apply(be, mod, c->a->rank, c->a->scale, y, out, xd, N, lora_xa(c, l, k));
+        const int r = c->a->rank;
+        int ld;
+        float *xa = lora_xa(c, l, k, &ld);
+        if (c->a->dropout > 0) { /* else group_fwd made it */
+            const float *xd = lora_input(c, l, (int)k, x, N, in);
+            be->gemm_f32(be, false, true, N, r, in, 1.0f, xd, in, mod->A, in, 0.0f, xa, ld);
+        }
+        be->gemm_f32(be, false, true, N, out, r, c->a->scale, xa, ld, mod->B, r, 1.0f, (float *)y,
+                     out);
     }
 }
 
 /* Backward of proj_fwd given dy [N, out]: dx_acc (+)= dy W (accumulate selects), and when
- * adapted: gB += s dy^T (xd A^T) (xd A^T as the forward kept it); gA += (s dy B)^T xd;
- * dx_acc += dropout'(s dy B A). */
+ * adapted: gB += s dy^T (xd A^T) (xd A^T as the forward kept it) and t = s dy B (k's
+ * columns of c->lora_tmp2); with dropout also gA += t^T xd and dx_acc += dropout'(t A),
+ * which group_bwd otherwise does for the whole group. */
 static void proj_bwd(mc_trainer_core *c, int l, mc_lora_module k, void *dx_acc, bool accumulate,
                      const void *dy, const void *x, mc_wt w, int N, int out, int in) {
     mc_backend *be = c->m->be;
     const mc_lora_mod *mod = mc_adapter_mod(c->a, l, k);
     const mc_adapter *a = c->a;
-    int r = a->rank;
-    float *gA, *gB, s = a->scale;
-    const float *xd;
+    const int r = a->rank;
+    const float s = a->scale;
+    int ldx, ldt;
+    float *xa, *t;
+    size_t n;
     be->matmul_dx(be, dx_acc, dy, w, N, out, in, accumulate);
     if (!mod) return;
-    gA = c->grads + (mod->A - a->params);
-    gB = c->grads + (mod->B - a->params);
-    xd = lora_input(c, l, (int)k, x, N, in);
-    /* gB [out, r] += s * dy^T (xd A^T) */
-    be->gemm_f32(be, true, false, out, r, N, s, (const float *)dy, out, lora_xa(c, l, k), r, 1.0f,
-                 gB, r);
-    /* tmp2 = s * dy B [N, r]; gA [r, in] += tmp2^T xd */
-    be->gemm_f32(be, false, false, N, r, out, s, (const float *)dy, out, mod->B, r, 0.0f,
-                 c->lora_tmp2, r);
-    be->gemm_f32(be, true, false, r, in, N, 1.0f, c->lora_tmp2, r, xd, in, 1.0f, gA, in);
-    if (a->dropout <= 0) {
-        be->gemm_f32(be, false, false, N, in, r, 1.0f, c->lora_tmp2, r, mod->A, in, 1.0f,
-                     (float *)dx_acc, in);
-    } else {
-        size_t n = (size_t)N * (size_t)in;
-        be->gemm_f32(be, false, false, N, in, r, 1.0f, c->lora_tmp2, r, mod->A, in, 0.0f,
-                     (float *)c->drop_buf, in);
-        be->dropout(be, c->drop_buf, c->drop_buf, n, a->dropout, drop_seed(c, l, (int)k));
-        be->add(be, dx_acc, c->drop_buf, n);
-    }
+    xa = lora_xa(c, l, k, &ldx);
+    t = lora_dyb(c, l, k, &ldt);
+    be->gemm_f32(be, true, false, out, r, N, s, (const float *)dy, out, xa, ldx, 1.0f,
+                 c->grads + (mod->B - a->params), r);
+    be->gemm_f32(be, false, false, N, r, out, s, (const float *)dy, out, mod->B, r, 0.0f, t, ldt);
+    if (a->dropout <= 0) return;
+    n = (size_t)N * (size_t)in;
+    be->gemm_f32(be, true, false, r, in, N, 1.0f, t, ldt, lora_input(c, l, (int)k, x, N, in), in,
+                 1.0f, c->grads + (mod->A - a->params), in);
+    be->gemm_f32(be, false, false, N, in, r, 1.0f, t, ldt, mod->A, in, 0.0f,
+                 (float *)c->drop_buf, in);
+    be->dropout(be, c->drop_buf, c->drop_buf, n, a->dropout, drop_seed(c, l, (int)k));
+    be->add(be, dx_acc, c->drop_buf, n);
+}
+
+/* Without dropout, the rest of the backward of k's group after proj_bwd of its members:
+ * with T = [t_1, ..., t_n] [N, n r] and A = [A_1; ...; A_n] one product each,
+ * [gA_1; ...; gA_n] += T^T x and dx_acc += T A. */
+static void group_bwd(mc_trainer_core *c, int l, mc_lora_module k, void *dx_acc, const void *x,
+                      int N, int in) {
+    mc_backend *be = c->m->be;
+    mc_lora_module first;
+    int n, ld;
+    const mc_lora_mod *mod = group_first(c, l, k, &first, &n);
+    float *t;
+    if (c->a->dropout > 0 || !mod) return;
+    t = lora_dyb(c, l, first, &ld);
+    be->gemm_f32(be, true, false, ld, in, N, 1.0f, t, ld, (const float *)x, in, 1.0f,
+                 c->grads + (mod->A - c->a->params), in);
+    be->gemm_f32(be, false, false, N, in, ld, 1.0f, t, ld, mod->A, in, 1.0f, (float *)dx_acc, in);
 }
 
 /* ---- layers ---- */
@@ -251,6 +327,7 @@ static void layer_fwd(mc_trainer_core *c, const mc_batch *b, int l, const void *
     mc_layer_acts *t = &c->work;
 
     be->rmsnorm(be, t->xn1, x_in, w->attn_norm, N, d.D, eps);
+    group_fwd(c, l, MC_LM_Q, t->xn1, N, d.D);
     proj_fwd(c, l, MC_LM_Q, m->cfg.qk_norm ? a->qn : a->q, t->xn1, w->q_w, w->q_b, N, d.q_dim, d.D);
     proj_fwd(c, l, MC_LM_K, m->cfg.qk_norm ? a->kn : a->k, t->xn1, w->k_w, w->k_b, N, d.kv_dim, d.D);
     proj_fwd(c, l, MC_LM_V, a->v, t->xn1, w->v_w, w->v_b, N, d.kv_dim, d.D);
@@ -261,14 +338,17 @@ static void layer_fwd(mc_trainer_core *c, const mc_batch *b, int l, const void *
     be->rope(be, a->q, d.q_dim, c->pos_dev, N, d.Hq, d.hd, theta);
     be->rope(be, a->k, d.kv_dim, c->pos_dev, N, d.Hkv, d.hd, theta);
     attention_segments(c, b, a->att, a->q, a->k, a->v);
+    group_fwd(c, l, MC_LM_O, a->att, N, d.q_dim);
     proj_fwd(c, l, MC_LM_O, c->dtmp, a->att, w->o_w, w->o_b, N, d.D, d.q_dim);
     (void)be->copy(be, a->x_mid, x_in, nd * mc_dtype_size(be->act_dtype));
     be->add(be, a->x_mid, c->dtmp, nd);
 
     be->rmsnorm(be, t->xn2, a->x_mid, w->mlp_norm, N, d.D, eps);
+    group_fwd(c, l, MC_LM_GATE, t->xn2, N, d.D);
     proj_fwd(c, l, MC_LM_GATE, a->gate, t->xn2, w->gate_w, none, N, d.F, d.D);
     proj_fwd(c, l, MC_LM_UP, a->up, t->xn2, w->up_w, none, N, d.F, d.D);
     be->swiglu(be, t->h, a->gate, a->up, (size_t)N * (size_t)d.F);
+    group_fwd(c, l, MC_LM_DOWN, t->h, N, d.F);
     proj_fwd(c, l, MC_LM_DOWN, c->dtmp, t->h, w->down_w, none, N, d.D, d.F);
     (void)be->copy(be, x_out, a->x_mid, nd * mc_dtype_size(be->act_dtype));
     be->add(be, x_out, c->dtmp, nd);
@@ -296,14 +376,17 @@ static void layer_bwd(mc_trainer_core *c, const mc_batch *b, int l, const void *
 
     /* MLP: x_out = x_mid + down(h); h = silu(gate) * up; gate, up = proj(xn2) */
     proj_bwd(c, l, MC_LM_DOWN, dh, false, c->dx, t->h, w->down_w, N, d.D, d.F);
+    group_bwd(c, l, MC_LM_DOWN, dh, t->h, N, d.F);
     be->swiglu_backward(be, dh, dup, dh, a->gate, a->up, (size_t)N * (size_t)d.F);
     proj_bwd(c, l, MC_LM_GATE, c->dtmp, false, dh, t->xn2, w->gate_w, N, d.F, d.D);
     proj_bwd(c, l, MC_LM_UP, c->dtmp, true, dup, t->xn2, w->up_w, N, d.F, d.D);
+    group_bwd(c, l, MC_LM_GATE, c->dtmp, t->xn2, N, d.D);
     /* xn2 = rmsnorm(x_mid): dx_mid = dx_out + rmsnorm'(dxn2) */
     be->rmsnorm_backward(be, c->dx, c->dtmp, a->x_mid, w->mlp_norm, N, d.D, eps);
 
     /* attention: x_mid = x_in + o(att) */
     proj_bwd(c, l, MC_LM_O, datt, false, c->dx, a->att, w->o_w, N, d.D, d.q_dim);
+    group_bwd(c, l, MC_LM_O, datt, a->att, N, d.q_dim);
     for (s = 0; s < b->n_seg; s++) {
         size_t r0 = (size_t)b->seg_start[s];
         be->attention_backward(be, mc_act_at(be, c->dq, r0 * (size_t)d.q_dim),
@@ -330,6 +413,7 @@ static void layer_bwd(mc_trainer_core *c, const mc_batch *b, int l, const void *
     proj_bwd(c, l, MC_LM_Q, c->dtmp, false, c->dq, t->xn1, w->q_w, N, d.q_dim, d.D);
     proj_bwd(c, l, MC_LM_K, c->dtmp, true, c->dk, t->xn1, w->k_w, N, d.kv_dim, d.D);
     proj_bwd(c, l, MC_LM_V, c->dtmp, true, c->dv, t->xn1, w->v_w, N, d.kv_dim, d.D);
+    group_bwd(c, l, MC_LM_Q, c->dtmp, t->xn1, N, d.D);
     /* xn1 = rmsnorm(x_in): dx_in = dx_mid + rmsnorm'(dxn1) */
     be->rmsnorm_backward(be, c->dx, c->dtmp, x_in, w->attn_norm, N, d.D, eps);
 }

@@ -56,9 +56,11 @@ typedef struct mc_trainer_core {
     void *dq, *dk, *dv;    /* [N, q_dim], [N, kv_dim] x2 */
     void *dF1, *dF2;       /* [N, F] */
     float *grads;          /* [n_params] like a->params */
-    float *lora_tmp2;      /* [N, r] s dy B */
+    float *lora_tmp2;      /* [N, n r] s dy B of the n <= 3 adapted projections of a
+                            * group (mc_lora_group) */
     float *lora_xa;        /* [n adapted projections, N, r] dropout(x) A^T of each adapted
-                            * projection, kept from its forward for its backward */
+                            * projection, kept from its forward for its backward; a group's
+                            * projections share one [N, n r] block */
     int *xa_slot;          /* [L * MC_LM_COUNT] index into lora_xa, -1 when not adapted */
     void *drop_buf;        /* [N, max(F, q_dim, D)] dropout(x) for the LoRA input */
     int32_t *ids_dev, *tg_dev, *pos_dev; /* [N] */

@@ -212,7 +212,12 @@ static mc_status eval_loss(run *r, const mc_dataset *ds, int n_batches, double *
 
 /* Checkpoint position fields, stored as the I64 tensor "state". */
 enum { ST_STEP, ST_EPOCH, ST_CURSOR, ST_OPT_STEP, ST_BAD_EVALS, ST_TOKENS, ST_SEED, ST_NPARAMS,
-       ST_COUNT };
+       ST_LAYOUT, ST_COUNT };
+
+/* The order of the LoRA parameters in the checkpoint's flat tensors (a->params): 2 = by
+ * groups of projections that share an input (mc_lora_group). Checkpoints without the
+ * field (written before it) kept every A then B projection by projection. */
+enum { CKPT_LAYOUT = 2 };
 
 static mc_status save_checkpoint(run *r) {
     mc_backend *be = r->m->be;
@@ -242,6 +247,7 @@ static mc_status save_checkpoint(run *r) {
     state[ST_TOKENS] = r->tokens;
     state[ST_SEED] = (int64_t)r->p->seed;
     state[ST_NPARAMS] = (int64_t)n;
+    state[ST_LAYOUT] = CKPT_LAYOUT;
     t[0].name = "lora";
     t[1].name = "opt.m";
     t[2].name = "opt.v";
@@ -288,6 +294,12 @@ static mc_status load_checkpoint(run *r, const char *dir) {
     tv = mc_st_find(&st, "opt.v");
     ts = mc_st_find(&st, "state");
     tb = mc_st_find(&st, "state.best_val");
+    if (ts && ts->st_dtype == MC_ST_I64 && ts->nbytes == ST_LAYOUT * sizeof(int64_t)) {
+        s = mc_fail(MC_ERR_UNSUPPORTED, "%s: an earlier version wrote this checkpoint with its "
+                    "LoRA parameters in another order; it cannot be resumed (the adapter files "
+                    "beside it still load)", path);
+        goto done;
+    }
     if (!tl || !tm || !tv || !ts || !tb || tl->st_dtype != MC_ST_F32 || tm->st_dtype != MC_ST_F32 ||
         tv->st_dtype != MC_ST_F32 || ts->st_dtype != MC_ST_I64 || tb->st_dtype != MC_ST_F64 ||
         ts->nbytes != sizeof state || tb->nbytes != sizeof best) {
@@ -297,6 +309,11 @@ static mc_status load_checkpoint(run *r, const char *dir) {
     }
     memcpy(state, ts->data, sizeof state);
     memcpy(&best, tb->data, sizeof best);
+    if (state[ST_LAYOUT] != CKPT_LAYOUT) {
+        s = mc_fail(MC_ERR_UNSUPPORTED, "%s: LoRA parameter layout %lld (this version reads %d)",
+                    path, (long long)state[ST_LAYOUT], CKPT_LAYOUT);
+        goto done;
+    }
     if (tl->nbytes != n * sizeof(float) || tm->nbytes != tl->nbytes || tv->nbytes != tl->nbytes ||
         state[ST_NPARAMS] != (int64_t)n) {
         s = mc_fail(MC_ERR_SHAPE, "%s: the checkpoint holds %lld LoRA parameters; this adapter "

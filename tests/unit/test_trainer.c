@@ -649,6 +649,38 @@ done:
 
 /* ---- resume errors ---- */
 
+/* Writes dst_dir/trainer_state.safetensors: src_dir's with its "state" tensor cut to
+ * n_state entries and, when the layout entry (the ninth) is kept, set to layout. */
+static void write_state_variant(const char *src_dir, const char *dst_dir, int n_state,
+                                int64_t layout) {
+    char src[1024];
+    mc_st_set st;
+    mc_st_out t[8];
+    int64_t state[16];
+    size_t i, n = 0;
+    snprintf(src, sizeof src, "%s", join(src_dir, "trainer_state.safetensors"));
+    memset(&st, 0, sizeof st);
+    CHECK_OK(mc_st_open_file(src, &st));
+    for (i = 0; i < st.n && n < 8; i++, n++) {
+        const mc_st_tensor *x = &st.tensors[i];
+        memset(&t[n], 0, sizeof t[n]);
+        t[n].name = x->name;
+        t[n].st_dtype = x->st_dtype;
+        t[n].ndim = 1;
+        t[n].shape[0] = x->shape[0];
+        t[n].data = x->data;
+        if (strcmp(x->name, "state") == 0) {
+            CHECK_INT(x->shape[0], 9);
+            memcpy(state, x->data, (size_t)x->nbytes);
+            state[8] = layout;
+            t[n].shape[0] = n_state;
+            t[n].data = state;
+        }
+    }
+    CHECK_OK(mc_st_write(join(dst_dir, "trainer_state.safetensors"), t, n, NULL, 0));
+    mc_st_close(&st);
+}
+
 static void test_resume_mismatch(void) {
     const char *data = make_data("tr_rm_data", false, false);
     const char *out = scratch("tr_rm");
@@ -684,6 +716,14 @@ static void test_resume_mismatch(void) {
     CHECK(mc_train(g_model, a, &p, &res) != MC_OK);
     write_bytes(join(empty, "trainer_state.safetensors"), "\x02\x00\x00\x00\x00\x00\x00\x00{}", 10);
     CHECK_STATUS(mc_train(g_model, a, &p, &res), MC_ERR_MISSING_TENSOR);
+    /* a state from before the parameters were ordered by groups (no layout entry), or of
+     * another layout: refused, not read in the wrong order */
+    write_state_variant(out, empty, 8, 0);
+    CHECK_STATUS(mc_train(g_model, a, &p, &res), MC_ERR_UNSUPPORTED);
+    CHECK_MSG("another order");
+    write_state_variant(out, empty, 9, 1);
+    CHECK_STATUS(mc_train(g_model, a, &p, &res), MC_ERR_UNSUPPORTED);
+    CHECK_MSG("layout 1");
     /* the run still resumes from the good checkpoint */
     p.resume_dir = out;
     CHECK_OK(mc_train(g_model, a, &p, &res));

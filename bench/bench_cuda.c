@@ -13,7 +13,8 @@
  *                   [--batch 4] [--seq 1024] [--iters 6] [--grad-checkpoint] [--skip-train]
  *                   [--skip-decode]
  * --grad-checkpoint trains twice: without and with activation checkpointing. With
- * MC_CUDA_PROFILE=1 each section ends with a table of device time per kernel.
+ * MC_CUDA_PROFILE=1 each section ends with a table of device time per kernel (training: the
+ * timed steps only).
  * Built only with MC_CUDA. A preset is written once under $TMPDIR/mcandle-bench-<preset>. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,6 +32,22 @@ static void profile(mc_backend *be, const char *section) {
     static char buf[16384];
     if (mc_cuda_profile_report(be, buf, sizeof buf, true) > 0)
         printf("device time per kernel, %s:\n%s", section, buf);
+}
+
+/* Training progress: the timing of bench_util.h, and the per-kernel table (profiling
+ * only) cleared after the warm-up steps, so that it shows the timed steps alone (the
+ * warm-up's first GEMM calls and the choice of their algorithms excluded). */
+typedef struct train_watch {
+    timing tm;
+    mc_backend *be;
+} train_watch;
+
+static int train_progress(const mc_train_progress *p, void *user) {
+    train_watch *w = user;
+    static char scrap[16384];
+    if (!p->is_eval && p->step == w->tm.warm)
+        (void)mc_cuda_profile_report(w->be, scrap, sizeof scrap, true);
+    return timing_progress(p, &w->tm);
 }
 
 /* Prefill of n tokens (logits of the last row to the host): median of 5 after two warm-up
@@ -253,7 +270,7 @@ int main(int argc, char **argv) {
         mc_lora_params lp = mc_lora_default_params();
         mc_train_params tp = mc_train_default_params();
         mc_train_result res;
-        timing tm;
+        train_watch tw;
         long reuse0;
         FILE *fp;
         snprintf(data, sizeof data, "%s/mcandle-bench-cuda-data", tmp);
@@ -286,10 +303,11 @@ int main(int argc, char **argv) {
         tp.save_every = 0;
         tp.shuffle = 0;
         tp.grad_checkpoint = mode;
-        tp.on_progress = timing_progress;
-        tp.user = &tm;
-        memset(&tm, 0, sizeof tm);
-        tm.warm = 2; /* as bench/peft_bench.py; the second step chooses the GEMM algorithms */
+        tp.on_progress = train_progress;
+        tp.user = &tw;
+        memset(&tw, 0, sizeof tw);
+        tw.be = be;
+        tw.tm.warm = 2; /* as bench/peft_bench.py; the second step chooses the GEMM algorithms */
         printf("training: LoRA r=16 alpha=32 on all 7 projections (%zu parameters), batch %d x %d "
                "tokens%s\n", mc_adapter_n_params(a), batch, seq,
                mode ? ", activation checkpointing" : "");
@@ -301,10 +319,11 @@ int main(int argc, char **argv) {
             double head_w = (double)d.V * d.D;
             double flops_tok = 4.0 * (layer_w + head_w) + 6.0 * (double)mc_adapter_n_params(a) +
                                3.0 * 2.0 * 2.0 * d.L * (double)d.q_dim * (seq + 1) / 2.0;
+            const timing *tm = &tw.tm;
             double tps;
             uint64_t peak = 0;
             mc_cuda_memory(be, &mem_now, &peak);
-            tps = (double)(tm.tokens_last - tm.tokens_first) / (tm.t_last - tm.t_first);
+            tps = (double)(tm->tokens_last - tm->tokens_first) / (tm->t_last - tm->t_first);
             if (mode == 0) {
                 train_tps = tps;
                 mem_peak = peak;
@@ -316,9 +335,9 @@ int main(int argc, char **argv) {
             printf("training%s: %.0f tokens/s (steps %d..%d), %.1f TFLOP/s model FLOPs = %.1f%% "
                    "MFU (%.0f%% of the measured GEMM rate); loss %.4f -> %.4f; peak device memory "
                    "%.2f GiB (weights %.2f GiB)\n", mode ? " (checkpointing)" : "",
-                   tps, tm.warm + 1, tm.steps, tps * flops_tok / 1e12,
+                   tps, tm->warm + 1, tm->steps, tps * flops_tok / 1e12,
                    100.0 * tps * flops_tok / H100_BF16_PEAK, 100.0 * tps * flops_tok / gemm,
-                   tm.loss_first, tm.loss_last,
+                   tm->loss_first, tm->loss_last,
                    (double)peak / 1073741824.0, (double)mem_model / 1073741824.0);
             printf("training%s: %ld attention backwards took their forward's statistics\n",
                    mode ? " (checkpointing)" : "", mc_cuda_attention_reuse(be) - reuse0);

@@ -142,7 +142,7 @@ fi
 
 if want profile; then
     t0=$SECONDS
-    if MC_CUDA_PROFILE=1 timeout 200 "$B/bench_cuda" --gen 16 --iters 3 >"$OUT/bench_profile.log" 2>&1; then
+    if MC_CUDA_PROFILE=1 timeout 200 "$B/bench_cuda" --gen 16 --iters 5 >"$OUT/bench_profile.log" 2>&1; then
         note profile "passed $((SECONDS - t0))s"
     else
         note profile "FAILED $((SECONDS - t0))s (bench_profile.log)"

@@ -134,9 +134,12 @@ struct mc_backend {
                                const void *q, const void *k, const void *v, int T, int Hq,
                                int Hkv, int hd);
     /* forward: out = silu(gate) * up.  backward: dgate = dout * up * silu'(gate),
-     * dup = dout * silu(gate) (overwrite; dgate may alias dout). */
+     * dup = dout * silu(gate) (overwrite; dgate may alias dout), and when h is not NULL the
+     * forward's out again, bit for bit as swiglu gives it (h overlaps no other buffer), so
+     * a backward that needs it computes it on its way. */
     void (*swiglu_backward)(mc_backend *be, void *dgate /* [n] */, void *dup /* [n] */,
-                            const void *dout /* [n] */, const void *gate, const void *up, size_t n);
+                            void *h /* [n] or NULL */, const void *dout /* [n] */,
+                            const void *gate, const void *up, size_t n);
     /* Fused lm_head + softmax + cross-entropy over T rows, never holding more than a chunk
      * of the [T, V] logits: logits = h W^T; for each row with targets[t] >= 0,
      * loss_sum += logsumexp(logits[t]) - logits[t][targets[t]] (double) and, when dh is

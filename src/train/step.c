@@ -279,7 +279,8 @@ static void proj_bwd(mc_trainer_core *c, int l, mc_lora_module k, void *dx_acc, 
 
 /* Without dropout, the rest of the backward of k's group after proj_bwd of its members:
  * with T = [t_1, ..., t_n] [N, n r] and A = [A_1; ...; A_n] one product each,
- * [gA_1; ...; gA_n] += T^T x and dx_acc += T A. */
+ * dx_acc += T A (when dx_acc is not NULL) and [gA_1; ...; gA_n] += T^T x (when x is not
+ * NULL). */
 static void group_bwd(mc_trainer_core *c, int l, mc_lora_module k, void *dx_acc, const void *x,
                       int N, int in) {
     mc_backend *be = c->m->be;
@@ -289,9 +290,12 @@ static void group_bwd(mc_trainer_core *c, int l, mc_lora_module k, void *dx_acc,
     float *t;
     if (c->a->dropout > 0 || !mod) return;
     t = lora_dyb(c, l, first, &ld);
-    be->gemm_f32(be, true, false, ld, in, N, 1.0f, t, ld, (const float *)x, in, 1.0f,
-                 c->grads + (mod->A - c->a->params), in);
-    be->gemm_f32(be, false, false, N, in, ld, 1.0f, t, ld, mod->A, in, 1.0f, (float *)dx_acc, in);
+    if (dx_acc)
+        be->gemm_f32(be, false, false, N, in, ld, 1.0f, t, ld, mod->A, in, 1.0f, (float *)dx_acc,
+                     in);
+    if (x)
+        be->gemm_f32(be, true, false, ld, in, N, 1.0f, t, ld, (const float *)x, in, 1.0f,
+                     c->grads + (mod->A - c->a->params), in);
 }
 
 /* ---- layers ---- */
@@ -367,17 +371,24 @@ static void layer_bwd(mc_trainer_core *c, const mc_batch *b, int l, const void *
     float eps = (float)m->cfg.rms_norm_eps, theta = (float)m->cfg.rope_theta;
     void *dh = c->dF1, *dup = c->dF2, *datt = c->dF1;
     const mc_layer_acts *t = &c->work;
+    /* h = silu(gate) * up is read only by the down projection's LoRA A gradient: without
+     * dropout that sum can wait for swiglu_backward, which gives h on its way, instead of
+     * a SwiGLU pass of its own */
+    const bool need_h = mc_adapter_mod(c->a, l, MC_LM_DOWN) != NULL;
+    const bool h_late = need_h && !c->checkpointing && c->a->dropout <= 0;
 
     if (!c->checkpointing) {
         be->rmsnorm(be, t->xn1, x_in, w->attn_norm, N, d.D, eps);
         be->rmsnorm(be, t->xn2, a->x_mid, w->mlp_norm, N, d.D, eps);
-        be->swiglu(be, t->h, a->gate, a->up, (size_t)N * (size_t)d.F);
+        if (need_h && !h_late) be->swiglu(be, t->h, a->gate, a->up, (size_t)N * (size_t)d.F);
     }
 
     /* MLP: x_out = x_mid + down(h); h = silu(gate) * up; gate, up = proj(xn2) */
     proj_bwd(c, l, MC_LM_DOWN, dh, false, c->dx, t->h, w->down_w, N, d.D, d.F);
-    group_bwd(c, l, MC_LM_DOWN, dh, t->h, N, d.F);
-    be->swiglu_backward(be, dh, dup, dh, a->gate, a->up, (size_t)N * (size_t)d.F);
+    group_bwd(c, l, MC_LM_DOWN, dh, NULL, N, d.F);
+    be->swiglu_backward(be, dh, dup, h_late ? t->h : NULL, dh, a->gate, a->up,
+                        (size_t)N * (size_t)d.F);
+    group_bwd(c, l, MC_LM_DOWN, NULL, t->h, N, d.F);
     proj_bwd(c, l, MC_LM_GATE, c->dtmp, false, dh, t->xn2, w->gate_w, N, d.F, d.D);
     proj_bwd(c, l, MC_LM_UP, c->dtmp, true, dup, t->xn2, w->up_w, N, d.F, d.D);
     group_bwd(c, l, MC_LM_GATE, c->dtmp, t->xn2, N, d.D);

@@ -581,15 +581,23 @@ static void test_elementwise(void) {
     g_cu->swiglu(g_cu, d1, dg, du, n);
     dget(got, d1, n);
     cmp("swiglu n=10007", got, want, n, 1e-6);
-    /* swiglu_backward with dgate aliasing dout */
+    /* swiglu_backward with dgate aliasing dout, and h: the forward's output bit for bit */
     {
-        float *ref_dg = fdup(go, n);
-        g_ref->swiglu_backward(g_ref, ref_dg, want2, ref_dg, g, u, n);
-        g_cu->swiglu_backward(g_cu, dgo, d2, dgo, dg, du, n);
+        float *ref_dg = fdup(go, n), *hc = fnan(n), *dh = dputf(hc, n);
+        g_ref->swiglu_backward(g_ref, ref_dg, want2, NULL, ref_dg, g, u, n);
+        g_cu->swiglu_backward(g_cu, dgo, d2, dh, dgo, dg, du, n);
         dget(got, dgo, n);
         dget(got2, d2, n);
         cmp("swiglu_backward dgate (aliasing dout)", got, ref_dg, n, 1e-6);
         cmp("swiglu_backward dup", got2, want2, n, 1e-6);
+        g_cu->swiglu(g_cu, d1, dg, du, n);
+        dget(got, d1, n);
+        dget(hc, dh, n);
+        CHECK(memcmp(hc, got, n * sizeof(float)) == 0);
+        printf("  %-58s %s\n", "swiglu_backward h vs swiglu's output",
+               memcmp(hc, got, n * sizeof(float)) == 0 ? "identical" : "DIFFERENT");
+        dfree(dh);
+        free(hc);
         free(ref_dg);
     }
     /* add */

@@ -320,7 +320,7 @@ static void test_grad_swiglu(void) {
     fill_normal(R, n, 1.0f);
     poison(dg, n);
     poison(du, n);
-    g_ref->swiglu_backward(g_ref, dg, du, R, g, u, n);
+    g_ref->swiglu_backward(g_ref, dg, du, NULL, R, g, u, n);
     c.which = 0;
     fd_grad(sw_loss, &c, g, n, 1e-3f, num);
     CHECK_GRAD(dg, num, n);
@@ -329,7 +329,7 @@ static void test_grad_swiglu(void) {
     CHECK_GRAD(du, num, n);
     /* dgate may alias dout */
     alias = fdup(R, n);
-    g_ref->swiglu_backward(g_ref, alias, du, alias, g, u, n);
+    g_ref->swiglu_backward(g_ref, alias, du, NULL, alias, g, u, n);
     check_same("swiglu_backward dgate aliasing dout", alias, dg, n);
     free(g);
     free(u);
@@ -644,18 +644,26 @@ static void test_swiglu_backward(void) {
     for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
         size_t n = sizes[si];
         float *g = falloc(n), *u = falloc(n), *go = falloc(n), *wg = falloc(n), *wu = falloc(n);
-        float *dg = falloc(n), *du = falloc(n);
+        float *dg = falloc(n), *du = falloc(n), *h = falloc(n), *hf = falloc(n);
         fill_normal(g, n, 3.0f);
         fill_normal(u, n, 1.0f);
         fill_normal(go, n, 1.0f);
-        g_ref->swiglu_backward(g_ref, wg, wu, go, g, u, n);
+        /* h, when asked for, is the forward's output bit for bit, on every backend */
+        g_ref->swiglu_backward(g_ref, wg, wu, h, go, g, u, n);
+        g_ref->swiglu(g_ref, hf, g, u, n);
+        check_same("swiglu_backward h (reference)", h, hf, n);
         for (int bi = 0; bi < N_FAST; bi++) {
             poison(du, n);
+            poison(h, n);
             memcpy(dg, go, n * sizeof(float)); /* dgate aliases dout */
-            g_fast[bi]->swiglu_backward(g_fast[bi], dg, du, dg, g, u, n);
+            g_fast[bi]->swiglu_backward(g_fast[bi], dg, du, h, dg, g, u, n);
             CHECK_REL_L2(dg, wg, n, 1e-5);
             CHECK_REL_L2(du, wu, n, 1e-5);
+            g_fast[bi]->swiglu(g_fast[bi], hf, g, u, n);
+            check_same("swiglu_backward h (fast)", h, hf, n);
         }
+        free(h);
+        free(hf);
         free(g);
         free(u);
         free(go);

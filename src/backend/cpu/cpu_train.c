@@ -575,7 +575,8 @@ void mc_fast_attention_backward(mc_backend *be, void *dq /* [T, Hq*hd] */,
 
 /* forward: out = silu(g) * u, silu(g) = g / (1 + exp(-g)).
  * backward: dgate = dout * u * s (1 + g (1 - s)), dup = dout * silu(g), s = sigmoid(g). */
-static void swiglu_bwd_portable(float *dg /* [n] */, float *du /* [n] */, const float *go /* [n] */,
+static void swiglu_bwd_portable(float *dg /* [n] */, float *du /* [n] */,
+                                float *h /* [n] or NULL */, const float *go /* [n] */,
                                 const float *g /* [n] */, const float *u /* [n] */, size_t n) {
     for (size_t i = 0; i < n; i++) {
         float gi = g[i], o = go[i];
@@ -583,6 +584,7 @@ static void swiglu_bwd_portable(float *dg /* [n] */, float *du /* [n] */, const 
         float s = 1.0f / e, silu = gi / e;
         float gs = gi * (1.0f - s);
         float dsilu = s * (1.0f + gs);
+        if (h) h[i] = silu * u[i];
         du[i] = o * silu;
         dg[i] = o * u[i] * dsilu;
     }
@@ -590,8 +592,8 @@ static void swiglu_bwd_portable(float *dg /* [n] */, float *du /* [n] */, const 
 
 #if MC_CPU_X86
 static MC_AVX2 void swiglu_bwd_avx2(float *dg /* [n] */, float *du /* [n] */,
-                                    const float *go /* [n] */, const float *g /* [n] */,
-                                    const float *u /* [n] */, size_t n) {
+                                    float *h /* [n] or NULL */, const float *go /* [n] */,
+                                    const float *g /* [n] */, const float *u /* [n] */, size_t n) {
     const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
     size_t i = 0;
     for (; i + 8 <= n; i += 8) {
@@ -599,17 +601,19 @@ static MC_AVX2 void swiglu_bwd_avx2(float *dg /* [n] */, float *du /* [n] */,
         __m256 e = _mm256_add_ps(one, mc_exp8(_mm256_xor_ps(gv, sign)));
         __m256 s = _mm256_div_ps(one, e), silu = _mm256_div_ps(gv, e);
         __m256 ds = _mm256_mul_ps(s, _mm256_fmadd_ps(gv, _mm256_sub_ps(one, s), one));
+        __m256 uv = _mm256_loadu_ps(u + i);
+        if (h) _mm256_storeu_ps(h + i, _mm256_mul_ps(silu, uv));
         _mm256_storeu_ps(du + i, _mm256_mul_ps(ov, silu));
-        _mm256_storeu_ps(dg + i, _mm256_mul_ps(_mm256_mul_ps(ov, _mm256_loadu_ps(u + i)), ds));
+        _mm256_storeu_ps(dg + i, _mm256_mul_ps(_mm256_mul_ps(ov, uv), ds));
     }
-    swiglu_bwd_portable(dg + i, du + i, go + i, g + i, u + i, n - i);
+    swiglu_bwd_portable(dg + i, du + i, h ? h + i : NULL, go + i, g + i, u + i, n - i);
 }
 #endif
 
 void mc_fast_swiglu_backward(mc_backend *be, void *dgate /* [n] */, void *dup /* [n] */,
-                             const void *dout /* [n] */, const void *gate /* [n] */,
-                             const void *up /* [n] */, size_t n) {
-    float *dg = dgate, *du = dup;
+                             void *h /* [n] or NULL */, const void *dout /* [n] */,
+                             const void *gate /* [n] */, const void *up /* [n] */, size_t n) {
+    float *dg = dgate, *du = dup, *hs = h;
     const float *go = dout, *g = gate, *u = up;
     bool avx2 = use_avx2(be);
     (void)avx2;
@@ -618,12 +622,14 @@ void mc_fast_swiglu_backward(mc_backend *be, void *dgate /* [n] */, void *dup /*
         size_t i0, i1;
         thread_range(n, &i0, &i1);
 #if MC_CPU_X86
+        float *h0 = hs ? hs + i0 : NULL;
         if (avx2)
-            swiglu_bwd_avx2(dg + i0, du + i0, go + i0, g + i0, u + i0, i1 - i0);
+            swiglu_bwd_avx2(dg + i0, du + i0, h0, go + i0, g + i0, u + i0, i1 - i0);
         else
-            swiglu_bwd_portable(dg + i0, du + i0, go + i0, g + i0, u + i0, i1 - i0);
+            swiglu_bwd_portable(dg + i0, du + i0, h0, go + i0, g + i0, u + i0, i1 - i0);
 #else
-        swiglu_bwd_portable(dg + i0, du + i0, go + i0, g + i0, u + i0, i1 - i0);
+        swiglu_bwd_portable(dg + i0, du + i0, hs ? hs + i0 : NULL, go + i0, g + i0, u + i0,
+                            i1 - i0);
 #endif
     }
 }

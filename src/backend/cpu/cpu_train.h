@@ -50,8 +50,8 @@ void mc_ref_attention_backward(mc_backend *be, void *dq /* [T, Hq*hd] */,
                                const void *k /* [T, Hkv*hd] */, const void *v /* [T, Hkv*hd] */,
                                int T, int Hq, int Hkv, int hd);
 void mc_ref_swiglu_backward(mc_backend *be, void *dgate /* [n] */, void *dup /* [n] */,
-                            const void *dout /* [n] */, const void *gate /* [n] */,
-                            const void *up /* [n] */, size_t n);
+                            void *h /* [n] or NULL */, const void *dout /* [n] */,
+                            const void *gate /* [n] */, const void *up /* [n] */, size_t n);
 mc_status mc_ref_linear_xent(mc_backend *be, void *dh /* [T, D] or NULL */, double *loss_sum,
                              const void *h /* [T, D] */, mc_wt w /* [V, D] */,
                              const int32_t *targets /* [T] */, int T, int D, int V,
@@ -90,8 +90,8 @@ void mc_fast_attention_backward(mc_backend *be, void *dq /* [T, Hq*hd] */,
                                 const void *k /* [T, Hkv*hd] */, const void *v /* [T, Hkv*hd] */,
                                 int T, int Hq, int Hkv, int hd);
 void mc_fast_swiglu_backward(mc_backend *be, void *dgate /* [n] */, void *dup /* [n] */,
-                             const void *dout /* [n] */, const void *gate /* [n] */,
-                             const void *up /* [n] */, size_t n);
+                             void *h /* [n] or NULL */, const void *dout /* [n] */,
+                             const void *gate /* [n] */, const void *up /* [n] */, size_t n);
 mc_status mc_fast_linear_xent(mc_backend *be, void *dh /* [T, D] or NULL */, double *loss_sum,
                               const void *h /* [T, D] */, mc_wt w /* [V, D] */,
                               const int32_t *targets /* [T] */, int T, int D, int V,

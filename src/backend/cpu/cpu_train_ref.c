@@ -164,11 +164,12 @@ void mc_ref_attention_backward(mc_backend *be, void *dq /* [T, Hq*hd] */,
 
 /* forward (mc_ref_swiglu): out = silu(g) * u with silu(g) = g / (1 + expf(-g)).
  * backward, with s = sigmoid(g) and silu'(g) = s (1 + g (1 - s)):
- *   dgate = dout * u * silu'(g);  dup = dout * silu(g).  dgate may alias dout. */
+ *   dgate = dout * u * silu'(g);  dup = dout * silu(g).  dgate may alias dout. h: the
+ *   forward's out, the same expression. */
 void mc_ref_swiglu_backward(mc_backend *be, void *dgate /* [n] */, void *dup /* [n] */,
-                            const void *dout /* [n] */, const void *gate /* [n] */,
-                            const void *up /* [n] */, size_t n) {
-    float *dg = dgate, *du = dup;
+                            void *h /* [n] or NULL */, const void *dout /* [n] */,
+                            const void *gate /* [n] */, const void *up /* [n] */, size_t n) {
+    float *dg = dgate, *du = dup, *hs = h;
     const float *go = dout, *g = gate, *u = up;
     (void)be;
     for (size_t i = 0; i < n; i++) {
@@ -177,6 +178,7 @@ void mc_ref_swiglu_backward(mc_backend *be, void *dgate /* [n] */, void *dup /* 
         float s = 1.0f / e, silu = gi / e;
         float gs = gi * (1.0f - s); /* separate statements: no fused multiply-add */
         float dsilu = s * (1.0f + gs);
+        if (hs) hs[i] = silu * u[i];
         du[i] = o * silu;
         dg[i] = o * u[i] * dsilu;
     }

@@ -21,6 +21,7 @@ static int shadow_rows(size_t n) { return n >= 65536 ? 1 << 30 : 1; }
 struct SwigluArgs {
     float *out;          /* [n] forward out, or dgate */
     float *dup;          /* [n] backward */
+    float *h;            /* [n] backward: the forward's out again, or NULL */
     const float *dout;   /* [n] backward (may be dgate) */
     const float *gate, *up;
     __nv_bfloat16 *sh0, *sh1; /* bf16 copies of out / dgate and dup, or NULL */
@@ -44,11 +45,12 @@ static __device__ __forceinline__ float swiglu_fwd(float g, float u) {
 
 /* dgate = dout * up * silu'(g), silu'(g) = s (1 + g (1 - s)); dup = dout * silu(g). */
 static __device__ __forceinline__ void swiglu_bwd(float gi, float u, float o, float &dg,
-                                                  float &du) {
+                                                  float &du, float &h) {
     float e = __fadd_rn(1.0f, expf(-gi));
-    float s = __fdiv_rn(1.0f, e), silu = __fdiv_rn(gi, e);
+    float s = __fdiv_rn(1.0f, e), silu = __fdiv_rn(gi, e); /* silu as cu_silu gives it */
     float gs = __fmul_rn(gi, __fsub_rn(1.0f, s));
     float dsilu = __fmul_rn(s, __fadd_rn(1.0f, gs));
+    h = __fmul_rn(silu, u);
     du = __fmul_rn(o, silu);
     dg = __fmul_rn(__fmul_rn(o, u), dsilu);
 }
@@ -79,17 +81,21 @@ static __global__ void swiglu_bwd_kernel(const SwigluArgs a) {
     const float4 *u4 = reinterpret_cast<const float4 *>(a.up);
     const float4 *o4 = reinterpret_cast<const float4 *>(a.dout);
     for (size_t i = gtid(); i < a.n4; i += gstride()) {
-        float4 g = __ldcs(g4 + i), u = __ldcs(u4 + i), o = o4[i], dg, du;
+        float4 g = __ldcs(g4 + i), u = __ldcs(u4 + i), o = o4[i], dg, du, h;
 #pragma unroll
-        for (int j = 0; j < 4; j++) swiglu_bwd(f4_at(g, j), f4_at(u, j), f4_at(o, j), f4_at(dg, j), f4_at(du, j));
+        for (int j = 0; j < 4; j++)
+            swiglu_bwd(f4_at(g, j), f4_at(u, j), f4_at(o, j), f4_at(dg, j), f4_at(du, j),
+                       f4_at(h, j));
+        if (a.h) reinterpret_cast<float4 *>(a.h)[i] = h;
         reinterpret_cast<float4 *>(a.dup)[i] = du;
         reinterpret_cast<float4 *>(a.out)[i] = dg;
         if (a.sh0) store_bf16x4(a.sh0, i, dg);
         if (a.sh1) store_bf16x4(a.sh1, i, du);
     }
     for (size_t i = 4 * a.n4 + gtid(); i < a.n; i += gstride()) {
-        float dg, du;
-        swiglu_bwd(a.gate[i], a.up[i], a.dout[i], dg, du);
+        float dg, du, h;
+        swiglu_bwd(a.gate[i], a.up[i], a.dout[i], dg, du, h);
+        if (a.h) a.h[i] = h;
         a.dup[i] = du;
         a.out[i] = dg;
         if (a.sh0) a.sh0[i] = __float2bfloat16(dg);
@@ -100,9 +106,9 @@ static __global__ void swiglu_bwd_kernel(const SwigluArgs a) {
 /* Groups of four of a SwiGLU whose operands all sit on 16-byte boundaries (shadows on
  * 8-byte ones), else 0. */
 static size_t swiglu_n4(const SwigluArgs &a) {
-    const void *p[7] = {a.out, a.dup, a.dout, a.gate, a.up, a.sh0, a.sh1};
-    for (int i = 0; i < 7; i++)
-        if ((uintptr_t)p[i] & (i < 5 ? 15u : 7u)) return 0;
+    const void *p[8] = {a.out, a.dup, a.h, a.dout, a.gate, a.up, a.sh0, a.sh1};
+    for (int i = 0; i < 8; i++)
+        if ((uintptr_t)p[i] & (i < 6 ? 15u : 7u)) return 0;
     return a.n / 4;
 }
 
@@ -139,16 +145,18 @@ void cu_swiglu(mc_backend *be, void *out, const void *gate, const void *up, size
     swiglu_launch(c, (float *)out, (const float *)gate, (const float *)up, n);
 }
 
-void cu_swiglu_backward(mc_backend *be, void *dgate, void *dup, const void *dout, const void *gate,
-                        const void *up, size_t n) {
+void cu_swiglu_backward(mc_backend *be, void *dgate, void *dup, void *h, const void *dout,
+                        const void *gate, const void *up, size_t n) {
     mc_cuda *c = cu_ctx(be);
     SwigluArgs a;
     if (!n) return;
     cu_note_write(c, dgate, n * sizeof(float));
     cu_note_write(c, dup, n * sizeof(float));
+    if (h) cu_note_write(c, h, n * sizeof(float));
     memset(&a, 0, sizeof a);
     a.out = (float *)dgate;
     a.dup = (float *)dup;
+    a.h = (float *)h;
     a.dout = (const float *)dout;
     a.gate = (const float *)gate;
     a.up = (const float *)up;

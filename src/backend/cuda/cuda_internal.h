@@ -453,8 +453,8 @@ void cu_attention_init(mc_cuda *c);
 void cu_matmul_init(mc_cuda *c);
 /* cuda_elementwise.cu */
 void cu_swiglu(mc_backend *be, void *out, const void *gate, const void *up, size_t n);
-void cu_swiglu_backward(mc_backend *be, void *dgate, void *dup, const void *dout, const void *gate,
-                        const void *up, size_t n);
+void cu_swiglu_backward(mc_backend *be, void *dgate, void *dup, void *h, const void *dout,
+                        const void *gate, const void *up, size_t n);
 void cu_add(mc_backend *be, void *y, const void *x, size_t n);
 void cu_dropout(mc_backend *be, void *out, const void *x, size_t n, float p, uint64_t seed);
 void cu_copy_kernel(mc_cuda *c, void *dst, const void *src, size_t bytes);

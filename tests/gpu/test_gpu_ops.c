@@ -568,6 +568,78 @@ static void test_attention_backward(void) {
     }
 }
 
+/* The trainer's pattern: forwards over consecutive segments of one batch (positions
+ * restarting in each), then their backwards, which go out as one launch when each
+ * forward kept its statistics; dq, dk, dv of each segment against the CPU. Then the
+ * same on a backend with MC_CUDA_NOFUSE=attb (one launch per segment). */
+static void test_attention_segments(void) {
+    const int hd = 64, Hq = 14, Hkv = 2, seg[4] = {70, 130, 64, 9}, nseg = 4;
+    int N = 0, r0[4];
+    for (int s = 0; s < nseg; s++) {
+        r0[s] = N;
+        N += seg[s];
+    }
+    const size_t qd = (size_t)Hq * hd, kd = (size_t)Hkv * hd;
+    const size_t nq = (size_t)N * qd, nkv = (size_t)N * kd;
+    float *q = frand(nq, 1.0f), *k = frand(nkv, 1.0f), *v = frand(nkv, 1.0f);
+    float *go = frand(nq, 1.0f), *wq = falloc(nq), *wk = falloc(nkv), *wv = falloc(nkv);
+    float *gq = fnan(nq), *gk = fnan(nkv), *gv = fnan(nkv), *first = falloc(nq);
+    mc_backend *keep = g_cu, *plain = NULL;
+    for (int s = 0; s < nseg; s++)
+        g_ref->attention_backward(g_ref, wq + r0[s] * qd, wk + r0[s] * kd, wv + r0[s] * kd,
+                                  go + r0[s] * qd, q + r0[s] * qd, k + r0[s] * kd,
+                                  v + r0[s] * kd, seg[s], Hq, Hkv, hd);
+    setenv("MC_CUDA_NOFUSE", "attb", 1);
+    CHECK_OK(mc_backend_cuda_create(0, &plain));
+    unsetenv("MC_CUDA_NOFUSE");
+    for (int pass = 0; pass < 2 && (pass == 0 || plain); pass++) {
+        g_cu = pass ? plain : keep; /* the device buffers below belong to this backend */
+        float *dq = dputf(q, nq), *dk = dputf(k, nkv), *dv = dputf(v, nkv);
+        float *dgo = dputf(go, nq), *dout = dputf(gq, nq);
+        float *ddq = dputf(gq, nq), *ddk = dputf(gk, nkv), *ddv = dputf(gv, nkv);
+        const long hits = mc_cuda_attention_reuse(g_cu);
+        for (int s = 0; s < nseg; s++)
+            g_cu->attention(g_cu, dout + r0[s] * qd, dq + r0[s] * qd, dk + r0[s] * kd,
+                            dv + r0[s] * kd, seg[s], 0, Hq, Hkv, hd);
+        for (int s = 0; s < nseg; s++)
+            g_cu->attention_backward(g_cu, ddq + r0[s] * qd, ddk + r0[s] * kd, ddv + r0[s] * kd,
+                                     dgo + r0[s] * qd, dq + r0[s] * qd, dk + r0[s] * kd,
+                                     dv + r0[s] * kd, seg[s], Hq, Hkv, hd);
+        dget(gq, ddq, nq);
+        dget(gk, ddk, nkv);
+        dget(gv, ddv, nkv);
+        CHECK_INT(mc_cuda_attention_reuse(g_cu) - hits, nseg);
+        printf("  %s\n", pass ? "with MC_CUDA_NOFUSE=attb (a launch per segment):"
+                              : "4 segments (70, 130, 64, 9 rows), backwards in one launch:");
+        cmp("    attention_backward segments dq", gq, wq, nq, 1e-2);
+        cmp("    attention_backward segments dk", gk, wk, nkv, 1e-2);
+        cmp("    attention_backward segments dv", gv, wv, nkv, 1e-2);
+        if (pass == 0) memcpy(first, gq, nq * sizeof(float));
+        else cmp("    dq: one launch vs a launch per segment", gq, first, nq, 1e-5);
+        dfree(dq);
+        dfree(dk);
+        dfree(dv);
+        dfree(dgo);
+        dfree(dout);
+        dfree(ddq);
+        dfree(ddk);
+        dfree(ddv);
+    }
+    g_cu = keep;
+    if (plain) mc_backend_free(plain);
+    free(q);
+    free(k);
+    free(v);
+    free(go);
+    free(wq);
+    free(wk);
+    free(wv);
+    free(gq);
+    free(gk);
+    free(gv);
+    free(first);
+}
+
 /* ---- element-wise and training ops ---- */
 
 static void test_elementwise(void) {
@@ -1039,6 +1111,7 @@ int main(void) {
     RUN(test_rope);
     RUN(test_attention);
     RUN(test_attention_backward);
+    RUN(test_attention_segments);
     RUN(test_elementwise);
     RUN(test_adamw_sumsq);
     RUN(test_linear_xent);

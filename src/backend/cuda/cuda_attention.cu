@@ -668,18 +668,31 @@ struct BwdArgs {
     float *dk, *dv;         /* [T, Hkv*HD], zeroed (the query heads of a group add to them) */
     const float *q, *k, *v; /* as the forward */
     const float *dout;      /* [T, Hq*HD] */
-    const float *lse, *dsum; /* [Hq, T] */
-    int T, Hq, Hkv;
+    const float *lse;       /* [Hq, T] */
+    const float *dsum;      /* [Hq, ldd] */
+    int T, Hq, Hkv, ldd;
     float scale, scale_log2;
+};
+
+/* A batch of segments for flash_bwd_batch_kernel: segment s's buffers start r0 rows past
+ * the first one's, its D at dsum + r0 (rows of ldd, all segments' rows). */
+struct BwdBatchArgs {
+    float *dq, *dk, *dv;
+    const float *q, *k, *v, *dout, *dsum;
+    int Hq, Hkv, ldd, n;
+    float scale, scale_log2;
+    cu_att_seg seg[CU_ATT_BATCH];
 };
 
 template <int HD, int BMQ> constexpr int bwd_smem() {
     return (2 * 64 * (HD + 8) + 2 * BMQ * (HD + 8) + 64 * (BMQ + 8)) * 2 + 2 * BMQ * 4;
 }
 
+/* The backward of key/value tile n0 of head h: dK and dV of its 64 keys, and their share
+ * of dQ added atomically. */
 template <int HD, int BMQ>
-static __global__ void __launch_bounds__(128) flash_bwd_kernel(const BwdArgs a) {
-    cu_dep_wait();
+static __device__ __forceinline__ void flash_bwd_tile(const BwdArgs &a, const int n0,
+                                                      const int h) {
     constexpr int BN = 64, LD = HD + 8, LDS = BMQ + 8;
     constexpr int RB = BMQ / 16, CW = 4 / RB, NCOL = HD / CW;
     extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -688,7 +701,7 @@ static __global__ void __launch_bounds__(128) flash_bwd_kernel(const BwdArgs a) 
     float *lse_s = reinterpret_cast<float *>(dSs + BN * LDS), *D_s = lse_s + BMQ;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, cq = lane & 3;
     const int mat = lane >> 3, rr = lane & 7;
-    const int n0 = blockIdx.x * BN, h = blockIdx.y, hk = h / (a.Hq / a.Hkv);
+    const int hk = h / (a.Hq / a.Hkv);
     const int qdim = a.Hq * HD, kvdim = a.Hkv * HD;
     const int kr0 = warp * 16 + g; /* this thread's key rows kr0 and kr0 + 8 of the tile */
     const int key0 = n0 + kr0, key1 = key0 + 8;
@@ -710,7 +723,7 @@ static __global__ void __launch_bounds__(128) flash_bwd_kernel(const BwdArgs a) 
             for (int i = threadIdx.x; i < BMQ; i += 128) {
                 const int row = i0 + i;
                 lse_s[i] = row < a.T ? a.lse[(size_t)h * a.T + row] : INFINITY;
-                D_s[i] = row < a.T ? a.dsum[(size_t)h * a.T + row] : 0.0f;
+                D_s[i] = row < a.T ? a.dsum[(size_t)h * a.ldd + row] : 0.0f;
             }
             __syncthreads();
             /* S^T = K Q^T and dP^T = V dO^T for this warp's 16 keys */
@@ -822,6 +835,39 @@ static __global__ void __launch_bounds__(128) flash_bwd_kernel(const BwdArgs a) 
             atomicAdd(reinterpret_cast<float2 *>(a.dv + off), make_float2(dV[dt][2], dV[dt][3]));
         }
     }
+}
+
+template <int HD, int BMQ>
+static __global__ void __launch_bounds__(128) flash_bwd_kernel(const BwdArgs a) {
+    cu_dep_wait();
+    flash_bwd_tile<HD, BMQ>(a, blockIdx.x * 64, blockIdx.y);
+}
+
+/* Grid (tiles of the longest segment, Hq, segments). */
+template <int HD, int BMQ>
+static __global__ void __launch_bounds__(128) flash_bwd_batch_kernel(const BwdBatchArgs b) {
+    cu_dep_wait();
+    const cu_att_seg sg = b.seg[blockIdx.z];
+    const int n0 = blockIdx.x * 64;
+    if (n0 >= sg.T) return;
+    const size_t qo = (size_t)sg.r0 * b.Hq * HD, ko = (size_t)sg.r0 * b.Hkv * HD;
+    BwdArgs a;
+    a.dq = b.dq + qo;
+    a.dk = b.dk + ko;
+    a.dv = b.dv + ko;
+    a.q = b.q + qo;
+    a.k = b.k + ko;
+    a.v = b.v + ko;
+    a.dout = b.dout + qo;
+    a.lse = sg.lse;
+    a.dsum = b.dsum + sg.r0;
+    a.T = sg.T;
+    a.Hq = b.Hq;
+    a.Hkv = b.Hkv;
+    a.ldd = b.ldd;
+    a.scale = b.scale;
+    a.scale_log2 = b.scale_log2;
+    flash_bwd_tile<HD, BMQ>(a, n0, blockIdx.y);
 }
 
 /* ---- plain backward for other head sizes ---- */
@@ -1127,6 +1173,101 @@ void cu_attention(mc_backend *be, void *out, const void *q, const void *k, const
     else cu_launch(c, row_fwd_kernel<0>, grid, dim3(ROW_THREADS), smem, a, "attention_row");
 }
 
+/* D of T rows (from the kept output) into dsum [Hq, T], and dq, dk, dv zeroed. */
+static void dsum_launch(mc_cuda *c, float *dq, float *dk, float *dv, const float *dout,
+                        const float *out, float *dsum, int T, int Hq, int Hkv, int hd) {
+    DsumArgs d;
+    memset(&d, 0, sizeof d);
+    d.dq = (float4 *)dq; /* flash_ok: 16-byte aligned, hd a multiple of 16 */
+    d.dk = (float4 *)dk;
+    d.dv = (float4 *)dv;
+    d.nq4 = (size_t)T * Hq * hd / 4;
+    d.nkv4 = (size_t)T * Hkv * hd / 4;
+    d.dout = dout;
+    d.out = out;
+    d.dsum = dsum;
+    d.T = T;
+    d.Hq = Hq;
+    d.hd = hd;
+    cu_launch(c, dsum_kernel, dim3(cu_blocks((size_t)T * Hq * 32, 256, (unsigned)c->n_sm * 8)),
+              dim3(256), 0, d, "attention_backward dsum");
+}
+
+/* Adds a segment whose forward kept its statistics to the pending batch, or starts a new
+ * batch (launching the pending one) when it does not continue it. */
+static void attbwd_add(mc_cuda *c, float *dq, float *dk, float *dv, const float *dout,
+                       const float *q, const float *k, const float *v, const cu_lse_slot *kept,
+                       int T, int Hq, int Hkv, int hd) {
+    cu_att_batch *b = &c->attb;
+    const size_t qd = (size_t)Hq * hd, kd = (size_t)Hkv * hd, r = (size_t)b->rows;
+    const bool extends = c->pend.kind == CU_PEND_ATTBWD && b->n < CU_ATT_BATCH &&
+                         b->Hq == Hq && b->Hkv == Hkv && b->hd == hd && q == b->q + r * qd &&
+                         k == b->k + r * kd && v == b->v + r * kd && dq == b->dq + r * qd &&
+                         dk == b->dk + r * kd && dv == b->dv + r * kd &&
+                         dout == b->dout + r * qd && kept->out == b->out + r * qd;
+    if (!extends) {
+        cu_pending_flush(c);
+        memset(b, 0, sizeof *b);
+        b->dq = dq;
+        b->dk = dk;
+        b->dv = dv;
+        b->q = q;
+        b->k = k;
+        b->v = v;
+        b->dout = dout;
+        b->out = (const float *)kept->out;
+        b->Hq = Hq;
+        b->Hkv = Hkv;
+        b->hd = hd;
+    }
+    b->seg[b->n].r0 = b->rows;
+    b->seg[b->n].T = T;
+    b->seg[b->n].lse = kept->lse;
+    b->n++;
+    b->rows += T;
+    c->n_lse_hit++;
+    c->pend.kind = CU_PEND_ATTBWD;
+}
+
+template <int HD, int BMQ> static void attbwd_launch(mc_cuda *c, const BwdBatchArgs &a) {
+    int tiles = 0;
+    for (int i = 0; i < a.n; i++) tiles = a.seg[i].T > tiles ? a.seg[i].T : tiles;
+    const dim3 grid((unsigned)((tiles + 63) / 64), (unsigned)a.Hq, (unsigned)a.n);
+    cu_launch(c, flash_bwd_batch_kernel<HD, BMQ>, grid, dim3(128), (unsigned)bwd_smem<HD, BMQ>(),
+              a, "attention_backward");
+}
+
+void cu_flush_attbwd(mc_cuda *c) {
+    const cu_att_batch &b = c->attb;
+    const size_t nd = (size_t)b.Hq * (size_t)b.rows;
+    float *dsum = (float *)cu_scratch(c, CU_S_ATT_STATS, nd * sizeof(float), false);
+    if (!dsum) return;
+    dsum_launch(c, b.dq, b.dk, b.dv, b.dout, b.out, dsum, b.rows, b.Hq, b.Hkv, b.hd);
+    BwdBatchArgs a;
+    memset(&a, 0, sizeof a);
+    a.dq = b.dq;
+    a.dk = b.dk;
+    a.dv = b.dv;
+    a.q = b.q;
+    a.k = b.k;
+    a.v = b.v;
+    a.dout = b.dout;
+    a.dsum = dsum;
+    a.Hq = b.Hq;
+    a.Hkv = b.Hkv;
+    a.ldd = b.rows;
+    a.n = b.n;
+    a.scale = 1.0f / sqrtf((float)b.hd);
+    a.scale_log2 = a.scale * LOG2E;
+    for (int i = 0; i < b.n; i++) a.seg[i] = b.seg[i];
+    switch (b.hd) {
+    case 16: attbwd_launch<16, 64>(c, a); break;
+    case 32: attbwd_launch<32, 64>(c, a); break;
+    case 64: attbwd_launch<64, 64>(c, a); break;
+    default: attbwd_launch<128, 32>(c, a); break;
+    }
+}
+
 template <int HD, int BMQ>
 static void flash_bwd_launch(mc_cuda *c, const BwdArgs &a) {
     dim3 grid((unsigned)((a.T + 63) / 64), (unsigned)a.Hq);
@@ -1150,9 +1291,15 @@ void cu_attention_backward(mc_backend *be, void *dq, void *dk, void *dv, const v
     cu_note_write(c, dv, nkv * sizeof(float));
     if (flash_ok(hd, Hq, Hkv, dq, q, k, v) && cu_aligned16(dout) && cu_aligned16(dk) &&
         cu_aligned16(dv)) {
+        const cu_lse_slot *kept = lse_find(c, q, k, v, T, Hq, Hkv, hd);
+        if (kept && c->attb_on) {
+            attbwd_add(c, (float *)dq, (float *)dk, (float *)dv, (const float *)dout,
+                       (const float *)q, (const float *)k, (const float *)v, kept, T, Hq, Hkv,
+                       hd);
+            return;
+        }
         float *stats = (float *)cu_scratch(c, CU_S_ATT_STATS, 2 * (size_t)Hq * T * sizeof(float), false);
         if (!stats) return;
-        const cu_lse_slot *kept = lse_find(c, q, k, v, T, Hq, Hkv, hd);
         if (!kept) {
             cu_zero(be, dq, nq * sizeof(float));
             cu_zero(be, dk, nkv * sizeof(float));
@@ -1171,23 +1318,10 @@ void cu_attention_backward(mc_backend *be, void *dq, void *dk, void *dv, const v
         f.Hkv = Hkv;
         f.scale_log2 = (1.0f / sqrtf((float)hd)) * LOG2E;
         if (kept) { /* the forward's statistics: only D is left to compute */
-            DsumArgs d;
-            memset(&d, 0, sizeof d);
-            d.dq = (float4 *)dq; /* flash_ok: 16-byte aligned, hd a multiple of 16 */
-            d.dk = (float4 *)dk;
-            d.dv = (float4 *)dv;
-            d.nq4 = nq / 4;
-            d.nkv4 = nkv / 4;
-            d.dout = f.dout;
-            d.out = (const float *)kept->out;
-            d.dsum = f.dsum;
-            d.T = T;
-            d.Hq = Hq;
-            d.hd = hd;
+            dsum_launch(c, (float *)dq, (float *)dk, (float *)dv, f.dout,
+                        (const float *)kept->out, f.dsum, T, Hq, Hkv, hd);
             f.lse = kept->lse;
             c->n_lse_hit++;
-            cu_launch(c, dsum_kernel, dim3(cu_blocks((size_t)T * Hq * 32, 256, (unsigned)c->n_sm * 8)),
-                      dim3(256), 0, d, "attention_backward dsum");
         } else {
             flash_fwd(c, hd, f);
         }
@@ -1205,6 +1339,7 @@ void cu_attention_backward(mc_backend *be, void *dq, void *dk, void *dv, const v
         b.T = T;
         b.Hq = Hq;
         b.Hkv = Hkv;
+        b.ldd = T;
         b.scale = 1.0f / sqrtf((float)hd);
         b.scale_log2 = f.scale_log2;
         switch (hd) {
@@ -1261,6 +1396,14 @@ void cu_attention_init(mc_cuda *c) {
                                            bwd_smem<128, 32>()),
                    "attention setup");
     (void)cu_check(c, cudaFuncSetAttribute(flash_bwd_kernel<64, 64>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           bwd_smem<64, 64>()),
+                   "attention setup");
+    (void)cu_check(c, cudaFuncSetAttribute(flash_bwd_batch_kernel<128, 32>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           bwd_smem<128, 32>()),
+                   "attention setup");
+    (void)cu_check(c, cudaFuncSetAttribute(flash_bwd_batch_kernel<64, 64>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            bwd_smem<64, 64>()),
                    "attention setup");

@@ -291,6 +291,7 @@ void cu_pending_flush(mc_cuda *c) {
     case CU_PEND_SWIGLU: cu_flush_swiglu(c, &p); break;
     case CU_PEND_ROPE: cu_flush_rope(c, &p); break;
     case CU_PEND_GEMV: cu_flush_gemv(c, &p); break;
+    case CU_PEND_ATTBWD: cu_flush_attbwd(c); break;
     default: break;
     }
 }
@@ -799,6 +800,7 @@ extern "C" mc_status mc_backend_cuda_create(int device, mc_backend **out) {
     c->fuse_glu = c->fuse_on && !(env && strstr(env, "glu"));
     c->lse_on = c->fuse_on && !(env && strstr(env, "lse"));
     c->kv16_on = c->fuse_on && !(env && strstr(env, "kv16"));
+    c->attb_on = c->fuse_on && !(env && strstr(env, "attb"));
     c->smem_on = !(env && strstr(env, "smem"));
     env = getenv("MC_CUDA_GEMM"); /* "default": cublasGemmEx's own algorithms */
     c->lt_on = !(env && strcmp(env, "default") == 0);

@@ -164,7 +164,27 @@ enum cu_pend_kind {
     CU_PEND_ROPE,
     CU_PEND_GEMV,
     CU_PEND_SWIGLU,
-    CU_PEND_COPY
+    CU_PEND_COPY,
+    CU_PEND_ATTBWD
+};
+
+/* Flash attention backwards of consecutive segments held back (CU_PEND_ATTBWD) to go out
+ * as one launch (MC_CUDA_NOFUSE=attb: off): the trainer calls one per segment, and one
+ * segment's causal tiles alone leave most of the card idle while its longest tiles run.
+ * Every buffer of segment s starts where segment s - 1's ends; each has its forward's kept
+ * log-sum-exp rows. */
+enum { CU_ATT_BATCH = 10 };
+
+struct cu_att_seg {
+    int r0, T;        /* first row (from the first segment's) and rows */
+    const float *lse; /* [Hq, T], kept by the forward */
+};
+
+struct cu_att_batch {
+    float *dq, *dk, *dv;            /* the first segment's */
+    const float *q, *k, *v, *dout, *out;
+    int Hq, Hkv, hd, n, rows;
+    cu_att_seg seg[CU_ATT_BATCH];
 };
 
 enum { CU_GEMV_MAX_ENT = 3 };
@@ -267,6 +287,8 @@ struct mc_cuda {
     cu_lse_slot lse[CU_N_LSE];
     bool lse_on; /* kept log-sum-exp rows (MC_CUDA_NOFUSE=lse: off) */
     bool kv16_on; /* flash attention reads bf16 copies of k and v (MC_CUDA_NOFUSE=kv16: off) */
+    bool attb_on; /* attention backwards of consecutive segments batched (NOFUSE=attb: off) */
+    cu_att_batch attb; /* the batch pending (pend.kind CU_PEND_ATTBWD) */
     /* one-row GEMVs of long rows staged in shared memory, and every kernel but the
      * several-row GEMVs asking for the largest shared-memory split (MC_CUDA_NOFUSE=smem:
      * neither) */
@@ -356,6 +378,7 @@ void cu_flush_copy(mc_cuda *c, const cu_pending *p);
 void cu_flush_swiglu(mc_cuda *c, const cu_pending *p);
 void cu_flush_rope(mc_cuda *c, const cu_pending *p);
 void cu_flush_gemv(mc_cuda *c, const cu_pending *p);
+void cu_flush_attbwd(mc_cuda *c);
 /* Lets a pending two-entry GEMV (gate and up of a decode step) also compute
  * out = silu(gate) * up in its epilogue; false when the pending op is not such a GEMV. */
 bool cu_gemv_take_swiglu(mc_cuda *c, float *out, const float *gate, const float *up, size_t n);

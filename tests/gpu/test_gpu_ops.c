@@ -569,9 +569,9 @@ static void test_attention_backward(void) {
 }
 
 /* The trainer's pattern: forwards over consecutive segments of one batch (positions
- * restarting in each), then their backwards, which go out as one launch when each
- * forward kept its statistics; dq, dk, dv of each segment against the CPU. Then the
- * same on a backend with MC_CUDA_NOFUSE=attb (one launch per segment). */
+ * restarting in each), then their backwards; each goes out as one launch (the backwards
+ * on the forwards' kept statistics). Outputs and dq, dk, dv of each segment against the
+ * CPU; then the same on a backend with MC_CUDA_NOFUSE=attb (one launch per segment). */
 static void test_attention_segments(void) {
     const int hd = 64, Hq = 14, Hkv = 2, seg[4] = {70, 130, 64, 9}, nseg = 4;
     int N = 0, r0[4];
@@ -584,7 +584,11 @@ static void test_attention_segments(void) {
     float *q = frand(nq, 1.0f), *k = frand(nkv, 1.0f), *v = frand(nkv, 1.0f);
     float *go = frand(nq, 1.0f), *wq = falloc(nq), *wk = falloc(nkv), *wv = falloc(nkv);
     float *gq = fnan(nq), *gk = fnan(nkv), *gv = fnan(nkv), *first = falloc(nq);
+    float *wo = falloc(nq), *go2 = fnan(nq);
     mc_backend *keep = g_cu, *plain = NULL;
+    for (int s = 0; s < nseg; s++)
+        g_ref->attention(g_ref, wo + r0[s] * qd, q + r0[s] * qd, k + r0[s] * kd, v + r0[s] * kd,
+                         seg[s], 0, Hq, Hkv, hd);
     for (int s = 0; s < nseg; s++)
         g_ref->attention_backward(g_ref, wq + r0[s] * qd, wk + r0[s] * kd, wv + r0[s] * kd,
                                   go + r0[s] * qd, q + r0[s] * qd, k + r0[s] * kd,
@@ -608,9 +612,11 @@ static void test_attention_segments(void) {
         dget(gq, ddq, nq);
         dget(gk, ddk, nkv);
         dget(gv, ddv, nkv);
+        dget(go2, dout, nq);
         CHECK_INT(mc_cuda_attention_reuse(g_cu) - hits, nseg);
         printf("  %s\n", pass ? "with MC_CUDA_NOFUSE=attb (a launch per segment):"
-                              : "4 segments (70, 130, 64, 9 rows), backwards in one launch:");
+                              : "4 segments (70, 130, 64, 9 rows), each pass in one launch:");
+        cmp("    attention segments out", go2, wo, nq, 1e-2);
         cmp("    attention_backward segments dq", gq, wq, nq, 1e-2);
         cmp("    attention_backward segments dk", gk, wk, nkv, 1e-2);
         cmp("    attention_backward segments dv", gv, wv, nkv, 1e-2);
@@ -638,6 +644,8 @@ static void test_attention_segments(void) {
     free(gk);
     free(gv);
     free(first);
+    free(wo);
+    free(go2);
 }
 
 /* ---- element-wise and training ops ---- */

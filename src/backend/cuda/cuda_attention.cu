@@ -226,17 +226,17 @@ static __device__ __forceinline__ void flash_step(const FlashArgs &a, const bf16
     }
 }
 
-/* KB: k and v come as bf16 copies, loaded with cp.async two tiles deep so the next tile's
- * loads overlap this tile's math; else f32 tiles converted into shared memory. */
+/* Query tile qt0 of head h. KB: k and v come as bf16 copies, loaded with cp.async two tiles
+ * deep so the next tile's loads overlap this tile's math; else f32 tiles converted into
+ * shared memory. */
 template <int HD, bool KB>
-static __global__ void __launch_bounds__(128) flash_fwd_kernel(const FlashArgs a) {
-    cu_dep_wait();
+static __device__ __forceinline__ void flash_fwd_tile(const FlashArgs &a, const int qt0,
+                                                      const int h) {
     constexpr int BM = 64, BN = 64, LD = HD + 8;
     extern __shared__ __align__(16) unsigned char smem_raw[];
     bf16 *Qs = reinterpret_cast<bf16 *>(smem_raw), *Ks = Qs + BM * LD, *Vs = Ks + BN * LD;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, cq = lane & 3;
-    const int h = blockIdx.y, hk = h / (a.Hq / a.Hkv);
-    const int qt0 = blockIdx.x * BM;
+    const int hk = h / (a.Hq / a.Hkv);
     const int qdim = a.Hq * HD, kvdim = a.Hkv * HD;
     const int q_last = min(qt0 + BM, a.T) - 1;
     const int nk = a.pos0 + q_last + 1;
@@ -337,6 +337,51 @@ static __global__ void __launch_bounds__(128) flash_fwd_kernel(const FlashArgs a
             if (a.dsum) a.dsum[(size_t)h * a.T + row1] = dp1;
         }
     }
+}
+
+template <int HD, bool KB>
+static __global__ void __launch_bounds__(128) flash_fwd_kernel(const FlashArgs a) {
+    cu_dep_wait();
+    flash_fwd_tile<HD, KB>(a, blockIdx.x * 64, blockIdx.y);
+}
+
+/* Forwards of a batch of segments (positions from 0 in each): segment s's buffers start
+ * r0 rows past the first one's; each keeps its log-sum-exp rows. */
+struct FlashBatchArgs {
+    float *out;
+    bf16 *sh;
+    const float *q, *k, *v;
+    const bf16 *kb, *vb;
+    int Hq, Hkv, n;
+    float scale_log2;
+    cu_att_seg seg[CU_ATT_BATCH];
+};
+
+/* Grid (query tiles of the longest segment, Hq, segments). */
+template <int HD, bool KB>
+static __global__ void __launch_bounds__(128) flash_fwd_batch_kernel(const FlashBatchArgs b) {
+    cu_dep_wait();
+    const cu_att_seg sg = b.seg[blockIdx.z];
+    const int qt0 = blockIdx.x * 64;
+    if (qt0 >= sg.T) return;
+    const size_t qo = (size_t)sg.r0 * b.Hq * HD, ko = (size_t)sg.r0 * b.Hkv * HD;
+    FlashArgs a;
+    a.out = b.out + qo;
+    a.sh = b.sh ? b.sh + qo : nullptr;
+    a.q = b.q + qo;
+    a.k = b.k + ko;
+    a.v = b.v + ko;
+    a.kb = b.kb ? b.kb + ko : nullptr;
+    a.vb = b.vb ? b.vb + ko : nullptr;
+    a.dout = nullptr;
+    a.lse = sg.lse;
+    a.dsum = nullptr;
+    a.T = sg.T;
+    a.pos0 = 0;
+    a.Hq = b.Hq;
+    a.Hkv = b.Hkv;
+    a.scale_log2 = b.scale_log2;
+    flash_fwd_tile<HD, KB>(a, qt0, blockIdx.y);
 }
 
 /* ---- row (decode) forward ---- */
@@ -1088,6 +1133,74 @@ static __global__ void dsum_kernel(const DsumArgs a) {
     }
 }
 
+/* Adds a forward from position 0 that keeps its statistics in lse to the pending batch, or
+ * starts a new batch (launching the pending one) when it does not continue it. */
+static void attfwd_add(mc_cuda *c, float *out, const float *q, const float *k, const float *v,
+                       float *lse, int T, int Hq, int Hkv, int hd) {
+    cu_att_batch *b = &c->attb;
+    const size_t qd = (size_t)Hq * hd, kd = (size_t)Hkv * hd, r = (size_t)b->rows;
+    const bool extends = c->pend.kind == CU_PEND_ATTFWD && b->n < CU_ATT_BATCH &&
+                         b->Hq == Hq && b->Hkv == Hkv && b->hd == hd && q == b->q + r * qd &&
+                         k == b->k + r * kd && v == b->v + r * kd && out == b->o + r * qd;
+    if (!extends) {
+        cu_pending_flush(c);
+        memset(b, 0, sizeof *b);
+        b->o = out;
+        b->q = q;
+        b->k = k;
+        b->v = v;
+        b->Hq = Hq;
+        b->Hkv = Hkv;
+        b->hd = hd;
+    }
+    b->seg[b->n].r0 = b->rows;
+    b->seg[b->n].T = T;
+    b->seg[b->n].lse = lse;
+    b->n++;
+    b->rows += T;
+    c->pend.kind = CU_PEND_ATTFWD;
+}
+
+template <int HD> static void attfwd_launch(mc_cuda *c, const FlashBatchArgs &a) {
+    int tiles = 0;
+    for (int i = 0; i < a.n; i++) tiles = a.seg[i].T > tiles ? a.seg[i].T : tiles;
+    const dim3 grid((unsigned)((tiles + 63) / 64), (unsigned)a.Hq, (unsigned)a.n);
+    if (a.kb && a.vb)
+        cu_launch(c, flash_fwd_batch_kernel<HD, true>, grid, dim3(128),
+                  (unsigned)flash_smem_kb<HD>(), a, "attention");
+    else
+        cu_launch(c, flash_fwd_batch_kernel<HD, false>, grid, dim3(128),
+                  (unsigned)flash_smem<HD>(), a, "attention");
+}
+
+void cu_flush_attfwd(mc_cuda *c) {
+    const cu_att_batch b = c->attb;
+    const size_t nq = (size_t)b.rows * b.Hq * b.hd, nkv = (size_t)b.rows * b.Hkv * b.hd;
+    FlashBatchArgs a;
+    memset(&a, 0, sizeof a);
+    a.out = b.o;
+    a.sh = (bf16 *)cu_shadow_for(c, b.o, nq, b.rows); /* one bf16 copy of all the rows */
+    a.q = b.q;
+    a.k = b.k;
+    a.v = b.v;
+    if (c->kv16_on) { /* bf16 keys and values of all the segments, converted once */
+        a.kb = (const bf16 *)cu_act_as_opt(c, b.k, nkv, MC_BF16);
+        a.vb = a.kb ? (const bf16 *)cu_act_as_opt(c, b.v, nkv, MC_BF16) : NULL;
+        if (!a.vb) a.kb = NULL;
+    }
+    a.Hq = b.Hq;
+    a.Hkv = b.Hkv;
+    a.n = b.n;
+    a.scale_log2 = (1.0f / sqrtf((float)b.hd)) * LOG2E;
+    for (int i = 0; i < b.n; i++) a.seg[i] = b.seg[i];
+    switch (b.hd) {
+    case 16: attfwd_launch<16>(c, a); break;
+    case 32: attfwd_launch<32>(c, a); break;
+    case 64: attfwd_launch<64>(c, a); break;
+    default: attfwd_launch<128>(c, a); break;
+    }
+}
+
 void cu_attention(mc_backend *be, void *out, const void *q, const void *k, const void *v, int T,
                   int pos0, int Hq, int Hkv, int hd) {
     mc_cuda *c = cu_ctx(be);
@@ -1100,6 +1213,20 @@ void cu_attention(mc_backend *be, void *out, const void *q, const void *k, const
     }
     cu_note_write(c, out, nout * sizeof(float));
     if (T > SMALL_T && flash_ok(hd, Hq, Hkv, out, q, k, v)) {
+        /* a training forward: its backward may take the log-sum-exp from here (not when
+         * the output overwrites an input) */
+        const float *of = (const float *)out;
+        const size_t nkv = (size_t)T * Hkv * hd;
+        float *lse = NULL;
+        if (c->lse_on && pos0 == 0 && !cu_f32_overlap((const float *)q, nout, of, nout) &&
+            !cu_f32_overlap((const float *)k, nkv, of, nout) &&
+            !cu_f32_overlap((const float *)v, nkv, of, nout))
+            lse = lse_keep(c, out, q, k, v, T, Hq, Hkv, hd);
+        if (lse && c->attb_on) {
+            attfwd_add(c, (float *)out, (const float *)q, (const float *)k, (const float *)v,
+                       lse, T, Hq, Hkv, hd);
+            return;
+        }
         FlashArgs a;
         memset(&a, 0, sizeof a);
         a.out = (float *)out;
@@ -1115,19 +1242,12 @@ void cu_attention(mc_backend *be, void *out, const void *q, const void *k, const
         /* bf16 copies of the keys and values (a producer's shadow, or converted once here,
          * not by every query tile): the kernel streams them with cp.async */
         if (c->kv16_on) {
-            const size_t nkv = ((size_t)pos0 + (size_t)T) * (size_t)Hkv * (size_t)hd;
-            a.kb = (const bf16 *)cu_act_as_opt(c, (const float *)k, nkv, MC_BF16);
-            a.vb = a.kb ? (const bf16 *)cu_act_as_opt(c, (const float *)v, nkv, MC_BF16) : NULL;
+            const size_t nkv_all = ((size_t)pos0 + (size_t)T) * (size_t)Hkv * (size_t)hd;
+            a.kb = (const bf16 *)cu_act_as_opt(c, (const float *)k, nkv_all, MC_BF16);
+            a.vb = a.kb ? (const bf16 *)cu_act_as_opt(c, (const float *)v, nkv_all, MC_BF16) : NULL;
             if (!a.vb) a.kb = NULL; /* an optimisation: without memory, the f32 tiles */
         }
-        /* a training forward: its backward may take the log-sum-exp from here (not when
-         * the output overwrites an input) */
-        const float *of = (const float *)out;
-        const size_t nkv = (size_t)T * Hkv * hd;
-        if (c->lse_on && pos0 == 0 && !cu_f32_overlap((const float *)q, nout, of, nout) &&
-            !cu_f32_overlap((const float *)k, nkv, of, nout) &&
-            !cu_f32_overlap((const float *)v, nkv, of, nout))
-            a.lse = lse_keep(c, out, q, k, v, T, Hq, Hkv, hd);
+        a.lse = lse;
         flash_fwd(c, hd, a);
         return;
     }
@@ -1398,6 +1518,18 @@ void cu_attention_init(mc_cuda *c) {
     (void)cu_check(c, cudaFuncSetAttribute(flash_bwd_kernel<64, 64>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            bwd_smem<64, 64>()),
+                   "attention setup");
+    (void)cu_check(c, cudaFuncSetAttribute(flash_fwd_batch_kernel<128, false>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           flash_smem<128>()),
+                   "attention setup");
+    (void)cu_check(c, cudaFuncSetAttribute(flash_fwd_batch_kernel<128, true>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           flash_smem_kb<128>()),
+                   "attention setup");
+    (void)cu_check(c, cudaFuncSetAttribute(flash_fwd_batch_kernel<64, true>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           flash_smem_kb<64>()),
                    "attention setup");
     (void)cu_check(c, cudaFuncSetAttribute(flash_bwd_batch_kernel<128, 32>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize,

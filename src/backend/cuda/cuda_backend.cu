@@ -292,6 +292,7 @@ void cu_pending_flush(mc_cuda *c) {
     case CU_PEND_ROPE: cu_flush_rope(c, &p); break;
     case CU_PEND_GEMV: cu_flush_gemv(c, &p); break;
     case CU_PEND_ATTBWD: cu_flush_attbwd(c); break;
+    case CU_PEND_ATTFWD: cu_flush_attfwd(c); break;
     default: break;
     }
 }

@@ -165,23 +165,24 @@ enum cu_pend_kind {
     CU_PEND_GEMV,
     CU_PEND_SWIGLU,
     CU_PEND_COPY,
+    CU_PEND_ATTFWD,
     CU_PEND_ATTBWD
 };
 
-/* Flash attention backwards of consecutive segments held back (CU_PEND_ATTBWD) to go out
- * as one launch (MC_CUDA_NOFUSE=attb: off): the trainer calls one per segment, and one
- * segment's causal tiles alone leave most of the card idle while its longest tiles run.
- * Every buffer of segment s starts where segment s - 1's ends; each has its forward's kept
- * log-sum-exp rows. */
+/* Flash attention forwards (position 0 on, keeping their log-sum-exp rows) or backwards
+ * (with their forwards' kept rows) of consecutive segments held back (CU_PEND_ATTFWD /
+ * ATTBWD) to go out as one launch (MC_CUDA_NOFUSE=attb: off): the trainer calls one per
+ * segment, and one segment's causal tiles alone leave most of the card idle while its
+ * longest tiles run. Every buffer of segment s starts where segment s - 1's ends. */
 enum { CU_ATT_BATCH = 10 };
 
 struct cu_att_seg {
-    int r0, T;        /* first row (from the first segment's) and rows */
-    const float *lse; /* [Hq, T], kept by the forward */
+    int r0, T;  /* first row (from the first segment's) and rows */
+    float *lse; /* [Hq, T], kept by the forward */
 };
 
 struct cu_att_batch {
-    float *dq, *dk, *dv;            /* the first segment's */
+    float *dq, *dk, *dv, *o;        /* the first segment's (o: a forward's output) */
     const float *q, *k, *v, *dout, *out;
     int Hq, Hkv, hd, n, rows;
     cu_att_seg seg[CU_ATT_BATCH];
@@ -379,6 +380,7 @@ void cu_flush_swiglu(mc_cuda *c, const cu_pending *p);
 void cu_flush_rope(mc_cuda *c, const cu_pending *p);
 void cu_flush_gemv(mc_cuda *c, const cu_pending *p);
 void cu_flush_attbwd(mc_cuda *c);
+void cu_flush_attfwd(mc_cuda *c);
 /* Lets a pending two-entry GEMV (gate and up of a decode step) also compute
  * out = silu(gate) * up in its epilogue; false when the pending op is not such a GEMV. */
 bool cu_gemv_take_swiglu(mc_cuda *c, float *out, const float *gate, const float *up, size_t n);

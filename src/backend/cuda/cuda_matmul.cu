@@ -97,6 +97,7 @@ static const void *act_as(mc_cuda *c, const float *x, size_t n, mc_dtype dt, boo
     ConvArgs a;
     int i;
     if (dt == MC_F32) return x;
+    if (c->pend.kind == CU_PEND_ATTFWD) cu_pending_flush(c); /* it leaves a bf16 copy of out */
     for (i = 0; i < CU_N_SHADOW; i++) {
         s = &c->shadow[i];
         if (s->valid && s->src == x && s->dt == dt && s->n >= n) {

@@ -118,8 +118,11 @@ struct mc_backend {
     /* forward: y = x W^T + b.  backward: dx (+)= dy W (accumulate selects += vs =). */
     void (*matmul_dx)(mc_backend *be, void *dx /* [M, K] */, const void *dy /* [M, N] */,
                       mc_wt w /* [N, K] */, int M, int N, int K, bool accumulate);
-    /* forward: y = x * rsqrt(mean(x^2) + eps) * w.  backward: dx += dL/dx given dy. */
-    void (*rmsnorm_backward)(mc_backend *be, void *dx /* [T, D] += */, const void *dy /* [T, D] */,
+    /* forward: y = x * rsqrt(mean(x^2) + eps) * w.  backward: dx += dL/dx given dy, and
+     * when xn is not NULL the forward's y again, bit for bit as rmsnorm gives it (xn
+     * overlaps no other buffer), so a backward that needs it computes it on its way. */
+    void (*rmsnorm_backward)(mc_backend *be, void *dx /* [T, D] += */,
+                             void *xn /* [T, D] or NULL */, const void *dy /* [T, D] */,
                              const void *x /* [T, D] forward input */, mc_wt w /* [D] */, int T,
                              int D, float eps);
     /* forward: rope(x) rotates pairs by +angle.  backward: rotates dy by -angle, in place

@@ -360,7 +360,10 @@ static void layer_fwd(mc_trainer_core *c, const mc_batch *b, int l, const void *
 
 /* Backward of layer l: c->dx holds dL/dx_out on entry and dL/dx_in on return. With
  * checkpointing the transient set c->work still holds this layer's xn1, xn2 and h (the
- * layer's forward just ran again); otherwise they are recomputed first. */
+ * layer's forward just ran again). Otherwise they are needed only as the LoRA inputs of
+ * the projections that read them: with dropout they are recomputed first; without, the
+ * A gradients that read them wait for the backward op that gives them on its way
+ * (rmsnorm_backward gives xn1 and xn2, swiglu_backward h). */
 static void layer_bwd(mc_trainer_core *c, const mc_batch *b, int l, const void *x_in,
                       const mc_layer_acts *a) {
     const mc_model *m = c->m;
@@ -371,29 +374,32 @@ static void layer_bwd(mc_trainer_core *c, const mc_batch *b, int l, const void *
     float eps = (float)m->cfg.rms_norm_eps, theta = (float)m->cfg.rope_theta;
     void *dh = c->dF1, *dup = c->dF2, *datt = c->dF1;
     const mc_layer_acts *t = &c->work;
-    /* h = silu(gate) * up is read only by the down projection's LoRA A gradient: without
-     * dropout that sum can wait for swiglu_backward, which gives h on its way, instead of
-     * a SwiGLU pass of its own */
-    const bool need_h = mc_adapter_mod(c->a, l, MC_LM_DOWN) != NULL;
-    const bool h_late = need_h && !c->checkpointing && c->a->dropout <= 0;
+    const mc_adapter *ad = c->a;
+    const bool late = !c->checkpointing && ad->dropout <= 0;
+    const bool need_xn1 = mc_adapter_mod(ad, l, MC_LM_Q) || mc_adapter_mod(ad, l, MC_LM_K) ||
+                          mc_adapter_mod(ad, l, MC_LM_V);
+    const bool need_xn2 = mc_adapter_mod(ad, l, MC_LM_GATE) || mc_adapter_mod(ad, l, MC_LM_UP);
+    const bool need_h = mc_adapter_mod(ad, l, MC_LM_DOWN) != NULL;
 
-    if (!c->checkpointing) {
-        be->rmsnorm(be, t->xn1, x_in, w->attn_norm, N, d.D, eps);
-        be->rmsnorm(be, t->xn2, a->x_mid, w->mlp_norm, N, d.D, eps);
-        if (need_h && !h_late) be->swiglu(be, t->h, a->gate, a->up, (size_t)N * (size_t)d.F);
+    if (!c->checkpointing && !late) {
+        if (need_xn1) be->rmsnorm(be, t->xn1, x_in, w->attn_norm, N, d.D, eps);
+        if (need_xn2) be->rmsnorm(be, t->xn2, a->x_mid, w->mlp_norm, N, d.D, eps);
+        if (need_h) be->swiglu(be, t->h, a->gate, a->up, (size_t)N * (size_t)d.F);
     }
 
     /* MLP: x_out = x_mid + down(h); h = silu(gate) * up; gate, up = proj(xn2) */
     proj_bwd(c, l, MC_LM_DOWN, dh, false, c->dx, t->h, w->down_w, N, d.D, d.F);
     group_bwd(c, l, MC_LM_DOWN, dh, NULL, N, d.F);
-    be->swiglu_backward(be, dh, dup, h_late ? t->h : NULL, dh, a->gate, a->up,
+    be->swiglu_backward(be, dh, dup, late && need_h ? t->h : NULL, dh, a->gate, a->up,
                         (size_t)N * (size_t)d.F);
     group_bwd(c, l, MC_LM_DOWN, NULL, t->h, N, d.F);
     proj_bwd(c, l, MC_LM_GATE, c->dtmp, false, dh, t->xn2, w->gate_w, N, d.F, d.D);
     proj_bwd(c, l, MC_LM_UP, c->dtmp, true, dup, t->xn2, w->up_w, N, d.F, d.D);
-    group_bwd(c, l, MC_LM_GATE, c->dtmp, t->xn2, N, d.D);
+    group_bwd(c, l, MC_LM_GATE, c->dtmp, NULL, N, d.D);
     /* xn2 = rmsnorm(x_mid): dx_mid = dx_out + rmsnorm'(dxn2) */
-    be->rmsnorm_backward(be, c->dx, c->dtmp, a->x_mid, w->mlp_norm, N, d.D, eps);
+    be->rmsnorm_backward(be, c->dx, late && need_xn2 ? t->xn2 : NULL, c->dtmp, a->x_mid,
+                         w->mlp_norm, N, d.D, eps);
+    group_bwd(c, l, MC_LM_GATE, NULL, t->xn2, N, d.D);
 
     /* attention: x_mid = x_in + o(att) */
     proj_bwd(c, l, MC_LM_O, datt, false, c->dx, a->att, w->o_w, N, d.D, d.q_dim);
@@ -415,18 +421,20 @@ static void layer_bwd(mc_trainer_core *c, const mc_batch *b, int l, const void *
         size_t qb = (size_t)N * (size_t)d.q_dim * mc_dtype_size(be->act_dtype);
         size_t kb = (size_t)N * (size_t)d.kv_dim * mc_dtype_size(be->act_dtype);
         be->zero(be, c->dF2, qb);
-        be->rmsnorm_backward(be, c->dF2, c->dq, a->qn, w->q_norm, N * d.Hq, d.hd, eps);
+        be->rmsnorm_backward(be, c->dF2, NULL, c->dq, a->qn, w->q_norm, N * d.Hq, d.hd, eps);
         (void)be->copy(be, c->dq, c->dF2, qb);
         be->zero(be, c->dF2, kb);
-        be->rmsnorm_backward(be, c->dF2, c->dk, a->kn, w->k_norm, N * d.Hkv, d.hd, eps);
+        be->rmsnorm_backward(be, c->dF2, NULL, c->dk, a->kn, w->k_norm, N * d.Hkv, d.hd, eps);
         (void)be->copy(be, c->dk, c->dF2, kb);
     }
     proj_bwd(c, l, MC_LM_Q, c->dtmp, false, c->dq, t->xn1, w->q_w, N, d.q_dim, d.D);
     proj_bwd(c, l, MC_LM_K, c->dtmp, true, c->dk, t->xn1, w->k_w, N, d.kv_dim, d.D);
     proj_bwd(c, l, MC_LM_V, c->dtmp, true, c->dv, t->xn1, w->v_w, N, d.kv_dim, d.D);
-    group_bwd(c, l, MC_LM_Q, c->dtmp, t->xn1, N, d.D);
+    group_bwd(c, l, MC_LM_Q, c->dtmp, NULL, N, d.D);
     /* xn1 = rmsnorm(x_in): dx_in = dx_mid + rmsnorm'(dxn1) */
-    be->rmsnorm_backward(be, c->dx, c->dtmp, x_in, w->attn_norm, N, d.D, eps);
+    be->rmsnorm_backward(be, c->dx, late && need_xn1 ? t->xn1 : NULL, c->dtmp, x_in,
+                         w->attn_norm, N, d.D, eps);
+    group_bwd(c, l, MC_LM_Q, NULL, t->xn1, N, d.D);
 }
 
 /* ---- the step ---- */
@@ -463,7 +471,7 @@ mc_status mc_train_microbatch(mc_trainer_core *c, const mc_batch *b, float grad_
     if (!want_grad) return be->sync ? be->sync(be) : MC_OK;
 
     be->zero(be, c->dx, (size_t)N * (size_t)d.D * mc_dtype_size(be->act_dtype));
-    be->rmsnorm_backward(be, c->dx, c->dtmp, c->x_final, m->final_norm, N, d.D,
+    be->rmsnorm_backward(be, c->dx, NULL, c->dtmp, c->x_final, m->final_norm, N, d.D,
                          (float)m->cfg.rms_norm_eps);
     for (l = d.L - 1; l >= c->a->first_layer; l--) {
         mc_layer_acts *a = &c->acts[l];

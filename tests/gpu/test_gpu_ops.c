@@ -175,11 +175,22 @@ static void test_rmsnorm(void) {
         {
             float *gy = frand(n, 1.0f), *acc = frand(n, 0.5f), *want_b = fdup(acc, n);
             float *dgy = dputf(gy, n), *dacc = dputf(acc, n), *dxx = dputf(x, n);
-            g_ref->rmsnorm_backward(g_ref, want_b, gy, x, w.cpu, T, D, 1e-6f);
-            g_cu->rmsnorm_backward(g_cu, dacc, dgy, dxx, w.gpu, T, D, 1e-6f);
+            float *xn = fnan(n), *dxn = dputf(xn, n);
+            g_ref->rmsnorm_backward(g_ref, want_b, NULL, gy, x, w.cpu, T, D, 1e-6f);
+            g_cu->rmsnorm_backward(g_cu, dacc, dxn, dgy, dxx, w.gpu, T, D, 1e-6f);
             dget(got, dacc, n);
             snprintf(what, sizeof what, "rmsnorm_backward T=%d D=%d", T, D);
             cmp(what, got, want_b, n, 1e-5);
+            /* xn: the forward's output bit for bit */
+            g_cu->rmsnorm(g_cu, dout, dxx, w.gpu, T, D, 1e-6f);
+            dget(got, dout, n);
+            dget(xn, dxn, n);
+            CHECK(memcmp(xn, got, n * sizeof(float)) == 0);
+            snprintf(what, sizeof what, "rmsnorm_backward T=%d D=%d xn vs rmsnorm's output", T, D);
+            printf("  %-58s %s\n", what, memcmp(xn, got, n * sizeof(float)) == 0 ? "identical"
+                                                                                : "DIFFERENT");
+            dfree(dxn);
+            free(xn);
             dfree(dgy);
             dfree(dacc);
             dfree(dxx);

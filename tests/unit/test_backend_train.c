@@ -171,7 +171,7 @@ static void test_grad_rmsnorm(void) {
         fill_normal(base, T * D, 1.0f);
         fd_grad(rms_loss, &c, x, T * D, 1e-3f, num);
         memcpy(dx, base, sizeof(float) * T * D);
-        g_ref->rmsnorm_backward(g_ref, dx, R, x, c.w, T, D, c.eps);
+        g_ref->rmsnorm_backward(g_ref, dx, NULL, R, x, c.w, T, D, c.eps);
         for (int i = 0; i < T * D; i++) dx[i] -= base[i];
         CHECK_GRAD(dx, num, T * D);
         free(wv);
@@ -583,19 +583,28 @@ static void test_rmsnorm_backward(void) {
             int T = sizes[si][0], D = sizes[si][1];
             size_t n = (size_t)T * D;
             float *wv, *x = falloc(n), *dy = falloc(n), *base = falloc(n), *want, *got;
+            float *xn = falloc(n), *fwd = falloc(n);
             void *w = make_weight(k_dtypes[di], (size_t)D, 1.0f, &wv);
             mc_wt W = {w, k_dtypes[di]};
             fill_normal(x, n, 1.0f);
             fill_normal(dy, n, 1.0f);
             fill_normal(base, n, 1.0f);
             want = fdup(base, n);
-            g_ref->rmsnorm_backward(g_ref, want, dy, x, W, T, D, 1e-6f);
+            /* xn, when asked for, is the forward's output bit for bit, on every backend */
+            g_ref->rmsnorm_backward(g_ref, want, xn, dy, x, W, T, D, 1e-6f);
+            g_ref->rmsnorm(g_ref, fwd, x, W, T, D, 1e-6f);
+            check_same("rmsnorm_backward xn (reference)", xn, fwd, n);
             for (int bi = 0; bi < N_FAST; bi++) {
                 got = fdup(base, n);
-                g_fast[bi]->rmsnorm_backward(g_fast[bi], got, dy, x, W, T, D, 1e-6f);
+                poison(xn, n);
+                g_fast[bi]->rmsnorm_backward(g_fast[bi], got, xn, dy, x, W, T, D, 1e-6f);
                 CHECK_REL_L2(got, want, n, 1e-5);
+                g_fast[bi]->rmsnorm(g_fast[bi], fwd, x, W, T, D, 1e-6f);
+                check_same("rmsnorm_backward xn (fast)", xn, fwd, n);
                 free(got);
             }
+            free(xn);
+            free(fwd);
             free(wv);
             free(w);
             free(x);

@@ -299,14 +299,15 @@ static MC_AVX2 void rms_row_avx2(float *gx /* [n] */, const float *x /* [n] */,
 
 /* forward (mc_fast_rmsnorm): r = 1.0f / sqrtf(ss / (float)D + eps); orow = (xr * r) * w.
  * backward: dx += r w dy - x r^3 mean(dy w x). */
-void mc_fast_rmsnorm_backward(mc_backend *be, void *dx /* [T, D] += */, const void *dy /* [T, D] */,
-                              const void *x /* [T, D] */, mc_wt w /* [D] */, int T, int D,
-                              float eps) {
+void mc_fast_rmsnorm_backward(mc_backend *be, void *dx /* [T, D] += */, void *xn /* or NULL */,
+                              const void *dy /* [T, D] */, const void *x /* [T, D] */,
+                              mc_wt w /* [D] */, int T, int D, float eps) {
     float *gx = dx;
     const float *gy = dy, *xs = x;
     size_t d_ = (size_t)D;
     bool avx2 = use_avx2(be);
     (void)avx2;
+    if (xn) mc_fast_rmsnorm(be, xn, x, w, T, D, eps); /* the forward itself: the same bits */
 #pragma omp parallel for num_threads(par_threads(be, (size_t)T *d_)) schedule(static)
     for (int t = 0; t < T; t++) {
         size_t off = (size_t)t * d_;

@@ -39,9 +39,9 @@ void mc_ref_gemm_f32(mc_backend *be, bool ta, bool tb, int M, int N, int K, floa
                      float *C /* [M, ldc] */, int ldc);
 void mc_ref_matmul_dx(mc_backend *be, void *dx /* [M, K] */, const void *dy /* [M, N] */,
                       mc_wt w /* [N, K] */, int M, int N, int K, bool accumulate);
-void mc_ref_rmsnorm_backward(mc_backend *be, void *dx /* [T, D] += */, const void *dy /* [T, D] */,
-                             const void *x /* [T, D] */, mc_wt w /* [D] */, int T, int D,
-                             float eps);
+void mc_ref_rmsnorm_backward(mc_backend *be, void *dx /* [T, D] += */, void *xn /* or NULL */,
+                             const void *dy /* [T, D] */, const void *x /* [T, D] */,
+                             mc_wt w /* [D] */, int T, int D, float eps);
 void mc_ref_rope_backward(mc_backend *be, void *dx /* [T, ldx] */, int ldx,
                           const int32_t *pos /* [T] */, int T, int H, int hd, float theta);
 void mc_ref_attention_backward(mc_backend *be, void *dq /* [T, Hq*hd] */,
@@ -79,9 +79,9 @@ void mc_fast_gemm_f32(mc_backend *be, bool ta, bool tb, int M, int N, int K, flo
                       float *C /* [M, ldc] */, int ldc);
 void mc_fast_matmul_dx(mc_backend *be, void *dx /* [M, K] */, const void *dy /* [M, N] */,
                        mc_wt w /* [N, K] */, int M, int N, int K, bool accumulate);
-void mc_fast_rmsnorm_backward(mc_backend *be, void *dx /* [T, D] += */, const void *dy /* [T, D] */,
-                              const void *x /* [T, D] */, mc_wt w /* [D] */, int T, int D,
-                              float eps);
+void mc_fast_rmsnorm_backward(mc_backend *be, void *dx /* [T, D] += */, void *xn /* or NULL */,
+                              const void *dy /* [T, D] */, const void *x /* [T, D] */,
+                              mc_wt w /* [D] */, int T, int D, float eps);
 void mc_fast_rope_backward(mc_backend *be, void *dx /* [T, ldx] */, int ldx,
                            const int32_t *pos /* [T] */, int T, int H, int hd, float theta);
 void mc_fast_attention_backward(mc_backend *be, void *dq /* [T, Hq*hd] */,

@@ -56,13 +56,13 @@ void mc_ref_matmul_dx(mc_backend *be, void *dx /* [M, K] */, const void *dy /* [
  *   orow[d] = (xr[d] * r) * w[d];
  * backward, with r a function of every x[j] (dr/dx[j] = -r^3 x[j] / D):
  *   dx[j] += r w[j] dy[j] - x[j] r^3 mean_d(dy[d] w[d] x[d]). */
-void mc_ref_rmsnorm_backward(mc_backend *be, void *dx /* [T, D] += */, const void *dy /* [T, D] */,
-                             const void *x /* [T, D] */, mc_wt w /* [D] */, int T, int D,
-                             float eps) {
+void mc_ref_rmsnorm_backward(mc_backend *be, void *dx /* [T, D] += */, void *xn /* or NULL */,
+                             const void *dy /* [T, D] */, const void *x /* [T, D] */,
+                             mc_wt w /* [D] */, int T, int D, float eps) {
     float *gx = dx;
     const float *gy = dy, *xs = x;
     size_t d_ = (size_t)D;
-    (void)be;
+    if (xn) mc_ref_rmsnorm(be, xn, x, w, T, D, eps); /* the forward itself: the same bits */
     for (size_t t = 0; t < (size_t)T; t++) {
         const float *xr = xs + t * d_, *gr = gy + t * d_; /* [D] */
         float *dr = gx + t * d_;                          /* [D] */

@@ -453,8 +453,8 @@ void cu_rope_backward(mc_backend *be, void *dx, int ldx, const int32_t *pos, int
                       float theta);
 /* cuda_rmsnorm.cu */
 void cu_rmsnorm(mc_backend *be, void *out, const void *x, mc_wt w, int T, int D, float eps);
-void cu_rmsnorm_backward(mc_backend *be, void *dx, const void *dy, const void *x, mc_wt w, int T,
-                         int D, float eps);
+void cu_rmsnorm_backward(mc_backend *be, void *dx, void *xn, const void *dy, const void *x,
+                         mc_wt w, int T, int D, float eps);
 /* cuda_matmul.cu */
 void cu_matmul(mc_backend *be, void *out, int ldo, const void *x, mc_wt w, mc_wt bias, int M,
                int N, int K);

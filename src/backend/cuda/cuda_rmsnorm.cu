@@ -9,6 +9,7 @@ struct RmsArgs {
     const float *delta;   /* [T, D] residual to add to x first, or NULL (forward) */
     const float *src;     /* [T, D] with delta: x = src + delta instead of x += delta */
     const float *dy;      /* [T, D] (backward) */
+    float *xn;            /* [T, D] backward: the forward's out again, or NULL */
     const void *w;        /* [D] */
     __nv_bfloat16 *sh;    /* bf16 copy of the result, or NULL */
     int T, D, wdt;
@@ -150,6 +151,7 @@ static __global__ void rmsnorm_bwd_kernel(const RmsArgs a) {
     for (int d = l; d < a.D; d += G) {
         float wd = cu_load_w(a.w, a.wdt, (size_t)d);
         float o = dr[d] + r * wd * gr[d] - xr[d] * r3m;
+        if (a.xn) a.xn[(size_t)t * a.D + d] = __fmul_rn(__fmul_rn(xr[d], r), wd); /* forward's */
         dr[d] = o;
         if (a.sh) a.sh[(size_t)t * a.D + d] = __float2bfloat16(o);
     }
@@ -207,15 +209,17 @@ void cu_rmsnorm(mc_backend *be, void *out, const void *x, mc_wt w, int T, int D,
     launch(c, a, false);
 }
 
-void cu_rmsnorm_backward(mc_backend *be, void *dx, const void *dy, const void *x, mc_wt w, int T,
-                         int D, float eps) {
+void cu_rmsnorm_backward(mc_backend *be, void *dx, void *xn, const void *dy, const void *x,
+                         mc_wt w, int T, int D, float eps) {
     mc_cuda *c = cu_ctx(be);
     RmsArgs a;
     size_t n = (size_t)T * (size_t)D;
     if (T <= 0) return;
     cu_note_write(c, dx, n * sizeof(float));
+    if (xn) cu_note_write(c, xn, n * sizeof(float));
     memset(&a, 0, sizeof a);
     a.out = (float *)dx;
+    a.xn = (float *)xn;
     a.x = (float *)x; /* read only */
     a.dy = (const float *)dy;
     a.w = w.data;

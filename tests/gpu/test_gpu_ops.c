@@ -633,30 +633,13 @@ static void test_attention_segments(void) {
         cmp("    attention_backward segments dv", gv, wv, nkv, 1e-2);
         if (pass == 0) memcpy(first, gq, nq * sizeof(float));
         else cmp("    dq: one launch vs a launch per segment", gq, first, nq, 1e-5);
-        dfree(dq);
-        dfree(dk);
-        dfree(dv);
-        dfree(dgo);
-        dfree(dout);
-        dfree(ddq);
-        dfree(ddk);
-        dfree(ddv);
+        float *dev[8] = {dq, dk, dv, dgo, dout, ddq, ddk, ddv};
+        for (int i = 0; i < 8; i++) dfree(dev[i]);
     }
     g_cu = keep;
     if (plain) mc_backend_free(plain);
-    free(q);
-    free(k);
-    free(v);
-    free(go);
-    free(wq);
-    free(wk);
-    free(wv);
-    free(gq);
-    free(gk);
-    free(gv);
-    free(first);
-    free(wo);
-    free(go2);
+    float *host[13] = {q, k, v, go, wq, wk, wv, gq, gk, gv, first, wo, go2};
+    for (int i = 0; i < 13; i++) free(host[i]);
 }
 
 /* ---- element-wise and training ops ---- */

@@ -357,14 +357,27 @@ struct FlashBatchArgs {
     cu_att_seg seg[CU_ATT_BATCH];
 };
 
+/* This block's segment (blockIdx.z) and tile (rows from t0 = 64 blockIdx.x), false past
+ * the segment's rows; qo and ko: element offsets of the segment's first row in buffers of
+ * Hq and Hkv heads. */
+template <int HD>
+static __device__ __forceinline__ bool seg_tile(const cu_att_seg *seg, int Hq, int Hkv,
+                                                cu_att_seg &sg, int &t0, size_t &qo, size_t &ko) {
+    sg = seg[blockIdx.z];
+    t0 = blockIdx.x * 64;
+    qo = (size_t)sg.r0 * Hq * HD;
+    ko = (size_t)sg.r0 * Hkv * HD;
+    return t0 < sg.T;
+}
+
 /* Grid (query tiles of the longest segment, Hq, segments). */
 template <int HD, bool KB>
 static __global__ void __launch_bounds__(128) flash_fwd_batch_kernel(const FlashBatchArgs b) {
     cu_dep_wait();
-    const cu_att_seg sg = b.seg[blockIdx.z];
-    const int qt0 = blockIdx.x * 64;
-    if (qt0 >= sg.T) return;
-    const size_t qo = (size_t)sg.r0 * b.Hq * HD, ko = (size_t)sg.r0 * b.Hkv * HD;
+    cu_att_seg sg;
+    int qt0;
+    size_t qo, ko;
+    if (!seg_tile<HD>(b.seg, b.Hq, b.Hkv, sg, qt0, qo, ko)) return;
     FlashArgs a;
     a.out = b.out + qo;
     a.sh = b.sh ? b.sh + qo : nullptr;
@@ -892,10 +905,10 @@ static __global__ void __launch_bounds__(128) flash_bwd_kernel(const BwdArgs a) 
 template <int HD, int BMQ>
 static __global__ void __launch_bounds__(128) flash_bwd_batch_kernel(const BwdBatchArgs b) {
     cu_dep_wait();
-    const cu_att_seg sg = b.seg[blockIdx.z];
-    const int n0 = blockIdx.x * 64;
-    if (n0 >= sg.T) return;
-    const size_t qo = (size_t)sg.r0 * b.Hq * HD, ko = (size_t)sg.r0 * b.Hkv * HD;
+    cu_att_seg sg;
+    int n0;
+    size_t qo, ko;
+    if (!seg_tile<HD>(b.seg, b.Hq, b.Hkv, sg, n0, qo, ko)) return;
     BwdArgs a;
     a.dq = b.dq + qo;
     a.dk = b.dk + ko;
@@ -1133,6 +1146,25 @@ static __global__ void dsum_kernel(const DsumArgs a) {
     }
 }
 
+/* Appends a segment of T rows (its kept statistics in lse) to the batch c->attb of `kind`
+ * (CU_PEND_ATTFWD or ATTBWD), which is pending from now on. */
+static void att_batch_push(mc_cuda *c, int kind, float *lse, int T) {
+    cu_att_batch *b = &c->attb;
+    b->seg[b->n].r0 = b->rows;
+    b->seg[b->n].T = T;
+    b->seg[b->n].lse = lse;
+    b->n++;
+    b->rows += T;
+    c->pend.kind = kind;
+}
+
+/* The grid of a batch kernel: 64-row tiles of the longest segment, heads, segments. */
+static dim3 att_batch_grid(const cu_att_seg *seg, int n, int Hq) {
+    int rows = 0;
+    for (int i = 0; i < n; i++) rows = seg[i].T > rows ? seg[i].T : rows;
+    return dim3((unsigned)((rows + 63) / 64), (unsigned)Hq, (unsigned)n);
+}
+
 /* Adds a forward from position 0 that keeps its statistics in lse to the pending batch, or
  * starts a new batch (launching the pending one) when it does not continue it. */
 static void attfwd_add(mc_cuda *c, float *out, const float *q, const float *k, const float *v,
@@ -1153,18 +1185,11 @@ static void attfwd_add(mc_cuda *c, float *out, const float *q, const float *k, c
         b->Hkv = Hkv;
         b->hd = hd;
     }
-    b->seg[b->n].r0 = b->rows;
-    b->seg[b->n].T = T;
-    b->seg[b->n].lse = lse;
-    b->n++;
-    b->rows += T;
-    c->pend.kind = CU_PEND_ATTFWD;
+    att_batch_push(c, CU_PEND_ATTFWD, lse, T);
 }
 
 template <int HD> static void attfwd_launch(mc_cuda *c, const FlashBatchArgs &a) {
-    int tiles = 0;
-    for (int i = 0; i < a.n; i++) tiles = a.seg[i].T > tiles ? a.seg[i].T : tiles;
-    const dim3 grid((unsigned)((tiles + 63) / 64), (unsigned)a.Hq, (unsigned)a.n);
+    const dim3 grid = att_batch_grid(a.seg, a.n, a.Hq);
     if (a.kb && a.vb)
         cu_launch(c, flash_fwd_batch_kernel<HD, true>, grid, dim3(128),
                   (unsigned)flash_smem_kb<HD>(), a, "attention");
@@ -1340,19 +1365,12 @@ static void attbwd_add(mc_cuda *c, float *dq, float *dk, float *dv, const float 
         b->Hkv = Hkv;
         b->hd = hd;
     }
-    b->seg[b->n].r0 = b->rows;
-    b->seg[b->n].T = T;
-    b->seg[b->n].lse = kept->lse;
-    b->n++;
-    b->rows += T;
     c->n_lse_hit++;
-    c->pend.kind = CU_PEND_ATTBWD;
+    att_batch_push(c, CU_PEND_ATTBWD, kept->lse, T);
 }
 
 template <int HD, int BMQ> static void attbwd_launch(mc_cuda *c, const BwdBatchArgs &a) {
-    int tiles = 0;
-    for (int i = 0; i < a.n; i++) tiles = a.seg[i].T > tiles ? a.seg[i].T : tiles;
-    const dim3 grid((unsigned)((tiles + 63) / 64), (unsigned)a.Hq, (unsigned)a.n);
+    const dim3 grid = att_batch_grid(a.seg, a.n, a.Hq);
     cu_launch(c, flash_bwd_batch_kernel<HD, BMQ>, grid, dim3(128), (unsigned)bwd_smem<HD, BMQ>(),
               a, "attention_backward");
 }
@@ -1496,60 +1514,27 @@ void cu_attention_backward(mc_backend *be, void *dq, void *dk, void *dv, const v
               r, "attention_backward_row");
 }
 
+/* Lets kernel func use up to `bytes` of dynamic shared memory. */
+static void smem_limit(mc_cuda *c, const void *func, int bytes) {
+    const cudaFuncAttribute at = cudaFuncAttributeMaxDynamicSharedMemorySize;
+    (void)cu_check(c, cudaFuncSetAttribute(func, at, bytes), "attention setup");
+}
+
 /* Raises the dynamic shared-memory limits of the kernels that need more than 48 KB. */
 void cu_attention_init(mc_cuda *c) {
-    const int optin = (int)c->prop.sharedMemPerBlockOptin;
-    (void)cu_check(c, cudaFuncSetAttribute(flash_fwd_kernel<128, false>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           flash_smem<128>()),
-                   "attention setup");
-    (void)cu_check(c, cudaFuncSetAttribute(flash_fwd_kernel<128, true>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           flash_smem_kb<128>()),
-                   "attention setup");
-    (void)cu_check(c, cudaFuncSetAttribute(flash_fwd_kernel<64, true>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           flash_smem_kb<64>()),
-                   "attention setup");
-    (void)cu_check(c, cudaFuncSetAttribute(flash_bwd_kernel<128, 32>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           bwd_smem<128, 32>()),
-                   "attention setup");
-    (void)cu_check(c, cudaFuncSetAttribute(flash_bwd_kernel<64, 64>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           bwd_smem<64, 64>()),
-                   "attention setup");
-    (void)cu_check(c, cudaFuncSetAttribute(flash_fwd_batch_kernel<128, false>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           flash_smem<128>()),
-                   "attention setup");
-    (void)cu_check(c, cudaFuncSetAttribute(flash_fwd_batch_kernel<128, true>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           flash_smem_kb<128>()),
-                   "attention setup");
-    (void)cu_check(c, cudaFuncSetAttribute(flash_fwd_batch_kernel<64, true>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           flash_smem_kb<64>()),
-                   "attention setup");
-    (void)cu_check(c, cudaFuncSetAttribute(flash_bwd_batch_kernel<128, 32>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           bwd_smem<128, 32>()),
-                   "attention setup");
-    (void)cu_check(c, cudaFuncSetAttribute(flash_bwd_batch_kernel<64, 64>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           bwd_smem<64, 64>()),
-                   "attention setup");
-    (void)cu_check(c, cudaFuncSetAttribute(row_bwd_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           optin),
-                   "attention setup");
     const int row_smem = (int)((256 + ROW_CHUNK + 2 * ROW_THREADS + 8) * sizeof(float));
-    (void)cu_check(c, cudaFuncSetAttribute(row_fwd_kernel<0>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           row_smem),
-                   "attention setup");
-    (void)cu_check(c, cudaFuncSetAttribute(row_fwd_kernel<64>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           row_smem),
-                   "attention setup");
-    (void)cu_check(c, cudaFuncSetAttribute(row_fwd_kernel<128>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           row_smem),
-                   "attention setup");
+    smem_limit(c, (const void *)flash_fwd_kernel<128, false>, flash_smem<128>());
+    smem_limit(c, (const void *)flash_fwd_kernel<128, true>, flash_smem_kb<128>());
+    smem_limit(c, (const void *)flash_fwd_kernel<64, true>, flash_smem_kb<64>());
+    smem_limit(c, (const void *)flash_bwd_kernel<128, 32>, bwd_smem<128, 32>());
+    smem_limit(c, (const void *)flash_bwd_kernel<64, 64>, bwd_smem<64, 64>());
+    smem_limit(c, (const void *)flash_fwd_batch_kernel<128, false>, flash_smem<128>());
+    smem_limit(c, (const void *)flash_fwd_batch_kernel<128, true>, flash_smem_kb<128>());
+    smem_limit(c, (const void *)flash_fwd_batch_kernel<64, true>, flash_smem_kb<64>());
+    smem_limit(c, (const void *)flash_bwd_batch_kernel<128, 32>, bwd_smem<128, 32>());
+    smem_limit(c, (const void *)flash_bwd_batch_kernel<64, 64>, bwd_smem<64, 64>());
+    smem_limit(c, (const void *)row_bwd_kernel, (int)c->prop.sharedMemPerBlockOptin);
+    smem_limit(c, (const void *)row_fwd_kernel<0>, row_smem);
+    smem_limit(c, (const void *)row_fwd_kernel<64>, row_smem);
+    smem_limit(c, (const void *)row_fwd_kernel<128>, row_smem);
 }

@@ -187,6 +187,15 @@ static const mc_lora_mod *group_first(const mc_trainer_core *c, int l, mc_lora_m
     return found;
 }
 
+/* Without dropout (when the projections of k's group read one input), the group's first
+ * adapted projection, its module in *first (its A starts the group's A matrices); NULL
+ * with dropout or when none is adapted. */
+static const mc_lora_mod *group_head(const mc_trainer_core *c, int l, mc_lora_module k,
+                                     mc_lora_module *first) {
+    int n;
+    return c->a->dropout > 0 ? NULL : group_first(c, l, k, first, &n);
+}
+
 /* Projection k's columns of an [N, n r] block of rank-r products shared by the n adapted
  * projections of its group, in their order (*ld = n r). With per_slot the blocks of all
  * groups follow one another in base (the block starts at the first one's xa_slot). */
@@ -218,10 +227,10 @@ static float *lora_dyb(const mc_trainer_core *c, int l, mc_lora_module k, int *l
 static void group_fwd(mc_trainer_core *c, int l, mc_lora_module k, const void *x, int N, int in) {
     mc_backend *be = c->m->be;
     mc_lora_module first;
-    int n, ld;
-    const mc_lora_mod *mod = group_first(c, l, k, &first, &n);
+    const mc_lora_mod *mod = group_head(c, l, k, &first);
     float *xa;
-    if (c->a->dropout > 0 || !mod) return;
+    int ld;
+    if (!mod) return;
     xa = lora_xa(c, l, first, &ld);
     be->gemm_f32(be, false, true, N, ld, in, 1.0f, (const float *)x, in, mod->A, in, 0.0f, xa,
                  ld);
@@ -285,10 +294,10 @@ static void group_bwd(mc_trainer_core *c, int l, mc_lora_module k, void *dx_acc,
                       int N, int in) {
     mc_backend *be = c->m->be;
     mc_lora_module first;
-    int n, ld;
-    const mc_lora_mod *mod = group_first(c, l, k, &first, &n);
+    const mc_lora_mod *mod = group_head(c, l, k, &first);
     float *t;
-    if (c->a->dropout > 0 || !mod) return;
+    int ld;
+    if (!mod) return;
     t = lora_dyb(c, l, first, &ld);
     if (dx_acc)
         be->gemm_f32(be, false, false, N, in, ld, 1.0f, t, ld, mod->A, in, 1.0f, (float *)dx_acc,

@@ -77,6 +77,15 @@ static void dset(void *dev, const float *host, size_t n) {
 
 static void dfree(void *p) { g_cu->free(g_cu, p); }
 
+/* A second CUDA backend, made while environment variable var is val (NULL on failure). */
+static mc_backend *cuda_with(const char *var, const char *val) {
+    mc_backend *be = NULL;
+    setenv(var, val, 1);
+    CHECK_OK(mc_backend_cuda_create(0, &be));
+    unsetenv(var);
+    return be;
+}
+
 /* A weight of n values stored as dtype t, on the host (cpu) and uploaded (gpu). */
 typedef struct wpair {
     mc_wt cpu, gpu;
@@ -374,7 +383,7 @@ static void test_gemm_f32(void) {
     const size_t na = (size_t)M * K, nb = (size_t)N * K, nc = (size_t)M * N;
     float *A = frand(na, 1.0f), *B = frand(nb, 1.0f), *want = fnan(nc), *r[3];
     float *dA = dputf(A, na), *dB = dputf(B, nb), *dC = dputf(want, nc);
-    mc_backend *keep = g_cu, *f32 = NULL;
+    mc_backend *keep = g_cu, *f32;
     gemm_f32_cases(false);
     g_ref->gemm_f32(g_ref, false, true, M, N, K, 1.0f, A, K, B, K, 0.0f, want, N);
     for (int i = 0; i < 3; i++) {
@@ -394,9 +403,7 @@ static void test_gemm_f32(void) {
     free(A);
     free(B);
     free(want);
-    setenv("MC_CUDA_LORA", "f32", 1);
-    CHECK_OK(mc_backend_cuda_create(0, &f32));
-    unsetenv("MC_CUDA_LORA");
+    f32 = cuda_with("MC_CUDA_LORA", "f32");
     if (!f32) return;
     printf("  with MC_CUDA_LORA=f32:\n");
     g_cu = f32;
@@ -604,9 +611,7 @@ static void test_attention_segments(void) {
         g_ref->attention_backward(g_ref, wq + r0[s] * qd, wk + r0[s] * kd, wv + r0[s] * kd,
                                   go + r0[s] * qd, q + r0[s] * qd, k + r0[s] * kd,
                                   v + r0[s] * kd, seg[s], Hq, Hkv, hd);
-    setenv("MC_CUDA_NOFUSE", "attb", 1);
-    CHECK_OK(mc_backend_cuda_create(0, &plain));
-    unsetenv("MC_CUDA_NOFUSE");
+    plain = cuda_with("MC_CUDA_NOFUSE", "attb");
     for (int pass = 0; pass < 2 && (pass == 0 || plain); pass++) {
         g_cu = pass ? plain : keep; /* the device buffers below belong to this backend */
         float *dq = dputf(q, nq), *dk = dputf(k, nkv), *dv = dputf(v, nkv);
@@ -853,9 +858,7 @@ static void test_gemm_choice(void) {
     free(x);
     for (int i = 0; i < 3; i++) free(r[i]);
     free_w(&w);
-    setenv("MC_CUDA_GEMM", "default", 1);
-    CHECK_OK(mc_backend_cuda_create(0, &plain));
-    unsetenv("MC_CUDA_GEMM");
+    plain = cuda_with("MC_CUDA_GEMM", "default");
     if (!plain) return;
     printf("  with MC_CUDA_GEMM=default:\n");
     g_cu = plain;

@@ -1199,7 +1199,7 @@ template <int HD> static void attfwd_launch(mc_cuda *c, const FlashBatchArgs &a)
 }
 
 void cu_flush_attfwd(mc_cuda *c) {
-    const cu_att_batch b = c->attb;
+    const cu_att_batch &b = c->attb;
     const size_t nq = (size_t)b.rows * b.Hq * b.hd, nkv = (size_t)b.rows * b.Hkv * b.hd;
     FlashBatchArgs a;
     memset(&a, 0, sizeof a);
@@ -1514,27 +1514,24 @@ void cu_attention_backward(mc_backend *be, void *dq, void *dk, void *dv, const v
               r, "attention_backward_row");
 }
 
-/* Lets kernel func use up to `bytes` of dynamic shared memory. */
-static void smem_limit(mc_cuda *c, const void *func, int bytes) {
-    const cudaFuncAttribute at = cudaFuncAttributeMaxDynamicSharedMemorySize;
-    (void)cu_check(c, cudaFuncSetAttribute(func, at, bytes), "attention setup");
-}
-
 /* Raises the dynamic shared-memory limits of the kernels that need more than 48 KB. */
 void cu_attention_init(mc_cuda *c) {
     const int row_smem = (int)((256 + ROW_CHUNK + 2 * ROW_THREADS + 8) * sizeof(float));
-    smem_limit(c, (const void *)flash_fwd_kernel<128, false>, flash_smem<128>());
-    smem_limit(c, (const void *)flash_fwd_kernel<128, true>, flash_smem_kb<128>());
-    smem_limit(c, (const void *)flash_fwd_kernel<64, true>, flash_smem_kb<64>());
-    smem_limit(c, (const void *)flash_bwd_kernel<128, 32>, bwd_smem<128, 32>());
-    smem_limit(c, (const void *)flash_bwd_kernel<64, 64>, bwd_smem<64, 64>());
-    smem_limit(c, (const void *)flash_fwd_batch_kernel<128, false>, flash_smem<128>());
-    smem_limit(c, (const void *)flash_fwd_batch_kernel<128, true>, flash_smem_kb<128>());
-    smem_limit(c, (const void *)flash_fwd_batch_kernel<64, true>, flash_smem_kb<64>());
-    smem_limit(c, (const void *)flash_bwd_batch_kernel<128, 32>, bwd_smem<128, 32>());
-    smem_limit(c, (const void *)flash_bwd_batch_kernel<64, 64>, bwd_smem<64, 64>());
-    smem_limit(c, (const void *)row_bwd_kernel, (int)c->prop.sharedMemPerBlockOptin);
-    smem_limit(c, (const void *)row_fwd_kernel<0>, row_smem);
-    smem_limit(c, (const void *)row_fwd_kernel<64>, row_smem);
-    smem_limit(c, (const void *)row_fwd_kernel<128>, row_smem);
+    const auto lim = [c](const void *func, int bytes) {
+        cu_smem_limit(c, func, bytes, "attention setup");
+    };
+    lim((const void *)flash_fwd_kernel<128, false>, flash_smem<128>());
+    lim((const void *)flash_fwd_kernel<128, true>, flash_smem_kb<128>());
+    lim((const void *)flash_fwd_kernel<64, true>, flash_smem_kb<64>());
+    lim((const void *)flash_bwd_kernel<128, 32>, bwd_smem<128, 32>());
+    lim((const void *)flash_bwd_kernel<64, 64>, bwd_smem<64, 64>());
+    lim((const void *)flash_fwd_batch_kernel<128, false>, flash_smem<128>());
+    lim((const void *)flash_fwd_batch_kernel<128, true>, flash_smem_kb<128>());
+    lim((const void *)flash_fwd_batch_kernel<64, true>, flash_smem_kb<64>());
+    lim((const void *)flash_bwd_batch_kernel<128, 32>, bwd_smem<128, 32>());
+    lim((const void *)flash_bwd_batch_kernel<64, 64>, bwd_smem<64, 64>());
+    lim((const void *)row_bwd_kernel, (int)c->prop.sharedMemPerBlockOptin);
+    lim((const void *)row_fwd_kernel<0>, row_smem);
+    lim((const void *)row_fwd_kernel<64>, row_smem);
+    lim((const void *)row_fwd_kernel<128>, row_smem);
 }

@@ -19,6 +19,11 @@ void cu_set_error(mc_cuda *c, mc_status s, const char *fmt, ...) {
     mc_log(MC_LOG_ERROR, "cuda: %s", c->err_msg);
 }
 
+void cu_smem_limit(mc_cuda *c, const void *func, int bytes, const char *what) {
+    const cudaFuncAttribute at = cudaFuncAttributeMaxDynamicSharedMemorySize;
+    (void)cu_check(c, cudaFuncSetAttribute(func, at, bytes), what);
+}
+
 bool cu_check(mc_cuda *c, cudaError_t e, const char *what) {
     if (e == cudaSuccess) return true;
     cu_set_error(c, e == cudaErrorMemoryAllocation ? MC_ERR_OOM : MC_ERR_BACKEND,

@@ -121,10 +121,12 @@ struct cu_wr_range {
 
 /* The ranges kept (a decode step writes about ten per layer); past that, every range
  * counts as written until the next synchronisation. */
+enum { CU_WR_MAX = 1024 };
+
 /* ---- cuBLASLt GEMMs (cuda_blaslt.cu) ---- */
 
 /* A GEMM's shape in cublasGemmEx's column-major terms: C [m, n] (f32, ldc) = alpha op(A)
- * op(B) (+ C when accumulate); A and B of type ab (bf16 or f16), f32 accumulation. */
+ * op(B) (+ C when accumulate); A and B of type ab (bf16, f16 or f32), f32 accumulation. */
 struct cu_lt_shape {
     bool ta, tb, accumulate;
     int m, n, k, lda, ldb, ldc;
@@ -148,8 +150,6 @@ struct cu_lt_ent {
 };
 
 enum { CU_N_LT = 128 };
-
-enum { CU_WR_MAX = 1024 };
 
 /* An op whose launch is held back so the next op can fuse with it (MC_CUDA_FUSE, on by
  * default): a residual add feeds the next RMSNorm (and a copy of its destination just
@@ -288,8 +288,8 @@ struct mc_cuda {
     cu_lse_slot lse[CU_N_LSE];
     bool lse_on; /* kept log-sum-exp rows (MC_CUDA_NOFUSE=lse: off) */
     bool kv16_on; /* flash attention reads bf16 copies of k and v (MC_CUDA_NOFUSE=kv16: off) */
-    bool attb_on; /* attention backwards of consecutive segments batched (NOFUSE=attb: off) */
-    cu_att_batch attb; /* the batch pending (pend.kind CU_PEND_ATTBWD) */
+    bool attb_on; /* attention of consecutive segments batched (MC_CUDA_NOFUSE=attb: off) */
+    cu_att_batch attb; /* the batch pending (pend.kind CU_PEND_ATTFWD or CU_PEND_ATTBWD) */
     /* one-row GEMVs of long rows staged in shared memory, and every kernel but the
      * several-row GEMVs asking for the largest shared-memory split (MC_CUDA_NOFUSE=smem:
      * neither) */
@@ -347,6 +347,9 @@ void cu_lse_drop_range(mc_cuda *c, uintptr_t a, uintptr_t b);
 void cu_set_error(mc_cuda *c, mc_status s, const char *fmt, ...) MC_PRINTF(3, 4);
 /* Records e (if not cudaSuccess) as a failure of `what`; returns e == cudaSuccess. */
 bool cu_check(mc_cuda *c, cudaError_t e, const char *what);
+/* Lets kernel func use up to `bytes` of dynamic shared memory (a failure is recorded as
+ * `what`'s). */
+void cu_smem_limit(mc_cuda *c, const void *func, int bytes, const char *what);
 /* Records a cuBLAS failure of `what`; returns st == CUBLAS_STATUS_SUCCESS. */
 bool cu_check_blas(mc_cuda *c, cublasStatus_t st, const char *what);
 /* Reports and clears the recorded failure through mc_fail; MC_OK when none. */

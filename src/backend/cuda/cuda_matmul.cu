@@ -530,14 +530,6 @@ struct GemvSmemArgs {
     int N, K, rb, bias_dt;
 };
 
-/* out[n] = W[n, :] . x (+ b[n]) for one input row and long rows (the down projection): a
- * block owns rb consecutive rows (one contiguous range of the weight) and copies them into
- * shared memory with cp.async before cu_dep_wait(), holding no registers, so a grid of
- * about one block per SM has the whole weight in flight while the previous kernel (the
- * gate/up GEMV) still runs; the input follows after the wait, in one trip through L2.
- * Thread i then sums chunks i, i + 256, ... of 8 elements of every row against the same
- * input chunk; warp sums, then the 8 warps in order. Needs the largest shared-memory split
- * on the SMs it shares with the kernels before it (cu_launch_raw asks for it). */
 /* Starts copying [src, src + n) (16-byte aligned, n a multiple of 16) into shared memory
  * at s0, 16 bytes a thread at a time, as one cp.async group; no registers held. */
 static __device__ __forceinline__ void smem_copy_async(uint32_t s0, const void *src, size_t n) {
@@ -549,6 +541,14 @@ static __device__ __forceinline__ void smem_copy_async(uint32_t s0, const void *
     asm volatile("cp.async.commit_group;\n" ::: "memory");
 }
 
+/* out[n] = W[n, :] . x (+ b[n]) for one input row and long rows (the down projection): a
+ * block owns rb consecutive rows (one contiguous range of the weight) and copies them into
+ * shared memory with cp.async before cu_dep_wait(), holding no registers, so a grid of
+ * about one block per SM has the whole weight in flight while the previous kernel (the
+ * gate/up GEMV) still runs; the input follows after the wait, in one trip through L2.
+ * Thread i then sums chunks i, i + 256, ... of 8 elements of every row against the same
+ * input chunk; warp sums, then the 8 warps in order. Needs the largest shared-memory split
+ * on the SMs it shares with the kernels before it (cu_launch_raw asks for it). */
 template <typename WT>
 static __global__ void __launch_bounds__(CU_SMV_THREADS) gemv_smem_kernel(const GemvSmemArgs a) {
     extern __shared__ __align__(16) unsigned char wsm[]; /* rb weight rows, then x [K] f32 */
@@ -617,14 +617,9 @@ static int gemv_smem_rows(const mc_cuda *c, int N, int K) {
 
 /* Raises the dynamic shared-memory limit of the staged GEMV. */
 void cu_matmul_init(mc_cuda *c) {
-    (void)cu_check(c, cudaFuncSetAttribute(gemv_smem_kernel<__nv_bfloat16>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           (int)CU_SMV_MAX_BYTES),
-                   "matmul setup");
-    (void)cu_check(c, cudaFuncSetAttribute(gemv_smem_kernel<__half>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           (int)CU_SMV_MAX_BYTES),
-                   "matmul setup");
+    cu_smem_limit(c, (const void *)gemv_smem_kernel<__nv_bfloat16>, CU_SMV_MAX_BYTES,
+                  "matmul setup");
+    cu_smem_limit(c, (const void *)gemv_smem_kernel<__half>, CU_SMV_MAX_BYTES, "matmul setup");
 }
 
 template <typename WT, int MT, bool SW>

@@ -170,7 +170,7 @@ mc_status cu_linear_xent(mc_backend *be, void *dh, double *loss_sum, const void 
             const cu_lt_shape s = {true, false, false, V, rows, D, D, D, V, xent_type(w.dtype),
                                    false};
             if (!cu_gemm_lt(c, s, 1.0f, w.data, (const char *)hc + (size_t)r0 * D * esz,
-                              logits, "cublas xent logits"))
+                            logits, "cublas xent logits"))
                 break;
         }
         memset(&a, 0, sizeof a);
@@ -187,7 +187,7 @@ mc_status cu_linear_xent(mc_backend *be, void *dh, double *loss_sum, const void 
                                    false};
             cu_break(c);
             if (!cu_gemm_lt(c, s, grad_scale, w.data, grad, (float *)dh + (size_t)r0 * D,
-                              "cublas xent dh"))
+                            "cublas xent dh"))
                 break;
         } else if (dh) {
             /* the same over S slices of V / S tokens (cublasGemmEx alone leaves most of the

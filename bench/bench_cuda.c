@@ -89,7 +89,8 @@ static double bench_decode_steps(mc_backend *be, mc_model *m, const int32_t *ids
     int V = mc_model_dims(m).V;
     float *logits = malloc((size_t)V * sizeof(float));
     volatile float sink = 0;
-    double t0, t = 0, w0, w = 0;
+    double t0, t = 0, w0, w = 0, u0 = 0, u = 0, gl0 = 0, gl = 0;
+    long nu0 = 0, nu = 0;
     if (!logits || mc_fwd_create(m, 1, ctx + gen + 8, ctx, &f) != MC_OK) {
         fprintf(stderr, "decode: %s\n", mc_last_error());
         free(logits);
@@ -100,6 +101,7 @@ static double bench_decode_steps(mc_backend *be, mc_model *m, const int32_t *ids
         if (mc_fwd_run(f, 0, ids, ctx, MC_LOGITS_NONE, NULL) != MC_OK) break;
         t0 = mc_time_now();
         w0 = mc_cuda_sync_wait(be);
+        mc_cuda_host_stats(be, &u0, &nu0, &gl0);
         for (int i = 0; i < gen; i++) {
             int32_t tok = ids[(ctx + i) % ctx];
             const float *row = logits;
@@ -112,10 +114,12 @@ static double bench_decode_steps(mc_backend *be, mc_model *m, const int32_t *ids
         }
         t = mc_time_now() - t0;
         w = mc_cuda_sync_wait(be) - w0;
+        mc_cuda_host_stats(be, &u, &nu, &gl);
     }
     printf("decode steps%s: %.1f us a step, %.1f us of host work, %.1f us waiting for the "
-           "device\n", copy ? " (logits copied)" : "", 1e6 * t / gen, 1e6 * (t - w) / gen,
-           1e6 * w / gen);
+           "device; host: %.1f us updating %.1f graph nodes, %.1f us launching graphs\n",
+           copy ? " (logits copied)" : "", 1e6 * t / gen, 1e6 * (t - w) / gen, 1e6 * w / gen,
+           1e6 * (u - u0) / gen, (double)(nu - nu0) / gen, 1e6 * (gl - gl0) / gen);
     mc_fwd_free(f);
     free(logits);
     return t > 0 ? gen / t : 0;

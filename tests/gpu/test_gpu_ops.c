@@ -1097,6 +1097,116 @@ static void test_errors(void) {
     g_cu->free(g_cu, dC);
 }
 
+/* bf16 bytes of value(i), i < n (malloc'd). */
+static void *bf16_of(int n, float (*value)(int i)) {
+    float *f = falloc((size_t)n);
+    void *h = malloc((size_t)n * 2);
+    if (!h) exit(2);
+    for (int i = 0; i < n; i++) f[i] = value(i);
+    mc_convert_from_f32(h, f, MC_BF16, (size_t)n);
+    free(f);
+    return h;
+}
+
+/* g_cu's copy of n bf16 weights. */
+static mc_wt bf16_up(const void *h, size_t n) {
+    mc_wt w;
+    const void *dev = NULL;
+    CHECK_OK(g_cu->weights(g_cu, h, n * 2, &dev));
+    w.data = dev;
+    w.dtype = MC_BF16;
+    return w;
+}
+
+static float bias_random(int i) { return (float)((i * 7919) % 1000) * 1e-3f; }
+/* 2^30: every logit near it rounds to it, so these indices tie */
+static float bias_tie(int i) { return i == 2 || i % 5 == 3 ? 1073741824.0f : 0.0f; }
+static float bias_bad(int i) { return i == 7 ? NAN : i % 9 == 4 ? INFINITY : 0.0f; }
+static float bias_neg_inf(int i) {
+    (void)i;
+    return -INFINITY;
+}
+static float weight_random(int i) {
+    (void)i;
+    return mc_rng_normal(&g_rng) * 0.1f;
+}
+
+/* argmax_rows right after a GEMV of up to 8 rows is taken over by the GEMV's epilogue: the
+ * tokens must be mc_argmax_row's over the logits the GEMV wrote (ties among the rows whose
+ * bias is largest: the first index wins), the failures the same (the first NaN or +inf is
+ * named; a row of -inf), and as the argmax kernel's on a backend without the fusion
+ * (MC_CUDA_NOFUSE=argmax); with graphs off one kernel runs where two did. Shapes cover the
+ * two-rows-a-warp GEMV (N >= 8192), one row a warp, and long rows split over a block's
+ * warps (K >= 2048; for one row, instead of the staged GEMV, which the backend without the
+ * fusion runs: its sums differ, so its logits are compared only there). */
+static void test_argmax_gemv(void) {
+    const int cs[5][3] = {{1, 20000, 64}, {3, 1000, 96}, {8, 300, 2048}, {2, 9000, 128},
+                          {1, 500, 2048}};
+    float (*const bias_fn[4])(int) = {bias_random, bias_tie, bias_bad, bias_neg_inf};
+    static const char *const pass_name[3] = {"graphs on", "graphs off", "no fusion"};
+    mc_backend *keep = g_cu, *be[3];
+    be[0] = g_cu;
+    be[1] = cuda_with("MC_CUDA_GRAPHS", "0");
+    be[2] = cuda_with("MC_CUDA_NOFUSE", "argmax");
+    for (int ci = 0; ci < 5; ci++) {
+        const int M = cs[ci][0], N = cs[ci][1], K = cs[ci][2];
+        float *x = frand((size_t)M * K, 1.0f), *logits = falloc((size_t)M * N);
+        float *first = falloc((size_t)4 * M * N);
+        void *wh = bf16_of(N * K, weight_random), *bh[4];
+        for (int bi = 0; bi < 4; bi++) bh[bi] = bf16_of(N, bias_fn[bi]);
+        for (int pass = 0; pass < 3; pass++) {
+            if (!be[pass]) continue;
+            g_cu = be[pass];
+            float *dx = dputf(x, (size_t)M * K), *dl = dputf(logits, (size_t)M * N);
+            mc_wt w = bf16_up(wh, (size_t)N * K);
+            char what[96];
+            for (int bi = 0; bi < 4; bi++) {
+                mc_wt b = bf16_up(bh[bi], (size_t)N);
+                int32_t got[8], want[8];
+                char gmsg[160];
+                mc_status sw = MC_OK, sg;
+                long l0, l1;
+                mc_cuda_stats(g_cu, NULL, NULL, &l0);
+                g_cu->matmul(g_cu, dl, N, dx, w, b, M, N, K);
+                sg = g_cu->argmax_rows(g_cu, got, dl, M, N);
+                mc_cuda_stats(g_cu, NULL, NULL, &l1);
+                snprintf(gmsg, sizeof gmsg, "%s", sg == MC_OK ? "" : mc_last_error());
+                dget(logits, dl, (size_t)M * N);
+                for (int r = 0; r < M && sw == MC_OK; r++)
+                    sw = mc_argmax_row(logits + (size_t)r * N, N, r, &want[r]);
+                snprintf(what, sizeof what, "%s: argmax after a GEMV M=%d N=%d K=%d, bias %d",
+                         pass_name[pass], M, N, K, bi);
+                CHECK_INT((int)sg, (int)sw);
+                if (sw == MC_OK) {
+                    for (int r = 0; r < M; r++) CHECK_INT(got[r], want[r]);
+                    printf("  %-62s %d .. %d (want %d .. %d)\n", what, got[0], got[M - 1],
+                           want[0], want[M - 1]);
+                } else {
+                    CHECK(strcmp(gmsg, mc_last_error()) == 0);
+                    printf("  %-62s \"%s\"\n", what, gmsg);
+                }
+                if (pass == 1) CHECK_INT((int)(l1 - l0), 1); /* the GEMV alone */
+                float *f0 = first + (size_t)bi * M * N;
+                if (pass == 0) memcpy(f0, logits, (size_t)M * N * sizeof(float));
+                else if (pass == 1 || M > 1 || K < 2048)
+                    same("    logits vs graphs on", logits, f0, (size_t)M * N);
+                g_cu->release_weights(g_cu, b.data);
+            }
+            g_cu->release_weights(g_cu, w.data);
+            dfree(dx);
+            dfree(dl);
+        }
+        g_cu = keep;
+        for (int bi = 0; bi < 4; bi++) free(bh[bi]);
+        free(wh);
+        free(x);
+        free(logits);
+        free(first);
+    }
+    for (int pass = 1; pass < 3; pass++)
+        if (be[pass]) mc_backend_free(be[pass]);
+}
+
 int main(void) {
     const char *q = getenv("MC_GPU_TEST_QUICK");
     g_quick = q && q[0] == '1';
@@ -1122,6 +1232,7 @@ int main(void) {
     RUN(test_linear_xent);
     RUN(test_gemm_choice);
     RUN(test_argmax);
+    RUN(test_argmax_gemv);
     RUN(test_decode_layers);
     CHECK_OK(g_cu->sync(g_cu));
     mc_backend_free(g_ref);

@@ -352,7 +352,7 @@ void cu_launch_raw(mc_cuda *c, const void *func, dim3 grid, dim3 block, unsigned
     n->name = name;
     memcpy(n->args, args, size);
     if (size < CU_ARGS_MAX) memset(n->args + size, 0, CU_ARGS_MAX - size);
-    if (c->qn >= (c->seg_split ? CU_SEG_MAX : CU_SEG_FIRST) && c->pend.kind == CU_PEND_NONE) {
+    if (c->qn >= (c->seg_split ? c->seg_max : c->seg_first) && c->pend.kind == CU_PEND_NONE) {
         cu_end_segment(c);
         c->seg_split = true;
     }
@@ -443,16 +443,20 @@ static bool graph_build(mc_cuda *c, cu_graph *g) {
 /* Puts the queued launches' arguments into the cached graph g; false on failure. */
 static bool graph_update(mc_cuda *c, cu_graph *g) {
     int i;
+    const double t0 = mc_time_now();
     for (i = 0; i < c->qn; i++) {
         if (memcmp(g->nodes[i].args, c->q[i].args, c->q[i].size) == 0) continue;
         void *params[1];
         cudaKernelNodeParams p = node_params(&c->q[i], params);
+        c->n_node_update++;
         if (cudaGraphExecKernelNodeSetParams(g->exec, g->gnodes[i], &p) != cudaSuccess) {
             (void)cudaGetLastError();
+            c->update_s += mc_time_now() - t0;
             return false;
         }
         memcpy(g->nodes[i].args, c->q[i].args, CU_ARGS_MAX);
     }
+    c->update_s += mc_time_now() - t0;
     return true;
 }
 
@@ -515,7 +519,9 @@ void cu_end_segment(mc_cuda *c) {
             if (!graph_build(c, g)) g = NULL;
         }
         if (g) {
+            const double t0 = mc_time_now();
             done = cu_check(c, cudaGraphLaunch(g->exec, c->stream), "cudaGraphLaunch");
+            c->glaunch_s += mc_time_now() - t0;
             g->used = ++c->g_clock;
             c->n_graph_launch++;
         }
@@ -705,6 +711,7 @@ static void cuda_destroy(mc_backend *be) {
         for (i = 0; i < CU_N_LSE; i++)
             if (c->lse[i].lse) cu_free(c, c->lse[i].lse);
         if (c->gemv_cnt) cu_free(c, c->gemv_cnt);
+        if (c->am_keys) cu_free(c, c->am_keys);
         cu_lt_destroy(c);
         if (c->pinned) (void)cudaFreeHost(c->pinned);
         if (c->n_allocs)
@@ -799,6 +806,16 @@ extern "C" mc_status mc_backend_cuda_create(int device, mc_backend **out) {
     c->graphs_on = !(env && env[0] == '0');
     env = getenv("MC_CUDA_PDL");
     c->pdl_on = !(env && env[0] == '0');
+    c->seg_first = CU_SEG_FIRST;
+    c->seg_max = CU_SEG_MAX;
+    env = getenv("MC_CUDA_SEG"); /* "first,max": the segments' lengths in launches */
+    if (env) {
+        int f = 0, mx = 0;
+        if (sscanf(env, "%d,%d", &f, &mx) == 2 && f >= 1 && mx >= 1) {
+            c->seg_first = f;
+            c->seg_max = mx;
+        }
+    }
     env = getenv("MC_CUDA_FUSE");
     c->fuse_on = !(env && env[0] == '0');
     env = getenv("MC_CUDA_NOFUSE"); /* e.g. "rope,glu": those fusions off */
@@ -808,6 +825,7 @@ extern "C" mc_status mc_backend_cuda_create(int device, mc_backend **out) {
     c->kv16_on = c->fuse_on && !(env && strstr(env, "kv16"));
     c->attb_on = c->fuse_on && !(env && strstr(env, "attb"));
     c->smem_on = !(env && strstr(env, "smem"));
+    c->fuse_am = c->fuse_on && !(env && strstr(env, "argmax"));
     env = getenv("MC_CUDA_GEMM"); /* "default": cublasGemmEx's own algorithms */
     c->lt_on = !(env && strcmp(env, "default") == 0);
     env = getenv("MC_CUDA_LORA");
@@ -857,6 +875,9 @@ extern "C" mc_status mc_backend_cuda_create(int device, mc_backend **out) {
     cu_matmul_init(c);
     c->gemv_cnt = (int *)cu_malloc(c, sizeof(int), "setup");
     if (c->gemv_cnt) (void)cu_check(c, cudaMemset(c->gemv_cnt, 0, sizeof(int)), "setup");
+    c->am_keys = (unsigned long long *)cu_malloc(c, 2 * CU_AM_SLOT * sizeof *c->am_keys, "setup");
+    if (c->am_keys)
+        (void)cu_check(c, cudaMemset(c->am_keys, 0, 2 * CU_AM_SLOT * sizeof *c->am_keys), "setup");
     if (c->err != MC_OK) {
         mc_status s = cu_take_error(c);
         cuda_destroy(be);
@@ -991,6 +1012,14 @@ extern "C" void mc_cuda_stats(const mc_backend *be, long *graph_launches, long *
 }
 
 extern "C" double mc_cuda_sync_wait(const mc_backend *be) { return cu_ctx_c(be)->sync_wait_s; }
+
+extern "C" void mc_cuda_host_stats(const mc_backend *be, double *update_s, long *node_updates,
+                                   double *graph_launch_s) {
+    const mc_cuda *c = cu_ctx_c(be);
+    if (update_s) *update_s = c->update_s;
+    if (node_updates) *node_updates = c->n_node_update;
+    if (graph_launch_s) *graph_launch_s = c->glaunch_s;
+}
 
 extern "C" long mc_cuda_attention_reuse(const mc_backend *be) { return cu_ctx_c(be)->n_lse_hit; }
 

@@ -56,6 +56,11 @@ void mc_cuda_stats(const mc_backend *be, long *graph_launches, long *graph_build
  * time is host work (when this is small, the host is what a step waits for). */
 double mc_cuda_sync_wait(const mc_backend *be);
 
+/* Host time spent updating cached graphs' kernel arguments (and the kernel nodes whose
+ * arguments changed) and launching graphs, since creation: parts of a step's host work. */
+void mc_cuda_host_stats(const mc_backend *be, double *update_s, long *node_updates,
+                        double *graph_launch_s);
+
 /* Attention backwards (flash path) since creation that took the log-sum-exp rows their
  * forward had left instead of running the forward again. */
 long mc_cuda_attention_reuse(const mc_backend *be);

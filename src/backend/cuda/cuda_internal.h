@@ -188,7 +188,14 @@ struct cu_att_batch {
     cu_att_seg seg[CU_ATT_BATCH];
 };
 
-enum { CU_GEMV_MAX_ENT = 3 };
+/* Up to CU_GEMV_MAX_M rows run as GEMVs (decode); a GEMV of up to CU_GEMV_MAX_ENT weights
+ * on one input is one launch. */
+enum { CU_GEMV_MAX_M = 8, CU_GEMV_MAX_ENT = 3 };
+
+/* Argmax keys of a GEMV's output rows (cu_gemv_take_argmax): per row m, keys[m] is the
+ * largest finite value's key (cu_am_key; 0: none above -inf) and keys[CU_GEMV_MAX_M + m]
+ * the first NaN or +inf's (0: none). Two slots alternate; each GEMV clears the other. */
+enum { CU_AM_SLOT = 2 * CU_GEMV_MAX_M };
 
 /* One output of a (multi-)GEMV: out[m, n] = x[m, :] . W[n, :] (+ b[n]), rotated by RoPE
  * in the epilogue when rope is set (N = heads x head_dim). */
@@ -226,6 +233,9 @@ struct cu_pending {
     const int32_t *rpos;
     const float *rinv;
     int rhd;
+    /* the argmax keys of the rows, taken over by the GEMV (NULL: none), and the slot the
+     * GEMV clears for the next one */
+    unsigned long long *am, *am_clear;
 };
 
 /* Profiling (MC_CUDA_PROFILE=1): a pair of events around every kernel launch and cuBLAS
@@ -310,11 +320,14 @@ struct mc_cuda {
     int qn, qcap;
     cu_seq recent[CU_NGRAPH]; /* the last segments launched without a graph (a ring) */
     int recent_next;
-    bool seg_split; /* the open segment follows one that ended at CU_SEG_FIRST or CU_SEG_MAX */
+    bool seg_split; /* the open segment follows one that ended at seg_first or seg_max */
+    int seg_first, seg_max; /* CU_SEG_FIRST, CU_SEG_MAX (MC_CUDA_SEG=first,max) */
     cu_graph g[CU_NGRAPH];
     unsigned long g_clock;
     long n_graph_launch, n_graph_build, n_launch;
     double sync_wait_s; /* host time spent blocked in stream synchronisations */
+    double update_s, glaunch_s; /* host time in graph argument updates and graph launches */
+    long n_node_update;         /* kernel nodes whose arguments a graph update changed */
     unsigned long n_sync; /* stream synchronisations of the backend's own (to_host, sync) */
 
     /* op fusion (MC_CUDA_FUSE=0: none; MC_CUDA_NOFUSE=rope,glu,lse: not those) */
@@ -324,6 +337,9 @@ struct mc_cuda {
     bool kv_pre_on;           /* decode attention may read older cache rows before its wait */
     cu_pending pend;
     int *gemv_cnt; /* [1] device counter of the SwiGLU-fused GEMV, zero between launches */
+    bool fuse_am;  /* argmax_rows taken over by the GEMV before it (MC_CUDA_NOFUSE=argmax) */
+    unsigned long long *am_keys; /* [2, CU_AM_SLOT] argmax keys, zeroed at setup */
+    int am_slot;                 /* the slot the next fused argmax uses */
 
     /* profiling */
     bool prof_on;
@@ -384,6 +400,10 @@ void cu_flush_rope(mc_cuda *c, const cu_pending *p);
 void cu_flush_gemv(mc_cuda *c, const cu_pending *p);
 void cu_flush_attbwd(mc_cuda *c);
 void cu_flush_attfwd(mc_cuda *c);
+/* Hands the argmax of the pending one-weight GEMV's rows (out == x, [rows, n]) to the GEMV
+ * and launches it; the slot of keys it fills (see CU_AM_SLOT), or NULL when no such GEMV is
+ * pending. */
+unsigned long long *cu_gemv_take_argmax(mc_cuda *c, const float *x, int rows, int n);
 /* Lets a pending two-entry GEMV (gate and up of a decode step) also compute
  * out = silu(gate) * up in its epilogue; false when the pending op is not such a GEMV. */
 bool cu_gemv_take_swiglu(mc_cuda *c, float *out, const float *gate, const float *up, size_t n);
@@ -555,6 +575,33 @@ static __device__ __forceinline__ float cu_warp_max(float v) {
 static __device__ __forceinline__ double cu_warp_sum_d(double v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
+}
+
+/* The argmax key of value v (finite, above -inf) at index n: a larger value, or an equal
+ * one at a smaller index, has the larger key (-0 counts as +0); 0 is below every key. */
+static __device__ __forceinline__ unsigned long long cu_am_key(float v, int n) {
+    const unsigned b = __float_as_uint(v == 0.0f ? 0.0f : v);
+    const unsigned o = (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+    return ((unsigned long long)o << 32) | (0xffffffffu - (unsigned)n);
+}
+/* The key of a NaN (is_nan) or +inf at index n: the smaller index has the larger key. */
+static __device__ __forceinline__ unsigned long long cu_am_bad_key(int n, bool is_nan) {
+    return ((unsigned long long)(0xffffffffu - (unsigned)n) << 1) | (is_nan ? 1u : 0u);
+}
+/* Folds value v at index n into a row's keys (best: finite values, bad: NaN and +inf). */
+static __device__ __forceinline__ void cu_am_fold(unsigned long long &best,
+                                                  unsigned long long &bad, float v, int n) {
+    if (!(v < INFINITY)) {
+        const unsigned long long k = cu_am_bad_key(n, isnan(v));
+        if (k > bad) bad = k;
+    } else if (v > -INFINITY) {
+        const unsigned long long k = cu_am_key(v, n);
+        if (k > best) best = k;
+    }
+}
+/* Raises *p to k; the atomic only when k is above the value read first. */
+static __device__ __forceinline__ void cu_am_push(unsigned long long *p, unsigned long long k) {
+    if (k != 0ull && k > *(volatile unsigned long long *)p) atomicMax(p, k);
 }
 
 /* Element i of a weight array of dtype dt as f32. */

@@ -11,7 +11,7 @@
 #include "cuda_internal.h"
 
 /* GEMV rows of at least CU_GEMV_KSPLIT_MIN elements are split over the 4 warps of a block. */
-enum { CU_GEMV_MAX_M = 8, CU_GEMV_KSPLIT_MIN = 2048 };
+enum { CU_GEMV_KSPLIT_MIN = 2048 };
 
 /* ---- shadows ---- */
 
@@ -163,6 +163,9 @@ struct GemvArgs {
     int bstart[CU_GEMV_MAX_ENT + 1];
     int nent, M, K, rhd;
     int wpre; /* every entry's weight is frozen (cu_is_frozen): loaded before the wait */
+    /* one entry: the argmax keys of its rows (CU_AM_SLOT), raised in the epilogue, and the
+     * other slot, cleared by block 0 (NULL: none) */
+    unsigned long long *am, *am_clear;
 };
 
 /* Eight consecutive weights in their stored type. */
@@ -344,14 +347,26 @@ static __device__ __forceinline__ void gemv_rows(const GemvArgs &a, const cu_gem
             }
     }
     if (lane == 0) {
+        float b[R];
 #pragma unroll
-        for (int r = 0; r < R; r++) {
-            int n = n0 + r;
-            if (n >= E.N) continue;
-            float b = E.bias ? cu_load_w(E.bias, E.bias_dt, (size_t)n) : 0.0f;
+        for (int r = 0; r < R; r++)
+            b[r] = E.bias && n0 + r < E.N ? cu_load_w(E.bias, E.bias_dt, (size_t)(n0 + r)) : 0.0f;
 #pragma unroll
-            for (int m = 0; m < MT; m++)
-                if (m < a.M) E.out[(size_t)m * E.ldo + n] = acc[r][m] + b;
+        for (int m = 0; m < MT; m++) {
+            if (m >= a.M) continue;
+            unsigned long long best = 0, bad = 0;
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                const int n = n0 + r;
+                if (n >= E.N) continue;
+                const float v = acc[r][m] + b[r];
+                E.out[(size_t)m * E.ldo + n] = v;
+                if (a.am) cu_am_fold(best, bad, v, n);
+            }
+            if (a.am) {
+                cu_am_push(a.am + m, best);
+                cu_am_push(a.am + CU_GEMV_MAX_M + m, bad);
+            }
         }
     }
 }
@@ -416,6 +431,7 @@ static __global__ void __launch_bounds__(128) gemv_kernel(const GemvArgs a) {
                        (unsigned)((size_t)(rope ? a.K >> 3 : c1 - c0) * 8 * sizeof(WT)));
     }
     cu_dep_wait();
+    if (a.am_clear && blockIdx.x == 0 && threadIdx.x < CU_AM_SLOT) a.am_clear[threadIdx.x] = 0;
     if (active && !a.wpre) load_first();
     if (SW) {
         for (int i = threadIdx.x; i < a.M * a.K; i += blockDim.x) xs[i] = swiglu1(a.x[i], a.up[i]);
@@ -676,7 +692,7 @@ static void gemv_launch(mc_cuda *c, const GemvArgs &a0, mc_dtype dt) {
     a.wpre = 1;
     for (int e = 0; e < a.nent; e++)
         if (!cu_is_frozen(c, a.ent[e].w, (size_t)a.ent[e].N * (size_t)a.K * mc_dtype_size(dt))) a.wpre = 0;
-    if (a.M == 1 && a.nent == 1 && a.wpre && !a.up && !a.ent[0].rope &&
+    if (a.M == 1 && a.nent == 1 && a.wpre && !a.up && !a.ent[0].rope && !a.am &&
         (dt == MC_BF16 || dt == MC_F16)) {
         const int rb = gemv_smem_rows(c, a.ent[0].N, a.K);
         if (rb > 0) {
@@ -759,7 +775,24 @@ void cu_flush_gemv(mc_cuda *c, const cu_pending *p) {
     a.rpos = p->rpos;
     a.rinv = p->rinv;
     a.rhd = p->rhd;
+    a.am = p->am;
+    a.am_clear = p->am_clear;
     gemv_launch(c, a, p->wdt);
+}
+
+unsigned long long *cu_gemv_take_argmax(mc_cuda *c, const float *x, int rows, int n) {
+    cu_pending *p = &c->pend;
+    if (!c->fuse_am || !c->am_keys || p->kind != CU_PEND_GEMV || p->nent != 1 || p->glu_out ||
+        p->M != rows)
+        return NULL;
+    const cu_gemv_ent &E = p->ent[0];
+    if (E.out != x || E.N != n || E.ldo != n || E.rope) return NULL;
+    p->am = c->am_keys + (size_t)c->am_slot * CU_AM_SLOT;
+    c->am_slot ^= 1;
+    p->am_clear = c->am_keys + (size_t)c->am_slot * CU_AM_SLOT;
+    unsigned long long *keys = p->am;
+    cu_pending_flush(c);
+    return keys;
 }
 
 bool cu_gemv_take_swiglu(mc_cuda *c, float *out, const float *gate, const float *up, size_t n) {
@@ -835,6 +868,7 @@ static void gemv(mc_cuda *c, float *out, int ldo, const float *x, mc_wt w, mc_wt
         p->kind = CU_PEND_GEMV;
         p->glu_out = NULL;
         p->rpos = NULL;
+        p->am = p->am_clear = NULL;
         p->gx = x;
         p->M = M;
         p->K = K;

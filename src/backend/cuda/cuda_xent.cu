@@ -304,11 +304,30 @@ static __global__ void __launch_bounds__(AM_THREADS) argmax_kernel(const ArgmaxA
     }
 }
 
+/* The argmax of each row from the keys a GEMV left (CU_AM_SLOT). */
+static mc_status argmax_from_keys(mc_backend *be, int32_t *out, const unsigned long long *dev,
+                                  int rows, int n) {
+    unsigned long long k[CU_AM_SLOT];
+    mc_status s = be->to_host(be, k, dev, sizeof k);
+    for (int r = 0; s == MC_OK && r < rows; r++) {
+        const unsigned long long bad = k[CU_GEMV_MAX_M + r];
+        if (bad)
+            s = mc_argmax_fail(r, (int)(0xffffffffu - (unsigned)(bad >> 1)), (int)(bad & 1), n);
+        else if (!k[r]) s = mc_argmax_fail(r, -1, 0, n);
+        else out[r] = (int32_t)(0xffffffffu - (unsigned)(k[r] & 0xffffffffu));
+    }
+    return s;
+}
+
 mc_status cu_argmax_rows(mc_backend *be, int32_t *out, const void *x, int rows, int n) {
     mc_cuda *c = cu_ctx(be);
     ArgmaxPart *host;
     mc_status s;
     if (rows <= 0) return cu_take_error(c);
+    {
+        const unsigned long long *keys = cu_gemv_take_argmax(c, (const float *)x, rows, n);
+        if (keys) return argmax_from_keys(be, out, keys, rows, n);
+    }
     const size_t bytes = (size_t)rows * AM_BLOCKS * sizeof(ArgmaxPart);
     ArgmaxPart *dev = (ArgmaxPart *)cu_scratch(c, CU_S_ARGMAX, bytes, false);
     host = (ArgmaxPart *)mc_malloc(bytes);

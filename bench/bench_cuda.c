@@ -89,8 +89,8 @@ static double bench_decode_steps(mc_backend *be, mc_model *m, const int32_t *ids
     int V = mc_model_dims(m).V;
     float *logits = malloc((size_t)V * sizeof(float));
     volatile float sink = 0;
-    double t0, t = 0, w0, w = 0, u0 = 0, u = 0, gl0 = 0, gl = 0;
-    long nu0 = 0, nu = 0;
+    double t0, t = 0, w0, w = 0, u0 = 0, u = 0, gl0 = 0, gl = 0, id0 = 0, id = 0;
+    long nu0 = 0, nu = 0, ni0 = 0, ni = 0;
     if (!logits || mc_fwd_create(m, 1, ctx + gen + 8, ctx, &f) != MC_OK) {
         fprintf(stderr, "decode: %s\n", mc_last_error());
         free(logits);
@@ -102,6 +102,7 @@ static double bench_decode_steps(mc_backend *be, mc_model *m, const int32_t *ids
         t0 = mc_time_now();
         w0 = mc_cuda_sync_wait(be);
         mc_cuda_host_stats(be, &u0, &nu0, &gl0);
+        id0 = mc_cuda_device_idle(be, &ni0);
         for (int i = 0; i < gen; i++) {
             int32_t tok = ids[(ctx + i) % ctx];
             const float *row = logits;
@@ -115,11 +116,15 @@ static double bench_decode_steps(mc_backend *be, mc_model *m, const int32_t *ids
         t = mc_time_now() - t0;
         w = mc_cuda_sync_wait(be) - w0;
         mc_cuda_host_stats(be, &u, &nu, &gl);
+        id = mc_cuda_device_idle(be, &ni);
     }
     printf("decode steps%s: %.1f us a step, %.1f us of host work, %.1f us waiting for the "
            "device; host: %.1f us updating %.1f graph nodes, %.1f us launching graphs\n",
            copy ? " (logits copied)" : "", 1e6 * t / gen, 1e6 * (t - w) / gen, 1e6 * w / gen,
            1e6 * (u - u0) / gen, (double)(nu - nu0) / gen, 1e6 * (gl - gl0) / gen);
+    if (ni > ni0)
+        printf("decode steps%s: the device idle %.1f us between steps (%ld gaps, MC_CUDA_IDLE=1)\n",
+               copy ? " (logits copied)" : "", 1e6 * (id - id0) / (double)(ni - ni0), ni - ni0);
     mc_fwd_free(f);
     free(logits);
     return t > 0 ? gen / t : 0;
@@ -243,12 +248,19 @@ int main(int argc, char **argv) {
             gp.ignore_eos = 1;
             gp.max_tokens = gen;
             for (int rep = 0; rep < 2; rep++) {
+                long gi0 = 0, gi1 = 0;
+                const double gid0 = mc_cuda_device_idle(be, &gi0);
                 memset(&g, 0, sizeof g);
                 if (mc_generate(ctx, ids, (size_t)ctx_n, &gp, &g) != MC_OK) {
                     fprintf(stderr, "generate: %s\n", mc_last_error());
                     break;
                 }
                 dec_gen = g.decode_seconds > 0 ? (double)g.decode_steps / g.decode_seconds : 0;
+                const double gid1 = mc_cuda_device_idle(be, &gi1);
+                if (rep == 1 && gi1 > gi0)
+                    printf("mc_generate: the device idle %.1f us between steps (%ld gaps, "
+                           "MC_CUDA_IDLE=1)\n", 1e6 * (gid1 - gid0) / (double)(gi1 - gi0),
+                           gi1 - gi0);
                 mc_generation_clear(&g);
             }
             mc_context_free(ctx);

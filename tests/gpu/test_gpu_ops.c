@@ -787,6 +787,9 @@ static void test_adamw_sumsq(void) {
     free(got);
 }
 
+/* linear_xent against the CPU's: bf16 weights give bf16 logits (as transformers' bf16
+ * lm_head does; f32 under MC_CUDA_GEMM=default, which test_gemm_choice runs this again
+ * with), f32 weights f32 ones. */
 static void test_linear_xent(void) {
     /* T, D, V, dtype */
     const int cases[3][3] = {{37, 64, 1000}, {20, 64, 512}, {300, 32, 151936}};

@@ -505,9 +505,16 @@ static void remember(mc_cuda *c) {
     r->n = c->qn;
 }
 
+/* MC_CUDA_IDLE=1: marks the first work queued after a synchronisation. */
+static void idle_mark(mc_cuda *c) {
+    if (!c->idle_on || !c->idle_have_end || c->idle_have_start) return;
+    c->idle_have_start = cudaEventRecord(c->idle_start, c->stream) == cudaSuccess;
+}
+
 void cu_end_segment(mc_cuda *c) {
     cu_pending_flush(c);
     if (c->qn > 0) {
+        idle_mark(c);
         cu_graph *g = graph_find(c);
         bool done = false;
         if (g && !graph_update(c, g)) {
@@ -548,6 +555,7 @@ static mc_status cuda_to_device(mc_backend *be, void *dst, const void *host_src,
     cu_end_segment(c);
     if (!bytes) return cu_take_error(c);
     cu_note_write(c, dst, bytes);
+    idle_mark(c);
     (void)cu_check(c, cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, c->stream),
                    "copy to the device");
     return cu_take_error(c);
@@ -558,12 +566,25 @@ static mc_status cuda_to_device(mc_backend *be, void *dst, const void *host_src,
  * the driver's staged copy into pageable memory. */
 enum { CU_PINNED_MAX = 16u << 20 };
 
-/* Waits for the stream, adding the time the host spent blocked to sync_wait_s. */
+/* Waits for the stream, adding the time the host spent blocked to sync_wait_s (and, with
+ * MC_CUDA_IDLE=1, the device's idle time since the previous synchronisation to idle_s). */
 static bool cu_sync_stream(mc_cuda *c) {
     const double t0 = mc_time_now();
+    const bool mark = c->idle_on && cudaEventRecord(c->idle_cur, c->stream) == cudaSuccess;
     const bool ok = cu_check(c, cudaStreamSynchronize(c->stream), "a queued kernel");
     c->sync_wait_s += mc_time_now() - t0;
     c->n_sync++;
+    if (mark) {
+        float ms = 0;
+        if (c->idle_have_start && cudaEventElapsedTime(&ms, c->idle_end, c->idle_start) ==
+                                      cudaSuccess) {
+            c->idle_s += 1e-3 * ms;
+            c->n_idle++;
+        }
+        std::swap(c->idle_end, c->idle_cur);
+        c->idle_have_end = true;
+        c->idle_have_start = false;
+    }
     return ok;
 }
 
@@ -713,6 +734,11 @@ static void cuda_destroy(mc_backend *be) {
         if (c->gemv_cnt) cu_free(c, c->gemv_cnt);
         if (c->am_keys) cu_free(c, c->am_keys);
         cu_lt_destroy(c);
+        if (c->idle_on) {
+            (void)cudaEventDestroy(c->idle_end);
+            (void)cudaEventDestroy(c->idle_start);
+            (void)cudaEventDestroy(c->idle_cur);
+        }
         if (c->pinned) (void)cudaFreeHost(c->pinned);
         if (c->n_allocs)
             mc_log(MC_LOG_WARN, "cuda: %zu device buffers (%llu bytes) still allocated at destroy",
@@ -828,11 +854,15 @@ extern "C" mc_status mc_backend_cuda_create(int device, mc_backend **out) {
     c->fuse_am = c->fuse_on && !(env && strstr(env, "argmax"));
     env = getenv("MC_CUDA_GEMM"); /* "default": cublasGemmEx's own algorithms */
     c->lt_on = !(env && strcmp(env, "default") == 0);
+    env = getenv("MC_CUDA_XENT");
+    c->xent16 = !(env && strcmp(env, "f32") == 0);
     env = getenv("MC_CUDA_LORA");
     c->lora_lt = !(env && strcmp(env, "f32") == 0);
     env = getenv("MC_CUDA_DECODE_ATT"); /* "row": the older one-block-per-split decode attention */
     c->dec_cluster = !(env && strcmp(env, "row") == 0);
     c->kv_pre_on = !getenv("MC_CUDA_NOKVPRE"); /* for comparisons */
+    env = getenv("MC_CUDA_IDLE");
+    c->idle_on = env && env[0] == '1';
     env = getenv("MC_CUDA_PROFILE");
     if (env && env[0] == '1') { /* per-kernel timing: direct, serialised launches */
         c->prof_on = true;
@@ -870,6 +900,12 @@ extern "C" mc_status mc_backend_cuda_create(int device, mc_backend **out) {
                            (int)st);
         }
         (void)cublasSetStream(c->blas, c->stream);
+    }
+    if (c->idle_on && (cudaEventCreate(&c->idle_end) != cudaSuccess ||
+                       cudaEventCreate(&c->idle_start) != cudaSuccess ||
+                       cudaEventCreate(&c->idle_cur) != cudaSuccess)) {
+        (void)cudaGetLastError();
+        c->idle_on = false;
     }
     cu_attention_init(c);
     cu_matmul_init(c);
@@ -1019,6 +1055,12 @@ extern "C" void mc_cuda_host_stats(const mc_backend *be, double *update_s, long 
     if (update_s) *update_s = c->update_s;
     if (node_updates) *node_updates = c->n_node_update;
     if (graph_launch_s) *graph_launch_s = c->glaunch_s;
+}
+
+extern "C" double mc_cuda_device_idle(const mc_backend *be, long *samples) {
+    const mc_cuda *c = cu_ctx_c(be);
+    if (samples) *samples = c->n_idle;
+    return c->idle_s;
 }
 
 extern "C" long mc_cuda_attention_reuse(const mc_backend *be) { return cu_ctx_c(be)->n_lse_hit; }

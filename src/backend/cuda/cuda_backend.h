@@ -61,6 +61,11 @@ double mc_cuda_sync_wait(const mc_backend *be);
 void mc_cuda_host_stats(const mc_backend *be, double *update_s, long *node_updates,
                         double *graph_launch_s);
 
+/* With MC_CUDA_IDLE=1 set when the backend was made: seconds the device stood idle between
+ * the end of the work before each stream synchronisation and the first work queued after
+ * it (a decode step's turnaround on the host), summed over *samples such gaps; 0 without. */
+double mc_cuda_device_idle(const mc_backend *be, long *samples);
+
 /* Attention backwards (flash path) since creation that took the log-sum-exp rows their
  * forward had left instead of running the forward again. */
 long mc_cuda_attention_reuse(const mc_backend *be);

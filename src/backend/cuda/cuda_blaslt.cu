@@ -29,7 +29,7 @@ static bool lt_same(const cu_lt_ent &e, const cu_lt_shape &s, const unsigned (&a
     const cu_lt_shape &a = e.s;
     return a.ta == s.ta && a.tb == s.tb && a.m == s.m && a.n == s.n && a.k == s.k &&
            a.lda == s.lda && a.ldb == s.ldb && a.ldc == s.ldc && a.ab == s.ab &&
-           a.tf32 == s.tf32 &&
+           a.tf32 == s.tf32 && a.c16 == s.c16 &&
            a.accumulate == s.accumulate && e.align[0] == align[0] && e.align[1] == align[1] &&
            e.align[2] == align[2];
 }
@@ -64,6 +64,9 @@ static cublasComputeType_t lt_compute(const cu_lt_shape &s) {
     return s.tf32 && s.ab == CUDA_R_32F ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
 }
 
+/* The type of C and D. */
+static cudaDataType_t lt_ctype(const cu_lt_shape &s) { return s.c16 ? CUDA_R_16BF : CUDA_R_32F; }
+
 /* Descriptors of e's shape; false on failure. */
 static bool lt_describe(cu_lt_ent *e) {
     const cu_lt_shape &s = e->s;
@@ -81,23 +84,24 @@ static bool lt_describe(cu_lt_ent *e) {
            cublasLtMatrixLayoutCreate(&e->lb, s.ab, (uint64_t)(s.tb ? s.n : s.k),
                                       (uint64_t)(s.tb ? s.k : s.n), s.ldb) ==
                CUBLAS_STATUS_SUCCESS &&
-           cublasLtMatrixLayoutCreate(&e->lc, CUDA_R_32F, (uint64_t)s.m, (uint64_t)s.n, s.ldc) ==
-               CUBLAS_STATUS_SUCCESS;
+           cublasLtMatrixLayoutCreate(&e->lc, lt_ctype(s), (uint64_t)s.m, (uint64_t)s.n,
+                                      s.ldc) == CUBLAS_STATUS_SUCCESS;
 }
 
 static bool lt_run(mc_cuda *c, const cu_lt_ent *e, const cublasLtMatmulAlgo_t *algo, float alpha,
-                   float beta, const void *A, const void *B, float *C) {
+                   float beta, const void *A, const void *B, void *C) {
     return cublasLtMatmul(c->lt, e->desc, &alpha, A, e->la, B, e->lb, &beta, C, e->lc, C, e->lc,
                           algo, c->lt_ws, CU_LT_WORKSPACE, c->stream) == CUBLAS_STATUS_SUCCESS;
 }
 
 /* Chooses e's algorithm: the fastest candidate on these operands. An accumulating shape
  * is timed into a scratch output so that C keeps its values. */
-static bool lt_tune(mc_cuda *c, cu_lt_ent *e, const void *A, const void *B, float *C) {
+static bool lt_tune(mc_cuda *c, cu_lt_ent *e, const void *A, const void *B, void *C) {
     cublasLtMatmulPreference_t pref = NULL;
     cublasLtMatmulHeuristicResult_t res[CU_LT_TRIES];
     cudaEvent_t e0 = NULL, e1 = NULL;
-    float *out = C, best = 0.0f;
+    void *out = C;
+    float best = 0.0f;
     int n = 0, won = -1;
     const size_t ws = CU_LT_WORKSPACE;
     if (cublasLtMatmulPreferenceCreate(&pref) != CUBLAS_STATUS_SUCCESS) return false;
@@ -118,7 +122,7 @@ static bool lt_tune(mc_cuda *c, cu_lt_ent *e, const void *A, const void *B, floa
         n = 0;
     (void)cublasLtMatmulPreferenceDestroy(pref);
     if (n > 0 && e->s.accumulate)
-        out = (float *)cu_malloc(c, (size_t)e->s.ldc * (size_t)e->s.n * sizeof(float), NULL);
+        out = cu_malloc(c, (size_t)e->s.ldc * (size_t)e->s.n * sizeof(float), NULL);
     if (n > 0 && out && cudaEventCreate(&e0) == cudaSuccess &&
         cudaEventCreate(&e1) == cudaSuccess) {
         for (int i = 0; i < n; i++) {
@@ -174,7 +178,7 @@ static void lt_note(mc_cuda *c, const cu_lt_shape &s, const unsigned (&align)[3]
  * synchronisation that followed its first sighting; NULL when cublasGemmEx is to run this
  * call. */
 static cu_lt_ent *lt_entry(mc_cuda *c, const cu_lt_shape &s, const void *A, const void *B,
-                           float *C) {
+                           void *C) {
     const unsigned align[3] = {align_of(A), align_of(B), align_of(C)};
     cu_lt_ent *e = NULL;
     if (!c->lt_on) return NULL;
@@ -208,7 +212,7 @@ static cu_lt_ent *lt_entry(mc_cuda *c, const cu_lt_shape &s, const void *A, cons
 }
 
 bool cu_gemm_lt(mc_cuda *c, const cu_lt_shape &s, float alpha, const void *A, const void *B,
-                float *C, const char *what) {
+                void *C, const char *what) {
     const float beta = s.accumulate ? 1.0f : 0.0f;
     cu_lt_ent *e = lt_entry(c, s, A, B, C);
     int ps = cu_prof_begin(c, what);
@@ -220,7 +224,7 @@ bool cu_gemm_lt(mc_cuda *c, const cu_lt_shape &s, float alpha, const void *A, co
         ok = cu_check_blas(c, cublasGemmEx(c->blas, s.ta ? CUBLAS_OP_T : CUBLAS_OP_N,
                                            s.tb ? CUBLAS_OP_T : CUBLAS_OP_N, s.m, s.n, s.k,
                                            &alpha, A, s.ab, s.lda, B, s.ab, s.ldb, &beta, C,
-                                           CUDA_R_32F, s.ldc, lt_compute(s),
+                                           lt_ctype(s), s.ldc, lt_compute(s),
                                            CUBLAS_GEMM_DEFAULT),
                            what);
     }

@@ -543,7 +543,8 @@ void cu_gemm_f32(mc_backend *be, bool ta, bool tb, int M, int N, int K, float al
          * C^T = op(B)^T op(A)^T. */
         static const char *const names[3] = {"lt gemm_f32 rows", "lt gemm_f32 splitk",
                                              "lt gemm_f32 lowrank"};
-        const cu_lt_shape s = {tb, ta, beta != 0.0f, N, M, K, ldb, lda, ldc, CUDA_R_32F, true};
+        const cu_lt_shape s = {tb, ta, beta != 0.0f, N, M, K, ldb, lda, ldc, CUDA_R_32F, true,
+                               false};
         cu_break(c);
         (void)cu_gemm_lt(c, s, alpha, B, A, C, names[ta ? 1 : K <= 64 ? 2 : 0]);
         return;

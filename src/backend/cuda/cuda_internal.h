@@ -132,6 +132,7 @@ struct cu_lt_shape {
     int m, n, k, lda, ldb, ldc;
     cudaDataType_t ab;
     bool tf32; /* f32 operands multiplied in TF32 on the tensor cores (else in f32) */
+    bool c16;  /* C (and D) in bf16 instead of f32 */
 };
 
 /* What the backend knows of a shape: seen, but not since a synchronisation (cublasGemmEx
@@ -259,6 +260,7 @@ struct mc_cuda {
     bool lt_on;
     bool lora_lt; /* gemm_f32 of CU_LORA_LT_ROWS+ token rows through cu_gemm_lt in TF32
                    * (MC_CUDA_LORA=f32: the f32 skinny kernels) */
+    bool xent16; /* bf16 logits in linear_xent for bf16 weights (MC_CUDA_XENT=f32: f32) */
     cublasLtHandle_t lt;
     void *lt_ws;
     cu_lt_ent lt_ent[CU_N_LT];
@@ -328,6 +330,12 @@ struct mc_cuda {
     double sync_wait_s; /* host time spent blocked in stream synchronisations */
     double update_s, glaunch_s; /* host time in graph argument updates and graph launches */
     long n_node_update;         /* kernel nodes whose arguments a graph update changed */
+    /* MC_CUDA_IDLE=1: events at each synchronisation's end of work and at the first work
+     * queued after it; idle_s sums the device time between them (the stream was empty) */
+    bool idle_on, idle_have_end, idle_have_start;
+    cudaEvent_t idle_end, idle_start, idle_cur;
+    double idle_s;
+    long n_idle;
     unsigned long n_sync; /* stream synchronisations of the backend's own (to_host, sync) */
 
     /* op fusion (MC_CUDA_FUSE=0: none; MC_CUDA_NOFUSE=rope,glu,lse: not those) */
@@ -445,9 +453,10 @@ void *cu_scratch(mc_cuda *c, int id, size_t bytes, bool zero_new);
 /* C = alpha op(A) op(B) (+ C) for shape s (column-major, as cuBLAS): cuBLASLt with the
  * shape's fastest algorithm (chosen when the shape comes back after a synchronisation),
  * else cublasGemmEx. 16-bit operands multiply as they are, f32 ones in f32 or (s.tf32)
- * TF32; the sums and C are f32. Profiled as `what`; false on failure (recorded). */
+ * TF32; the sums are f32, and so is C unless s.c16 (bf16). Profiled as `what`; false on
+ * failure (recorded). */
 bool cu_gemm_lt(mc_cuda *c, const cu_lt_shape &s, float alpha, const void *A, const void *B,
-                float *C, const char *what);
+                void *C, const char *what);
 /* Frees the handle, workspace and descriptors. */
 void cu_lt_destroy(mc_cuda *c);
 

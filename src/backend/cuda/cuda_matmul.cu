@@ -924,7 +924,7 @@ void cu_matmul(mc_backend *be, void *out, int ldo, const void *x, mc_wt w, mc_wt
     cu_break(c);
     {
         const cu_lt_shape s = {true, false, false, N, M, K, K, K, ldo, blas_type(w.dtype),
-                               false};
+                               false, false};
         (void)cu_gemm_lt(c, s, 1.0f, w.data, xc, (float *)out, "cublas matmul");
     }
     if (bias.data) {
@@ -954,7 +954,7 @@ void cu_matmul_dx(mc_backend *be, void *dx, const void *dy, mc_wt w, int M, int 
     {
         /* column-major: dx^T [K, M] = W^T [K, N] dy^T [N, M] */
         const cu_lt_shape s = {false, false, accumulate, K, M, N, K, N, K, blas_type(w.dtype),
-                               false};
+                               false, false};
         (void)cu_gemm_lt(c, s, 1.0f, w.data, dyc, (float *)dx, "cublas matmul_dx");
     }
 }

@@ -1,7 +1,10 @@
 /* cuda_xent.cu - fused linear cross-entropy: lm_head GEMM, softmax, loss and the
  * gradient with respect to the hidden states, over chunks of rows so that at most a
- * [chunk, V] block of logits (f32) and of gradients (the weight dtype) exists at a time
- * (about 256 MiB for Qwen's 151,936-token vocabulary). Per-row losses are summed on the
+ * [chunk, V] block of logits and of gradients (the weight dtype) exists at a time (about
+ * 256 MiB for Qwen's 151,936-token vocabulary). With bf16 weights the logits are bf16, as
+ * the bf16 lm_head of transformers gives them (sums in f32, rounded once): half the bytes
+ * to write and read, and half as many chunks, each re-reading the weight, as f32 logits
+ * (MC_CUDA_XENT=f32: f32 logits). Per-row losses are summed on the
  * host in row order, so the result does not depend on scheduling. The gradient GEMM
  * reduces over the vocabulary with only a [rows, D] output: it runs as a batch over
  * slices of the vocabulary whose partial sums (in the logits buffer, free by then) are
@@ -15,7 +18,7 @@ enum { XENT_THREADS = 512, XENT_MIN_SLICE = 4096, XENT_MAX_SLICES = 8 };
 static const size_t XENT_CHUNK_BYTES = (size_t)256 << 20;
 
 struct XentArgs {
-    const float *logits;    /* [rows, V] */
+    const void *logits;     /* [rows, V] of LT (xent_kernel's) */
     void *grad;             /* [rows, V] softmax - onehot in dtype gdt, or NULL */
     const int32_t *targets; /* [rows] */
     double *loss;           /* [rows] */
@@ -66,20 +69,39 @@ static __device__ __forceinline__ void store_g(void *g, int dt, size_t i, float 
     else ((float *)g)[i] = v;
 }
 
-/* One block per row: loss = logsumexp(l) - l[target]; grad = softmax(l) - onehot(target)
- * (zero for rows with a negative target). The row is read twice: once for its maximum
- * and sum of exponentials together (a running maximum that rescales the sum), once for
- * the gradient; with V a multiple of 4 both in 16-byte loads. Every thread's (m, s) is
- * merged in a fixed order, so the result does not change from run to run. */
+/* Logits four at a time (element 4 v on; rows of a multiple of 4 elements) and one at a
+ * time, as f32; `last`: the row's last use (streamed past the caches). */
+static __device__ __forceinline__ float4 logit4(const float *row, int v, bool last) {
+    const float4 *p = reinterpret_cast<const float4 *>(row) + v;
+    return last ? __ldcs(p) : *p;
+}
+static __device__ __forceinline__ float4 logit4(const __nv_bfloat16 *row, int v, bool last) {
+    const uint2 *p = reinterpret_cast<const uint2 *>(row) + v;
+    const uint2 u = last ? __ldcs(p) : *p;
+    const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&u.x));
+    const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&u.y));
+    return make_float4(lo.x, lo.y, hi.x, hi.y);
+}
+static __device__ __forceinline__ float logit1(const float *row, int v) { return row[v]; }
+static __device__ __forceinline__ float logit1(const __nv_bfloat16 *row, int v) {
+    return __bfloat162float(row[v]);
+}
+
+/* One block per row of logits of type LT: loss = logsumexp(l) - l[target]; grad =
+ * softmax(l) - onehot(target) (zero for rows with a negative target). The row is read
+ * twice: once for its maximum and sum of exponentials together (a running maximum that
+ * rescales the sum), once for the gradient; with V a multiple of 4 both four elements a
+ * load. Every thread's (m, s) is merged in a fixed order, so the result does not change
+ * from run to run. */
+template <typename LT>
 static __global__ void __launch_bounds__(XENT_THREADS) xent_kernel(const XentArgs a) {
     cu_dep_wait();
     __shared__ float red_m[XENT_THREADS / 32], red_s[XENT_THREADS / 32];
     const int r = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int tg = a.targets[r];
-    const float *row = a.logits + (size_t)r * a.V;
+    const LT *row = static_cast<const LT *>(a.logits) + (size_t)r * a.V;
     const size_t base = (size_t)r * a.V;
-    const int v4 = a.V % 4 == 0 ? a.V / 4 : 0; /* rows then start 16-byte aligned */
-    const float4 *row4 = reinterpret_cast<const float4 *>(row);
+    const int v4 = a.V % 4 == 0 ? a.V / 4 : 0; /* rows then start 4-element aligned */
     if (tg < 0) {
         if (threadIdx.x == 0) a.loss[r] = 0.0;
         if (a.grad) {
@@ -90,8 +112,9 @@ static __global__ void __launch_bounds__(XENT_THREADS) xent_kernel(const XentArg
         return;
     }
     float m = -INFINITY, s = 0.0f;
-    for (int v = threadIdx.x; v < v4; v += XENT_THREADS) lse_add4(m, s, row4[v]);
-    for (int v = 4 * v4 + threadIdx.x; v < a.V; v += XENT_THREADS) lse_merge(m, s, row[v], 1.0f);
+    for (int v = threadIdx.x; v < v4; v += XENT_THREADS) lse_add4(m, s, logit4(row, v, false));
+    for (int v = 4 * v4 + threadIdx.x; v < a.V; v += XENT_THREADS)
+        lse_merge(m, s, logit1(row, v), 1.0f);
     for (int o = 16; o > 0; o >>= 1) {
         const float m2 = __shfl_xor_sync(0xffffffffu, m, o), s2 = __shfl_xor_sync(0xffffffffu, s, o);
         lse_merge(m, s, m2, s2);
@@ -105,10 +128,10 @@ static __global__ void __launch_bounds__(XENT_THREADS) xent_kernel(const XentArg
     s = red_s[0];
     for (int i = 1; i < XENT_THREADS / 32; i++) lse_merge(m, s, red_m[i], red_s[i]);
     const float lse = m + logf(s);
-    if (threadIdx.x == 0) a.loss[r] = (double)lse - (double)row[tg];
+    if (threadIdx.x == 0) a.loss[r] = (double)lse - (double)logit1(row, tg);
     if (!a.grad) return;
     for (int v = threadIdx.x; v < v4; v += XENT_THREADS) {
-        const float4 x = __ldcs(row4 + v); /* the row's last use */
+        const float4 x = logit4(row, v, true);
         const int k = 4 * v;
         const float4 g = make_float4(expf(x.x - lse) - (k == tg ? 1.0f : 0.0f),
                                      expf(x.y - lse) - (k + 1 == tg ? 1.0f : 0.0f),
@@ -117,7 +140,7 @@ static __global__ void __launch_bounds__(XENT_THREADS) xent_kernel(const XentArg
         store_g4(a.grad, a.gdt, base + k, g);
     }
     for (int v = 4 * v4 + threadIdx.x; v < a.V; v += XENT_THREADS)
-        store_g(a.grad, a.gdt, base + v, expf(row[v] - lse) - (v == tg ? 1.0f : 0.0f));
+        store_g(a.grad, a.gdt, base + v, expf(logit1(row, v) - lse) - (v == tg ? 1.0f : 0.0f));
 }
 
 /* Vocabulary slices of the gradient GEMM: the most (a power of two up to XENT_MAX_SLICES)
@@ -149,12 +172,15 @@ mc_status cu_linear_xent(mc_backend *be, void *dh, double *loss_sum, const void 
     int r0;
     if (T <= 0) return cu_take_error(c);
     c->shadow_hint = w.dtype;
-    R = XENT_CHUNK_BYTES / ((size_t)V * (sizeof(float) + esz));
+    /* bf16 logits need V * 2 bytes a row aligned to 8 for the four-at-a-time loads */
+    const bool l16 = w.dtype == MC_BF16 && c->lt_on && c->xent16 && V % 4 == 0;
+    const size_t lsz = l16 ? 2 : sizeof(float);
+    R = XENT_CHUNK_BYTES / ((size_t)V * (lsz + esz));
     if (R >= 16) R -= R % 16;
     if (R < 1) R = 1;
     if (R > (size_t)T) R = (size_t)T;
     const void *hc = cu_act_as(c, (const float *)h, (size_t)T * (size_t)D, w.dtype);
-    float *logits = (float *)cu_scratch(c, CU_S_XENT_LOGITS, R * (size_t)V * sizeof(float), false);
+    void *logits = cu_scratch(c, CU_S_XENT_LOGITS, R * (size_t)V * lsz, false);
     void *grad = dh ? cu_scratch(c, CU_S_XENT_GRAD, R * (size_t)V * esz, false) : NULL;
     double *loss = (double *)cu_scratch(c, CU_S_XENT_LOSS, (size_t)T * sizeof(double), false);
     host = (double *)mc_malloc((size_t)T * sizeof(double));
@@ -168,7 +194,7 @@ mc_status cu_linear_xent(mc_backend *be, void *dh, double *loss_sum, const void 
         {
             /* logits [rows, V] = h W^T (column-major: [V, rows] = W [V, D]-as-(D x V)^T h^T) */
             const cu_lt_shape s = {true, false, false, V, rows, D, D, D, V, xent_type(w.dtype),
-                                   false};
+                                   false, l16};
             if (!cu_gemm_lt(c, s, 1.0f, w.data, (const char *)hc + (size_t)r0 * D * esz,
                             logits, "cublas xent logits"))
                 break;
@@ -180,11 +206,16 @@ mc_status cu_linear_xent(mc_backend *be, void *dh, double *loss_sum, const void 
         a.loss = loss + r0;
         a.V = V;
         a.gdt = (int)w.dtype;
-        cu_launch(c, xent_kernel, dim3((unsigned)rows), dim3(XENT_THREADS), 0, a, "linear_xent");
+        if (l16)
+            cu_launch(c, xent_kernel<__nv_bfloat16>, dim3((unsigned)rows), dim3(XENT_THREADS), 0,
+                      a, "linear_xent");
+        else
+            cu_launch(c, xent_kernel<float>, dim3((unsigned)rows), dim3(XENT_THREADS), 0, a,
+                      "linear_xent");
         if (dh && c->lt_on) {
             /* dh [rows, D] = grad_scale (softmax - onehot) W (column-major: [D, rows]) */
             const cu_lt_shape s = {false, false, false, D, rows, V, D, V, D, xent_type(w.dtype),
-                                   false};
+                                   false, false};
             cu_break(c);
             if (!cu_gemm_lt(c, s, grad_scale, w.data, grad, (float *)dh + (size_t)r0 * D,
                             "cublas xent dh"))
@@ -200,13 +231,15 @@ mc_status cu_linear_xent(mc_backend *be, void *dh, double *loss_sum, const void 
             if (!cu_check_blas(c, cublasGemmStridedBatchedEx(
                                       c->blas, CUBLAS_OP_N, CUBLAS_OP_N, D, rows, Vs, &grad_scale,
                                       w.data, dt, D, (long long)Vs * D, grad, dt, V, Vs, &zero,
-                                      S > 1 ? logits : out, CUDA_R_32F, D, (long long)rows * D, S,
+                                      S > 1 ? (float *)logits : out, CUDA_R_32F, D,
+                                      (long long)rows * D, S,
                                       CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
                                "linear_xent dh"))
                 break;
             cu_prof_end(c, ps);
             if (S > 1) /* the slices' partial sums, added in slice order */
-                cu_sum_parts(c, out, D, logits, rows, D, S, 1.0f, 0.0f, "linear_xent dh reduce");
+                cu_sum_parts(c, out, D, (const float *)logits, rows, D, S, 1.0f, 0.0f,
+                             "linear_xent dh reduce");
         }
     }
     cu_end_segment(c);

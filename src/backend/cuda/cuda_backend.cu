@@ -442,22 +442,19 @@ static bool graph_build(mc_cuda *c, cu_graph *g) {
 
 /* Puts the queued launches' arguments into the cached graph g; false on failure. */
 static bool graph_update(mc_cuda *c, cu_graph *g) {
-    int i;
     const double t0 = mc_time_now();
-    for (i = 0; i < c->qn; i++) {
+    bool ok = true;
+    for (int i = 0; ok && i < c->qn; i++) {
         if (memcmp(g->nodes[i].args, c->q[i].args, c->q[i].size) == 0) continue;
         void *params[1];
         cudaKernelNodeParams p = node_params(&c->q[i], params);
         c->n_node_update++;
-        if (cudaGraphExecKernelNodeSetParams(g->exec, g->gnodes[i], &p) != cudaSuccess) {
-            (void)cudaGetLastError();
-            c->update_s += mc_time_now() - t0;
-            return false;
-        }
-        memcpy(g->nodes[i].args, c->q[i].args, CU_ARGS_MAX);
+        ok = cudaGraphExecKernelNodeSetParams(g->exec, g->gnodes[i], &p) == cudaSuccess;
+        if (ok) memcpy(g->nodes[i].args, c->q[i].args, CU_ARGS_MAX);
+        else (void)cudaGetLastError();
     }
     c->update_s += mc_time_now() - t0;
-    return true;
+    return ok;
 }
 
 /* The cached graph of the queued sequence, or NULL. */

@@ -3,8 +3,8 @@
  * [chunk, V] block of logits and of gradients (the weight dtype) exists at a time (about
  * 256 MiB for Qwen's 151,936-token vocabulary). With bf16 weights the logits are bf16, as
  * the bf16 lm_head of transformers gives them (sums in f32, rounded once): half the bytes
- * to write and read, and half as many chunks, each re-reading the weight, as f32 logits
- * (MC_CUDA_XENT=f32: f32 logits). Per-row losses are summed on the
+ * to write and read, and two thirds as many chunks, each re-reading the weight, as f32
+ * logits (MC_CUDA_XENT=f32: f32 logits). Per-row losses are summed on the
  * host in row order, so the result does not depend on scheduling. The gradient GEMM
  * reduces over the vocabulary with only a [rows, D] output: it runs as a batch over
  * slices of the vocabulary whose partial sums (in the logits buffer, free by then) are
@@ -172,7 +172,8 @@ mc_status cu_linear_xent(mc_backend *be, void *dh, double *loss_sum, const void 
     int r0;
     if (T <= 0) return cu_take_error(c);
     c->shadow_hint = w.dtype;
-    /* bf16 logits need V * 2 bytes a row aligned to 8 for the four-at-a-time loads */
+    /* bf16 logits: rows of a multiple of 4 (8-byte aligned for the four-at-a-time loads),
+     * and the cuBLASLt gradient GEMM (the sliced one keeps f32 partial sums in this buffer) */
     const bool l16 = w.dtype == MC_BF16 && c->lt_on && c->xent16 && V % 4 == 0;
     const size_t lsz = l16 ? 2 : sizeof(float);
     R = XENT_CHUNK_BYTES / ((size_t)V * (lsz + esz));

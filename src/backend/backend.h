@@ -26,6 +26,9 @@ typedef struct mc_wt {
 
 typedef struct mc_backend mc_backend;
 
+/* The most rows one argmax_queue takes. */
+#define MC_ARGMAX_QUEUE_ROWS 8
+
 /* One output of matmul_multi: out = x W^T (+ b), N columns, row stride ldo. */
 typedef struct mc_matmul_out {
     void *out;
@@ -102,6 +105,19 @@ struct mc_backend {
      * failures. A greedy decode step then moves rows ints instead of rows x n floats. */
     mc_status (*argmax_rows)(mc_backend *be, int32_t *out /* [rows], host */,
                              const void *x /* [rows, n] */, int rows, int n);
+    /* Optional, both or neither (NULL: callers use argmax_rows): greedy decoding a step
+     * ahead. argmax_queue queues, without waiting, ids[r] = the argmax of row r of x (as
+     * argmax_rows computes it) into device memory, where the next step's embedding reads
+     * it; argmax_wait waits for the oldest queued argmax not yet waited for and gives its
+     * rows on the host, with argmax_rows' failures (a failed row's id on the device is then
+     * some valid token). At most two argmaxes are queued and not yet waited for, each of
+     * at most MC_ARGMAX_QUEUE_ROWS rows. */
+    mc_status (*argmax_queue)(mc_backend *be, int32_t *ids /* [rows], device */,
+                              const void *x /* [rows, n] */, int rows, int n);
+    mc_status (*argmax_wait)(mc_backend *be, int32_t *out /* [rows], host */, int rows);
+    /* Optional (NULL: callers copy positions with to_device): pos[t] = start + t for t < T,
+     * in device memory, queued like an op. */
+    void (*fill_positions)(mc_backend *be, int32_t *pos /* [T], device */, int start, int T);
 
     /* ---- training ops ----
      * Base weights are frozen: their backward gives input gradients only. Gradient outputs

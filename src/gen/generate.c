@@ -164,6 +164,51 @@ static bool device_greedy(const mc_generate_params *p, const mc_backend *be) {
            sp->frequency_penalty == 0.0f && !p->on_token;
 }
 
+/* Greedy decoding of sequence 0 a step ahead (device_greedy, one sequence, a backend with
+ * argmax_queue): while the device runs the step of one token, the step of the next (the
+ * argmax the running step leaves on the device) is queued already, so the device never
+ * waits for the host between steps. Tokens, stops and n_past come out as the loop of
+ * mc_generate_batch gives them: a step queued for a token that ends the generation is
+ * dropped (mc_fwd_step_drop). */
+static mc_status generate_ahead(gen_seq *g, const mc_generate_params *p, const int32_t *eos,
+                                int n_eos, mc_fwd *f) {
+    int32_t tok;
+    int queued = 0; /* steps queued and not waited for */
+    mc_status s = next_token(g, 0, p, eos, n_eos, f->n_past[0], f->n_ctx, &tok);
+    if (s == MC_OK && g->active) {
+        s = mc_fwd_step_queue(f, 0, &tok);
+        queued = s == MC_OK;
+    }
+    while (s == MC_OK && g->active) {
+        /* the next token's step, queued when a token then would not stop the generation
+         * by count or context (exactly next_token's tests) */
+        const int n_past = f->n_past[0];
+        const bool ahead = g->out->n_tokens + 1 < (size_t)p->max_tokens && n_past < f->n_ctx;
+        if (ahead) {
+            s = mc_fwd_step_queue(f, 0, NULL);
+            if (s != MC_OK) break;
+            queued++;
+        }
+        s = mc_fwd_step_wait(f, &g->next);
+        queued--;
+        if (s != MC_OK) break;
+        g->out->decode_steps++;
+        g->has_next = true;
+        s = next_token(g, 0, p, eos, n_eos, ahead ? n_past : f->n_past[0], f->n_ctx, &tok);
+        if (s != MC_OK) break;
+        if (!g->active && ahead) mc_fwd_step_drop(f, 0);
+        if (g->active && !ahead) { /* not reached: next_token stops where ahead is false */
+            s = mc_fwd_step_queue(f, 0, &tok);
+            queued += s == MC_OK;
+        }
+    }
+    while (queued-- > 0) { /* a dropped step: its argmax is not used, nor its failure */
+        int32_t unused;
+        (void)mc_fwd_step_wait(f, &unused);
+    }
+    return s;
+}
+
 /* Checks the parameters shared by single and batch generation. */
 static mc_status check_params(const mc_generate_params *p) {
     int i;
@@ -259,7 +304,11 @@ mc_status mc_generate_batch(mc_context *ctx, const int32_t *const *prompts, cons
     }
     /* sample, then one batched step for the sequences still running */
     t0 = mc_time_now();
-    for (;;) {
+    if (on_device && n == 1 && ctx->model->be->argmax_queue) {
+        s = generate_ahead(&g[0], &p, eos, n_eos, f);
+        if (s != MC_OK) goto done;
+    }
+    for (;;) { /* after generate_ahead, nothing is active */
         B = 0;
         for (i = 0; i < n; i++) {
             if (!g[i].active) continue;

@@ -253,24 +253,29 @@ static void mlp_block(mc_fwd *f, int l, int T) {
     be->add(be, f->x, f->xn, (size_t)T * (size_t)d.D);
 }
 
-/* Embeds ids, runs every layer and computes the requested logits rows (with next != NULL:
- * only each row's argmax, into next). Positions must already be in pos_host. */
+/* Embeds ids (NULL: the tokens a queued argmax left in ids_dev), runs every layer and
+ * computes the requested logits rows (with next != NULL: only each row's argmax, into
+ * next; with queue: each row's argmax queued into ids_dev). Positions must already be in
+ * pos_host. */
 static mc_status run_rows(mc_fwd *f, const row_plan *rp, const int32_t *ids, mc_logits_mode mode,
-                          float *logits_host, int32_t *next) {
+                          float *logits_host, int32_t *next, bool queue) {
     const mc_model *m = f->m;
     mc_backend *be = m->be;
     mc_dims d = mc_model_dims(m);
     mc_wt none = {NULL, MC_F32};
     size_t ids_bytes = (size_t)rp->T * sizeof(int32_t);
-    mc_status s;
+    mc_status s = MC_OK;
     int l, r;
     f->view_valid = false;
-    for (r = 0; r < rp->T; r++)
+    for (r = 0; ids && r < rp->T; r++)
         if (ids[r] < 0 || ids[r] >= d.V)
             return mc_fail(MC_ERR_TOKEN_ID, "token id %d is outside the vocabulary (size %d)",
                            ids[r], d.V);
-    s = be->to_device(be, f->ids_dev, ids, ids_bytes);
-    if (s == MC_OK) s = be->to_device(be, f->pos_dev, f->pos_host, ids_bytes);
+    if (ids) s = be->to_device(be, f->ids_dev, ids, ids_bytes);
+    if (s == MC_OK && rp->seqs == NULL && be->fill_positions)
+        be->fill_positions(be, f->pos_dev, f->pos_host[0], rp->T); /* consecutive positions */
+    else if (s == MC_OK)
+        s = be->to_device(be, f->pos_dev, f->pos_host, ids_bytes);
     if (s != MC_OK) return s;
     be->embedding(be, f->x, f->ids_dev, m->embed, rp->T, d.D);
     for (l = 0; l < d.L; l++) {
@@ -290,6 +295,7 @@ static mc_status run_rows(mc_fwd *f, const row_plan *rp, const int32_t *ids, mc_
         const void *xr = mc_act_at(be, f->x, (size_t)first * (size_t)d.D);
         be->rmsnorm(be, f->xn, xr, m->final_norm, rows, d.D, (float)m->cfg.rms_norm_eps);
         be->matmul(be, f->logits, d.V, f->xn, m->lm_head, none, rows, d.V, d.D);
+        if (queue) return be->argmax_queue(be, f->ids_dev, f->logits, rows, d.V);
         if (next) return be->argmax_rows(be, next, f->logits, rows, d.V);
         if (logits_host) return be->to_host_f32(be, logits_host, f->logits, n);
         if (rows > f->view_rows) return be->sync ? be->sync(be) : MC_OK;
@@ -316,7 +322,7 @@ mc_status mc_fwd_run(mc_fwd *f, int seq, const int32_t *ids, int T, mc_logits_mo
     rp.T = T;
     rp.seq = seq;
     rp.seqs = NULL;
-    return run_rows(f, &rp, ids, mode, logits_host, NULL);
+    return run_rows(f, &rp, ids, mode, logits_host, NULL, false);
 }
 
 /* mc_fwd_step, and with next != NULL the argmax of each row instead of its logits. */
@@ -340,7 +346,7 @@ static mc_status step_rows(mc_fwd *f, const int *seqs, const int32_t *ids, int B
     rp.T = B;
     rp.seq = B == 1 ? seqs[0] : -1;
     rp.seqs = B == 1 ? NULL : seqs; /* one sequence: its keys and values go straight to its cache */
-    return run_rows(f, &rp, ids, MC_LOGITS_ALL, logits_host, next);
+    return run_rows(f, &rp, ids, MC_LOGITS_ALL, logits_host, next, false);
 }
 
 mc_status mc_fwd_step(mc_fwd *f, const int *seqs, const int32_t *ids, int B, float *logits_host) {
@@ -351,4 +357,32 @@ mc_status mc_fwd_step_argmax(mc_fwd *f, const int *seqs, const int32_t *ids, int
     if (!f->m->be->argmax_rows)
         return mc_fail(MC_ERR_UNSUPPORTED, "backend %s has no argmax_rows", f->m->be->name);
     return step_rows(f, seqs, ids, B, NULL, next);
+}
+
+mc_status mc_fwd_step_queue(mc_fwd *f, int seq, const int32_t *id) {
+    row_plan rp;
+    mc_backend *be = f->m->be;
+    if (!be->argmax_queue || !be->argmax_wait)
+        return mc_fail(MC_ERR_UNSUPPORTED, "backend %s has no argmax_queue", be->name);
+    if (seq < 0 || seq >= f->n_seq)
+        return mc_fail(MC_ERR_INVALID_ARG, "sequence %d of %d does not exist", seq, f->n_seq);
+    if (f->n_past[seq] + 1 > f->n_ctx)
+        return mc_fail(MC_ERR_CONTEXT_FULL, "context full for sequence %d (%d positions)", seq,
+                       f->n_ctx);
+    f->pos_host[0] = f->n_past[seq];
+    rp.T = 1;
+    rp.seq = seq;
+    rp.seqs = NULL;
+    return run_rows(f, &rp, id, MC_LOGITS_ALL, NULL, NULL, true);
+}
+
+mc_status mc_fwd_step_wait(mc_fwd *f, int32_t *next) {
+    mc_backend *be = f->m->be;
+    if (!be->argmax_wait)
+        return mc_fail(MC_ERR_UNSUPPORTED, "backend %s has no argmax_wait", be->name);
+    return be->argmax_wait(be, next, 1);
+}
+
+void mc_fwd_step_drop(mc_fwd *f, int seq) {
+    if (seq >= 0 && seq < f->n_seq && f->n_past[seq] > 0) f->n_past[seq]--;
 }

@@ -98,6 +98,16 @@ mc_status mc_fwd_step(mc_fwd *f, const int *seqs, const int32_t *ids, int B, flo
  * index on ties), which never leave the device (be->argmax_rows; MC_ERR_UNSUPPORTED when
  * the backend has none, MC_ERR_NUMERIC for a NaN or +inf logit or a row of -inf). */
 mc_status mc_fwd_step_argmax(mc_fwd *f, const int *seqs, const int32_t *ids, int B, int32_t *next);
+/* Greedy decoding a step ahead (backends with argmax_queue): queues one decode step of
+ * sequence seq, whose token is *id (host) or, with id NULL, the argmax the step queued
+ * before it left on the device, advances its n_past and queues the step's own argmax;
+ * returns without waiting. At most two steps are queued and not yet waited for. */
+mc_status mc_fwd_step_queue(mc_fwd *f, int seq, const int32_t *id);
+/* Waits for the oldest queued step: *next = its argmax (or argmax_rows' failure). */
+mc_status mc_fwd_step_wait(mc_fwd *f, int32_t *next);
+/* Gives back sequence seq's newest position: the step queued ahead there is not kept (its
+ * key and value rows lie past n_past, where the next step writes its own). */
+void mc_fwd_step_drop(mc_fwd *f, int seq);
 
 /* Rows of logits a call with logits_host == NULL keeps readable on the host. */
 enum { MC_FWD_VIEW_ROWS = 8 };

@@ -9,6 +9,7 @@
 #include <cjson/cJSON.h>
 
 #include "backend/cuda/cuda_backend.h"
+#include "gen_test_util.h"
 #include "io/io.h"
 #include "model/model.h"
 #include "test.h"
@@ -273,6 +274,26 @@ static void test_generate_greedy(void) {
     printf("  %-60s %s\n", "greedy tokens: argmax on the device vs the host sampler",
            same ? "identical" : "DIFFER");
     CHECK(same);
+    mc_context_free(ctx);
+    /* one sequence a step ahead (argmax_queue) vs a step at a time: 24 tokens of each
+     * prompt, then the stops in a context of prompt + 6 positions */
+    cp.n_seq = 1;
+    CHECK_OK(mc_context_create(m, &cp, &ctx));
+    same = 1;
+    for (int i = 0; i < NS; i++) {
+        mc_generation g;
+        same &= t_ahead_matches(ctx, prompts[i], lens[i], p, &g);
+        CHECK_INT((int)g.n_tokens, NT);
+        mc_generation_clear(&g);
+    }
+    mc_context_free(ctx);
+    cp.n_ctx = (int)lens[0] + 6;
+    CHECK_OK(mc_context_create(m, &cp, &ctx));
+    const int stops = t_ahead_stops(ctx, prompts[0], lens[0]);
+    printf("  %-60s %s, %d of 6 stops\n", "greedy a step ahead vs a step at a time",
+           same ? "identical" : "DIFFER", stops);
+    CHECK(same);
+    CHECK_INT(stops, 6);
     mc_context_free(ctx);
     mc_model_free(m);
 }

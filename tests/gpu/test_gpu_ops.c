@@ -1161,6 +1161,7 @@ static void test_argmax_gemv(void) {
             if (!be[pass]) continue;
             g_cu = be[pass];
             float *dx = dputf(x, (size_t)M * K), *dl = dputf(logits, (size_t)M * N);
+            int32_t *dids = (int32_t *)g_cu->alloc(g_cu, 8 * sizeof(int32_t));
             mc_wt w = bf16_up(wh, (size_t)N * K);
             char what[96];
             for (int bi = 0; bi < 4; bi++) {
@@ -1189,6 +1190,22 @@ static void test_argmax_gemv(void) {
                     printf("  %-62s \"%s\"\n", what, gmsg);
                 }
                 if (pass == 1) CHECK_INT((int)(l1 - l0), 1); /* the GEMV alone */
+                /* argmax_queue: the same rows, left on the device and read after the wait;
+                 * after the GEMV (taken over unless "no fusion") and alone (its own kernel) */
+                for (int alone = 0; alone < 2; alone++) {
+                    int32_t qgot[8], ids[8];
+                    if (!alone) g_cu->matmul(g_cu, dl, N, dx, w, b, M, N, K);
+                    CHECK_OK(g_cu->argmax_queue(g_cu, dids, dl, M, N));
+                    const mc_status sq = g_cu->argmax_wait(g_cu, qgot, M);
+                    CHECK_INT((int)sq, (int)sw);
+                    if (sq != MC_OK) CHECK(strcmp(gmsg, mc_last_error()) == 0);
+                    CHECK_OK(g_cu->to_host(g_cu, ids, dids, (size_t)M * sizeof *ids));
+                    for (int r = 0; r < M; r++) {
+                        if (sw == MC_OK) CHECK_INT(qgot[r], want[r]);
+                        if (sw == MC_OK) CHECK_INT(ids[r], want[r]);
+                        CHECK(ids[r] >= 0 && ids[r] < N);
+                    }
+                }
                 float *f0 = first + (size_t)bi * M * N;
                 if (pass == 0) memcpy(f0, logits, (size_t)M * N * sizeof(float));
                 else if (pass == 1 || M > 1 || K < 2048)
@@ -1198,6 +1215,7 @@ static void test_argmax_gemv(void) {
             g_cu->release_weights(g_cu, w.data);
             dfree(dx);
             dfree(dl);
+            g_cu->free(g_cu, dids);
         }
         g_cu = keep;
         for (int bi = 0; bi < 4; bi++) free(bh[bi]);
@@ -1208,6 +1226,27 @@ static void test_argmax_gemv(void) {
     }
     for (int pass = 1; pass < 3; pass++)
         if (be[pass]) mc_backend_free(be[pass]);
+    {   /* refusals: rows, a third queued argmax, a wait with none queued or other rows;
+         * positions filled on the device */
+        const float v[10] = {1, 3, 3, 0, -1, 0, 0, 0, 0, 7};
+        float *dl = dputf(v, 10);
+        int32_t *dids = (int32_t *)g_cu->alloc(g_cu, 8 * sizeof(int32_t)), out[2], pos[3];
+        CHECK_STATUS(g_cu->argmax_queue(g_cu, dids, dl, 9, 5), MC_ERR_INVALID_ARG);
+        CHECK_STATUS(g_cu->argmax_wait(g_cu, out, 1), MC_ERR_INVALID_ARG);
+        CHECK_OK(g_cu->argmax_queue(g_cu, dids, dl, 2, 5));
+        CHECK_OK(g_cu->argmax_queue(g_cu, dids, dl + 5, 1, 5));
+        CHECK_STATUS(g_cu->argmax_queue(g_cu, dids, dl, 1, 5), MC_ERR_INVALID_ARG);
+        CHECK_OK(g_cu->argmax_wait(g_cu, out, 2));
+        CHECK(out[0] == 1 && out[1] == 4);
+        CHECK_STATUS(g_cu->argmax_wait(g_cu, out, 2), MC_ERR_INVALID_ARG);
+        g_cu->fill_positions(g_cu, dids + 4, 7, 3);
+        CHECK_OK(g_cu->to_host(g_cu, pos, dids + 4, sizeof pos));
+        CHECK(pos[0] == 7 && pos[1] == 8 && pos[2] == 9);
+        CHECK_OK(g_cu->to_host(g_cu, out, dids, sizeof(int32_t)));
+        CHECK_INT(out[0], 4);
+        dfree(dl);
+        g_cu->free(g_cu, dids);
+    }
 }
 
 int main(void) {

@@ -3,6 +3,7 @@
  * strings on decoded text (with the real tokenizer). */
 #include <stdio.h>
 
+#include "gen_test_util.h"
 #include "model/model.h"
 #include "test.h"
 
@@ -375,6 +376,91 @@ static void test_stop_string(void) {
     mc_tokenizer_free(tok);
 }
 
+/* Greedy generation a step ahead (argmax_queue) stops, counts and leaves n_past as the
+ * loop one step at a time; the ops' and the forward's refusals. */
+static void test_step_ahead(void) {
+    mc_model *m = load("tiny_tied_f32");
+    mc_context *ctx = NULL;
+    mc_context_params cp = mc_context_default_params();
+    const int32_t prompt[10] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10};
+    if (!m) return;
+    cp.n_ctx = 16;
+    CHECK_OK(mc_context_create(m, &cp, &ctx));
+    CHECK_INT(t_ahead_stops(ctx, prompt, 10), 6);
+    {   /* the ops: results in queue order, failures at the wait, refusals */
+        mc_backend *be = m->be;
+        float x[2 * 5] = {1, 3, 3, 0, -1, 0, 0, 0, 0, 7}, bad[5] = {1, NAN, 2, INFINITY, 0};
+        int32_t ids[9] = {-1, -1}, out[2] = {-1, -1}, pos[3], want;
+        char msg[256];
+        CHECK_STATUS(be->argmax_queue(be, ids, x, 0, 5), MC_ERR_INVALID_ARG);
+        CHECK_STATUS(be->argmax_queue(be, ids, x, MC_ARGMAX_QUEUE_ROWS + 1, 5), MC_ERR_INVALID_ARG);
+        CHECK_MSG("1 to 8 rows");
+        CHECK_STATUS(be->argmax_wait(be, out, 1), MC_ERR_INVALID_ARG);
+        CHECK_MSG("no argmax is queued");
+        CHECK_OK(be->argmax_queue(be, ids, x, 2, 5));
+        CHECK_INT(ids[0], 1);
+        CHECK_INT(ids[1], 4);
+        CHECK_OK(be->argmax_queue(be, ids, bad, 1, 5));
+        CHECK_INT(ids[0], 0);
+        CHECK_STATUS(be->argmax_queue(be, ids, x, 1, 5), MC_ERR_INVALID_ARG);
+        CHECK_MSG("two argmaxes queued");
+        CHECK_OK(be->argmax_wait(be, out, 2));
+        CHECK_INT(out[0], 1);
+        CHECK_INT(out[1], 4);
+        CHECK_STATUS(mc_argmax_row(bad, 5, 0, &want), MC_ERR_NUMERIC);
+        snprintf(msg, sizeof msg, "%s", mc_last_error());
+        CHECK_STATUS(be->argmax_wait(be, out, 1), MC_ERR_NUMERIC);
+        CHECK(strcmp(msg, mc_last_error()) == 0);
+        CHECK_OK(be->argmax_queue(be, ids, x, 1, 5));
+        CHECK_STATUS(be->argmax_wait(be, out, 2), MC_ERR_INVALID_ARG);
+        CHECK_MSG("2 rows asked, 1 queued");
+        be->fill_positions(be, pos, 7, 3);
+        CHECK(pos[0] == 7 && pos[1] == 8 && pos[2] == 9);
+    }
+    {   /* the forward's steps: refusals, and a step queued from a host token then one from
+         * the device's argmax */
+        mc_fwd *f = ctx->fwd;
+        mc_backend *be = m->be;
+        mc_status (*q)(mc_backend *, int32_t *, const void *, int, int) = be->argmax_queue;
+        const int32_t id = 5;
+        int32_t a = -1, b = -1;
+        mc_context_reset(ctx, 0);
+        CHECK_STATUS(mc_fwd_step_queue(f, 1, &id), MC_ERR_INVALID_ARG);
+        CHECK_OK(mc_fwd_step_queue(f, 0, &id));
+        CHECK_OK(mc_fwd_step_queue(f, 0, NULL));
+        CHECK_INT(f->n_past[0], 2);
+        CHECK_OK(mc_fwd_step_wait(f, &a));
+        CHECK_OK(mc_fwd_step_wait(f, &b));
+        mc_fwd_step_drop(f, 0);
+        mc_fwd_step_drop(f, 5);
+        CHECK_INT(f->n_past[0], 1);
+        {   /* the same two steps one at a time */
+            int32_t a1 = -1, b1 = -1;
+            const int seq0 = 0;
+            mc_context_reset(ctx, 0);
+            CHECK_OK(mc_fwd_step_argmax(f, &seq0, &id, 1, &a1));
+            CHECK_OK(mc_fwd_step_argmax(f, &seq0, &a1, 1, &b1));
+            CHECK_INT(a, a1);
+            CHECK_INT(b, b1);
+        }
+        f->n_past[0] = f->n_ctx;
+        CHECK_STATUS(mc_fwd_step_queue(f, 0, &id), MC_ERR_CONTEXT_FULL);
+        mc_context_reset(ctx, 0);
+        be->argmax_queue = NULL;
+        CHECK_STATUS(mc_fwd_step_queue(f, 0, &id), MC_ERR_UNSUPPORTED);
+        CHECK_MSG("argmax_queue");
+        be->argmax_queue = q;
+        {
+            mc_status (*w)(mc_backend *, int32_t *, int) = be->argmax_wait;
+            be->argmax_wait = NULL;
+            CHECK_STATUS(mc_fwd_step_wait(f, &a), MC_ERR_UNSUPPORTED);
+            be->argmax_wait = w;
+        }
+    }
+    mc_context_free(ctx);
+    mc_model_free(m);
+}
+
 int main(void) {
     RUN(test_decode_equals_eval);
     RUN(test_batched_step);
@@ -384,5 +470,6 @@ int main(void) {
     RUN(test_errors);
     RUN(test_seeded_sampling);
     RUN(test_stop_string);
+    RUN(test_step_ahead);
     return t_summary();
 }

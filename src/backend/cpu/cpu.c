@@ -7,6 +7,7 @@
 #include "cpu_simd.h"
 
 #include <omp.h>
+#include <stdio.h>
 #if MC_CPU_X86
 #include <cpuid.h>
 #endif
@@ -75,6 +76,54 @@ static mc_status cpu_argmax_rows(mc_backend *be, int32_t *out, const void *x, in
     return MC_OK;
 }
 
+/* The argmax now (the CPU has nothing queued), kept for argmax_wait. */
+static mc_status cpu_argmax_queue(mc_backend *be, int32_t *ids, const void *x, int rows, int n) {
+    mc_cpu *cpu = be->impl;
+    int slot, r;
+    if (rows <= 0 || rows > MC_ARGMAX_QUEUE_ROWS || n <= 0)
+        return mc_fail(MC_ERR_INVALID_ARG, "argmax_queue: %d rows of %d (1 to %d rows)", rows, n,
+                       MC_ARGMAX_QUEUE_ROWS);
+    if (cpu->aq_count == 2)
+        return mc_fail(MC_ERR_INVALID_ARG, "argmax_queue: two argmaxes queued and not waited for");
+    slot = (cpu->aq_head + cpu->aq_count) & 1;
+    cpu->aq[slot].rows = rows;
+    cpu->aq[slot].st = MC_OK;
+    for (r = 0; r < rows; r++) {
+        mc_status s = mc_argmax_row((const float *)x + (size_t)r * (size_t)n, n, r, &ids[r]);
+        if (s != MC_OK) {
+            ids[r] = 0; /* a valid token for a step that will not be kept */
+            if (cpu->aq[slot].st == MC_OK) {
+                cpu->aq[slot].st = s;
+                snprintf(cpu->aq[slot].msg, sizeof cpu->aq[slot].msg, "%s", mc_last_error());
+            }
+        }
+        cpu->aq[slot].ids[r] = ids[r];
+    }
+    cpu->aq_count++;
+    mc_error_clear();
+    return MC_OK;
+}
+
+static mc_status cpu_argmax_wait(mc_backend *be, int32_t *out, int rows) {
+    mc_cpu *cpu = be->impl;
+    int slot;
+    if (cpu->aq_count == 0) return mc_fail(MC_ERR_INVALID_ARG, "argmax_wait: no argmax is queued");
+    slot = cpu->aq_head;
+    cpu->aq_head ^= 1;
+    cpu->aq_count--;
+    if (rows != cpu->aq[slot].rows)
+        return mc_fail(MC_ERR_INVALID_ARG, "argmax_wait: %d rows asked, %d queued", rows,
+                       cpu->aq[slot].rows);
+    if (cpu->aq[slot].st != MC_OK) return mc_fail(cpu->aq[slot].st, "%s", cpu->aq[slot].msg);
+    memcpy(out, cpu->aq[slot].ids, (size_t)rows * sizeof *out);
+    return MC_OK;
+}
+
+static void cpu_fill_positions(mc_backend *be, int32_t *pos, int start, int T) {
+    (void)be;
+    for (int t = 0; t < T; t++) pos[t] = start + t;
+}
+
 static void cpu_destroy(mc_backend *be) {
     mc_cpu *cpu;
     if (!be) return;
@@ -110,6 +159,9 @@ static void cpu_fill_table(mc_backend *be, mc_cpu_variant variant) {
     be->destroy = cpu_destroy;
     be->to_host_f32 = cpu_to_host_f32;
     be->argmax_rows = cpu_argmax_rows;
+    be->argmax_queue = cpu_argmax_queue;
+    be->argmax_wait = cpu_argmax_wait;
+    be->fill_positions = cpu_fill_positions;
     if (variant == MC_CPU_REF) {
         be->name = "cpu-ref";
         be->embedding = mc_ref_embedding;

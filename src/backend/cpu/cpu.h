@@ -31,6 +31,15 @@ typedef struct mc_cpu {
     int gemv_max_m;           /* matmuls with M <= this take the GEMV path (benchmarks tune it) */
     float *scratch;           /* [n_threads, MC_CPU_SCRATCH_FLOATS]; NULL for the reference */
     atomic_flag scratch_busy; /* held while a matmul uses scratch (ops are reentrant) */
+    /* argmax_queue's results not yet waited for: a ring of two, each with its rows' ids,
+     * or its failure's status and message */
+    struct {
+        int rows;
+        mc_status st;
+        int32_t ids[MC_ARGMAX_QUEUE_ROWS];
+        char msg[256];
+    } aq[2];
+    int aq_head, aq_count;
 } mc_cpu;
 
 /* Creates a CPU backend running the given kernels on n_threads (0 = OpenMP's default,

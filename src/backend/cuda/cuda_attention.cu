@@ -406,7 +406,8 @@ struct RowArgs {
     float *part;        /* [T, Hq, nsplit, hd + 2] split partials (nsplit > 1) */
     int *cnt;           /* [T, Hq] finished splits, zero between launches */
     int T, pos0, Hq, Hkv, hd, nsplit;
-    int kv_pre; /* rows < pos0 of k and v are complete (cu_unwritten): read before the wait */
+    int pre_rows; /* rows < pre_rows (<= pos0) of k and v are complete (cu_unwritten): the
+                   * decode attention reads them before its wait (0: none) */
     float scale;
 };
 
@@ -613,9 +614,9 @@ template <int HD> struct DecVec {
  * using any, with an online softmax in f32 (up to 64 * KB keys, 1,024 for head_dim 64, are
  * one batch per warp). The 8 warps of the 8 blocks leave 64 (max, sum, output) triples in
  * the cluster's first block's shared memory, which weighs them and writes the row. Needs
- * 16-byte aligned q/k/v rows (DecVec loads). With kv_pre (the host saw no write to the rows
- * before pos0 since the last synchronisation) a warp's first batch of those rows is loaded
- * before the dependency wait, so their latency overlaps the q/k/v GEMV. */
+ * 16-byte aligned q/k/v rows (DecVec loads). With pre_rows (the host saw no write to the
+ * rows before pre_rows that is not known complete) a warp's first batch of those rows is
+ * loaded before the dependency wait, so their latency overlaps the q/k/v GEMV. */
 template <int HD>
 static __global__ void __cluster_dims__(1, 1, DEC_SPLIT) __launch_bounds__(DEC_THREADS)
     dec_fwd_kernel(const RowArgs a) {
@@ -631,19 +632,20 @@ static __global__ void __cluster_dims__(1, 1, DEC_SPLIT) __launch_bounds__(DEC_T
     const float *kb = a.k + (size_t)hk * HD + lane * PL, *vb = a.v + (size_t)hk * HD + lane * PL;
     const int jfirst = j0 + warp * KB;
     DecVec<HD> kr[KB], vr[KB];
-    /* kv_pre: the warp's first batch of older keys and values straight into registers;
+    /* pre_rows: the warp's first batch of older keys and values straight into registers;
      * the rest of the warp's rows into L2, while the previous kernel ends */
-    if (a.kv_pre && jfirst < j1) {
+    if (a.pre_rows > 0 && jfirst < j1) {
 #pragma unroll
         for (int i = 0; i < KB; i++) {
             const int j = min(jfirst + i, j1 - 1);
-            if (j < a.pos0) {
+            if (j < a.pre_rows) {
                 kr[i].load(kb + (size_t)j * kvdim);
                 vr[i].load(vb + (size_t)j * kvdim);
             }
         }
     }
-    for (int r = (a.kv_pre ? KB : 0) + (lane >> 1);; r += 16) { /* key r: row r % KB of batch r / KB */
+    /* key r: row r % KB of batch r / KB */
+    for (int r = (a.pre_rows > 0 ? KB : 0) + (lane >> 1);; r += 16) {
         const int j = jfirst + (r / KB) * NW * KB + r % KB;
         if (j >= j1) break;
         cu_prefetch_l2((lane & 1 ? a.v : a.k) + (size_t)j * kvdim + (size_t)hk * HD,
@@ -655,11 +657,11 @@ static __global__ void __cluster_dims__(1, 1, DEC_SPLIT) __launch_bounds__(DEC_T
     o.zero();
     float m = -INFINITY, l = 0.0f;
     for (int jb = jfirst; jb < j1; jb += NW * KB) {
-        const bool pre = a.kv_pre && jb == jfirst; /* rows < pos0 already loaded */
+        const bool pre = a.pre_rows > 0 && jb == jfirst; /* rows < pre_rows already loaded */
 #pragma unroll
         for (int i = 0; i < KB; i++) { /* past the end: the last key again, weighed 0 below */
             const int j = min(jb + i, j1 - 1);
-            if (!pre || j >= a.pos0) {
+            if (!pre || j >= a.pre_rows) {
                 kr[i].load(kb + (size_t)j * kvdim);
                 vr[i].load(vb + (size_t)j * kvdim);
             }
@@ -1293,8 +1295,14 @@ void cu_attention(mc_backend *be, void *out, const void *q, const void *k, const
     if (T <= SMALL_T && (hd == 64 || hd == 128) && cu_aligned16(q) && cu_aligned16(k) &&
         cu_aligned16(v) && c->dec_cluster) {
         a.nsplit = DEC_SPLIT;
-        const size_t old = (size_t)pos0 * (size_t)Hkv * (size_t)hd * sizeof(float);
-        a.kv_pre = c->kv_pre_on && pos0 > 0 && cu_unwritten(c, k, old) && cu_unwritten(c, v, old);
+        /* the older rows, or all but the newest of them (written by a step still running
+         * when the next is queued ahead) */
+        const size_t row = (size_t)Hkv * (size_t)hd * sizeof(float);
+        for (int pre = pos0; c->kv_pre_on && pre > 0 && pre >= pos0 - 1; pre--)
+            if (cu_unwritten(c, k, (size_t)pre * row) && cu_unwritten(c, v, (size_t)pre * row)) {
+                a.pre_rows = pre;
+                break;
+            }
         const dim3 grid((unsigned)Hq, (unsigned)T, DEC_SPLIT);
         if (hd == 64)
             cu_launch(c, dec_fwd_kernel<64>, grid, dim3(DEC_THREADS), 0, a, "attention_decode");

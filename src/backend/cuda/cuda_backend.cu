@@ -105,14 +105,26 @@ void cu_track_write(mc_cuda *c, const void *p, size_t bytes) {
     int i;
     if (c->wr_full) return;
     for (i = c->n_wr - 1; i >= 0 && i >= c->n_wr - 8; i--) /* a buffer rewritten layer after layer */
-        if (c->wr[i].lo == lo && c->wr[i].hi == hi) return;
+        if (c->wr[i].lo == lo && c->wr[i].hi == hi) {
+            c->wr[i].epoch = c->wr_epoch;
+            return;
+        }
     if (c->n_wr == CU_WR_MAX) {
         c->wr_full = true;
         return;
     }
     c->wr[c->n_wr].lo = lo;
     c->wr[c->n_wr].hi = hi;
+    c->wr[c->n_wr].epoch = c->wr_epoch;
     c->n_wr++;
+}
+
+void cu_retire_writes(mc_cuda *c, unsigned epoch) {
+    int i, n = 0;
+    if (c->wr_full) return; /* ranges were lost: only a stream synchronisation clears them */
+    for (i = 0; i < c->n_wr; i++)
+        if ((int)(c->wr[i].epoch - epoch) > 0) c->wr[n++] = c->wr[i]; /* newer: kept */
+    c->n_wr = n;
 }
 
 bool cu_unwritten(const mc_cuda *c, const void *p, size_t bytes) {
@@ -287,6 +299,7 @@ static void launch_node(mc_cuda *c, const cu_node *n) {
 }
 
 void cu_pending_flush(mc_cuda *c) {
+    if (cu_deferred(c)) cu_deferred_flush(c); /* queued before any pending op */
     cu_pending p = c->pend;
     if (p.kind == CU_PEND_NONE) return;
     c->pend.kind = CU_PEND_NONE; /* before launching: the launch comes back through here */
@@ -327,7 +340,7 @@ void cu_launch_raw(mc_cuda *c, const void *func, dim3 grid, dim3 block, unsigned
                            name);
         }
     }
-    if (c->pend.kind != CU_PEND_NONE) cu_pending_flush(c);
+    if (c->pend.kind != CU_PEND_NONE || cu_deferred(c)) cu_pending_flush(c);
     if (!c->graphs_on || c->rec_broken) {
         launch_direct(c, func, grid, block, smem, args, name);
         return;
@@ -352,7 +365,8 @@ void cu_launch_raw(mc_cuda *c, const void *func, dim3 grid, dim3 block, unsigned
     n->name = name;
     memcpy(n->args, args, size);
     if (size < CU_ARGS_MAX) memset(n->args + size, 0, CU_ARGS_MAX - size);
-    if (c->qn >= (c->seg_split ? c->seg_max : c->seg_first) && c->pend.kind == CU_PEND_NONE) {
+    const int seg = c->aq_count ? CU_SEG_AHEAD : c->seg_split ? c->seg_max : c->seg_first;
+    if (c->qn >= seg && c->pend.kind == CU_PEND_NONE) {
         cu_end_segment(c);
         c->seg_split = true;
     }
@@ -730,6 +744,7 @@ static void cuda_destroy(mc_backend *be) {
             if (c->lse[i].lse) cu_free(c, c->lse[i].lse);
         if (c->gemv_cnt) cu_free(c, c->gemv_cnt);
         if (c->am_keys) cu_free(c, c->am_keys);
+        cu_ahead_destroy(c);
         cu_lt_destroy(c);
         if (c->idle_on) {
             (void)cudaEventDestroy(c->idle_end);
@@ -785,6 +800,11 @@ static void fill_table(mc_backend *be) {
     be->add = cu_add;
     be->to_host_f32 = cuda_to_host_f32;
     be->argmax_rows = cu_argmax_rows;
+    if (cu_ctx(be)->ahead_on) {
+        be->argmax_queue = cu_argmax_queue;
+        be->argmax_wait = cu_argmax_wait;
+    }
+    be->fill_positions = cu_fill_positions;
     be->gemm_f32 = cu_gemm_f32;
     be->matmul_dx = cu_matmul_dx;
     be->rmsnorm_backward = cu_rmsnorm_backward;
@@ -849,6 +869,7 @@ extern "C" mc_status mc_backend_cuda_create(int device, mc_backend **out) {
     c->attb_on = c->fuse_on && !(env && strstr(env, "attb"));
     c->smem_on = !(env && strstr(env, "smem"));
     c->fuse_am = c->fuse_on && !(env && strstr(env, "argmax"));
+    c->ahead_on = !(env && strstr(env, "ahead"));
     env = getenv("MC_CUDA_GEMM"); /* "default": cublasGemmEx's own algorithms */
     c->lt_on = !(env && strcmp(env, "default") == 0);
     env = getenv("MC_CUDA_XENT");
@@ -886,6 +907,7 @@ extern "C" mc_status mc_backend_cuda_create(int device, mc_backend **out) {
     c->n_sm = c->prop.multiProcessorCount;
     c->wr = (cu_wr_range *)mc_calloc(CU_WR_MAX, sizeof *c->wr);
     c->wr_full = true; /* until the first synchronisation */
+    c->wr_epoch = 1;
     snprintf(c->name, sizeof c->name, "%s", c->prop.name);
     {
         cublasStatus_t st = cublasCreate(&c->blas);
@@ -911,6 +933,10 @@ extern "C" mc_status mc_backend_cuda_create(int device, mc_backend **out) {
     c->am_keys = (unsigned long long *)cu_malloc(c, 2 * CU_AM_SLOT * sizeof *c->am_keys, "setup");
     if (c->am_keys)
         (void)cu_check(c, cudaMemset(c->am_keys, 0, 2 * CU_AM_SLOT * sizeof *c->am_keys), "setup");
+    if (be->argmax_queue && !cu_ahead_init(c)) { /* an optimisation: without it, argmax_rows */
+        be->argmax_queue = NULL;
+        be->argmax_wait = NULL;
+    }
     if (c->err != MC_OK) {
         mc_status s = cu_take_error(c);
         cuda_destroy(be);

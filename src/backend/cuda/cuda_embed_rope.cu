@@ -11,13 +11,28 @@ struct EmbArgs {
     const int32_t *ids; /* [T] */
     const void *table;  /* [V, D] */
     int T, D, dt;
+    /* the deferred writes taken over (cu_deferred_flush): the ids from argmax keys (NULL:
+     * ids as they are), written back to ids_w; positions pos[t] = pos_start + t, t < pos_T */
+    const unsigned long long *keys;
+    int32_t *ids_w;
+    int32_t *pos;
+    int pos_start, pos_T;
 };
 
 /* out[t, :] = table[ids[t], :] as f32; one block per row. */
 static __global__ void embedding_kernel(const EmbArgs a) {
     cu_dep_wait();
     const int t = blockIdx.x;
-    const size_t row = (size_t)a.ids[t];
+    size_t row;
+    if (a.keys) { /* the argmax's token (0 when the row had no finite value) */
+        const int32_t id = cu_am_token(a.keys[t]);
+        if (threadIdx.x == 0) a.ids_w[t] = id;
+        row = (size_t)id;
+    } else {
+        row = (size_t)a.ids[t];
+    }
+    if (a.pos && t == 0)
+        for (int i = threadIdx.x; i < a.pos_T; i += blockDim.x) a.pos[i] = a.pos_start + i;
     float *o = a.out + (size_t)t * a.D;
     for (int d = threadIdx.x; d < a.D; d += blockDim.x) o[d] = cu_load_w(a.table, a.dt, row * a.D + d);
 }
@@ -34,6 +49,17 @@ void cu_embedding(mc_backend *be, void *out, const int32_t *ids, mc_wt table, in
     a.T = T;
     a.D = D;
     a.dt = (int)table.dtype;
+    if (c->dfr_ids && c->dfr_ids == ids && c->dfr_rows == T) {
+        a.keys = c->dfr_keys;
+        a.ids_w = c->dfr_ids;
+        c->dfr_ids = NULL;
+    }
+    if (c->dfr_pos) {
+        a.pos = c->dfr_pos;
+        a.pos_start = c->dfr_start;
+        a.pos_T = c->dfr_T;
+        c->dfr_pos = NULL;
+    }
     cu_launch(c, embedding_kernel, dim3((unsigned)T), dim3(D >= 256 ? 256 : 128), 0, a, "embedding");
 }
 

@@ -55,6 +55,10 @@ struct cu_seq {
  * the host still queues its later layers; a step is then a few graphs, and the cache holds
  * CU_NGRAPH of them (a batch-8 step is about a dozen). */
 enum { CU_SEG_FIRST = 16, CU_SEG_MAX = 64, CU_NGRAPH = 16 };
+/* While a queued argmax is not waited for (a greedy step queued ahead: the host is a step
+ * ahead of the device), a segment ends after CU_SEG_AHEAD launches, so a decode step is one
+ * graph and the device runs from step to step without a boundary between graphs. */
+enum { CU_SEG_AHEAD = 256 };
 
 /* A bf16/f16 copy of an f32 activation range, reused by GEMMs that read the same input
  * (q/k/v read one normed input) and written by producers next to their f32 output. */
@@ -114,9 +118,11 @@ struct cu_alloc_rec {
     bool frozen; /* uploaded by the weights entry: no kernel ever writes it */
 };
 
-/* A device range written by work queued since the last stream synchronisation. */
+/* A device range written by work queued since the last stream synchronisation, in epoch
+ * `epoch` (the queued argmaxes of decoding a step ahead end epochs: cu_retire_writes). */
 struct cu_wr_range {
     uintptr_t lo, hi;
+    unsigned epoch;
 };
 
 /* The ranges kept (a decode step writes about ten per layer); past that, every range
@@ -278,6 +284,7 @@ struct mc_cuda {
     cu_wr_range *wr;
     int n_wr;
     bool wr_full;
+    unsigned wr_epoch; /* the epoch of ranges noted now */
 
     /* allocations, sorted by address */
     cu_alloc_rec *allocs;
@@ -348,6 +355,24 @@ struct mc_cuda {
     bool fuse_am;  /* argmax_rows taken over by the GEMV before it (MC_CUDA_NOFUSE=argmax) */
     unsigned long long *am_keys; /* [2, CU_AM_SLOT] argmax keys, zeroed at setup */
     int am_slot;                 /* the slot the next fused argmax uses */
+
+    /* greedy decoding a step ahead (cuda_ahead.cu): a ring of two queued argmaxes, each
+     * with its keys' page-locked copy, the event after that copy, its rows, row length and
+     * the write epoch it ends */
+    unsigned long long *aq_host; /* [2, CU_AM_SLOT] */
+    cudaEvent_t aq_ev[2];
+    int aq_rows[2], aq_n[2];
+    unsigned aq_epoch[2];
+    int aq_head, aq_count;
+    bool ahead_on; /* MC_CUDA_NOFUSE=ahead: no argmax_queue */
+    /* writes deferred to the next embedding (cu_deferred_flush launches them otherwise):
+     * dfr_ids[r] = the argmax in keys dfr_keys for r < dfr_rows; dfr_pos[t] = dfr_start + t
+     * for t < dfr_T */
+    int32_t *dfr_ids;
+    const unsigned long long *dfr_keys;
+    int dfr_rows;
+    int32_t *dfr_pos;
+    int dfr_start, dfr_T;
 
     /* profiling */
     bool prof_on;
@@ -441,9 +466,12 @@ bool cu_is_frozen(const mc_cuda *c, const void *p, size_t bytes);
 /* Records that queued work writes [p, p + bytes) (cu_note_write calls it). */
 void cu_track_write(mc_cuda *c, const void *p, size_t bytes);
 /* True when [p, p + bytes) lies in one allocation of this backend and nothing queued since
- * the last completed stream synchronisation writes to it: every write to it has finished,
- * so a kernel may read it before cu_dep_wait() (the older rows of a KV cache). */
+ * the last completed stream synchronisation (or in an epoch not yet retired) writes to it:
+ * every write to it has finished, so a kernel may read it before cu_dep_wait() (the older
+ * rows of a KV cache). */
 bool cu_unwritten(const mc_cuda *c, const void *p, size_t bytes);
+/* Forgets the ranges of epochs <= epoch: the work that wrote them has completed. */
+void cu_retire_writes(mc_cuda *c, unsigned epoch);
 /* Scratch buffer `id` of at least `bytes` bytes (contents kept only while not grown);
  * NULL with a recorded OOM on failure. zero_new: clear a newly allocated buffer. */
 void *cu_scratch(mc_cuda *c, int id, size_t bytes, bool zero_new);
@@ -517,6 +545,19 @@ void cu_dropout(mc_backend *be, void *out, const void *x, size_t n, float p, uin
 void cu_copy_kernel(mc_cuda *c, void *dst, const void *src, size_t bytes);
 void cu_zero(mc_backend *be, void *p, size_t bytes);
 mc_status cu_argmax_rows(mc_backend *be, int32_t *out, const void *x, int rows, int n);
+/* out[r] = the argmax that keys k (a CU_AM_SLOT slot copied to the host) hold for row r < rows
+ * of n values, or argmax_rows' failure. */
+mc_status cu_argmax_decode(const unsigned long long *k, int32_t *out, int rows, int n);
+/* cuda_ahead.cu: greedy decoding a step ahead, and the writes deferred to an embedding */
+mc_status cu_argmax_queue(mc_backend *be, int32_t *ids, const void *x, int rows, int n);
+mc_status cu_argmax_wait(mc_backend *be, int32_t *out, int rows);
+void cu_fill_positions(mc_backend *be, int32_t *pos, int start, int T);
+/* Launches the deferred writes (dfr_*) as a kernel of their own. */
+void cu_deferred_flush(mc_cuda *c);
+static inline bool cu_deferred(const mc_cuda *c) { return c->dfr_ids || c->dfr_pos; }
+/* Sets up (at backend creation) and frees the ring of queued argmaxes; false on failure. */
+bool cu_ahead_init(mc_cuda *c);
+void cu_ahead_destroy(mc_cuda *c);
 /* cuda_xent.cu */
 mc_status cu_linear_xent(mc_backend *be, void *dh, double *loss_sum, const void *h, mc_wt w,
                          const int32_t *targets, int T, int D, int V, float grad_scale);
@@ -607,6 +648,10 @@ static __device__ __forceinline__ void cu_am_fold(unsigned long long &best,
         const unsigned long long k = cu_am_key(v, n);
         if (k > best) best = k;
     }
+}
+/* The token of an argmax key (cu_am_key; 0, no finite value: token 0). */
+static __device__ __forceinline__ int32_t cu_am_token(unsigned long long k) {
+    return k ? (int32_t)(0xffffffffu - (unsigned)(k & 0xffffffffu)) : 0;
 }
 /* Raises *p to k; the atomic only when k is above the value read first. */
 static __device__ __forceinline__ void cu_am_push(unsigned long long *p, unsigned long long k) {

@@ -1,0 +1,157 @@
+/* cuda_ahead.cu - greedy decoding a step ahead: argmax_queue leaves each row's argmax on the
+ * device for the next step's embedding and copies its keys to page-locked memory behind an
+ * event; argmax_wait reads them. The token ids (and fill_positions' positions) are written
+ * by the embedding that reads them, or by a small kernel of their own when something else
+ * comes first (cu_deferred_flush), so a step queued ahead starts with its embedding, with
+ * no copy from the host before it. */
+#include "cuda_internal.h"
+
+struct DeferArgs {
+    int32_t *ids;                   /* [rows] or NULL */
+    const unsigned long long *keys; /* argmax keys (CU_AM_SLOT) */
+    int rows;
+    int32_t *pos; /* [T] or NULL */
+    int start, T;
+};
+
+static __global__ void defer_kernel(const DeferArgs a) {
+    cu_dep_wait();
+    if (a.ids && (int)threadIdx.x < a.rows) a.ids[threadIdx.x] = cu_am_token(a.keys[threadIdx.x]);
+    if (a.pos)
+        for (int t = threadIdx.x; t < a.T; t += blockDim.x) a.pos[t] = a.start + t;
+}
+
+void cu_deferred_flush(mc_cuda *c) {
+    DeferArgs a;
+    if (!cu_deferred(c)) return;
+    memset(&a, 0, sizeof a);
+    a.ids = c->dfr_ids;
+    a.keys = c->dfr_keys;
+    a.rows = c->dfr_rows;
+    a.pos = c->dfr_pos;
+    a.start = c->dfr_start;
+    a.T = c->dfr_T;
+    c->dfr_ids = NULL;
+    c->dfr_pos = NULL;
+    cu_launch(c, defer_kernel, dim3(1), dim3(128), 0, a, "deferred_ids");
+}
+
+struct KeysArgs {
+    const float *x; /* [rows, n] */
+    int n, per;
+    unsigned long long *keys, *clear; /* this argmax's slot, and the other one (cleared) */
+};
+
+/* The argmax keys of x's rows when no GEMV takes them over: block b of row r folds its
+ * share of the row and raises the row's keys, as the GEMV's epilogue does. */
+static __global__ void keys_kernel(const KeysArgs a) {
+    cu_dep_wait();
+    const int r = blockIdx.y;
+    if (blockIdx.x == 0 && r == 0 && threadIdx.x < CU_AM_SLOT) a.clear[threadIdx.x] = 0;
+    unsigned long long best = 0, bad = 0;
+    const int i0 = blockIdx.x * a.per, i1 = min(a.n, i0 + a.per);
+    for (int i = i0 + threadIdx.x; i < i1; i += blockDim.x)
+        cu_am_fold(best, bad, a.x[(size_t)r * a.n + i], i);
+    for (int o = 16; o > 0; o >>= 1) {
+        const unsigned long long b2 = __shfl_xor_sync(0xffffffffu, best, o);
+        const unsigned long long d2 = __shfl_xor_sync(0xffffffffu, bad, o);
+        if (b2 > best) best = b2;
+        if (d2 > bad) bad = d2;
+    }
+    if ((threadIdx.x & 31) == 0) {
+        cu_am_push(a.keys + r, best);
+        cu_am_push(a.keys + CU_GEMV_MAX_M + r, bad);
+    }
+}
+
+/* Launches keys_kernel into the next slot of keys; the slot, or NULL (recorded). */
+static unsigned long long *keys_launch(mc_cuda *c, const float *x, int rows, int n) {
+    enum { BLOCKS = 64 };
+    KeysArgs a;
+    memset(&a, 0, sizeof a);
+    a.x = x;
+    a.n = n;
+    a.per = (n + BLOCKS - 1) / BLOCKS;
+    a.keys = c->am_keys + (size_t)c->am_slot * CU_AM_SLOT;
+    c->am_slot ^= 1;
+    a.clear = c->am_keys + (size_t)c->am_slot * CU_AM_SLOT;
+    cu_launch(c, keys_kernel, dim3(BLOCKS, (unsigned)rows), dim3(256), 0, a, "argmax_keys");
+    return a.keys;
+}
+
+mc_status cu_argmax_queue(mc_backend *be, int32_t *ids, const void *x, int rows, int n) {
+    mc_cuda *c = cu_ctx(be);
+    if (rows <= 0 || rows > CU_GEMV_MAX_M || n <= 0)
+        return mc_fail(MC_ERR_INVALID_ARG, "argmax_queue: %d rows of %d (1 to %d rows)", rows, n,
+                       CU_GEMV_MAX_M);
+    if (c->aq_count == 2)
+        return mc_fail(MC_ERR_INVALID_ARG, "argmax_queue: two argmaxes queued and not waited for");
+    const unsigned long long *keys = cu_gemv_take_argmax(c, (const float *)x, rows, n);
+    if (!keys) keys = keys_launch(c, (const float *)x, rows, n);
+    cu_end_segment(c);
+    const int slot = (c->aq_head + c->aq_count) & 1;
+    if (!cu_check(c, cudaMemcpyAsync(c->aq_host + (size_t)slot * CU_AM_SLOT, keys,
+                                     CU_AM_SLOT * sizeof *keys, cudaMemcpyDeviceToHost, c->stream),
+                  "copy of the argmax keys") ||
+        !cu_check(c, cudaEventRecord(c->aq_ev[slot], c->stream), "cudaEventRecord"))
+        return cu_take_error(c);
+    c->aq_rows[slot] = rows;
+    c->aq_n[slot] = n;
+    c->aq_epoch[slot] = c->wr_epoch++; /* the event ends the writes noted so far */
+    c->aq_count++;
+    cu_note_write(c, ids, (size_t)rows * sizeof *ids);
+    c->dfr_ids = ids;
+    c->dfr_keys = keys;
+    c->dfr_rows = rows;
+    return cu_take_error(c);
+}
+
+mc_status cu_argmax_wait(mc_backend *be, int32_t *out, int rows) {
+    mc_cuda *c = cu_ctx(be);
+    if (c->aq_count == 0) return mc_fail(MC_ERR_INVALID_ARG, "argmax_wait: no argmax is queued");
+    const int slot = c->aq_head;
+    c->aq_head ^= 1;
+    c->aq_count--;
+    if (rows != c->aq_rows[slot])
+        return mc_fail(MC_ERR_INVALID_ARG, "argmax_wait: %d rows asked, %d queued", rows,
+                       c->aq_rows[slot]);
+    if (!cu_check(c, cudaEventSynchronize(c->aq_ev[slot]), "a queued kernel"))
+        return cu_take_error(c);
+    if (c->err == MC_OK) cu_retire_writes(c, c->aq_epoch[slot]);
+    mc_status s = cu_take_error(c);
+    return s == MC_OK ? cu_argmax_decode(c->aq_host + (size_t)slot * CU_AM_SLOT, out, rows,
+                                         c->aq_n[slot])
+                      : s;
+}
+
+void cu_fill_positions(mc_backend *be, int32_t *pos, int start, int T) {
+    mc_cuda *c = cu_ctx(be);
+    if (T <= 0) return;
+    if (c->pend.kind != CU_PEND_NONE || c->dfr_pos) cu_pending_flush(c);
+    cu_note_write(c, pos, (size_t)T * sizeof *pos);
+    c->dfr_pos = pos;
+    c->dfr_start = start;
+    c->dfr_T = T;
+}
+
+bool cu_ahead_init(mc_cuda *c) {
+    if (cudaMallocHost((void **)&c->aq_host, 2 * CU_AM_SLOT * sizeof *c->aq_host) != cudaSuccess) {
+        (void)cudaGetLastError();
+        c->aq_host = NULL;
+        return false;
+    }
+    for (int i = 0; i < 2; i++)
+        if (cudaEventCreateWithFlags(&c->aq_ev[i], cudaEventDisableTiming) != cudaSuccess) {
+            (void)cudaGetLastError();
+            c->aq_ev[i] = NULL;
+            return false;
+        }
+    return true;
+}
+
+void cu_ahead_destroy(mc_cuda *c) {
+    for (int i = 0; i < 2; i++)
+        if (c->aq_ev[i]) (void)cudaEventDestroy(c->aq_ev[i]);
+    if (c->aq_host) (void)cudaFreeHost(c->aq_host);
+    c->aq_host = NULL;
+}

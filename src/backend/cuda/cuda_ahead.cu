@@ -1,14 +1,15 @@
-/* cuda_ahead.cu - greedy decoding a step ahead: argmax_queue leaves each row's argmax on the
- * device for the next step's embedding and copies its keys to page-locked memory behind an
- * event; argmax_wait reads them. The token ids (and fill_positions' positions) are written
- * by the embedding that reads them, or by a small kernel of their own when something else
- * comes first (cu_deferred_flush), so a step queued ahead starts with its embedding, with
- * no copy from the host before it. */
+/* cuda_ahead.cu - greedy decoding a step ahead: argmax_queue leaves each row's argmax keys on
+ * the device for the next step's embedding, which also writes them to mapped page-locked
+ * memory followed by a sequence number; argmax_wait waits for that number. The token ids
+ * (and fill_positions' positions) are written by the embedding that reads them, or by a
+ * small kernel of their own when something else comes first (cu_deferred_flush), so steps
+ * queued ahead follow one another with no copy or event between them. */
 #include "cuda_internal.h"
 
 struct DeferArgs {
     int32_t *ids;                   /* [rows] or NULL */
     const unsigned long long *keys; /* argmax keys (CU_AM_SLOT) */
+    unsigned long long *host, seq;  /* the keys and then seq to mapped host memory */
     int rows;
     int32_t *pos; /* [T] or NULL */
     int start, T;
@@ -17,6 +18,7 @@ struct DeferArgs {
 static __global__ void defer_kernel(const DeferArgs a) {
     cu_dep_wait();
     if (a.ids && (int)threadIdx.x < a.rows) a.ids[threadIdx.x] = cu_am_token(a.keys[threadIdx.x]);
+    if (a.ids && threadIdx.x == 0) cu_am_to_host(a.host, a.keys, a.seq);
     if (a.pos)
         for (int t = threadIdx.x; t < a.T; t += blockDim.x) a.pos[t] = a.start + t;
 }
@@ -27,6 +29,8 @@ void cu_deferred_flush(mc_cuda *c) {
     memset(&a, 0, sizeof a);
     a.ids = c->dfr_ids;
     a.keys = c->dfr_keys;
+    a.host = c->dfr_host;
+    a.seq = c->dfr_seq;
     a.rows = c->dfr_rows;
     a.pos = c->dfr_pos;
     a.start = c->dfr_start;
@@ -90,11 +94,7 @@ mc_status cu_argmax_queue(mc_backend *be, int32_t *ids, const void *x, int rows,
     if (!keys) keys = keys_launch(c, (const float *)x, rows, n);
     cu_end_segment(c);
     const int slot = (c->aq_head + c->aq_count) & 1;
-    if (!cu_check(c, cudaMemcpyAsync(c->aq_host + (size_t)slot * CU_AM_SLOT, keys,
-                                     CU_AM_SLOT * sizeof *keys, cudaMemcpyDeviceToHost, c->stream),
-                  "copy of the argmax keys") ||
-        !cu_check(c, cudaEventRecord(c->aq_ev[slot], c->stream), "cudaEventRecord"))
-        return cu_take_error(c);
+    c->aq_want[slot] = ++c->aq_seq;
     c->aq_rows[slot] = rows;
     c->aq_n[slot] = n;
     c->aq_epoch[slot] = c->wr_epoch++; /* the event ends the writes noted so far */
@@ -103,7 +103,27 @@ mc_status cu_argmax_queue(mc_backend *be, int32_t *ids, const void *x, int rows,
     c->dfr_ids = ids;
     c->dfr_keys = keys;
     c->dfr_rows = rows;
+    c->dfr_host = c->aq_dev + (size_t)slot * CU_AQ_SLOT;
+    c->dfr_seq = c->aq_want[slot];
     return cu_take_error(c);
+}
+
+/* Waits until slot's sequence number arrives in mapped memory; false on a failure of the
+ * stream (recorded), or when the stream is idle without it. */
+static bool await_slot(mc_cuda *c, int slot) {
+    const volatile unsigned long long *seq = c->aq_host + (size_t)slot * CU_AQ_SLOT + CU_AM_SLOT;
+    for (unsigned spin = 1; *seq != c->aq_want[slot]; spin++) {
+        if (spin % 256) continue;
+        const cudaError_t e = cudaStreamQuery(c->stream); /* a failed kernel never writes it */
+        if (e == cudaErrorNotReady) continue;
+        if (e != cudaSuccess) return cu_check(c, e, "a queued kernel");
+        if (*seq == c->aq_want[slot]) break;
+        cu_set_error(c, MC_ERR_INTERNAL, "argmax_wait: the queued work ended without argmax %llu",
+                     c->aq_want[slot]);
+        return false;
+    }
+    __atomic_thread_fence(__ATOMIC_ACQUIRE); /* the keys were visible before the number */
+    return true;
 }
 
 mc_status cu_argmax_wait(mc_backend *be, int32_t *out, int rows) {
@@ -115,11 +135,12 @@ mc_status cu_argmax_wait(mc_backend *be, int32_t *out, int rows) {
     if (rows != c->aq_rows[slot])
         return mc_fail(MC_ERR_INVALID_ARG, "argmax_wait: %d rows asked, %d queued", rows,
                        c->aq_rows[slot]);
-    if (!cu_check(c, cudaEventSynchronize(c->aq_ev[slot]), "a queued kernel"))
-        return cu_take_error(c);
+    if (c->dfr_ids && c->dfr_seq == c->aq_want[slot]) cu_deferred_flush(c); /* nothing read it */
+    cu_end_segment(c);
+    if (!await_slot(c, slot)) return cu_take_error(c);
     if (c->err == MC_OK) cu_retire_writes(c, c->aq_epoch[slot]);
     mc_status s = cu_take_error(c);
-    return s == MC_OK ? cu_argmax_decode(c->aq_host + (size_t)slot * CU_AM_SLOT, out, rows,
+    return s == MC_OK ? cu_argmax_decode(c->aq_host + (size_t)slot * CU_AQ_SLOT, out, rows,
                                          c->aq_n[slot])
                       : s;
 }
@@ -135,23 +156,19 @@ void cu_fill_positions(mc_backend *be, int32_t *pos, int start, int T) {
 }
 
 bool cu_ahead_init(mc_cuda *c) {
-    if (cudaMallocHost((void **)&c->aq_host, 2 * CU_AM_SLOT * sizeof *c->aq_host) != cudaSuccess) {
+    const size_t bytes = 2 * CU_AQ_SLOT * sizeof *c->aq_host;
+    if (cudaHostAlloc((void **)&c->aq_host, bytes, cudaHostAllocMapped) != cudaSuccess ||
+        cudaHostGetDevicePointer((void **)&c->aq_dev, c->aq_host, 0) != cudaSuccess) {
         (void)cudaGetLastError();
-        c->aq_host = NULL;
+        cu_ahead_destroy(c);
         return false;
     }
-    for (int i = 0; i < 2; i++)
-        if (cudaEventCreateWithFlags(&c->aq_ev[i], cudaEventDisableTiming) != cudaSuccess) {
-            (void)cudaGetLastError();
-            c->aq_ev[i] = NULL;
-            return false;
-        }
+    memset(c->aq_host, 0, bytes); /* no sequence number is 0 */
     return true;
 }
 
 void cu_ahead_destroy(mc_cuda *c) {
-    for (int i = 0; i < 2; i++)
-        if (c->aq_ev[i]) (void)cudaEventDestroy(c->aq_ev[i]);
     if (c->aq_host) (void)cudaFreeHost(c->aq_host);
     c->aq_host = NULL;
+    c->aq_dev = NULL;
 }

@@ -14,6 +14,7 @@ struct EmbArgs {
     /* the deferred writes taken over (cu_deferred_flush): the ids from argmax keys (NULL:
      * ids as they are), written back to ids_w; positions pos[t] = pos_start + t, t < pos_T */
     const unsigned long long *keys;
+    unsigned long long *host, seq; /* the keys and then seq to mapped host memory */
     int32_t *ids_w;
     int32_t *pos;
     int pos_start, pos_T;
@@ -27,6 +28,7 @@ static __global__ void embedding_kernel(const EmbArgs a) {
     if (a.keys) { /* the argmax's token (0 when the row had no finite value) */
         const int32_t id = cu_am_token(a.keys[t]);
         if (threadIdx.x == 0) a.ids_w[t] = id;
+        if (threadIdx.x == 0 && t == 0) cu_am_to_host(a.host, a.keys, a.seq);
         row = (size_t)id;
     } else {
         row = (size_t)a.ids[t];
@@ -51,6 +53,8 @@ void cu_embedding(mc_backend *be, void *out, const int32_t *ids, mc_wt table, in
     a.dt = (int)table.dtype;
     if (c->dfr_ids && c->dfr_ids == ids && c->dfr_rows == T) {
         a.keys = c->dfr_keys;
+        a.host = c->dfr_host;
+        a.seq = c->dfr_seq;
         a.ids_w = c->dfr_ids;
         c->dfr_ids = NULL;
     }

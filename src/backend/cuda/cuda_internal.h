@@ -202,7 +202,7 @@ enum { CU_GEMV_MAX_M = 8, CU_GEMV_MAX_ENT = 3 };
 /* Argmax keys of a GEMV's output rows (cu_gemv_take_argmax): per row m, keys[m] is the
  * largest finite value's key (cu_am_key; 0: none above -inf) and keys[CU_GEMV_MAX_M + m]
  * the first NaN or +inf's (0: none). Two slots alternate; each GEMV clears the other. */
-enum { CU_AM_SLOT = 2 * CU_GEMV_MAX_M };
+enum { CU_AM_SLOT = 2 * CU_GEMV_MAX_M, CU_AQ_SLOT = CU_AM_SLOT + 1 };
 
 /* One output of a (multi-)GEMV: out[m, n] = x[m, :] . W[n, :] (+ b[n]), rotated by RoPE
  * in the epilogue when rope is set (N = heads x head_dim). */
@@ -357,10 +357,11 @@ struct mc_cuda {
     int am_slot;                 /* the slot the next fused argmax uses */
 
     /* greedy decoding a step ahead (cuda_ahead.cu): a ring of two queued argmaxes, each
-     * with its keys' page-locked copy, the event after that copy, its rows, row length and
-     * the write epoch it ends */
-    unsigned long long *aq_host; /* [2, CU_AM_SLOT] */
-    cudaEvent_t aq_ev[2];
+     * with its slot of mapped page-locked memory (CU_AQ_SLOT: the keys, then a sequence
+     * number written after them by the kernel that reads the keys), the sequence number
+     * awaited, its rows, row length and the write epoch it ends */
+    unsigned long long *aq_host, *aq_dev; /* [2, CU_AQ_SLOT]: the host's and device's view */
+    unsigned long long aq_seq, aq_want[2];
     int aq_rows[2], aq_n[2];
     unsigned aq_epoch[2];
     int aq_head, aq_count;
@@ -371,6 +372,8 @@ struct mc_cuda {
     int32_t *dfr_ids;
     const unsigned long long *dfr_keys;
     int dfr_rows;
+    unsigned long long *dfr_host; /* the keys and then dfr_seq go there too (device view) */
+    unsigned long long dfr_seq;
     int32_t *dfr_pos;
     int dfr_start, dfr_T;
 
@@ -652,6 +655,15 @@ static __device__ __forceinline__ void cu_am_fold(unsigned long long &best,
 /* The token of an argmax key (cu_am_key; 0, no finite value: token 0). */
 static __device__ __forceinline__ int32_t cu_am_token(unsigned long long k) {
     return k ? (int32_t)(0xffffffffu - (unsigned)(k & 0xffffffffu)) : 0;
+}
+/* Copies a slot of argmax keys to mapped host memory and then, once they are visible
+ * there, sequence number seq after them (by one thread). */
+static __device__ __forceinline__ void cu_am_to_host(unsigned long long *host,
+                                                     const unsigned long long *keys,
+                                                     unsigned long long seq) {
+    for (int i = 0; i < CU_AM_SLOT; i++) host[i] = keys[i];
+    __threadfence_system();
+    *(volatile unsigned long long *)(host + CU_AM_SLOT) = seq;
 }
 /* Raises *p to k; the atomic only when k is above the value read first. */
 static __device__ __forceinline__ void cu_am_push(unsigned long long *p, unsigned long long k) {

@@ -26,6 +26,13 @@ typedef struct mc_wt {
 
 typedef struct mc_backend mc_backend;
 
+/* One row of attention_rows: the key and value caches of the row's sequence ([>= pos + 1,
+ * kv_dim] each, device memory) and the row's position. */
+typedef struct mc_att_row {
+    void *k, *v;
+    int pos;
+} mc_att_row;
+
 /* The most rows one argmax_queue takes. */
 #define MC_ARGMAX_QUEUE_ROWS 8
 
@@ -92,6 +99,15 @@ struct mc_backend {
     void (*attention)(mc_backend *be, void *out /* [T, Hq*hd] */, const void *q /* [T, Hq*hd] */,
                       const void *k /* [>= pos0+T, Hkv*hd] */, const void *v /* same */,
                       int T, int pos0, int Hq, int Hkv, int hd);
+    /* Optional (NULL: callers copy each row's new key and value into its cache and call
+     * attention once per row): a decode step of T rows of different sequences. Row t's new
+     * key and value (rows t of k_new and v_new) are stored in its own cache at rows[t].pos,
+     * then query row t attends that cache's keys 0..rows[t].pos, exactly as attention with
+     * T = 1 and pos0 = rows[t].pos. rows is host memory; no two rows share a cache. */
+    void (*attention_rows)(mc_backend *be, void *out /* [T, Hq*hd] */,
+                           const void *q /* [T, Hq*hd] */, const void *k_new /* [T, Hkv*hd] */,
+                           const void *v_new /* same */, const mc_att_row *rows /* [T] */, int T,
+                           int Hq, int Hkv, int hd);
     /* out = silu(gate) * up, elementwise. out may equal gate or up. */
     void (*swiglu)(mc_backend *be, void *out /* [n] */, const void *gate, const void *up,
                    size_t n);

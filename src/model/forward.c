@@ -72,13 +72,14 @@ mc_status mc_fwd_create(const mc_model *m, int n_seq, int n_ctx, int n_batch, mc
     f->ids_dev = be->alloc(be, z.ids);
     f->pos_dev = be->alloc(be, z.ids);
     f->pos_host = mc_malloc(z.ids);
+    f->att_rows = mc_calloc((size_t)n_batch, sizeof *f->att_rows);
     {   /* the rows mc_fwd_logits reads, in the host memory the backend copies to fastest */
         size_t bytes = (size_t)f->view_rows * (size_t)mc_model_dims(m).V * sizeof(float);
         f->logits_view = be->alloc_host ? be->alloc_host(be, bytes) : mc_malloc(bytes);
     }
     if (!f->n_past || !f->k_cache || !f->v_cache || !f->x || !f->xn || !f->q || !f->att ||
         !f->k_tmp || !f->v_tmp || !f->gate || !f->up || !f->logits || !f->ids_dev || !f->pos_dev ||
-        !f->pos_host || !f->logits_view) {
+        !f->pos_host || !f->att_rows || !f->logits_view) {
         mc_fwd_free(f);
         return mc_fail(MC_ERR_OOM, "out of memory: a context of %d x %d positions (batch %d) "
                        "needs %llu bytes", n_seq, n_ctx, n_batch,
@@ -110,6 +111,7 @@ void mc_fwd_free(mc_fwd *f) {
     for (i = 0; i < 13; i++)
         if (bufs[i]) be->free(be, bufs[i]);
     mc_free(f->pos_host);
+    mc_free(f->att_rows);
     if (f->logits_view && be->free_host) be->free_host(be, f->logits_view);
     else mc_free(f->logits_view);
     if (f->lora_tmp) be->free(be, f->lora_tmp);
@@ -213,6 +215,16 @@ static void attention_block(mc_fwd *f, int l, const row_plan *rp) {
         be->attention(be, f->att, f->q, mc_act_at(be, f->k_cache, cache_off(f, l, rp->seq, 0)),
                       mc_act_at(be, f->v_cache, cache_off(f, l, rp->seq, 0)), T,
                       f->n_past[rp->seq], d.Hq, d.Hkv, d.hd);
+    } else if (be->attention_rows) { /* each row's cache and position: one call */
+        int r;
+        for (r = 0; r < T; r++) {
+            int s = rp->seqs[r];
+            f->att_rows[r].k = mc_act_at(be, f->k_cache, cache_off(f, l, s, 0));
+            f->att_rows[r].v = mc_act_at(be, f->v_cache, cache_off(f, l, s, 0));
+            f->att_rows[r].pos = f->n_past[s];
+        }
+        be->attention_rows(be, f->att, f->q, f->k_tmp, f->v_tmp, f->att_rows, T, d.Hq, d.Hkv,
+                           d.hd);
     } else {
         size_t row_bytes = (size_t)d.kv_dim * mc_dtype_size(be->act_dtype);
         int r;

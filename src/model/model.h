@@ -64,6 +64,7 @@ typedef struct mc_fwd {
     int32_t *ids_dev;         /* [n_batch] */
     int32_t *pos_dev;         /* [n_batch] */
     int32_t *pos_host;        /* [n_batch] */
+    mc_att_row *att_rows;     /* [n_batch] a multi-sequence step's rows (attention_rows) */
     const struct mc_adapter *adapter; /* LoRA applied unmerged, or NULL */
     float lora_scale;         /* adapter scale x user multiplier */
     float *lora_tmp;          /* [n_batch, rank] scratch of the LoRA path */

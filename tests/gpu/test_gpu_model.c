@@ -274,6 +274,27 @@ static void test_generate_greedy(void) {
     printf("  %-60s %s\n", "greedy tokens: argmax on the device vs the host sampler",
            same ? "identical" : "DIFFER");
     CHECK(same);
+    {   /* batch steps without attention_rows (a copy and a launch a row): the same tokens */
+        void (*ar)(mc_backend *, void *, const void *, const void *, const void *,
+                   const mc_att_row *, int, int, int, int) = m->be->attention_rows;
+        mc_generation loop[NS];
+        CHECK(ar != NULL);
+        CHECK_OK(mc_generate_batch(ctx, prompts, lens, NS, &p, dev));
+        m->be->attention_rows = NULL;
+        CHECK_OK(mc_generate_batch(ctx, prompts, lens, NS, &p, loop));
+        m->be->attention_rows = ar;
+        same = 1;
+        for (int i = 0; i < NS; i++) {
+            if (!dev[i].tokens || !loop[i].tokens || dev[i].n_tokens != loop[i].n_tokens ||
+                memcmp(dev[i].tokens, loop[i].tokens, (size_t)NT * sizeof(int32_t)) != 0)
+                same = 0;
+            mc_generation_clear(&dev[i]);
+            mc_generation_clear(&loop[i]);
+        }
+        printf("  %-60s %s\n", "batch steps: attention_rows vs a launch a row",
+               same ? "identical" : "DIFFER");
+        CHECK(same);
+    }
     mc_context_free(ctx);
     /* one sequence a step ahead (argmax_queue) vs a step at a time: 24 tokens of each
      * prompt, then the stops in a context of prompt + 6 positions */

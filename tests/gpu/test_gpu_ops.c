@@ -1142,6 +1142,79 @@ static float weight_random(int i) {
  * two-rows-a-warp GEMV (N >= 8192), one row a warp, and long rows split over a block's
  * warps (K >= 2048; for one row, instead of the staged GEMV, which the backend without the
  * fusion runs: its sums differ, so its logits are compared only there). */
+/* attention_rows: rows of different sequences, each with its cache and position, against
+ * the CPU's op (each row's new key and value copied into its cache, then attention); the
+ * caches' new rows; the CUDA op without its one launch (a copy and a call a row) gives the
+ * same bits. Sequences share one cache buffer [S, n_ctx, kv_dim] as a context's do. */
+static void test_attention_rows(void) {
+    /* hd, Hq, Hkv, T (rows), n_ctx */
+    const int cases[][5] = {{64, 14, 2, 3, 600}, {64, 14, 2, 8, 300}, {128, 4, 2, 5, 200},
+                            {64, 14, 2, 11, 100}, {32, 4, 2, 4, 80}};
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        const int hd = cases[ci][0], Hq = cases[ci][1], Hkv = cases[ci][2], T = cases[ci][3];
+        const int n_ctx = cases[ci][4], S = T + 1; /* one sequence not stepped */
+        const size_t kvd = (size_t)Hkv * hd, nq = (size_t)T * Hq * hd;
+        const size_t ncache = (size_t)S * n_ctx * kvd;
+        float *q = frand(nq, 1.0f), *kn = frand((size_t)T * kvd, 1.0f);
+        float *vn = frand((size_t)T * kvd, 1.0f), *kc = frand(ncache, 1.0f);
+        float *vc = frand(ncache, 1.0f), *want = falloc(nq), *got = falloc(nq);
+        float *got2 = falloc(nq), *kc_got = falloc(ncache);
+        mc_att_row hr[16], dr[16];
+        float *dq = dputf(q, nq), *dkn = dputf(kn, (size_t)T * kvd), *dvn = dputf(vn, (size_t)T * kvd);
+        float *dkc = dputf(kc, ncache), *dvc = dputf(vc, ncache), *dout = dputf(got, nq);
+        char what[96];
+        for (int t = 0; t < T; t++) { /* row t: sequence S - 1 - t, positions spread out */
+            const int sq = S - 1 - t, pos = t == 0 ? 0 : (int)((t * 97L) % n_ctx);
+            hr[t].k = kc + (size_t)sq * n_ctx * kvd;
+            hr[t].v = vc + (size_t)sq * n_ctx * kvd;
+            dr[t].k = dkc + (size_t)sq * n_ctx * kvd;
+            dr[t].v = dvc + (size_t)sq * n_ctx * kvd;
+            hr[t].pos = dr[t].pos = pos;
+        }
+        CHECK_OK(g_cu->sync(g_cu));
+        g_ref->attention_rows(g_ref, want, q, kn, vn, hr, T, Hq, Hkv, hd);
+        g_cu->attention_rows(g_cu, dout, dq, dkn, dvn, dr, T, Hq, Hkv, hd);
+        dget(got, dout, nq);
+        dget(kc_got, dkc, ncache);
+        snprintf(what, sizeof what, "attention_rows hd=%d Hq=%d T=%d", hd, Hq, T);
+        cmp(what, got, want, nq, 1e-5);
+        same("    key caches after it", kc_got, kc, ncache);
+        {
+            void (*ar)(mc_backend *, void *, const void *, const void *, const void *,
+                       const mc_att_row *, int, int, int, int) = g_cu->attention_rows;
+            float *nan = fnan(nq);
+            CHECK_OK(g_cu->to_device(g_cu, dout, nan, nq * sizeof(float)));
+            g_cu->attention_rows = NULL; /* the model's loop: a copy and a call a row */
+            for (int t = 0; t < T; t++) {
+                const size_t at = (size_t)dr[t].pos * kvd;
+                CHECK_OK(g_cu->copy(g_cu, (float *)dr[t].k + at, dkn + t * kvd, kvd * 4));
+                CHECK_OK(g_cu->copy(g_cu, (float *)dr[t].v + at, dvn + t * kvd, kvd * 4));
+                g_cu->attention(g_cu, dout + t * (size_t)Hq * hd, dq + t * (size_t)Hq * hd,
+                                dr[t].k, dr[t].v, 1, dr[t].pos, Hq, Hkv, hd);
+            }
+            g_cu->attention_rows = ar;
+            dget(got2, dout, nq);
+            same("    vs a copy and a call a row", got2, got, nq);
+            free(nan);
+        }
+        dfree(dq);
+        dfree(dkn);
+        dfree(dvn);
+        dfree(dkc);
+        dfree(dvc);
+        dfree(dout);
+        free(q);
+        free(kn);
+        free(vn);
+        free(kc);
+        free(vc);
+        free(want);
+        free(got);
+        free(got2);
+        free(kc_got);
+    }
+}
+
 static void test_argmax_gemv(void) {
     const int cs[5][3] = {{1, 20000, 64}, {3, 1000, 96}, {8, 300, 2048}, {2, 9000, 128},
                           {1, 500, 2048}};
@@ -1275,6 +1348,7 @@ int main(void) {
     RUN(test_gemm_choice);
     RUN(test_argmax);
     RUN(test_argmax_gemv);
+    RUN(test_attention_rows);
     RUN(test_decode_layers);
     CHECK_OK(g_cu->sync(g_cu));
     mc_backend_free(g_ref);

@@ -35,6 +35,7 @@ enum {
     ROW_CHUNK = 256,
     ROW_MAX_SPLIT = 32,
     SMALL_T = 8,
+    DEC_ROWS = SMALL_T, /* rows of different sequences in one decode attention launch */
     DEC_SPLIT = 8,
     DEC_THREADS = 256
 };
@@ -409,6 +410,13 @@ struct RowArgs {
     int pre_rows; /* rows < pre_rows (<= pos0) of k and v are complete (cu_unwritten): the
                    * decode attention reads them before its wait (0: none) */
     float scale;
+    /* rows of different sequences (attention_rows; knew NULL: one sequence): row t's cache
+     * starts roff[t] floats past k and v, its query is at position rpos[t], its rows
+     * < rpre[t] may be read before the wait, and its new key and value, rows t of knew and
+     * vnew, are read from there and stored in the cache by the cluster of head 0 */
+    const float *knew, *vnew;
+    long long roff[DEC_ROWS];
+    int rpos[DEC_ROWS], rpre[DEC_ROWS];
 };
 
 /* Block-wide reduction over 128 threads (sum or max); every thread gets the result. */
@@ -627,43 +635,58 @@ static __global__ void __cluster_dims__(1, 1, DEC_SPLIT) __launch_bounds__(DEC_T
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int h = blockIdx.x, t = blockIdx.y, sp = (int)cluster.block_rank();
     const int hk = h / (a.Hq / a.Hkv), kvdim = a.Hkv * HD;
-    const int nk = a.pos0 + t + 1, per = (nk + DEC_SPLIT - 1) / DEC_SPLIT;
+    const bool rows = a.knew != nullptr;
+    const int pos = rows ? a.rpos[t] : a.pos0 + t, pre_rows = rows ? a.rpre[t] : a.pre_rows;
+    const int nk = pos + 1, per = (nk + DEC_SPLIT - 1) / DEC_SPLIT;
     const int j0 = sp * per, j1 = min(nk, j0 + per);
-    const float *kb = a.k + (size_t)hk * HD + lane * PL, *vb = a.v + (size_t)hk * HD + lane * PL;
+    const long long off = rows ? a.roff[t] : 0;
+    const float *kb = a.k + off + hk * HD + lane * PL, *vb = a.v + off + hk * HD + lane * PL;
+    /* the newest key and value: row pos of the cache, or row t of knew / vnew */
+    const float *kn = rows ? a.knew + (size_t)t * kvdim + hk * HD + lane * PL
+                           : kb + (size_t)pos * kvdim;
+    const float *vn = rows ? a.vnew + (size_t)t * kvdim + hk * HD + lane * PL
+                           : vb + (size_t)pos * kvdim;
     const int jfirst = j0 + warp * KB;
     DecVec<HD> kr[KB], vr[KB];
     /* pre_rows: the warp's first batch of older keys and values straight into registers;
      * the rest of the warp's rows into L2, while the previous kernel ends */
-    if (a.pre_rows > 0 && jfirst < j1) {
+    if (pre_rows > 0 && jfirst < j1) {
 #pragma unroll
         for (int i = 0; i < KB; i++) {
             const int j = min(jfirst + i, j1 - 1);
-            if (j < a.pre_rows) {
+            if (j < pre_rows) {
                 kr[i].load(kb + (size_t)j * kvdim);
                 vr[i].load(vb + (size_t)j * kvdim);
             }
         }
     }
     /* key r: row r % KB of batch r / KB */
-    for (int r = (a.pre_rows > 0 ? KB : 0) + (lane >> 1);; r += 16) {
+    for (int r = (pre_rows > 0 ? KB : 0) + (lane >> 1);; r += 16) {
         const int j = jfirst + (r / KB) * NW * KB + r % KB;
         if (j >= j1) break;
-        cu_prefetch_l2((lane & 1 ? a.v : a.k) + (size_t)j * kvdim + (size_t)hk * HD,
+        cu_prefetch_l2((lane & 1 ? a.v : a.k) + off + (size_t)j * kvdim + (size_t)hk * HD,
                        (unsigned)(HD * sizeof(float)));
     }
     cu_dep_wait();
+    if (rows && h == 0 && sp == 0) /* the new key and value into the row's cache */
+        for (int i = threadIdx.x; i < 2 * kvdim; i += DEC_THREADS) {
+            const bool isv = i >= kvdim;
+            const int e = isv ? i - kvdim : i;
+            float *cache = const_cast<float *>(isv ? a.v : a.k) + off + (size_t)pos * kvdim;
+            cache[e] = (isv ? a.vnew : a.knew)[(size_t)t * kvdim + e];
+        }
     DecVec<HD> q, o;
     q.load(a.q + ((size_t)t * a.Hq + h) * HD + lane * PL);
     o.zero();
     float m = -INFINITY, l = 0.0f;
     for (int jb = jfirst; jb < j1; jb += NW * KB) {
-        const bool pre = a.pre_rows > 0 && jb == jfirst; /* rows < pre_rows already loaded */
+        const bool pre = pre_rows > 0 && jb == jfirst; /* rows < pre_rows already loaded */
 #pragma unroll
         for (int i = 0; i < KB; i++) { /* past the end: the last key again, weighed 0 below */
             const int j = min(jb + i, j1 - 1);
-            if (!pre || j >= a.pre_rows) {
-                kr[i].load(kb + (size_t)j * kvdim);
-                vr[i].load(vb + (size_t)j * kvdim);
+            if (!pre || j >= pre_rows) {
+                kr[i].load(j == pos ? kn : kb + (size_t)j * kvdim);
+                vr[i].load(j == pos ? vn : vb + (size_t)j * kvdim);
             }
         }
         /* the KB warp sums interleaved and without branches, so their shuffles overlap */
@@ -1228,6 +1251,16 @@ void cu_flush_attfwd(mc_cuda *c) {
     }
 }
 
+/* The decode attention's early loads: the rows of k and v (rows of `row` bytes) below pos,
+ * or below pos - 1 (the newest written by a step still running), that no queued work
+ * writes; 0 when neither. */
+static int pre_rows_of(const mc_cuda *c, const void *k, const void *v, int pos, size_t row) {
+    for (int pre = pos; c->kv_pre_on && pre > 0 && pre >= pos - 1; pre--)
+        if (cu_unwritten(c, k, (size_t)pre * row) && cu_unwritten(c, v, (size_t)pre * row))
+            return pre;
+    return 0;
+}
+
 void cu_attention(mc_backend *be, void *out, const void *q, const void *k, const void *v, int T,
                   int pos0, int Hq, int Hkv, int hd) {
     mc_cuda *c = cu_ctx(be);
@@ -1295,14 +1328,7 @@ void cu_attention(mc_backend *be, void *out, const void *q, const void *k, const
     if (T <= SMALL_T && (hd == 64 || hd == 128) && cu_aligned16(q) && cu_aligned16(k) &&
         cu_aligned16(v) && c->dec_cluster) {
         a.nsplit = DEC_SPLIT;
-        /* the older rows, or all but the newest of them (written by a step still running
-         * when the next is queued ahead) */
-        const size_t row = (size_t)Hkv * (size_t)hd * sizeof(float);
-        for (int pre = pos0; c->kv_pre_on && pre > 0 && pre >= pos0 - 1; pre--)
-            if (cu_unwritten(c, k, (size_t)pre * row) && cu_unwritten(c, v, (size_t)pre * row)) {
-                a.pre_rows = pre;
-                break;
-            }
+        a.pre_rows = pre_rows_of(c, k, v, pos0, (size_t)Hkv * (size_t)hd * sizeof(float));
         const dim3 grid((unsigned)Hq, (unsigned)T, DEC_SPLIT);
         if (hd == 64)
             cu_launch(c, dec_fwd_kernel<64>, grid, dim3(DEC_THREADS), 0, a, "attention_decode");
@@ -1324,6 +1350,61 @@ void cu_attention(mc_backend *be, void *out, const void *q, const void *k, const
     if (hd == 64) cu_launch(c, row_fwd_kernel<64>, grid, dim3(ROW_THREADS), smem, a, "attention_row");
     else if (hd == 128) cu_launch(c, row_fwd_kernel<128>, grid, dim3(ROW_THREADS), smem, a, "attention_row");
     else cu_launch(c, row_fwd_kernel<0>, grid, dim3(ROW_THREADS), smem, a, "attention_row");
+}
+
+void cu_attention_rows(mc_backend *be, void *out, const void *q, const void *k_new,
+                       const void *v_new, const mc_att_row *rows, int T, int Hq, int Hkv, int hd) {
+    mc_cuda *c = cu_ctx(be);
+    const size_t qd = (size_t)Hq * (size_t)hd, kvd = (size_t)Hkv * (size_t)hd;
+    const size_t row = kvd * sizeof(float);
+    if (T <= 0) return;
+    bool one = (hd == 64 || hd == 128) && Hkv > 0 && Hq % Hkv == 0 && c->dec_cluster &&
+               cu_aligned16(q) && cu_aligned16(k_new) && cu_aligned16(v_new);
+    for (int t = 0; one && t < T; t++) /* both caches at one offset from row 0's */
+        one = cu_aligned16(rows[t].k) && cu_aligned16(rows[t].v) &&
+              (const char *)rows[t].k - (const char *)rows[0].k ==
+                  (const char *)rows[t].v - (const char *)rows[0].v;
+    if (!one) { /* a copy of each new row, then attention per row */
+        for (int t = 0; t < T; t++) {
+            const size_t at = (size_t)rows[t].pos * kvd;
+            (void)be->copy(be, (float *)rows[t].k + at, (const float *)k_new + t * kvd, row);
+            (void)be->copy(be, (float *)rows[t].v + at, (const float *)v_new + t * kvd, row);
+            cu_attention(be, (float *)out + t * qd, (const float *)q + t * qd, rows[t].k,
+                         rows[t].v, 1, rows[t].pos, Hq, Hkv, hd);
+        }
+        return;
+    }
+    for (int t0 = 0; t0 < T; t0 += DEC_ROWS) {
+        const int n = T - t0 < DEC_ROWS ? T - t0 : DEC_ROWS;
+        RowArgs a;
+        memset(&a, 0, sizeof a);
+        a.out = (float *)out + t0 * qd;
+        a.q = (const float *)q + t0 * qd;
+        a.k = (const float *)rows[t0].k;
+        a.v = (const float *)rows[t0].v;
+        a.knew = (const float *)k_new + t0 * kvd;
+        a.vnew = (const float *)v_new + t0 * kvd;
+        a.T = n;
+        a.Hq = Hq;
+        a.Hkv = Hkv;
+        a.hd = hd;
+        a.nsplit = DEC_SPLIT;
+        a.scale = 1.0f / sqrtf((float)hd);
+        cu_note_write(c, a.out, (size_t)n * qd * sizeof(float));
+        for (int t = 0; t < n; t++) {
+            const mc_att_row &r = rows[t0 + t];
+            a.roff[t] = ((const float *)r.k - a.k);
+            a.rpos[t] = r.pos;
+            a.rpre[t] = pre_rows_of(c, r.k, r.v, r.pos, row);
+            cu_note_write(c, (float *)r.k + (size_t)r.pos * kvd, row);
+            cu_note_write(c, (float *)r.v + (size_t)r.pos * kvd, row);
+        }
+        const dim3 grid((unsigned)Hq, (unsigned)n, DEC_SPLIT);
+        if (hd == 64)
+            cu_launch(c, dec_fwd_kernel<64>, grid, dim3(DEC_THREADS), 0, a, "attention_rows");
+        else
+            cu_launch(c, dec_fwd_kernel<128>, grid, dim3(DEC_THREADS), 0, a, "attention_rows");
+    }
 }
 
 /* D of T rows (from the kept output) into dsum [Hq, T], and dq, dk, dv zeroed. */

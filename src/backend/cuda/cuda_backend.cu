@@ -805,6 +805,7 @@ static void fill_table(mc_backend *be) {
         be->argmax_wait = cu_argmax_wait;
     }
     be->fill_positions = cu_fill_positions;
+    if (cu_ctx(be)->rows_on) be->attention_rows = cu_attention_rows;
     be->gemm_f32 = cu_gemm_f32;
     be->matmul_dx = cu_matmul_dx;
     be->rmsnorm_backward = cu_rmsnorm_backward;
@@ -870,6 +871,7 @@ extern "C" mc_status mc_backend_cuda_create(int device, mc_backend **out) {
     c->smem_on = !(env && strstr(env, "smem"));
     c->fuse_am = c->fuse_on && !(env && strstr(env, "argmax"));
     c->ahead_on = !(env && strstr(env, "ahead"));
+    c->rows_on = !(env && strstr(env, "attrows"));
     env = getenv("MC_CUDA_GEMM"); /* "default": cublasGemmEx's own algorithms */
     c->lt_on = !(env && strcmp(env, "default") == 0);
     env = getenv("MC_CUDA_XENT");

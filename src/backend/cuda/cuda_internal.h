@@ -366,6 +366,7 @@ struct mc_cuda {
     unsigned aq_epoch[2];
     int aq_head, aq_count;
     bool ahead_on; /* MC_CUDA_NOFUSE=ahead: no argmax_queue */
+    bool rows_on;  /* MC_CUDA_NOFUSE=attrows: no attention_rows (a copy and a launch a row) */
     /* writes deferred to the next embedding (cu_deferred_flush launches them otherwise):
      * dfr_ids[r] = the argmax in keys dfr_keys for r < dfr_rows; dfr_pos[t] = dfr_start + t
      * for t < dfr_T */
@@ -534,6 +535,8 @@ void cu_sum_parts(mc_cuda *c, float *C, int ldc, const float *part, int M, int N
 /* cuda_attention.cu */
 void cu_attention(mc_backend *be, void *out, const void *q, const void *k, const void *v, int T,
                   int pos0, int Hq, int Hkv, int hd);
+void cu_attention_rows(mc_backend *be, void *out, const void *q, const void *k_new,
+                       const void *v_new, const mc_att_row *rows, int T, int Hq, int Hkv, int hd);
 void cu_attention_backward(mc_backend *be, void *dq, void *dk, void *dv, const void *dout,
                            const void *q, const void *k, const void *v, int T, int Hq, int Hkv,
                            int hd);

@@ -1160,7 +1160,8 @@ static void test_attention_rows(void) {
         float *vc = frand(ncache, 1.0f), *want = falloc(nq), *got = falloc(nq);
         float *got2 = falloc(nq), *kc_got = falloc(ncache);
         mc_att_row hr[16], dr[16];
-        float *dq = dputf(q, nq), *dkn = dputf(kn, (size_t)T * kvd), *dvn = dputf(vn, (size_t)T * kvd);
+        float *dq = dputf(q, nq), *dkn = dputf(kn, (size_t)T * kvd);
+        float *dvn = dputf(vn, (size_t)T * kvd);
         float *dkc = dputf(kc, ncache), *dvc = dputf(vc, ncache), *dout = dputf(got, nq);
         char what[96];
         for (int t = 0; t < T; t++) { /* row t: sequence S - 1 - t, positions spread out */

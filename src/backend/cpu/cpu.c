@@ -130,9 +130,9 @@ static void cpu_attention_rows(mc_backend *be, void *out, const void *q, const v
                                int hd) {
     const size_t qd = (size_t)Hq * (size_t)hd, kvd = (size_t)Hkv * (size_t)hd;
     for (int t = 0; t < T; t++) {
-        const size_t at = (size_t)rows[t].pos * kvd;
-        memcpy((float *)rows[t].k + at, (const float *)k_new + (size_t)t * kvd, kvd * sizeof(float));
-        memcpy((float *)rows[t].v + at, (const float *)v_new + (size_t)t * kvd, kvd * sizeof(float));
+        const size_t at = (size_t)rows[t].pos * kvd, row = kvd * sizeof(float);
+        memcpy((float *)rows[t].k + at, (const float *)k_new + (size_t)t * kvd, row);
+        memcpy((float *)rows[t].v + at, (const float *)v_new + (size_t)t * kvd, row);
         be->attention(be, (float *)out + (size_t)t * qd, (const float *)q + (size_t)t * qd,
                       rows[t].k, rows[t].v, 1, rows[t].pos, Hq, Hkv, hd);
     }

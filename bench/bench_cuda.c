@@ -4,7 +4,8 @@
  *   prefill of --prefill (2048) tokens, tokens/s;
  *   decode at batch 1 after a --ctx (512) token prompt: model steps alone and through
  *   mc_generate (greedy sampling included), tokens/s and % of the bandwidth roofline
- *   (weight + KV-cache bytes per token over the copy bandwidth);
+ *   (weight + KV-cache bytes per token over the copy bandwidth), and mc_generate with the
+ *   default sampler;
  *   decode at batch 8 (8 sequences of --ctx tokens stepped together), tokens/s;
  *   LoRA training (rank 16, alpha 32, all 7 projections, --batch 4 x --seq 1024 tokens),
  *   tokens/s, MFU (model FLOPs / 989 TFLOP/s, the H100 SXM dense bf16 peak) and peak device
@@ -178,7 +179,7 @@ int main(int argc, char **argv) {
     int32_t *ids;
     mc_rng rng;
     double bw, gemm, bytes_tok, kv_bytes, t_pre = 0, t_first[2] = {0, 0}, dec_steps = 0;
-    double dec_copy = 0, dec_gen = 0, dec_b8 = 0;
+    double dec_copy = 0, dec_gen = 0, dec_b8 = 0, dec_smp = 0;
     double train_tps = 0, train_mfu = 0, train_tps_ck = 0;
     uint64_t mem_now = 0, mem_peak = 0, mem_model = 0, mem_peak_ck = 0;
     if (!dir) {
@@ -263,6 +264,13 @@ int main(int argc, char **argv) {
                            gi1 - gi0);
                 mc_generation_clear(&g);
             }
+            /* sampled with the default sampler (temperature 0.8): each step's logits go to
+             * the host, so it runs a step at a time */
+            gp.sampler = mc_sampler_default_params();
+            memset(&g, 0, sizeof g);
+            if (mc_generate(ctx, ids, (size_t)ctx_n, &gp, &g) == MC_OK && g.decode_seconds > 0)
+                dec_smp = (double)g.decode_steps / g.decode_seconds;
+            mc_generation_clear(&g);
             mc_context_free(ctx);
         } else {
             fprintf(stderr, "context: %s\n", mc_last_error());
@@ -273,6 +281,9 @@ int main(int argc, char **argv) {
                "%.0f tokens/s; %.0f%% / %.0f%% of roofline\n",
                ctx_n, dec_steps, dec_copy, dec_gen, (bytes_tok + kv_bytes) / 1048576.0, roof,
                100.0 * dec_steps / roof, 100.0 * dec_gen / roof);
+        printf("decode batch 1 at %d context through mc_generate with the default sampler "
+               "(temperature %.1f): %.0f tokens/s\n", ctx_n,
+               (double)mc_sampler_default_params().temperature, dec_smp);
         profile(be, "mc_generate");
         dec_b8 = bench_decode_batch(m, ids, ctx_n, gen, 8);
         printf("decode batch 8 at %d context: %.0f tokens/s\n", ctx_n, dec_b8);
@@ -369,6 +380,7 @@ int main(int argc, char **argv) {
     printf("| decode b1 @%d (steps) | %.0f tokens/s (%.0f%% of roofline) |\n", ctx_n, dec_steps,
            100.0 * dec_steps / (bw / (bytes_tok + kv_bytes)));
     printf("| decode b1 @%d (mc_generate) | %.0f tokens/s |\n", ctx_n, dec_gen);
+    printf("| decode b1 @%d (mc_generate, sampled) | %.0f tokens/s |\n", ctx_n, dec_smp);
     printf("| decode b8 @%d | %.0f tokens/s |\n", ctx_n, dec_b8);
     printf("| LoRA train %dx%d | %.0f tokens/s, MFU %.1f%%, peak %.2f GiB |\n", batch, seq,
            train_tps, 100.0 * train_mfu, (double)mem_peak / 1073741824.0);

@@ -414,9 +414,12 @@ static void test_gemm_f32(void) {
 }
 
 static void test_rope(void) {
-    const int cases[3][3] = {{17, 3, 64}, {5, 2, 128}, {40, 4, 16}}; /* T, H, hd */
-    for (int ci = 0; ci < 3; ci++) {
-        int T = cases[ci][0], H = cases[ci][1], hd = cases[ci][2], ldx = H * hd + (ci == 0 ? 8 : 0);
+    /* T, H, hd, row padding: four pairs a thread, or one where rows or halves do not
+     * split into 16-byte quads (the last two) */
+    const int cases[5][4] = {{17, 3, 64, 8}, {5, 2, 128, 0}, {40, 4, 16, 0}, {9, 2, 64, 2},
+                             {6, 2, 12, 0}};
+    for (int ci = 0; ci < 5; ci++) {
+        int T = cases[ci][0], H = cases[ci][1], hd = cases[ci][2], ldx = H * hd + cases[ci][3];
         size_t n = (size_t)T * ldx;
         int32_t pos[64];
         float *x = frand(n, 1.0f), *want = fdup(x, n), *got = falloc(n);

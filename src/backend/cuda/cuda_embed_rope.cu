@@ -4,6 +4,8 @@
  * the reference does, so both backends rotate by the same f32 angles. */
 #include "cuda_internal.h"
 
+#include <limits.h>
+
 extern "C" float mc_rope_inv_freq(float theta, int i, int hd);
 
 struct EmbArgs {
@@ -130,10 +132,57 @@ static __global__ void rope_kernel(const RopeArgs a) {
     }
 }
 
+/* rope_kernel for four consecutive pairs a thread (16-byte loads and stores, 32-bit index
+ * arithmetic): hd / 2 a multiple of 4, 16-byte aligned rows, fewer than 2^31 quads. The
+ * same rotation of each pair, so the same bits. */
+static __global__ void rope4_kernel(const RopeArgs a) {
+    cu_dep_wait();
+    const int half = a.hd / 2, q4 = half / 4;
+    const int n0 = a.T * a.H[0] * q4, total = n0 + (a.nt > 1 ? a.T * a.H[1] * q4 : 0);
+    const bool bw = a.backward != 0;
+    for (int idx = (int)(blockIdx.x * blockDim.x + threadIdx.x); idx < total;
+         idx += (int)(gridDim.x * blockDim.x)) {
+        const int ti = idx < n0 ? 0 : 1, j = ti ? idx - n0 : idx, H = a.H[ti];
+        const int i = (j % q4) * 4, th = j / q4, h = th % H, t = th / H;
+        const size_t off = (size_t)t * a.ldx[ti] + (size_t)h * a.hd + i;
+        float *x1p = a.x[ti] + off, *x2p = x1p + half;
+        const float4 x1 = *reinterpret_cast<const float4 *>(x1p);
+        const float4 x2 = *reinterpret_cast<const float4 *>(x2p);
+        const float4 inv = *reinterpret_cast<const float4 *>(a.inv + i);
+        const int32_t p = a.pos[t];
+        float4 y1, y2;
+        cu_rope_rotate(x1.x, x2.x, p, inv.x, bw, y1.x, y2.x);
+        cu_rope_rotate(x1.y, x2.y, p, inv.y, bw, y1.y, y2.y);
+        cu_rope_rotate(x1.z, x2.z, p, inv.z, bw, y1.z, y2.z);
+        cu_rope_rotate(x1.w, x2.w, p, inv.w, bw, y1.w, y2.w);
+        *reinterpret_cast<float4 *>(x1p) = y1;
+        *reinterpret_cast<float4 *>(x2p) = y2;
+        if (a.sh[ti]) {
+            uint2 u1, u2;
+            u1.x = cu_pack_bf16(y1.x, y1.y);
+            u1.y = cu_pack_bf16(y1.z, y1.w);
+            u2.x = cu_pack_bf16(y2.x, y2.y);
+            u2.y = cu_pack_bf16(y2.z, y2.w);
+            *reinterpret_cast<uint2 *>(a.sh[ti] + off) = u1;
+            *reinterpret_cast<uint2 *>(a.sh[ti] + off + half) = u2;
+        }
+    }
+}
+
 static void rope_launch(mc_cuda *c, const RopeArgs &a) {
-    size_t total = (size_t)a.T * (size_t)(a.H[0] + (a.nt > 1 ? a.H[1] : 0)) * (size_t)(a.hd / 2);
-    cu_launch(c, rope_kernel, dim3(cu_blocks(total, 256, (unsigned)c->n_sm * 16)), dim3(256), 0, a,
-              a.backward ? "rope_backward" : "rope");
+    const int half = a.hd / 2;
+    size_t total = (size_t)a.T * (size_t)(a.H[0] + (a.nt > 1 ? a.H[1] : 0)) * (size_t)half;
+    bool quad = half % 4 == 0 && total / 4 < (size_t)INT_MAX && cu_aligned16(a.inv);
+    for (int i = 0; i < a.nt; i++)
+        quad = quad && a.ldx[i] % 4 == 0 && cu_aligned16(a.x[i]) &&
+               (!a.sh[i] || ((uintptr_t)a.sh[i] & 7) == 0);
+    const char *name = a.backward ? "rope_backward" : "rope";
+    if (quad)
+        cu_launch(c, rope4_kernel, dim3(cu_blocks(total / 4, 256, (unsigned)c->n_sm * 16)),
+                  dim3(256), 0, a, name);
+    else
+        cu_launch(c, rope_kernel, dim3(cu_blocks(total, 256, (unsigned)c->n_sm * 16)), dim3(256),
+                  0, a, name);
 }
 
 /* The pending rotation of one tensor as kernel arguments. */

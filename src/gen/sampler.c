@@ -479,28 +479,56 @@ static void heap_up(mc_cand *h, size_t i) {
     }
 }
 
+/* True when one of w[0..16) is above v. */
+static int any16_above(const float *w, float v) {
+    const mc_v4f vv = {v, v, v, v};
+    mc_v4i any = {0, 0, 0, 0};
+    int u;
+    for (u = 0; u < 4; u++) {
+        mc_v4f a;
+        memcpy(&a, w + 4 * u, sizeof a);
+        any |= a > vv;
+    }
+    return (any[0] | any[1] | any[2] | any[3]) != 0;
+}
+
 /* Stages 5 and 6 for a small k: the first k tokens in cand order (fewer when fewer have
- * x > -inf) into s->cand[0..return) through a k-entry heap, without a candidate list:
- * about one comparison per token. */
+ * x > -inf) into s->cand[0..return) through a k-entry heap, without a candidate list.
+ * Once the heap is full, a logit at or below the root's raw logit is passed over without
+ * computing its x: x = (l - m) / t does not decrease as l grows (t > 0), so its x is at
+ * most the root's, and an equal x comes later in id order, never better. Blocks of 16
+ * such logits are passed over together, so most of the vocabulary costs a vector compare. */
 static size_t heap_top_k(mc_sampler *s, float m, size_t k) {
     mc_cand *h = s->cand; /* [k] heap; root = the worst kept candidate */
     const float *w = s->cur;
     const float t = s->p.temperature;
     size_t n = 0;
-    int32_t i;
-    for (i = 0; i < s->n_vocab; i++) {
+    float wroot = -INFINITY; /* the root's raw logit, once the heap is full */
+    int32_t i = 0;
+    while (i < s->n_vocab) {
         mc_cand c;
+        if (n == k && i % 16 == 0 && i + 16 <= s->n_vocab && !any16_above(w + i, wroot)) {
+            i += 16;
+            continue;
+        }
+        if (n == k && !(w[i] > wroot)) {
+            i++;
+            continue;
+        }
         c.x = (w[i] - m) / t;
-        if (!(c.x > -INFINITY)) continue;
         c.e = 0;
-        c.id = i;
+        c.id = i++;
+        if (!(c.x > -INFINITY)) continue;
         if (n < k) {
             h[n] = c;
             heap_up(h, n++);
         } else if (c.x > h[0].x) { /* equal x comes later in id order: never better */
             h[0] = c;
             heap_down(h, k, 0);
+        } else {
+            continue;
         }
+        if (n == k) wroot = w[h[0].id];
     }
     return n;
 }

@@ -268,7 +268,9 @@ int main(int argc, char **argv) {
              * the host, so it runs a step at a time */
             gp.sampler = mc_sampler_default_params();
             memset(&g, 0, sizeof g);
-            if (mc_generate(ctx, ids, (size_t)ctx_n, &gp, &g) == MC_OK && g.decode_seconds > 0)
+            if (mc_generate(ctx, ids, (size_t)ctx_n, &gp, &g) != MC_OK)
+                fprintf(stderr, "generate (sampled): %s\n", mc_last_error());
+            else if (g.decode_seconds > 0)
                 dec_smp = (double)g.decode_steps / g.decode_seconds;
             mc_generation_clear(&g);
             mc_context_free(ctx);

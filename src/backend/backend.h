@@ -48,6 +48,11 @@ struct mc_backend {
     mc_dtype act_dtype; /* element type of activation buffers */
     int n_threads;
     void *impl;        /* backend-private state */
+    /* Ops queue work on a device and return before it is done (CUDA): greedy generation
+     * then runs a step ahead where argmax_queue exists. A backend that computes each op
+     * before returning (the CPU) gains nothing from that and would compute a step more
+     * when the generation ends on EOS or a stop string. */
+    bool async;
 
     /* ---- memory ---- */
     /* Device buffer of `bytes` bytes (64-byte aligned on CPU); NULL on failure. */

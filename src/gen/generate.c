@@ -164,8 +164,8 @@ static bool device_greedy(const mc_generate_params *p, const mc_backend *be) {
            sp->frequency_penalty == 0.0f && !p->on_token;
 }
 
-/* Greedy decoding of sequence 0 a step ahead (device_greedy, one sequence, a backend with
- * argmax_queue): while the device runs the step of one token, the step of the next (the
+/* Greedy decoding of sequence 0 a step ahead (device_greedy, one sequence, an async
+ * backend with argmax_queue): while the device runs the step of one token, the step of the next (the
  * argmax the running step leaves on the device) is queued already, so the device never
  * waits for the host between steps. Tokens, stops and n_past come out as the loop of
  * mc_generate_batch gives them: a step queued for a token that ends the generation is
@@ -304,7 +304,7 @@ mc_status mc_generate_batch(mc_context *ctx, const int32_t *const *prompts, cons
     }
     /* sample, then one batched step for the sequences still running */
     t0 = mc_time_now();
-    if (on_device && n == 1 && ctx->model->be->argmax_queue) {
+    if (on_device && n == 1 && ctx->model->be->argmax_queue && ctx->model->be->async) {
         s = generate_ahead(&g[0], &p, eos, n_eos, f);
         if (s != MC_OK) goto done;
     }

@@ -249,7 +249,7 @@ static void test_generate_greedy(void) {
     mc_generate_params p = mc_generate_default_params();
     const int32_t a[4] = {9, 1500, 77, 20000}, b[2] = {151000, 3}, c[1] = {42};
     const int32_t *prompts[NS] = {a, b, c};
-    const size_t lens[NS] = {4, 2, 1};
+    size_t lens[NS] = {4, 2, 1};
     mc_generation dev[NS], host[NS];
     int same = 1;
     snprintf(dir, sizeof dir, "%s", t_tmpdir("gpu_tiny_gen"));
@@ -308,6 +308,28 @@ static void test_generate_greedy(void) {
         mc_generation_clear(&g);
     }
     mc_context_free(ctx);
+    {   /* the stops need a prompt whose first 7 greedy tokens are not all one token */
+        const int32_t d[10] = {5, 17, 200, 3, 99, 42, 7, 1, 60, 8}, e[4] = {100, 2000, 30000, 7};
+        const int32_t *cand[5] = {a, b, c, d, e};
+        const size_t clen[5] = {4, 2, 1, 10, 4};
+        int pick = -1;
+        mc_generate_params q = p;
+        q.max_tokens = 7;
+        cp.n_ctx = 32;
+        CHECK_OK(mc_context_create(m, &cp, &ctx));
+        for (int i = 0; i < 5 && pick < 0; i++) {
+            mc_generation g;
+            CHECK_OK(mc_generate(ctx, cand[i], clen[i], &q, &g));
+            for (size_t j = 1; j < g.n_tokens && pick < 0; j++)
+                if (g.tokens[j] != g.tokens[0]) pick = i;
+            mc_generation_clear(&g);
+        }
+        mc_context_free(ctx);
+        CHECK(pick >= 0);
+        if (pick < 0) pick = 0;
+        prompts[0] = cand[pick];
+        lens[0] = clen[pick];
+    }
     cp.n_ctx = (int)lens[0] + 6;
     CHECK_OK(mc_context_create(m, &cp, &ctx));
     const int stops = t_ahead_stops(ctx, prompts[0], lens[0]);

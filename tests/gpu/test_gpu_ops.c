@@ -1161,7 +1161,7 @@ static void test_attention_rows(void) {
         float *q = frand(nq, 1.0f), *kn = frand((size_t)T * kvd, 1.0f);
         float *vn = frand((size_t)T * kvd, 1.0f), *kc = frand(ncache, 1.0f);
         float *vc = frand(ncache, 1.0f), *want = falloc(nq), *got = falloc(nq);
-        float *got2 = falloc(nq), *kc_got = falloc(ncache);
+        float *got2 = falloc(nq), *kc_got = falloc(ncache), *vc_got = falloc(ncache);
         mc_att_row hr[16], dr[16];
         float *dq = dputf(q, nq), *dkn = dputf(kn, (size_t)T * kvd);
         float *dvn = dputf(vn, (size_t)T * kvd);
@@ -1180,9 +1180,11 @@ static void test_attention_rows(void) {
         g_cu->attention_rows(g_cu, dout, dq, dkn, dvn, dr, T, Hq, Hkv, hd);
         dget(got, dout, nq);
         dget(kc_got, dkc, ncache);
+        dget(vc_got, dvc, ncache);
         snprintf(what, sizeof what, "attention_rows hd=%d Hq=%d T=%d", hd, Hq, T);
         cmp(what, got, want, nq, 1e-5);
         same("    key caches after it", kc_got, kc, ncache);
+        same("    value caches after it", vc_got, vc, ncache);
         {
             void (*ar)(mc_backend *, void *, const void *, const void *, const void *,
                        const mc_att_row *, int, int, int, int) = g_cu->attention_rows;
@@ -1216,6 +1218,7 @@ static void test_attention_rows(void) {
         free(got);
         free(got2);
         free(kc_got);
+        free(vc_got);
     }
 }
 

@@ -396,11 +396,22 @@ static void test_step_ahead(void) {
     mc_model *m = load("tiny_tied_f32");
     mc_context *ctx = NULL;
     mc_context_params cp = mc_context_default_params();
-    const int32_t prompt[10] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10};
+    /* its greedy tokens: 136 136 136 408 ..., so EOS 408 drops a step queued ahead */
+    const int32_t prompt[10] = {5, 17, 200, 3, 99, 42, 7, 1, 60, 8};
     if (!m) return;
     cp.n_ctx = 16;
     CHECK_OK(mc_context_create(m, &cp, &ctx));
     CHECK_INT(t_ahead_stops(ctx, prompt, 10), 6);
+    {   /* the CPU computes each op before returning: greedy generation runs a step at a time
+         * there (no step for a token that ends it) */
+        mc_generate_params p = greedy(4);
+        mc_generation g;
+        CHECK(!m->be->async);
+        CHECK_OK(mc_generate(ctx, prompt, 10, &p, &g));
+        CHECK_INT((int)g.n_tokens, 4);
+        CHECK_INT(g.decode_steps, 3);
+        mc_generation_clear(&g);
+    }
     {   /* the ops: results in queue order, failures at the wait, refusals */
         mc_backend *be = m->be;
         float x[2 * 5] = {1, 3, 3, 0, -1, 0, 0, 0, 0, 7}, bad[5] = {1, NAN, 2, INFINITY, 0};

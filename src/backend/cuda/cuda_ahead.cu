@@ -93,6 +93,8 @@ mc_status cu_argmax_queue(mc_backend *be, int32_t *ids, const void *x, int rows,
     const unsigned long long *keys = cu_gemv_take_argmax(c, (const float *)x, rows, n);
     if (!keys) keys = keys_launch(c, (const float *)x, rows, n);
     cu_end_segment(c);
+    const mc_status st = cu_take_error(c); /* a failure while the step was queued */
+    if (st != MC_OK) return st;            /* nothing queued: nothing to wait for */
     const int slot = (c->aq_head + c->aq_count) & 1;
     c->aq_want[slot] = ++c->aq_seq;
     c->aq_rows[slot] = rows;
@@ -105,7 +107,7 @@ mc_status cu_argmax_queue(mc_backend *be, int32_t *ids, const void *x, int rows,
     c->dfr_rows = rows;
     c->dfr_host = c->aq_dev + (size_t)slot * CU_AQ_SLOT;
     c->dfr_seq = c->aq_want[slot];
-    return cu_take_error(c);
+    return MC_OK;
 }
 
 /* Waits until slot's sequence number arrives in mapped memory; false on a failure of the
@@ -113,7 +115,7 @@ mc_status cu_argmax_queue(mc_backend *be, int32_t *ids, const void *x, int rows,
 static bool await_slot(mc_cuda *c, int slot) {
     const volatile unsigned long long *seq = c->aq_host + (size_t)slot * CU_AQ_SLOT + CU_AM_SLOT;
     for (unsigned spin = 1; *seq != c->aq_want[slot]; spin++) {
-        if (spin % 256) continue;
+        if (spin % 4096) continue; /* a few microseconds of spinning between queries */
         const cudaError_t e = cudaStreamQuery(c->stream); /* a failed kernel never writes it */
         if (e == cudaErrorNotReady) continue;
         if (e != cudaSuccess) return cu_check(c, e, "a queued kernel");
@@ -135,8 +137,15 @@ mc_status cu_argmax_wait(mc_backend *be, int32_t *out, int rows) {
     if (rows != c->aq_rows[slot])
         return mc_fail(MC_ERR_INVALID_ARG, "argmax_wait: %d rows asked, %d queued", rows,
                        c->aq_rows[slot]);
-    if (c->dfr_ids && c->dfr_seq == c->aq_want[slot]) cu_deferred_flush(c); /* nothing read it */
-    cu_end_segment(c);
+    /* the kernel that writes this argmax's number must be launched: the deferred writes
+     * when nothing took them over, or launches still queued; a newer argmax's deferred
+     * writes stay for the next step's embedding */
+    if (c->dfr_ids && c->dfr_seq == c->aq_want[slot]) {
+        cu_deferred_flush(c);
+        cu_end_segment(c);
+    } else if (c->qn > 0 || c->pend.kind != CU_PEND_NONE) {
+        cu_end_segment(c);
+    }
     if (!await_slot(c, slot)) return cu_take_error(c);
     if (c->err == MC_OK) cu_retire_writes(c, c->aq_epoch[slot]);
     mc_status s = cu_take_error(c);

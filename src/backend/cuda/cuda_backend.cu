@@ -778,6 +778,7 @@ static void cuda_destroy(mc_backend *be) {
 
 static void fill_table(mc_backend *be) {
     be->name = "cuda";
+    be->async = true;
     be->act_dtype = MC_F32;
     be->n_threads = 1;
     be->alloc = cuda_alloc;

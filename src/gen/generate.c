@@ -165,9 +165,9 @@ static bool device_greedy(const mc_generate_params *p, const mc_backend *be) {
 }
 
 /* Greedy decoding of sequence 0 a step ahead (device_greedy, one sequence, an async
- * backend with argmax_queue): while the device runs the step of one token, the step of the next (the
- * argmax the running step leaves on the device) is queued already, so the device never
- * waits for the host between steps. Tokens, stops and n_past come out as the loop of
+ * backend with argmax_queue): while the device runs the step of one token, the step of the
+ * next (the argmax the running step leaves on the device) is queued already, so the device
+ * never waits for the host between steps. Tokens, stops and n_past come out as the loop of
  * mc_generate_batch gives them: a step queued for a token that ends the generation is
  * dropped (mc_fwd_step_drop). */
 static mc_status generate_ahead(gen_seq *g, const mc_generate_params *p, const int32_t *eos,

@@ -1,6 +1,7 @@
 /* cuda_ahead.cu - greedy decoding a step ahead: argmax_queue leaves each row's argmax keys on
- * the device for the next step's embedding, which also writes them to mapped page-locked
- * memory followed by a sequence number; argmax_wait waits for that number. The token ids
+ * the device for the next step's embedding, which also writes each row's argmax to mapped
+ * page-locked memory as one word tagged with a sequence number (cu_am_word); argmax_wait
+ * waits for the words. The token ids
  * (and fill_positions' positions) are written by the embedding that reads them, or by a
  * small kernel of their own when something else comes first (cu_deferred_flush), so steps
  * queued ahead follow one another with no copy or event between them. */
@@ -9,7 +10,7 @@
 struct DeferArgs {
     int32_t *ids;                   /* [rows] or NULL */
     const unsigned long long *keys; /* argmax keys (CU_AM_SLOT) */
-    unsigned long long *host, seq;  /* the keys and then seq to mapped host memory */
+    unsigned long long *host, seq;  /* each row's cu_am_word to mapped host memory */
     int rows;
     int32_t *pos; /* [T] or NULL */
     int start, T;
@@ -17,8 +18,11 @@ struct DeferArgs {
 
 static __global__ void defer_kernel(const DeferArgs a) {
     cu_dep_wait();
-    if (a.ids && (int)threadIdx.x < a.rows) a.ids[threadIdx.x] = cu_am_token(a.keys[threadIdx.x]);
-    if (a.ids && threadIdx.x == 0) cu_am_to_host(a.host, a.keys, a.seq);
+    if (a.ids && (int)threadIdx.x < a.rows) {
+        a.ids[threadIdx.x] = cu_am_token(a.keys[threadIdx.x]);
+        *(volatile unsigned long long *)(a.host + threadIdx.x) =
+            cu_am_word(a.keys, (int)threadIdx.x, a.seq);
+    }
     if (a.pos)
         for (int t = threadIdx.x; t < a.T; t += blockDim.x) a.pos[t] = a.start + t;
 }
@@ -96,7 +100,8 @@ mc_status cu_argmax_queue(mc_backend *be, int32_t *ids, const void *x, int rows,
     const mc_status st = cu_take_error(c); /* a failure while the step was queued */
     if (st != MC_OK) return st;            /* nothing queued: nothing to wait for */
     const int slot = (c->aq_head + c->aq_count) & 1;
-    c->aq_want[slot] = ++c->aq_seq;
+    if ((++c->aq_seq & 0xffffffull) == 0) c->aq_seq++; /* a zeroed word never matches */
+    c->aq_want[slot] = c->aq_seq;
     c->aq_rows[slot] = rows;
     c->aq_n[slot] = n;
     c->aq_epoch[slot] = c->wr_epoch++; /* the event ends the writes noted so far */
@@ -110,21 +115,27 @@ mc_status cu_argmax_queue(mc_backend *be, int32_t *ids, const void *x, int rows,
     return MC_OK;
 }
 
-/* Waits until slot's sequence number arrives in mapped memory; false on a failure of the
- * stream (recorded), or when the stream is idle without it. */
+/* True when every row's word of slot carries the awaited sequence number. */
+static bool slot_arrived(const mc_cuda *c, int slot) {
+    const volatile unsigned long long *w = c->aq_host + (size_t)slot * CU_AQ_SLOT;
+    for (int r = 0; r < c->aq_rows[slot]; r++)
+        if ((w[r] >> 40) != (c->aq_want[slot] & 0xffffffull)) return false;
+    return true;
+}
+
+/* Waits until slot's words arrive in mapped memory; false on a failure of the stream
+ * (recorded), or when the stream is idle without them. */
 static bool await_slot(mc_cuda *c, int slot) {
-    const volatile unsigned long long *seq = c->aq_host + (size_t)slot * CU_AQ_SLOT + CU_AM_SLOT;
-    for (unsigned spin = 1; *seq != c->aq_want[slot]; spin++) {
+    for (unsigned spin = 1; !slot_arrived(c, slot); spin++) {
         if (spin % 4096) continue; /* a few microseconds of spinning between queries */
         const cudaError_t e = cudaStreamQuery(c->stream); /* a failed kernel never writes it */
         if (e == cudaErrorNotReady) continue;
         if (e != cudaSuccess) return cu_check(c, e, "a queued kernel");
-        if (*seq == c->aq_want[slot]) break;
+        if (slot_arrived(c, slot)) break;
         cu_set_error(c, MC_ERR_INTERNAL, "argmax_wait: the queued work ended without argmax %llu",
                      c->aq_want[slot]);
         return false;
     }
-    __atomic_thread_fence(__ATOMIC_ACQUIRE); /* the keys were visible before the number */
     return true;
 }
 
@@ -149,9 +160,13 @@ mc_status cu_argmax_wait(mc_backend *be, int32_t *out, int rows) {
     if (!await_slot(c, slot)) return cu_take_error(c);
     if (c->err == MC_OK) cu_retire_writes(c, c->aq_epoch[slot]);
     mc_status s = cu_take_error(c);
-    return s == MC_OK ? cu_argmax_decode(c->aq_host + (size_t)slot * CU_AQ_SLOT, out, rows,
-                                         c->aq_n[slot])
-                      : s;
+    for (int r = 0; s == MC_OK && r < rows; r++) { /* the words as argmax_rows reports */
+        const unsigned long long w = c->aq_host[(size_t)slot * CU_AQ_SLOT + r];
+        const unsigned kind = (unsigned)(w >> 32) & 0xffu, idx = (unsigned)w;
+        if (kind == 0) out[r] = (int32_t)idx;
+        else s = mc_argmax_fail(r, kind == 1 ? -1 : (int)idx, kind == 2, c->aq_n[slot]);
+    }
+    return s;
 }
 
 void cu_fill_positions(mc_backend *be, int32_t *pos, int start, int T) {
@@ -172,7 +187,7 @@ bool cu_ahead_init(mc_cuda *c) {
         cu_ahead_destroy(c);
         return false;
     }
-    memset(c->aq_host, 0, bytes); /* no sequence number is 0 */
+    memset(c->aq_host, 0, bytes); /* no awaited sequence number has its low 24 bits 0 */
     return true;
 }
 

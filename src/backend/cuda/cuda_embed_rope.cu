@@ -16,7 +16,7 @@ struct EmbArgs {
     /* the deferred writes taken over (cu_deferred_flush): the ids from argmax keys (NULL:
      * ids as they are), written back to ids_w; positions pos[t] = pos_start + t, t < pos_T */
     const unsigned long long *keys;
-    unsigned long long *host, seq; /* the keys and then seq to mapped host memory */
+    unsigned long long *host, seq; /* each row's cu_am_word to mapped host memory */
     int32_t *ids_w;
     int32_t *pos;
     int pos_start, pos_T;
@@ -30,7 +30,8 @@ static __global__ void embedding_kernel(const EmbArgs a) {
     if (a.keys) { /* the argmax's token (0 when the row had no finite value) */
         const int32_t id = cu_am_token(a.keys[t]);
         if (threadIdx.x == 0) a.ids_w[t] = id;
-        if (threadIdx.x == 0 && t == 0) cu_am_to_host(a.host, a.keys, a.seq);
+        if (threadIdx.x == 0) /* the row's word for the host (mapped memory) */
+            *(volatile unsigned long long *)(a.host + t) = cu_am_word(a.keys, t, a.seq);
         row = (size_t)id;
     } else {
         row = (size_t)a.ids[t];

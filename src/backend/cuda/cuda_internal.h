@@ -202,7 +202,7 @@ enum { CU_GEMV_MAX_M = 8, CU_GEMV_MAX_ENT = 3 };
 /* Argmax keys of a GEMV's output rows (cu_gemv_take_argmax): per row m, keys[m] is the
  * largest finite value's key (cu_am_key; 0: none above -inf) and keys[CU_GEMV_MAX_M + m]
  * the first NaN or +inf's (0: none). Two slots alternate; each GEMV clears the other. */
-enum { CU_AM_SLOT = 2 * CU_GEMV_MAX_M, CU_AQ_SLOT = CU_AM_SLOT + 1 };
+enum { CU_AM_SLOT = 2 * CU_GEMV_MAX_M, CU_AQ_SLOT = CU_GEMV_MAX_M };
 
 /* One output of a (multi-)GEMV: out[m, n] = x[m, :] . W[n, :] (+ b[n]), rotated by RoPE
  * in the epilogue when rope is set (N = heads x head_dim). */
@@ -357,9 +357,9 @@ struct mc_cuda {
     int am_slot;                 /* the slot the next fused argmax uses */
 
     /* greedy decoding a step ahead (cuda_ahead.cu): a ring of two queued argmaxes, each
-     * with its slot of mapped page-locked memory (CU_AQ_SLOT: the keys, then a sequence
-     * number written after them by the kernel that reads the keys), the sequence number
-     * awaited, its rows, row length and the write epoch it ends */
+     * with its slot of mapped page-locked memory (CU_AQ_SLOT words, one a row: cu_am_word,
+     * written by the kernel that reads the keys), the sequence number awaited, its rows,
+     * row length and the write epoch it ends */
     unsigned long long *aq_host, *aq_dev; /* [2, CU_AQ_SLOT]: the host's and device's view */
     unsigned long long aq_seq, aq_want[2];
     int aq_rows[2], aq_n[2];
@@ -551,9 +551,6 @@ void cu_dropout(mc_backend *be, void *out, const void *x, size_t n, float p, uin
 void cu_copy_kernel(mc_cuda *c, void *dst, const void *src, size_t bytes);
 void cu_zero(mc_backend *be, void *p, size_t bytes);
 mc_status cu_argmax_rows(mc_backend *be, int32_t *out, const void *x, int rows, int n);
-/* out[r] = the argmax that keys k (a CU_AM_SLOT slot copied to the host) hold for row r < rows
- * of n values, or argmax_rows' failure. */
-mc_status cu_argmax_decode(const unsigned long long *k, int32_t *out, int rows, int n);
 /* cuda_ahead.cu: greedy decoding a step ahead, and the writes deferred to an embedding */
 mc_status cu_argmax_queue(mc_backend *be, int32_t *ids, const void *x, int rows, int n);
 mc_status cu_argmax_wait(mc_backend *be, int32_t *out, int rows);
@@ -659,14 +656,24 @@ static __device__ __forceinline__ void cu_am_fold(unsigned long long &best,
 static __device__ __forceinline__ int32_t cu_am_token(unsigned long long k) {
     return k ? (int32_t)(0xffffffffu - (unsigned)(k & 0xffffffffu)) : 0;
 }
-/* Copies a slot of argmax keys to mapped host memory and then, once they are visible
- * there, sequence number seq after them (by one thread). */
-static __device__ __forceinline__ void cu_am_to_host(unsigned long long *host,
-                                                     const unsigned long long *keys,
-                                                     unsigned long long seq) {
-    for (int i = 0; i < CU_AM_SLOT; i++) host[i] = keys[i];
-    __threadfence_system();
-    *(volatile unsigned long long *)(host + CU_AM_SLOT) = seq;
+/* Row r's argmax in one 64-bit word for the host, tagged with the low 24 bits of sequence
+ * number seq (bits 40-63), so that one aligned store carries it whole and no fence orders
+ * it after anything: bits 32-39 the kind (0 the token in bits 0-31; 1 no finite value; 2
+ * and 3 the first NaN or +inf, at the index in bits 0-31). */
+static __device__ __forceinline__ unsigned long long cu_am_word(const unsigned long long *keys,
+                                                                int r, unsigned long long seq) {
+    const unsigned long long best = keys[r], bad = keys[CU_GEMV_MAX_M + r];
+    unsigned kind = 0, idx;
+    if (bad) {
+        kind = (bad & 1) ? 2u : 3u;
+        idx = 0xffffffffu - (unsigned)(bad >> 1);
+    } else if (!best) {
+        kind = 1;
+        idx = 0;
+    } else {
+        idx = 0xffffffffu - (unsigned)(best & 0xffffffffu);
+    }
+    return ((seq & 0xffffffull) << 40) | ((unsigned long long)kind << 32) | idx;
 }
 /* Raises *p to k; the atomic only when k is above the value read first. */
 static __device__ __forceinline__ void cu_am_push(unsigned long long *p, unsigned long long k) {

@@ -338,8 +338,11 @@ static __global__ void __launch_bounds__(AM_THREADS) argmax_kernel(const ArgmaxA
     }
 }
 
-mc_status cu_argmax_decode(const unsigned long long *k, int32_t *out, int rows, int n) {
-    mc_status s = MC_OK;
+/* The argmax of each row from the keys a GEMV left (CU_AM_SLOT). */
+static mc_status argmax_from_keys(mc_backend *be, int32_t *out, const unsigned long long *dev,
+                                  int rows, int n) {
+    unsigned long long k[CU_AM_SLOT];
+    mc_status s = be->to_host(be, k, dev, sizeof k);
     for (int r = 0; s == MC_OK && r < rows; r++) {
         const unsigned long long bad = k[CU_GEMV_MAX_M + r];
         if (bad)
@@ -348,14 +351,6 @@ mc_status cu_argmax_decode(const unsigned long long *k, int32_t *out, int rows, 
         else out[r] = (int32_t)(0xffffffffu - (unsigned)(k[r] & 0xffffffffu));
     }
     return s;
-}
-
-/* The argmax of each row from the keys a GEMV left (CU_AM_SLOT). */
-static mc_status argmax_from_keys(mc_backend *be, int32_t *out, const unsigned long long *dev,
-                                  int rows, int n) {
-    unsigned long long k[CU_AM_SLOT];
-    mc_status s = be->to_host(be, k, dev, sizeof k);
-    return s == MC_OK ? cu_argmax_decode(k, out, rows, n) : s;
 }
 
 mc_status cu_argmax_rows(mc_backend *be, int32_t *out, const void *x, int rows, int n) {

@@ -238,6 +238,20 @@ static void test_decode_generated(void) {
     mc_model_free(m);
 }
 
+/* 1 when the generations a[i] and b[i] (i < n) hold the same nt tokens; clears them all. */
+static int same_tokens(mc_generation *a, mc_generation *b, int n, int nt) {
+    int same = 1;
+    for (int i = 0; i < n; i++) {
+        CHECK_INT((int)a[i].n_tokens, nt);
+        if (!a[i].tokens || !b[i].tokens || a[i].n_tokens != b[i].n_tokens ||
+            memcmp(a[i].tokens, b[i].tokens, (size_t)nt * sizeof(int32_t)) != 0)
+            same = 0;
+        mc_generation_clear(&a[i]);
+        mc_generation_clear(&b[i]);
+    }
+    return same;
+}
+
 /* Greedy generation on CUDA: the tokens the backend picks on the device (argmax_rows) equal
  * those the sampler picks from each step's logits on the host (forced by a token callback). */
 static void test_generate_greedy(void) {
@@ -263,14 +277,7 @@ static void test_generate_greedy(void) {
     p.ignore_eos = 1;
     CHECK_OK(mc_context_create(m, &cp, &ctx));
     CHECK_INT(t_generate_both(ctx, prompts, lens, NS, p, dev, host), NS * NT);
-    for (int i = 0; i < NS; i++) {
-        CHECK_INT(dev[i].n_tokens, NT);
-        if (!dev[i].tokens || !host[i].tokens || dev[i].n_tokens != host[i].n_tokens ||
-            memcmp(dev[i].tokens, host[i].tokens, (size_t)NT * sizeof(int32_t)) != 0)
-            same = 0;
-        mc_generation_clear(&dev[i]);
-        mc_generation_clear(&host[i]);
-    }
+    same = same_tokens(dev, host, NS, NT);
     printf("  %-60s %s\n", "greedy tokens: argmax on the device vs the host sampler",
            same ? "identical" : "DIFFER");
     CHECK(same);
@@ -283,14 +290,7 @@ static void test_generate_greedy(void) {
         m->be->attention_rows = NULL;
         CHECK_OK(mc_generate_batch(ctx, prompts, lens, NS, &p, loop));
         m->be->attention_rows = ar;
-        same = 1;
-        for (int i = 0; i < NS; i++) {
-            if (!dev[i].tokens || !loop[i].tokens || dev[i].n_tokens != loop[i].n_tokens ||
-                memcmp(dev[i].tokens, loop[i].tokens, (size_t)NT * sizeof(int32_t)) != 0)
-                same = 0;
-            mc_generation_clear(&dev[i]);
-            mc_generation_clear(&loop[i]);
-        }
+        same = same_tokens(dev, loop, NS, NT);
         printf("  %-60s %s\n", "batch steps: attention_rows vs a launch a row",
                same ? "identical" : "DIFFER");
         CHECK(same);

@@ -1251,6 +1251,24 @@ void cu_flush_attfwd(mc_cuda *c) {
     }
 }
 
+/* The arguments of the row (decode) attention kernels shared by attention and
+ * attention_rows. */
+static RowArgs row_args(void *out, const void *q, const void *k, const void *v, int T, int Hq,
+                        int Hkv, int hd) {
+    RowArgs a;
+    memset(&a, 0, sizeof a);
+    a.out = (float *)out;
+    a.q = (const float *)q;
+    a.k = (const float *)k;
+    a.v = (const float *)v;
+    a.T = T;
+    a.Hq = Hq;
+    a.Hkv = Hkv;
+    a.hd = hd;
+    a.scale = 1.0f / sqrtf((float)hd);
+    return a;
+}
+
 /* The decode attention's early loads: the rows of k and v (rows of `row` bytes) below pos,
  * or below pos - 1 (the newest written by a step still running), that no queued work
  * writes; 0 when neither. */
@@ -1311,18 +1329,8 @@ void cu_attention(mc_backend *be, void *out, const void *q, const void *k, const
         flash_fwd(c, hd, a);
         return;
     }
-    RowArgs a;
-    memset(&a, 0, sizeof a);
-    a.out = (float *)out;
-    a.q = (const float *)q;
-    a.k = (const float *)k;
-    a.v = (const float *)v;
-    a.T = T;
+    RowArgs a = row_args(out, q, k, v, T, Hq, Hkv, hd);
     a.pos0 = pos0;
-    a.Hq = Hq;
-    a.Hkv = Hkv;
-    a.hd = hd;
-    a.scale = 1.0f / sqrtf((float)hd);
     /* Decode launches keep their shape whatever the context length (DEC_SPLIT or
      * ROW_MAX_SPLIT splits of the keys), so a decode step's graph is reused. */
     if (T <= SMALL_T && (hd == 64 || hd == 128) && cu_aligned16(q) && cu_aligned16(k) &&
@@ -1376,20 +1384,11 @@ void cu_attention_rows(mc_backend *be, void *out, const void *q, const void *k_n
     }
     for (int t0 = 0; t0 < T; t0 += DEC_ROWS) {
         const int n = T - t0 < DEC_ROWS ? T - t0 : DEC_ROWS;
-        RowArgs a;
-        memset(&a, 0, sizeof a);
-        a.out = (float *)out + t0 * qd;
-        a.q = (const float *)q + t0 * qd;
-        a.k = (const float *)rows[t0].k;
-        a.v = (const float *)rows[t0].v;
+        RowArgs a = row_args((float *)out + t0 * qd, (const float *)q + t0 * qd, rows[t0].k,
+                             rows[t0].v, n, Hq, Hkv, hd);
         a.knew = (const float *)k_new + t0 * kvd;
         a.vnew = (const float *)v_new + t0 * kvd;
-        a.T = n;
-        a.Hq = Hq;
-        a.Hkv = Hkv;
-        a.hd = hd;
         a.nsplit = DEC_SPLIT;
-        a.scale = 1.0f / sqrtf((float)hd);
         cu_note_write(c, a.out, (size_t)n * qd * sizeof(float));
         for (int t = 0; t < n; t++) {
             const mc_att_row &r = rows[t0 + t];

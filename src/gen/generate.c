@@ -197,10 +197,6 @@ static mc_status generate_ahead(gen_seq *g, const mc_generate_params *p, const i
         s = next_token(g, 0, p, eos, n_eos, ahead ? n_past : f->n_past[0], f->n_ctx, &tok);
         if (s != MC_OK) break;
         if (!g->active && ahead) mc_fwd_step_drop(f, 0);
-        if (g->active && !ahead) { /* not reached: next_token stops where ahead is false */
-            s = mc_fwd_step_queue(f, 0, &tok);
-            queued += s == MC_OK;
-        }
     }
     while (queued-- > 0) { /* a dropped step: its argmax is not used, nor its failure */
         int32_t unused;

@@ -215,7 +215,7 @@ static void attention_block(mc_fwd *f, int l, const row_plan *rp) {
         be->attention(be, f->att, f->q, mc_act_at(be, f->k_cache, cache_off(f, l, rp->seq, 0)),
                       mc_act_at(be, f->v_cache, cache_off(f, l, rp->seq, 0)), T,
                       f->n_past[rp->seq], d.Hq, d.Hkv, d.hd);
-    } else if (be->attention_rows) { /* each row's cache and position: one call */
+    } else { /* rows of different sequences: each its own cache and position */
         int r;
         for (r = 0; r < T; r++) {
             int s = rp->seqs[r];
@@ -223,24 +223,8 @@ static void attention_block(mc_fwd *f, int l, const row_plan *rp) {
             f->att_rows[r].v = mc_act_at(be, f->v_cache, cache_off(f, l, s, 0));
             f->att_rows[r].pos = f->n_past[s];
         }
-        be->attention_rows(be, f->att, f->q, f->k_tmp, f->v_tmp, f->att_rows, T, d.Hq, d.Hkv,
-                           d.hd);
-    } else {
-        size_t row_bytes = (size_t)d.kv_dim * mc_dtype_size(be->act_dtype);
-        int r;
-        for (r = 0; r < T; r++) {
-            int s = rp->seqs[r];
-            size_t row = (size_t)r * (size_t)d.kv_dim;
-            (void)be->copy(be, mc_act_at(be, f->k_cache, cache_off(f, l, s, f->n_past[s])),
-                           mc_act_at(be, f->k_tmp, row), row_bytes);
-            (void)be->copy(be, mc_act_at(be, f->v_cache, cache_off(f, l, s, f->n_past[s])),
-                           mc_act_at(be, f->v_tmp, row), row_bytes);
-            be->attention(be, mc_act_at(be, f->att, (size_t)r * (size_t)d.q_dim),
-                          mc_act_at(be, f->q, (size_t)r * (size_t)d.q_dim),
-                          mc_act_at(be, f->k_cache, cache_off(f, l, s, 0)),
-                          mc_act_at(be, f->v_cache, cache_off(f, l, s, 0)), 1, f->n_past[s], d.Hq,
-                          d.Hkv, d.hd);
-        }
+        (be->attention_rows ? be->attention_rows : mc_attention_rows_by_row)(
+            be, f->att, f->q, f->k_tmp, f->v_tmp, f->att_rows, T, d.Hq, d.Hkv, d.hd);
     }
     proj(f, l, MC_LM_O, f->xn, d.D, f->att, w->o_w, w->o_b, T, d.D, d.q_dim);
     be->add(be, f->x, f->xn, (size_t)T * (size_t)d.D);

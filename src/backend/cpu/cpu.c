@@ -124,20 +124,6 @@ static void cpu_fill_positions(mc_backend *be, int32_t *pos, int start, int T) {
     for (int t = 0; t < T; t++) pos[t] = start + t;
 }
 
-/* Each row's new key and value into its cache, then the variant's attention per row. */
-static void cpu_attention_rows(mc_backend *be, void *out, const void *q, const void *k_new,
-                               const void *v_new, const mc_att_row *rows, int T, int Hq, int Hkv,
-                               int hd) {
-    const size_t qd = (size_t)Hq * (size_t)hd, kvd = (size_t)Hkv * (size_t)hd;
-    for (int t = 0; t < T; t++) {
-        const size_t at = (size_t)rows[t].pos * kvd, row = kvd * sizeof(float);
-        memcpy((float *)rows[t].k + at, (const float *)k_new + (size_t)t * kvd, row);
-        memcpy((float *)rows[t].v + at, (const float *)v_new + (size_t)t * kvd, row);
-        be->attention(be, (float *)out + (size_t)t * qd, (const float *)q + (size_t)t * qd,
-                      rows[t].k, rows[t].v, 1, rows[t].pos, Hq, Hkv, hd);
-    }
-}
-
 static void cpu_destroy(mc_backend *be) {
     mc_cpu *cpu;
     if (!be) return;
@@ -176,7 +162,7 @@ static void cpu_fill_table(mc_backend *be, mc_cpu_variant variant) {
     be->argmax_queue = cpu_argmax_queue;
     be->argmax_wait = cpu_argmax_wait;
     be->fill_positions = cpu_fill_positions;
-    be->attention_rows = cpu_attention_rows;
+    be->attention_rows = mc_attention_rows_by_row;
     if (variant == MC_CPU_REF) {
         be->name = "cpu-ref";
         be->embedding = mc_ref_embedding;

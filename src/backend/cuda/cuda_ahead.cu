@@ -18,11 +18,7 @@ struct DeferArgs {
 
 static __global__ void defer_kernel(const DeferArgs a) {
     cu_dep_wait();
-    if (a.ids && (int)threadIdx.x < a.rows) {
-        a.ids[threadIdx.x] = cu_am_token(a.keys[threadIdx.x]);
-        *(volatile unsigned long long *)(a.host + threadIdx.x) =
-            cu_am_word(a.keys, (int)threadIdx.x, a.seq);
-    }
+    if (a.ids && (int)threadIdx.x < a.rows) cu_dfr_row(a.keys, a.ids, a.host, a.seq, threadIdx.x);
     if (a.pos)
         for (int t = threadIdx.x; t < a.T; t += blockDim.x) a.pos[t] = a.start + t;
 }
@@ -44,49 +40,6 @@ void cu_deferred_flush(mc_cuda *c) {
     cu_launch(c, defer_kernel, dim3(1), dim3(128), 0, a, "deferred_ids");
 }
 
-struct KeysArgs {
-    const float *x; /* [rows, n] */
-    int n, per;
-    unsigned long long *keys, *clear; /* this argmax's slot, and the other one (cleared) */
-};
-
-/* The argmax keys of x's rows when no GEMV takes them over: block b of row r folds its
- * share of the row and raises the row's keys, as the GEMV's epilogue does. */
-static __global__ void keys_kernel(const KeysArgs a) {
-    cu_dep_wait();
-    const int r = blockIdx.y;
-    if (blockIdx.x == 0 && r == 0 && threadIdx.x < CU_AM_SLOT) a.clear[threadIdx.x] = 0;
-    unsigned long long best = 0, bad = 0;
-    const int i0 = blockIdx.x * a.per, i1 = min(a.n, i0 + a.per);
-    for (int i = i0 + threadIdx.x; i < i1; i += blockDim.x)
-        cu_am_fold(best, bad, a.x[(size_t)r * a.n + i], i);
-    for (int o = 16; o > 0; o >>= 1) {
-        const unsigned long long b2 = __shfl_xor_sync(0xffffffffu, best, o);
-        const unsigned long long d2 = __shfl_xor_sync(0xffffffffu, bad, o);
-        if (b2 > best) best = b2;
-        if (d2 > bad) bad = d2;
-    }
-    if ((threadIdx.x & 31) == 0) {
-        cu_am_push(a.keys + r, best);
-        cu_am_push(a.keys + CU_GEMV_MAX_M + r, bad);
-    }
-}
-
-/* Launches keys_kernel into the next slot of keys; the slot, or NULL (recorded). */
-static unsigned long long *keys_launch(mc_cuda *c, const float *x, int rows, int n) {
-    enum { BLOCKS = 64 };
-    KeysArgs a;
-    memset(&a, 0, sizeof a);
-    a.x = x;
-    a.n = n;
-    a.per = (n + BLOCKS - 1) / BLOCKS;
-    a.keys = c->am_keys + (size_t)c->am_slot * CU_AM_SLOT;
-    c->am_slot ^= 1;
-    a.clear = c->am_keys + (size_t)c->am_slot * CU_AM_SLOT;
-    cu_launch(c, keys_kernel, dim3(BLOCKS, (unsigned)rows), dim3(256), 0, a, "argmax_keys");
-    return a.keys;
-}
-
 mc_status cu_argmax_queue(mc_backend *be, int32_t *ids, const void *x, int rows, int n) {
     mc_cuda *c = cu_ctx(be);
     if (rows <= 0 || rows > CU_GEMV_MAX_M || n <= 0)
@@ -95,7 +48,7 @@ mc_status cu_argmax_queue(mc_backend *be, int32_t *ids, const void *x, int rows,
     if (c->aq_count == 2)
         return mc_fail(MC_ERR_INVALID_ARG, "argmax_queue: two argmaxes queued and not waited for");
     const unsigned long long *keys = cu_gemv_take_argmax(c, (const float *)x, rows, n);
-    if (!keys) keys = keys_launch(c, (const float *)x, rows, n);
+    if (!keys) keys = cu_argmax_keys(c, (const float *)x, rows, n);
     cu_end_segment(c);
     const mc_status st = cu_take_error(c); /* a failure while the step was queued */
     if (st != MC_OK) return st;            /* nothing queued: nothing to wait for */

@@ -1373,13 +1373,7 @@ void cu_attention_rows(mc_backend *be, void *out, const void *q, const void *k_n
               (const char *)rows[t].k - (const char *)rows[0].k ==
                   (const char *)rows[t].v - (const char *)rows[0].v;
     if (!one) { /* a copy of each new row, then attention per row */
-        for (int t = 0; t < T; t++) {
-            const size_t at = (size_t)rows[t].pos * kvd;
-            (void)be->copy(be, (float *)rows[t].k + at, (const float *)k_new + t * kvd, row);
-            (void)be->copy(be, (float *)rows[t].v + at, (const float *)v_new + t * kvd, row);
-            cu_attention(be, (float *)out + t * qd, (const float *)q + t * qd, rows[t].k,
-                         rows[t].v, 1, rows[t].pos, Hq, Hkv, hd);
-        }
+        mc_attention_rows_by_row(be, out, q, k_new, v_new, rows, T, Hq, Hkv, hd);
         return;
     }
     for (int t0 = 0; t0 < T; t0 += DEC_ROWS) {

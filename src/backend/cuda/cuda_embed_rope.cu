@@ -28,11 +28,8 @@ static __global__ void embedding_kernel(const EmbArgs a) {
     const int t = blockIdx.x;
     size_t row;
     if (a.keys) { /* the argmax's token (0 when the row had no finite value) */
-        const int32_t id = cu_am_token(a.keys[t]);
-        if (threadIdx.x == 0) a.ids_w[t] = id;
-        if (threadIdx.x == 0) /* the row's word for the host (mapped memory) */
-            *(volatile unsigned long long *)(a.host + t) = cu_am_word(a.keys, t, a.seq);
-        row = (size_t)id;
+        if (threadIdx.x == 0) cu_dfr_row(a.keys, a.ids_w, a.host, a.seq, t);
+        row = (size_t)cu_am_token(a.keys[t]);
     } else {
         row = (size_t)a.ids[t];
     }

@@ -106,7 +106,6 @@ enum cu_scratch_id {
     CU_S_ROPE,         /* RoPE inverse frequencies */
     CU_S_GEMM,         /* split-K partial sums of the skinny f32 GEMMs */
     CU_S_BENCH,        /* benchmarks */
-    CU_S_ARGMAX,       /* argmax_rows: per-block partial results */
     CU_S_COUNT
 };
 
@@ -550,7 +549,6 @@ void cu_add(mc_backend *be, void *y, const void *x, size_t n);
 void cu_dropout(mc_backend *be, void *out, const void *x, size_t n, float p, uint64_t seed);
 void cu_copy_kernel(mc_cuda *c, void *dst, const void *src, size_t bytes);
 void cu_zero(mc_backend *be, void *p, size_t bytes);
-mc_status cu_argmax_rows(mc_backend *be, int32_t *out, const void *x, int rows, int n);
 /* cuda_ahead.cu: greedy decoding a step ahead, and the writes deferred to an embedding */
 mc_status cu_argmax_queue(mc_backend *be, int32_t *ids, const void *x, int rows, int n);
 mc_status cu_argmax_wait(mc_backend *be, int32_t *out, int rows);
@@ -562,6 +560,10 @@ static inline bool cu_deferred(const mc_cuda *c) { return c->dfr_ids || c->dfr_p
 bool cu_ahead_init(mc_cuda *c);
 void cu_ahead_destroy(mc_cuda *c);
 /* cuda_xent.cu */
+mc_status cu_argmax_rows(mc_backend *be, int32_t *out, const void *x, int rows, int n);
+/* Launches the keys of x's rows (rows <= CU_GEMV_MAX_M, [rows, n]) into the next slot of
+ * argmax keys, as a GEMV's epilogue would (the other slot cleared); the slot. */
+unsigned long long *cu_argmax_keys(mc_cuda *c, const float *x, int rows, int n);
 mc_status cu_linear_xent(mc_backend *be, void *dh, double *loss_sum, const void *h, mc_wt w,
                          const int32_t *targets, int T, int D, int V, float grad_scale);
 /* cuda_optim.cu */
@@ -675,6 +677,16 @@ static __device__ __forceinline__ unsigned long long cu_am_word(const unsigned l
     }
     return ((seq & 0xffffffull) << 40) | ((unsigned long long)kind << 32) | idx;
 }
+/* The deferred writes of row t of a queued argmax, by one thread (the embedding that takes
+ * them over, or cu_deferred_flush's kernel): its token into ids[t] and its word into the
+ * host's mapped slot. */
+static __device__ __forceinline__ void cu_dfr_row(const unsigned long long *keys, int32_t *ids,
+                                                  unsigned long long *host,
+                                                  unsigned long long seq, int t) {
+    ids[t] = cu_am_token(keys[t]);
+    *(volatile unsigned long long *)(host + t) = cu_am_word(keys, t, seq);
+}
+
 /* Raises *p to k; the atomic only when k is above the value read first. */
 static __device__ __forceinline__ void cu_am_push(unsigned long long *p, unsigned long long k) {
     if (k != 0ull && k > *(volatile unsigned long long *)p) atomicMax(p, k);

@@ -9,7 +9,6 @@
  * reduces over the vocabulary with only a [rows, D] output: it runs as a batch over
  * slices of the vocabulary whose partial sums (in the logits buffer, free by then) are
  * added in slice order. */
-#include <limits.h>
 #include <math.h>
 
 #include "cuda_internal.h"
@@ -260,94 +259,60 @@ done:
 
 /* ---- greedy choice: the argmax of each row of logits ---- */
 
-enum { AM_BLOCKS = 64, AM_THREADS = 256 };
-
-/* One block's share of a row: its largest value and that value's first index (-1: no
- * value above -inf), and its first NaN or +inf (INT_MAX: none). */
-struct ArgmaxPart {
-    float m;
-    int32_t i, bad, nan;
+struct KeysArgs {
+    const float *x; /* [rows, n] */
+    int n, per;
+    unsigned long long *keys, *clear; /* this argmax's slot, and the other one (cleared) */
 };
 
-struct ArgmaxArgs {
-    const float *x;   /* [rows, n] */
-    ArgmaxPart *part; /* [rows, AM_BLOCKS] */
-    int n, per;       /* row length; elements a block scans */
-};
-
-/* (m, i) takes (m2, i2) when it is larger, or equal with a smaller index. */
-static __device__ __forceinline__ void am_merge(float &m, int &i, float m2, int i2) {
-    if (i2 >= 0 && (i < 0 || m2 > m || (m2 == m && i2 < i))) {
-        m = m2;
-        i = i2;
-    }
-}
-
-static __global__ void __launch_bounds__(AM_THREADS) argmax_kernel(const ArgmaxArgs a) {
-    __shared__ float sm[AM_THREADS / 32];
-    __shared__ int si[AM_THREADS / 32], sb[AM_THREADS / 32], sn[AM_THREADS / 32];
+/* The argmax keys of x's rows when no GEMV takes them over: block b of row r folds its
+ * share of the row and raises the row's keys, as the GEMV's epilogue does. */
+static __global__ void keys_kernel(const KeysArgs a) {
     cu_dep_wait();
-    const float *x = a.x + (size_t)blockIdx.y * (size_t)a.n;
-    const int lo = (int)blockIdx.x * a.per, hi = min(a.n, lo + a.per);
-    const int warp = (int)threadIdx.x >> 5, lane = (int)threadIdx.x & 31;
-    float m = -INFINITY;
-    int i = -1, bad = INT_MAX, nan = 0;
-    for (int k = lo + (int)threadIdx.x; k < hi; k += AM_THREADS) {
-        const float v = x[k];
-        if (!(v < INFINITY)) {
-            if (k < bad) {
-                bad = k;
-                nan = isnan(v) ? 1 : 0;
-            }
-        } else if (v > m) { /* k grows along the thread's walk: the first of equals stays */
-            m = v;
-            i = k;
-        }
-    }
+    const int r = blockIdx.y;
+    if (blockIdx.x == 0 && r == 0 && threadIdx.x < CU_AM_SLOT) a.clear[threadIdx.x] = 0;
+    unsigned long long best = 0, bad = 0;
+    const int i0 = blockIdx.x * a.per, i1 = min(a.n, i0 + a.per);
+    for (int i = i0 + threadIdx.x; i < i1; i += blockDim.x)
+        cu_am_fold(best, bad, a.x[(size_t)r * a.n + i], i);
     for (int o = 16; o > 0; o >>= 1) {
-        const float m2 = __shfl_xor_sync(0xffffffffu, m, o);
-        const int i2 = __shfl_xor_sync(0xffffffffu, i, o);
-        const int b2 = __shfl_xor_sync(0xffffffffu, bad, o), n2 = __shfl_xor_sync(0xffffffffu, nan, o);
-        am_merge(m, i, m2, i2);
-        if (b2 < bad) {
-            bad = b2;
-            nan = n2;
-        }
+        const unsigned long long b2 = __shfl_xor_sync(0xffffffffu, best, o);
+        const unsigned long long d2 = __shfl_xor_sync(0xffffffffu, bad, o);
+        if (b2 > best) best = b2;
+        if (d2 > bad) bad = d2;
     }
-    if (lane == 0) {
-        sm[warp] = m;
-        si[warp] = i;
-        sb[warp] = bad;
-        sn[warp] = nan;
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        for (int w = 1; w < AM_THREADS / 32; w++) {
-            am_merge(m, i, sm[w], si[w]);
-            if (sb[w] < bad) {
-                bad = sb[w];
-                nan = sn[w];
-            }
-        }
-        ArgmaxPart p;
-        p.m = m;
-        p.i = i;
-        p.bad = bad;
-        p.nan = nan;
-        a.part[(size_t)blockIdx.y * gridDim.x + blockIdx.x] = p;
+    if ((threadIdx.x & 31) == 0) {
+        cu_am_push(a.keys + r, best);
+        cu_am_push(a.keys + CU_GEMV_MAX_M + r, bad);
     }
 }
 
-/* The argmax of each row from the keys a GEMV left (CU_AM_SLOT). */
+unsigned long long *cu_argmax_keys(mc_cuda *c, const float *x, int rows, int n) {
+    enum { BLOCKS = 64 };
+    KeysArgs a;
+    memset(&a, 0, sizeof a);
+    a.x = x;
+    a.n = n;
+    a.per = (n + BLOCKS - 1) / BLOCKS;
+    a.keys = c->am_keys + (size_t)c->am_slot * CU_AM_SLOT;
+    c->am_slot ^= 1;
+    a.clear = c->am_keys + (size_t)c->am_slot * CU_AM_SLOT;
+    cu_launch(c, keys_kernel, dim3(BLOCKS, (unsigned)rows), dim3(256), 0, a, "argmax_keys");
+    return a.keys;
+}
+
+/* out[r] for the rows < rows of n values whose keys a GEMV or keys_kernel left in slot dev
+ * (CU_AM_SLOT), or argmax_rows' failure naming row r0 + r. */
 static mc_status argmax_from_keys(mc_backend *be, int32_t *out, const unsigned long long *dev,
-                                  int rows, int n) {
+                                  int r0, int rows, int n) {
     unsigned long long k[CU_AM_SLOT];
     mc_status s = be->to_host(be, k, dev, sizeof k);
     for (int r = 0; s == MC_OK && r < rows; r++) {
         const unsigned long long bad = k[CU_GEMV_MAX_M + r];
         if (bad)
-            s = mc_argmax_fail(r, (int)(0xffffffffu - (unsigned)(bad >> 1)), (int)(bad & 1), n);
-        else if (!k[r]) s = mc_argmax_fail(r, -1, 0, n);
+            s = mc_argmax_fail(r0 + r, (int)(0xffffffffu - (unsigned)(bad >> 1)), (int)(bad & 1),
+                               n);
+        else if (!k[r]) s = mc_argmax_fail(r0 + r, -1, 0, n);
         else out[r] = (int32_t)(0xffffffffu - (unsigned)(k[r] & 0xffffffffu));
     }
     return s;
@@ -355,46 +320,14 @@ static mc_status argmax_from_keys(mc_backend *be, int32_t *out, const unsigned l
 
 mc_status cu_argmax_rows(mc_backend *be, int32_t *out, const void *x, int rows, int n) {
     mc_cuda *c = cu_ctx(be);
-    ArgmaxPart *host;
-    mc_status s;
     if (rows <= 0) return cu_take_error(c);
-    {
-        const unsigned long long *keys = cu_gemv_take_argmax(c, (const float *)x, rows, n);
-        if (keys) return argmax_from_keys(be, out, keys, rows, n);
+    const unsigned long long *keys = cu_gemv_take_argmax(c, (const float *)x, rows, n);
+    if (keys) return argmax_from_keys(be, out, keys, 0, rows, n);
+    mc_status s = MC_OK;
+    for (int r0 = 0; s == MC_OK && r0 < rows; r0 += CU_GEMV_MAX_M) { /* a slot's rows a pass */
+        const int m = rows - r0 < CU_GEMV_MAX_M ? rows - r0 : CU_GEMV_MAX_M;
+        keys = cu_argmax_keys(c, (const float *)x + (size_t)r0 * n, m, n);
+        s = argmax_from_keys(be, out + r0, keys, r0, m, n);
     }
-    const size_t bytes = (size_t)rows * AM_BLOCKS * sizeof(ArgmaxPart);
-    ArgmaxPart *dev = (ArgmaxPart *)cu_scratch(c, CU_S_ARGMAX, bytes, false);
-    host = (ArgmaxPart *)mc_malloc(bytes);
-    if (!dev || !host) {
-        mc_free(host);
-        if (!host && dev) return mc_fail(MC_ERR_OOM, "argmax: out of host memory");
-        return cu_take_error(c);
-    }
-    ArgmaxArgs a;
-    memset(&a, 0, sizeof a);
-    a.x = (const float *)x;
-    a.part = dev;
-    a.n = n;
-    a.per = (n + AM_BLOCKS - 1) / AM_BLOCKS;
-    cu_launch(c, argmax_kernel, dim3(AM_BLOCKS, (unsigned)rows), dim3(AM_THREADS), 0, a, "argmax");
-    s = be->to_host(be, host, dev, bytes);
-    for (int r = 0; s == MC_OK && r < rows; r++) {
-        float m = -INFINITY;
-        int best = -1;
-        for (int b = 0; b < AM_BLOCKS; b++) { /* blocks in index order */
-            const ArgmaxPart &p = host[(size_t)r * AM_BLOCKS + b];
-            if (p.bad != INT_MAX) {
-                s = mc_argmax_fail(r, p.bad, p.nan, n);
-                break;
-            }
-            if (p.i >= 0 && (best < 0 || p.m > m)) {
-                m = p.m;
-                best = p.i;
-            }
-        }
-        if (s == MC_OK && best < 0) s = mc_argmax_fail(r, -1, 0, n);
-        if (s == MC_OK) out[r] = best;
-    }
-    mc_free(host);
     return s;
 }

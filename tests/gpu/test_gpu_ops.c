@@ -375,6 +375,92 @@ static void gemm_f32_cases(bool f32) {
             }
 }
 
+/* x rounded to bf16 (a host copy). */
+static float *bf16_round(const float *x, size_t n) {
+    float *r = falloc(n);
+    for (size_t i = 0; i < n; i++) r[i] = mc_bf16_to_f32(mc_f32_to_bf16(x[i]));
+    return r;
+}
+
+/* One product C = 0.7 op(A) op(B) on the GPU against the CPU's on inputs rounded to bf16
+ * (tol: the bf16 operands took it; only the order of the f32 sums differs) or on the f32
+ * inputs (tol 2e-3: TF32, when the wide operand has no shadow). */
+static void gemm16_case(const char *what, bool ta, bool tb, int M, int N, int K, const float *A,
+                        int lda, const void *dA, const float *B, int ldb, const void *dB,
+                        double tol, bool rounded) {
+    /* the spans (the last row needs only its own columns) */
+    const size_t na = (size_t)((ta ? K : M) - 1) * (size_t)lda + (size_t)(ta ? M : K);
+    const size_t nb = (size_t)((tb ? N : K) - 1) * (size_t)ldb + (size_t)(tb ? K : N);
+    const size_t nc = (size_t)M * (size_t)N;
+    float *a = rounded ? bf16_round(A, na) : fdup(A, na);
+    float *b = rounded ? bf16_round(B, nb) : fdup(B, nb);
+    float *want = fnan(nc), *got = falloc(nc), *dC = dputf(want, nc);
+    g_ref->gemm_f32(g_ref, ta, tb, M, N, K, 0.7f, a, lda, b, ldb, 0.0f, want, N);
+    g_cu->gemm_f32(g_cu, ta, tb, M, N, K, 0.7f, (const float *)dA, lda, (const float *)dB, ldb,
+                   0.0f, dC, N);
+    dget(got, dC, nc);
+    cmp(what, got, want, nc, tol);
+    dfree(dC);
+    free(a);
+    free(b);
+    free(want);
+    free(got);
+}
+
+/* The LoRA products of training size whose wide token operand has a bf16 shadow (here the
+ * one a bf16 GEMM made of its input) read it in bf16, the other operand converted whole (it
+ * lives in a small allocation: columns at offsets 16 and 32 of [K, 48] share one copy): the
+ * results match the CPU on bf16-rounded inputs to 1e-5, which TF32 (10 mantissa bits
+ * against bf16's 7) would not. Writing either operand drops its copy: the next product
+ * sees the new values, in bf16 again after a GEMM converts the wide one anew, in TF32
+ * before. */
+static void test_gemm_f32_bf16(void) {
+    const int T = 512, W = 192, R = 48;
+    float *X = frand((size_t)T * W, 1.0f), *Y = frand((size_t)T * R, 1.0f);
+    float *Yc = frand((size_t)T * R, 1.0f), *P = frand((size_t)16 * W, 1.0f);
+    float *o = fnan((size_t)T * 8);
+    void *dX = dputf(X, (size_t)T * W), *dY = dputf(Y, (size_t)T * R);
+    void *dP = dputf(P, (size_t)16 * W), *dO = dputf(o, (size_t)T * 8);
+    wpair w = make_w(MC_BF16, (size_t)8 * W, 0.1f);
+    /* a bf16 GEMM on X leaves X's bf16 copy */
+    g_cu->matmul(g_cu, dO, 8, dX, w.gpu, (mc_wt){NULL, MC_F32}, T, 8, W);
+    gemm16_case("bf16 x A^T (rows: X [512,192] by P^T)", false, true, T, 16, W, X, W, dX, P, W,
+                dP, 1e-5, true);
+    for (int k = 0; k < 2; k++) {
+        const int off = 16 + 16 * k;
+        char what[96];
+        snprintf(what, sizeof what, "bf16 dy^T xa (sum over rows, xa columns %d..%d of 48)", off,
+                 off + 15);
+        gemm16_case(what, true, false, W, 16, T, X, W, dX, Y + off, R, (const float *)dY + off,
+                    1e-5, true);
+        snprintf(what, sizeof what, "bf16 t^T x (wide B; t columns %d..%d of 48)", off, off + 15);
+        gemm16_case(what, true, false, 16, W, T, Y + off, R, (const float *)dY + off, X, W, dX,
+                    1e-5, true);
+    }
+    /* new values in the small operand: its copy is dropped and made again */
+    dset(dY, Yc, (size_t)T * R);
+    gemm16_case("  after a write to xa", true, false, W, 16, T, X, W, dX, Yc, R, dY, 1e-5, true);
+    /* new values in the wide operand: no copy until a GEMM converts it */
+    dset(dX, Y, (size_t)T * R); /* X's first rows change */
+    memcpy(X, Y, (size_t)T * R * sizeof(float));
+    gemm16_case("  after a write to x: TF32", true, false, W, 16, T, X, W, dX, Yc, R, dY, 2e-3,
+                false);
+    g_cu->matmul(g_cu, dO, 8, dX, w.gpu, (mc_wt){NULL, MC_F32}, T, 8, W);
+    gemm16_case("  x converted again: bf16", true, false, W, 16, T, X, W, dX, Yc, R, dY, 1e-5,
+                true);
+    CHECK_OK(g_cu->sync(g_cu));
+    free_w(&w);
+    dfree(dX);
+    dfree(dY);
+    dfree(dP);
+    dfree(dO);
+    free(X);
+    free(Y);
+    free(Yc);
+    free(P);
+    free(o);
+}
+
 /* gemm_f32 on both paths, and a training-sized product's three passes: cublasGemmEx in
  * TF32 on the first, cuBLASLt's chosen algorithm after a synchronisation, the same bits on
  * the third (each dget synchronises). */
@@ -1345,6 +1431,7 @@ int main(void) {
     RUN(test_matmul);
     RUN(test_matmul_dx);
     RUN(test_gemm_f32);
+    RUN(test_gemm_f32_bf16);
     RUN(test_rope);
     RUN(test_attention);
     RUN(test_attention_backward);

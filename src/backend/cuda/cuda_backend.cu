@@ -100,6 +100,14 @@ static const cu_alloc_rec *reg_find(const mc_cuda *c, const void *p, size_t byte
 
 bool cu_is_device(const mc_cuda *c, const void *p, size_t bytes) { return reg_find(c, p, bytes) != NULL; }
 
+bool cu_alloc_of(const mc_cuda *c, const void *p, size_t bytes, const void **base, size_t *size) {
+    const cu_alloc_rec *r = reg_find(c, p, bytes);
+    if (!r) return false;
+    *base = (const void *)r->p;
+    *size = r->bytes;
+    return true;
+}
+
 void cu_track_write(mc_cuda *c, const void *p, size_t bytes) {
     const uintptr_t lo = (uintptr_t)p, hi = lo + bytes;
     int i;
@@ -738,7 +746,7 @@ static void cuda_destroy(mc_backend *be) {
         }
         for (i = 0; i < CU_S_COUNT; i++)
             if (c->scratch[i]) cu_free(c, c->scratch[i]);
-        for (i = 0; i < CU_N_SHADOW; i++)
+        for (i = 0; i < CU_N_SHADOW_ALL; i++)
             if (c->shadow[i].buf) cu_free(c, c->shadow[i].buf);
         for (i = 0; i < CU_N_LSE; i++)
             if (c->lse[i].lse) cu_free(c, c->lse[i].lse);
@@ -879,6 +887,7 @@ extern "C" mc_status mc_backend_cuda_create(int device, mc_backend **out) {
     c->xent16 = !(env && strcmp(env, "f32") == 0);
     env = getenv("MC_CUDA_LORA");
     c->lora_lt = !(env && strcmp(env, "f32") == 0);
+    c->lora16 = c->lora_lt && !(env && strcmp(env, "tf32") == 0);
     env = getenv("MC_CUDA_DECODE_ATT"); /* "row": the older one-block-per-split decode attention */
     c->dec_cluster = !(env && strcmp(env, "row") == 0);
     c->kv_pre_on = !getenv("MC_CUDA_NOKVPRE"); /* for comparisons */

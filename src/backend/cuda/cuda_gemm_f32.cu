@@ -1,5 +1,6 @@
 /* cuda_gemm_f32.cu - gemm_f32, the f32 GEMMs of the LoRA paths. Training-sized products
- * (CU_LORA_LT_ROWS or more token rows) run on the tensor cores in TF32 through cu_gemm_lt;
+ * (CU_LORA_LT_ROWS or more token rows) run on the tensor cores through cu_gemm_lt, in bf16
+ * when the wide token operand has a bf16 shadow, else in TF32;
  * smaller LoRA shapes (one side of rank r <= 32) take the skinny f32 kernels below, the
  * rest cuBLAS SGEMM. */
 #include "cuda_internal.h"
@@ -519,6 +520,24 @@ static size_t span_bytes(int rows, int cols, int ld) {
     return ((size_t)(rows - 1) * (size_t)ld + (size_t)cols) * sizeof(float);
 }
 
+/* bf16 operands for a training-sized LoRA product whose wide token operand (A, or for a
+ * sum over rows the wider of A and B) already has a bf16 shadow (its producer wrote one,
+ * or a frozen GEMM converted it): the other operand through cu_small_as. PEFT multiplies
+ * these in bf16 too; reading half the bytes of the wide operand is what pays. false when
+ * the wide one has no shadow (TF32 on the f32 operands then) or no memory. na and nb are
+ * the elements A and B span. */
+static bool lora_bf16_ops(mc_cuda *c, bool ta, int M, int N, size_t na, size_t nb,
+                          const float *A, const float *B, const void **a16, const void **b16) {
+    if (!ta || M >= N) {
+        *a16 = cu_shadow_find(c, A, na);
+        *b16 = *a16 ? cu_small_as(c, B, nb) : NULL;
+    } else {
+        *b16 = cu_shadow_find(c, B, nb);
+        *a16 = *b16 ? cu_small_as(c, A, na) : NULL;
+    }
+    return *a16 && *b16;
+}
+
 void cu_gemm_f32(mc_backend *be, bool ta, bool tb, int M, int N, int K, float alpha,
                  const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc) {
     mc_cuda *c = cu_ctx(be);
@@ -536,17 +555,23 @@ void cu_gemm_f32(mc_backend *be, bool ta, bool tb, int M, int N, int K, float al
     cu_note_write(c, C, sc);
     if (c->lora_lt && K > 0 && (ta ? K : M) >= CU_LORA_LT_ROWS && (beta == 0.0f || beta == 1.0f)) {
         /* The token rows are M (x A^T, dy B, the rank-r updates) or K (the gradients'
-         * sums over rows, op(A) = A^T). Rounding the inputs to TF32 (10 mantissa bits, f32
-         * sums) is finer than the bf16 the frozen GEMMs read, and the tensor cores take
-         * the FMAs that bind the skinny kernels from a width of 32 on (several
-         * projections' ranks side by side). Row-major C = op(A) op(B) is column-major
-         * C^T = op(B)^T op(A)^T. */
-        static const char *const names[3] = {"lt gemm_f32 rows", "lt gemm_f32 splitk",
-                                             "lt gemm_f32 lowrank"};
-        const cu_lt_shape s = {tb, ta, beta != 0.0f, N, M, K, ldb, lda, ldc, CUDA_R_32F, true,
-                               false};
+         * sums over rows, op(A) = A^T). The tensor cores take the FMAs that bind the skinny
+         * kernels from a width of 32 on (several projections' ranks side by side): in bf16
+         * when the wide operand has a bf16 shadow (lora_bf16_ops), else in TF32 (10
+         * mantissa bits, f32 sums). The rank-r updates stay TF32: their cost is C's f32
+         * read and write. Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T. */
+        static const char *const names[5] = {"lt gemm_f32 rows", "lt gemm_f32 splitk",
+                                             "lt gemm_f32 lowrank", "lt gemm_f32 rows bf16",
+                                             "lt gemm_f32 splitk bf16"};
+        const void *a16 = NULL, *b16 = NULL;
+        const bool lo16 = c->lora16 && (ta || K > 64) &&
+                          lora_bf16_ops(c, ta, M, N, sa / sizeof(float), sb / sizeof(float),
+                                        A, B, &a16, &b16);
+        const cu_lt_shape s = {tb, ta, beta != 0.0f, N, M, K, ldb, lda, ldc,
+                               lo16 ? CUDA_R_16BF : CUDA_R_32F, !lo16, false};
         cu_break(c);
-        (void)cu_gemm_lt(c, s, alpha, B, A, C, names[ta ? 1 : K <= 64 ? 2 : 0]);
+        (void)cu_gemm_lt(c, s, alpha, lo16 ? b16 : B, lo16 ? a16 : A, C,
+                         names[(ta ? 1 : K <= 64 ? 2 : 0) + (lo16 ? 3 : 0)]);
         return;
     }
     if (K > 0 && gemm_f32_skinny(c, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)) return;

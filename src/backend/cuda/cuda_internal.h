@@ -72,7 +72,10 @@ struct cu_shadow {
     unsigned long stamp;
 };
 
-enum { CU_N_SHADOW = 4 };
+/* CU_N_SHADOW slots for activations, then CU_N_SMALL_SHADOW for the small operands of the
+ * bf16 LoRA products (cu_small_as). */
+enum { CU_N_SHADOW = 4, CU_N_SMALL_SHADOW = 3, CU_N_SHADOW_ALL = CU_N_SHADOW + CU_N_SMALL_SHADOW };
+static const size_t CU_SMALL_WHOLE = (size_t)64 << 20;
 
 /* Slots of the set of kernels whose shared-memory split cu_launch_raw has set (there are
  * far fewer kernels than half of them). */
@@ -265,6 +268,8 @@ struct mc_cuda {
     bool lt_on;
     bool lora_lt; /* gemm_f32 of CU_LORA_LT_ROWS+ token rows through cu_gemm_lt in TF32
                    * (MC_CUDA_LORA=f32: the f32 skinny kernels) */
+    bool lora16;  /* those whose wide token operand has a bf16 shadow read it in bf16
+                   * (MC_CUDA_LORA=tf32 or f32: off) */
     bool xent16; /* bf16 logits in linear_xent for bf16 weights (MC_CUDA_XENT=f32: f32) */
     cublasLtHandle_t lt;
     void *lt_ws;
@@ -301,7 +306,7 @@ struct mc_cuda {
     size_t pinned_cap;
 
     /* activation shadows */
-    cu_shadow shadow[CU_N_SHADOW];
+    cu_shadow shadow[CU_N_SHADOW_ALL];
     unsigned long shadow_clock;
     cu_lse_slot lse[CU_N_LSE];
     bool lse_on; /* kept log-sum-exp rows (MC_CUDA_NOFUSE=lse: off) */
@@ -463,6 +468,8 @@ void *cu_malloc(mc_cuda *c, size_t bytes, const char *what);
 void cu_free(mc_cuda *c, void *p);
 /* True when [p, p + bytes) lies inside one allocation of this backend. */
 bool cu_is_device(const mc_cuda *c, const void *p, size_t bytes);
+/* The allocation holding [p, p + bytes): its start and size; false when none does. */
+bool cu_alloc_of(const mc_cuda *c, const void *p, size_t bytes, const void **base, size_t *size);
 /* True when [p, p + bytes) lies in one weight upload (the weights entry): kernels may read
  * it before cu_dep_wait(), since no kernel writes it. */
 bool cu_is_frozen(const mc_cuda *c, const void *p, size_t bytes);
@@ -505,6 +512,12 @@ const void *cu_act_as_opt(mc_cuda *c, const float *x, size_t n, mc_dtype dt);
  * output (call after cu_note_write(dst)); NULL when no shadow is wanted (the last GEMM
  * weight was not bf16, or few rows: small outputs feed the GEMV path, which reads f32). */
 void *cu_shadow_for(mc_cuda *c, const void *dst, size_t n, int rows);
+/* The bf16 copy of x[0..n) inside a valid shadow (any part of one), or NULL; no launch. */
+const void *cu_shadow_find(mc_cuda *c, const float *x, size_t n);
+/* x[0..n) in bf16 for a small operand: the shadow of the whole allocation holding it when
+ * that takes at most CU_SMALL_WHOLE bytes (the LoRA weights, the saved x A^T products:
+ * converted once and kept until written), else of the span; NULL when no memory. */
+const void *cu_small_as(mc_cuda *c, const float *x, size_t n);
 
 /* ---- ops (one .cu per family) ---- */
 

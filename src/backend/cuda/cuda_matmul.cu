@@ -7,7 +7,10 @@
  * f32) and f32 accumulation and output. A converted activation is kept as a "shadow" of
  * its f32 source until something writes that source, so q/k/v (and gate/up) convert
  * their shared input once; producers (rmsnorm, swiglu, attention, ...) may write the
- * shadow directly next to their f32 output. */
+ * shadow directly next to their f32 output. The LoRA products of training read those
+ * shadows too (cu_shadow_find), with their small operands (the adapter's weights, the saved
+ * x A^T products) converted into slots of their own (cu_small_as), so that a converted
+ * adapter, kept until the optimizer writes it, never evicts an activation's shadow. */
 #include "cuda_internal.h"
 
 /* GEMV rows of at least CU_GEMV_KSPLIT_MIN elements are split over the 4 warps of a block. */
@@ -20,7 +23,7 @@ void cu_note_write(mc_cuda *c, const void *p, size_t bytes) {
     int i;
     cu_track_write(c, p, bytes);
     if (c->n_lse_valid) cu_lse_drop_range(c, a, b);
-    for (i = 0; i < CU_N_SHADOW; i++) {
+    for (i = 0; i < CU_N_SHADOW_ALL; i++) {
         cu_shadow *s = &c->shadow[i];
         uintptr_t sa, sb;
         if (!s->valid) continue;
@@ -30,12 +33,12 @@ void cu_note_write(mc_cuda *c, const void *p, size_t bytes) {
     }
 }
 
-/* The least recently used shadow slot, with a buffer of at least `bytes`; NULL on OOM
- * (recorded as a failure only when `record`). */
-static cu_shadow *shadow_slot(mc_cuda *c, size_t bytes, bool record) {
+/* The least recently used shadow slot of [lo, hi), with a buffer of at least `bytes`; NULL
+ * on OOM (recorded as a failure only when `record`). */
+static cu_shadow *slot_in(mc_cuda *c, size_t bytes, bool record, int lo, int hi) {
     cu_shadow *v = NULL;
     int i;
-    for (i = 0; i < CU_N_SHADOW; i++) {
+    for (i = lo; i < hi; i++) {
         cu_shadow *s = &c->shadow[i];
         if (!s->valid) {
             v = s;
@@ -54,6 +57,11 @@ static cu_shadow *shadow_slot(mc_cuda *c, size_t bytes, bool record) {
     }
     v->stamp = ++c->shadow_clock;
     return v;
+}
+
+/* An activation shadow slot (slot_in over the first CU_N_SHADOW). */
+static cu_shadow *shadow_slot(mc_cuda *c, size_t bytes, bool record) {
+    return slot_in(c, bytes, record, 0, CU_N_SHADOW);
 }
 
 struct ConvArgs {
@@ -91,22 +99,9 @@ static __global__ void convert_kernel(const ConvArgs a) {
     }
 }
 
-/* cu_act_as; record: an allocation failure is recorded (else only NULL comes back). */
-static const void *act_as(mc_cuda *c, const float *x, size_t n, mc_dtype dt, bool record) {
-    cu_shadow *s;
+/* Converts x[0..n) to dt into slot s, which then shadows it. */
+static void convert_into(mc_cuda *c, cu_shadow *s, const float *x, size_t n, mc_dtype dt) {
     ConvArgs a;
-    int i;
-    if (dt == MC_F32) return x;
-    if (c->pend.kind == CU_PEND_ATTFWD) cu_pending_flush(c); /* it leaves a bf16 copy of out */
-    for (i = 0; i < CU_N_SHADOW; i++) {
-        s = &c->shadow[i];
-        if (s->valid && s->src == x && s->dt == dt && s->n >= n) {
-            s->stamp = ++c->shadow_clock;
-            return s->buf;
-        }
-    }
-    s = shadow_slot(c, n * 2, record);
-    if (!s) return NULL;
     memset(&a, 0, sizeof a);
     a.dst = s->buf;
     a.src = x;
@@ -118,6 +113,24 @@ static const void *act_as(mc_cuda *c, const float *x, size_t n, mc_dtype dt, boo
     s->n = n;
     s->dt = dt;
     s->valid = true;
+}
+
+/* cu_act_as; record: an allocation failure is recorded (else only NULL comes back). */
+static const void *act_as(mc_cuda *c, const float *x, size_t n, mc_dtype dt, bool record) {
+    cu_shadow *s;
+    int i;
+    if (dt == MC_F32) return x;
+    if (c->pend.kind == CU_PEND_ATTFWD) cu_pending_flush(c); /* it leaves a bf16 copy of out */
+    for (i = 0; i < CU_N_SHADOW_ALL; i++) {
+        s = &c->shadow[i];
+        if (s->valid && s->src == x && s->dt == dt && s->n >= n) {
+            s->stamp = ++c->shadow_clock;
+            return s->buf;
+        }
+    }
+    s = shadow_slot(c, n * 2, record);
+    if (!s) return NULL;
+    convert_into(c, s, x, n, dt);
     return s->buf;
 }
 
@@ -127,6 +140,37 @@ const void *cu_act_as(mc_cuda *c, const float *x, size_t n, mc_dtype dt) {
 
 const void *cu_act_as_opt(mc_cuda *c, const float *x, size_t n, mc_dtype dt) {
     return act_as(c, x, n, dt, false);
+}
+
+const void *cu_shadow_find(mc_cuda *c, const float *x, size_t n) {
+    for (int i = 0; i < CU_N_SHADOW_ALL; i++) {
+        cu_shadow *s = &c->shadow[i];
+        const float *src = (const float *)s->src;
+        if (s->valid && s->dt == MC_BF16 && x >= src && n <= s->n &&
+            (size_t)(x - src) <= s->n - n) {
+            s->stamp = ++c->shadow_clock;
+            return (const __nv_bfloat16 *)s->buf + (x - src);
+        }
+    }
+    return NULL;
+}
+
+const void *cu_small_as(mc_cuda *c, const float *x, size_t n) {
+    const void *base = NULL, *got = cu_shadow_find(c, x, n);
+    size_t bytes = 0;
+    cu_shadow *s;
+    if (got) return got;
+    if (cu_alloc_of(c, x, n * sizeof(float), &base, &bytes) && bytes <= CU_SMALL_WHOLE &&
+        ((uintptr_t)base & 15u) == 0) {
+        s = slot_in(c, bytes / 2, false, CU_N_SHADOW, CU_N_SHADOW_ALL);
+        if (!s) return NULL;
+        convert_into(c, s, (const float *)base, bytes / sizeof(float), MC_BF16);
+        return (const __nv_bfloat16 *)s->buf + (x - (const float *)base);
+    }
+    s = slot_in(c, n * 2, false, CU_N_SHADOW, CU_N_SHADOW_ALL);
+    if (!s) return NULL;
+    convert_into(c, s, x, n, MC_BF16);
+    return s->buf;
 }
 
 void *cu_shadow_for(mc_cuda *c, const void *dst, size_t n, int rows) {

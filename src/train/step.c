@@ -236,23 +236,30 @@ static void group_fwd(mc_trainer_core *c, int l, mc_lora_module k, const void *x
                  ld);
 }
 
+/* y += s * (dropout(x) A^T) B^T for projection k of layer l over N rows, when adapted. */
+static void proj_lora_fwd(mc_trainer_core *c, int l, mc_lora_module k, void *y, const void *x,
+                          int N, int out, int in) {
+    mc_backend *be = c->m->be;
+    const mc_lora_mod *mod = mc_adapter_mod(c->a, l, k);
+    const int r = c->a->rank;
+    int ld;
+    float *xa;
+    if (!mod) return;
+    xa = lora_xa(c, l, k, &ld);
+    if (c->a->dropout > 0) { /* else group_fwd made it */
+        const float *xd = lora_input(c, l, (int)k, x, N, in);
+        be->gemm_f32(be, false, true, N, r, in, 1.0f, xd, in, mod->A, in, 0.0f, xa, ld);
+    }
+    be->gemm_f32(be, false, true, N, out, r, c->a->scale, xa, ld, mod->B, r, 1.0f, (float *)y,
+                 out);
+}
+
 /* y = x W^T + b (+ s * (dropout(x) A^T) B^T) for projection k of layer l over N rows. */
 static void proj_fwd(mc_trainer_core *c, int l, mc_lora_module k, void *y, const void *x, mc_wt w,
                      mc_wt b, int N, int out, int in) {
     mc_backend *be = c->m->be;
-    const mc_lora_mod *mod = mc_adapter_mod(c->a, l, k);
     be->matmul(be, y, out, x, w, b, N, out, in);
-    if (mod) {
-        const int r = c->a->rank;
-        int ld;
-        float *xa = lora_xa(c, l, k, &ld);
-        if (c->a->dropout > 0) { /* else group_fwd made it */
-            const float *xd = lora_input(c, l, (int)k, x, N, in);
-            be->gemm_f32(be, false, true, N, r, in, 1.0f, xd, in, mod->A, in, 0.0f, xa, ld);
-        }
-        be->gemm_f32(be, false, true, N, out, r, c->a->scale, xa, ld, mod->B, r, 1.0f, (float *)y,
-                     out);
-    }
+    proj_lora_fwd(c, l, k, y, x, N, out, in);
 }
 
 /* Backward of proj_fwd given dy [N, out]: dx_acc (+)= dy W (accumulate selects), and when
@@ -358,8 +365,12 @@ static void layer_fwd(mc_trainer_core *c, const mc_batch *b, int l, const void *
 
     be->rmsnorm(be, t->xn2, a->x_mid, w->mlp_norm, N, d.D, eps);
     group_fwd(c, l, MC_LM_GATE, t->xn2, N, d.D);
-    proj_fwd(c, l, MC_LM_GATE, a->gate, t->xn2, w->gate_w, none, N, d.F, d.D);
-    proj_fwd(c, l, MC_LM_UP, a->up, t->xn2, w->up_w, none, N, d.F, d.D);
+    /* both frozen GEMMs first: the two LoRA updates then come right before the SwiGLU that
+     * reads their outputs (a backend may fold them into it) */
+    be->matmul(be, a->gate, d.F, t->xn2, w->gate_w, none, N, d.F, d.D);
+    be->matmul(be, a->up, d.F, t->xn2, w->up_w, none, N, d.F, d.D);
+    proj_lora_fwd(c, l, MC_LM_GATE, a->gate, t->xn2, N, d.F, d.D);
+    proj_lora_fwd(c, l, MC_LM_UP, a->up, t->xn2, N, d.F, d.D);
     be->swiglu(be, t->h, a->gate, a->up, (size_t)N * (size_t)d.F);
     group_fwd(c, l, MC_LM_DOWN, t->h, N, d.F);
     proj_fwd(c, l, MC_LM_DOWN, c->dtmp, t->h, w->down_w, none, N, d.D, d.F);

@@ -461,6 +461,70 @@ static void test_gemm_f32_bf16(void) {
     free(o);
 }
 
+/* Rank-r LoRA updates of training-sized outputs right before the SwiGLU that reads them,
+ * folded into it: forward (up's update first, then gate's; both written back), backward
+ * (dout's, with dgate over dout as the trainer calls it), and a forward with only up's
+ * update (not folded: it runs in TF32 before a plain SwiGLU), against the CPU. Folded, the
+ * updates sum in f32 (1e-5); TF32 would not meet that. */
+static void test_lora_swiglu(void) {
+    const int M = 300, F = 200, r = 16;
+    const size_t n = (size_t)M * F;
+    const float s = 2.0f;
+    float *xa = frand((size_t)M * 2 * r, 1.0f), *Bg = frand((size_t)F * r, 0.1f);
+    float *Bu = frand((size_t)F * r, 0.1f), *Ad = frand((size_t)r * F, 0.1f);
+    float *g0 = frand(n, 1.0f), *u0 = frand(n, 1.0f), *o0 = frand(n, 1.0f);
+    float *g = fdup(g0, n), *u = fdup(u0, n), *h = fnan(n), *du = fnan(n), *got = falloc(n);
+    void *d_xa = dputf(xa, (size_t)M * 2 * r), *d_Bg = dputf(Bg, (size_t)F * r);
+    void *d_Bu = dputf(Bu, (size_t)F * r), *d_Ad = dputf(Ad, (size_t)r * F);
+    void *d_g = dputf(g0, n), *d_u = dputf(u0, n), *d_h = dputf(h, n), *d_o = dputf(o0, n);
+    void *d_du = dputf(du, n);
+    for (int only_up = 0; only_up < 2; only_up++) {
+        memcpy(g, g0, n * sizeof(float));
+        memcpy(u, u0, n * sizeof(float));
+        dset(d_g, g0, n);
+        dset(d_u, u0, n);
+        g_ref->gemm_f32(g_ref, false, true, M, F, r, s, xa + r, 2 * r, Bu, r, 1.0f, u, F);
+        g_cu->gemm_f32(g_cu, false, true, M, F, r, s, (const float *)d_xa + r, 2 * r, d_Bu, r,
+                       1.0f, d_u, F);
+        if (!only_up) {
+            g_ref->gemm_f32(g_ref, false, true, M, F, r, s, xa, 2 * r, Bg, r, 1.0f, g, F);
+            g_cu->gemm_f32(g_cu, false, true, M, F, r, s, d_xa, 2 * r, d_Bg, r, 1.0f, d_g, F);
+        }
+        g_ref->swiglu(g_ref, h, g, u, n);
+        g_cu->swiglu(g_cu, d_h, d_g, d_u, n);
+        dget(got, d_h, n);
+        cmp(only_up ? "swiglu after up's update alone (TF32)" : "swiglu with both updates folded",
+            got, h, n, only_up ? 2e-3 : 1e-5);
+        dget(got, d_u, n);
+        cmp("  up, updated", got, u, n, only_up ? 2e-3 : 1e-5);
+        dget(got, d_g, n);
+        cmp("  gate", got, g, n, 1e-5);
+    }
+    /* backward: dout += t A (t: xa's first r columns), then the SwiGLU backward */
+    {
+        float *dg = fdup(o0, n);
+        dset(d_g, g, n); /* the same inputs on both sides */
+        dset(d_u, u, n);
+        g_ref->gemm_f32(g_ref, false, false, M, F, r, 1.0f, xa, 2 * r, Ad, F, 1.0f, dg, F);
+        g_ref->swiglu_backward(g_ref, dg, du, h, dg, g, u, n);
+        g_cu->gemm_f32(g_cu, false, false, M, F, r, 1.0f, d_xa, 2 * r, d_Ad, F, 1.0f, d_o, F);
+        g_cu->swiglu_backward(g_cu, d_o, d_du, d_h, d_o, d_g, d_u, n);
+        dget(got, d_o, n);
+        cmp("swiglu_backward with dout's update folded: dgate", got, dg, n, 1e-5);
+        dget(got, d_du, n);
+        cmp("  dup", got, du, n, 1e-5);
+        dget(got, d_h, n);
+        cmp("  h", got, h, n, 1e-5);
+        free(dg);
+    }
+    CHECK_OK(g_cu->sync(g_cu));
+    void *dev[9] = {d_xa, d_Bg, d_Bu, d_Ad, d_g, d_u, d_h, d_o, d_du};
+    for (int i = 0; i < 9; i++) dfree(dev[i]);
+    float *host[11] = {xa, Bg, Bu, Ad, g0, u0, o0, g, u, h, du};
+    for (int i = 0; i < 11; i++) free(host[i]);
+    free(got);
+}
+
 /* gemm_f32 on both paths, and a training-sized product's three passes: cublasGemmEx in
  * TF32 on the first, cuBLASLt's chosen algorithm after a synchronisation, the same bits on
  * the third (each dget synchronises). */
@@ -1432,6 +1496,7 @@ int main(void) {
     RUN(test_matmul_dx);
     RUN(test_gemm_f32);
     RUN(test_gemm_f32_bf16);
+    RUN(test_lora_swiglu);
     RUN(test_rope);
     RUN(test_attention);
     RUN(test_attention_backward);

@@ -319,6 +319,7 @@ void cu_pending_flush(mc_cuda *c) {
     case CU_PEND_GEMV: cu_flush_gemv(c, &p); break;
     case CU_PEND_ATTBWD: cu_flush_attbwd(c); break;
     case CU_PEND_ATTFWD: cu_flush_attfwd(c); break;
+    case CU_PEND_LORA: cu_flush_lora(c, &p); break;
     default: break;
     }
 }
@@ -874,6 +875,8 @@ extern "C" mc_status mc_backend_cuda_create(int device, mc_backend **out) {
     env = getenv("MC_CUDA_NOFUSE"); /* e.g. "rope,glu": those fusions off */
     c->fuse_rope = c->fuse_on && !(env && strstr(env, "rope"));
     c->fuse_glu = c->fuse_on && !(env && strstr(env, "glu"));
+    c->lsw_fwd = c->fuse_on && !(env && strstr(env, "lswf"));
+    c->lsw_bwd = c->fuse_on && !(env && strstr(env, "lswb"));
     c->lse_on = c->fuse_on && !(env && strstr(env, "lse"));
     c->kv16_on = c->fuse_on && !(env && strstr(env, "kv16"));
     c->attb_on = c->fuse_on && !(env && strstr(env, "attb"));

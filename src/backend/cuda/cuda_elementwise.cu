@@ -112,6 +112,152 @@ static size_t swiglu_n4(const SwigluArgs &a) {
     return a.n / 4;
 }
 
+/* ---- SwiGLU with the rank-r LoRA updates of its inputs (cu_pending lora) ----
+ * A block takes LS_TM rows x LS_TN columns; warp w the 4 rows 4w..4w+3, each lane 4 columns
+ * of them. The updates' A rows (as[k][row]: one 16-byte load gives a warp's 4 rows) and
+ * op(B) columns of the tile are staged in shared memory; each element adds alpha * (its
+ * row of A . its column of op(B)), summed in f32 over k, then the SwiGLU (or its backward)
+ * runs on the updated values. */
+enum { LS_TM = 32, LS_TN = 128, LS_KMAX = 32 };
+
+struct LoraSwArgs {
+    float *gate, *up;   /* forward: updated in place; backward: read */
+    float *out;         /* forward: h; backward: dgate (may be dout) */
+    float *dup, *h;     /* backward (h may be NULL) */
+    const float *dout;  /* backward: updated on the fly (not stored) */
+    __nv_bfloat16 *sh0, *sh1;
+    cu_lora_upd u[2];   /* forward: gate's, up's; backward: dout's */
+    int M, N;
+};
+
+/* Stages update u's A rows [m0, m0 + LS_TM) as as[k][row] and its op(B) columns [n0, n0 +
+ * LS_TN) as bs[k][col] (zeros past the ends). */
+static __device__ __forceinline__ void ls_stage(const cu_lora_upd &u, int M, int N, int m0,
+                                                int n0, float (*as)[LS_TM],
+                                                float (*bs)[LS_TN]) {
+    for (int i = threadIdx.x; i < LS_TM * u.K; i += blockDim.x) {
+        const int r = i / u.K, k = i % u.K, m = m0 + r;
+        as[k][r] = m < M ? u.A[(size_t)m * u.lda + k] : 0.0f;
+    }
+    for (int i = threadIdx.x; i < LS_TN * u.K; i += blockDim.x) {
+        int col, k;
+        if (u.tb) { /* B [N, K]: consecutive threads along k */
+            col = i / u.K;
+            k = i % u.K;
+        } else { /* B [K, N]: consecutive threads along n */
+            k = i / LS_TN;
+            col = i % LS_TN;
+        }
+        const int n = n0 + col;
+        bs[k][col] = n >= N ? 0.0f : u.tb ? u.B[(size_t)n * u.ldb + k] : u.B[(size_t)k * u.ldb + n];
+    }
+}
+
+/* acc[i] = sum_k as[k][r0 + i] bs[k][c0 .. c0 + 4), i < 4. */
+static __device__ __forceinline__ void ls_dot(float4 (&acc)[4], const float (*as)[LS_TM],
+                                              const float (*bs)[LS_TN], int r0, int c0, int K) {
+#pragma unroll
+    for (int i = 0; i < 4; i++) acc[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    for (int k = 0; k < K; k++) {
+        float4 a = *reinterpret_cast<const float4 *>(&as[k][r0]);
+        const float4 b = *reinterpret_cast<const float4 *>(&bs[k][c0]);
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const float ai = f4_at(a, i);
+            acc[i].x = fmaf(ai, b.x, acc[i].x);
+            acc[i].y = fmaf(ai, b.y, acc[i].y);
+            acc[i].z = fmaf(ai, b.z, acc[i].z);
+            acc[i].w = fmaf(ai, b.w, acc[i].w);
+        }
+    }
+}
+
+/* v += alpha * acc. */
+static __device__ __forceinline__ void ls_axpy(float4 &v, float alpha, const float4 &acc) {
+    v.x = fmaf(alpha, acc.x, v.x);
+    v.y = fmaf(alpha, acc.y, v.y);
+    v.z = fmaf(alpha, acc.z, v.z);
+    v.w = fmaf(alpha, acc.w, v.w);
+}
+
+template <bool BWD>
+static __global__ void __launch_bounds__(256) lora_swiglu_kernel(const LoraSwArgs a) {
+    constexpr int NU = BWD ? 1 : 2; /* updates */
+    __shared__ __align__(16) float as[NU][LS_KMAX][LS_TM];
+    __shared__ __align__(16) float bs[NU][LS_KMAX][LS_TN];
+    const int m0 = blockIdx.y * LS_TM, n0 = blockIdx.x * LS_TN;
+    const int lane = threadIdx.x & 31, r0 = (threadIdx.x >> 5) * 4, c0 = lane * 4;
+    float4 acc[NU][4];
+    cu_dep_wait();
+    for (int e = 0; e < NU; e++) ls_stage(a.u[e], a.M, a.N, m0, n0, as[e], bs[e]);
+    __syncthreads();
+    const int n = n0 + c0;
+    if (n >= a.N) return; /* N % 4 == 0: a group of four is all in or all out */
+#pragma unroll
+    for (int e = 0; e < NU; e++) ls_dot(acc[e], as[e], bs[e], r0, c0, a.u[e].K);
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const int m = m0 + r0 + i;
+        if (m >= a.M) break;
+        const size_t q = ((size_t)m * a.N + n) / 4;
+        float4 g = __ldcs(reinterpret_cast<const float4 *>(a.gate) + q);
+        float4 u = __ldcs(reinterpret_cast<const float4 *>(a.up) + q);
+        if constexpr (!BWD) {
+            ls_axpy(g, a.u[0].alpha, acc[0][i]);
+            ls_axpy(u, a.u[1].alpha, acc[1][i]);
+            reinterpret_cast<float4 *>(a.gate)[q] = g;
+            reinterpret_cast<float4 *>(a.up)[q] = u;
+            const float4 h = make_float4(swiglu_fwd(g.x, u.x), swiglu_fwd(g.y, u.y),
+                                         swiglu_fwd(g.z, u.z), swiglu_fwd(g.w, u.w));
+            reinterpret_cast<float4 *>(a.out)[q] = h;
+            if (a.sh0) store_bf16x4(a.sh0, q, h);
+        } else {
+            float4 d = reinterpret_cast<const float4 *>(a.dout)[q], dg, du, h;
+            ls_axpy(d, a.u[0].alpha, acc[0][i]);
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+                swiglu_bwd(f4_at(g, j), f4_at(u, j), f4_at(d, j), f4_at(dg, j), f4_at(du, j),
+                           f4_at(h, j));
+            if (a.h) reinterpret_cast<float4 *>(a.h)[q] = h;
+            reinterpret_cast<float4 *>(a.dup)[q] = du;
+            reinterpret_cast<float4 *>(a.out)[q] = dg;
+            if (a.sh0) store_bf16x4(a.sh0, q, dg);
+            if (a.sh1) store_bf16x4(a.sh1, q, du);
+        }
+    }
+}
+
+/* Takes over the held rank-r updates when this SwiGLU (forward: both of gate and up, in
+ * either order; backward: the one of dout) reads their outputs, n = M N, and every operand
+ * is 16-byte aligned; else false (nothing changed). */
+static bool lora_take(mc_cuda *c, LoraSwArgs &a, bool bwd, size_t n) {
+    const cu_pending &p = c->pend;
+    if (p.kind != CU_PEND_LORA || p.n_lu != (bwd ? 1 : 2) || (size_t)p.lu_M * p.lu_N != n)
+        return false;
+    const void *ptr[6] = {a.gate, a.up, a.out, a.dup, a.h, a.dout};
+    for (int i = 0; i < 6; i++)
+        if (!cu_aligned16(ptr[i])) return false;
+    if (bwd) {
+        if (p.lu[0].C != a.dout) return false;
+        a.u[0] = p.lu[0];
+    } else {
+        const int gi = p.lu[0].C == a.gate ? 0 : 1;
+        if (p.lu[gi].C != a.gate || p.lu[1 - gi].C != a.up) return false;
+        a.u[0] = p.lu[gi];
+        a.u[1] = p.lu[1 - gi];
+    }
+    a.M = p.lu_M;
+    a.N = p.lu_N;
+    c->pend.kind = CU_PEND_NONE; /* taken: the launch below must not flush it */
+    return true;
+}
+
+static void lora_swiglu_launch(mc_cuda *c, const LoraSwArgs &a, bool bwd) {
+    const dim3 grid((unsigned)((a.N + LS_TN - 1) / LS_TN), (unsigned)((a.M + LS_TM - 1) / LS_TM));
+    if (bwd) cu_launch(c, lora_swiglu_kernel<true>, grid, dim3(256), 0, a, "swiglu_backward+lora");
+    else cu_launch(c, lora_swiglu_kernel<false>, grid, dim3(256), 0, a, "swiglu+lora");
+}
+
 static void swiglu_launch(mc_cuda *c, float *out, const float *gate, const float *up, size_t n) {
     SwigluArgs a;
     memset(&a, 0, sizeof a);
@@ -132,6 +278,20 @@ void cu_swiglu(mc_backend *be, void *out, const void *gate, const void *up, size
     mc_cuda *c = cu_ctx(be);
     if (!n) return;
     cu_note_write(c, out, n * sizeof(float));
+    if (c->pend.kind == CU_PEND_LORA && c->lsw_fwd && !cu_f32_overlap((const float *)out, n,
+                                                         (const float *)gate, n) &&
+        !cu_f32_overlap((const float *)out, n, (const float *)up, n)) {
+        LoraSwArgs a;
+        memset(&a, 0, sizeof a);
+        a.gate = (float *)gate; /* the updates' outputs: written back */
+        a.up = (float *)up;
+        a.out = (float *)out;
+        if (lora_take(c, a, false, n)) {
+            a.sh0 = (__nv_bfloat16 *)cu_shadow_for(c, out, n, shadow_rows(n));
+            lora_swiglu_launch(c, a, false);
+            return;
+        }
+    }
     if (c->fuse_on && shadow_rows(n) == 1) { /* decode-sized: a GEMV computes it */
         if (cu_gemv_take_swiglu(c, (float *)out, (const float *)gate, (const float *)up, n)) return;
         cu_pending_flush(c);
@@ -161,6 +321,22 @@ void cu_swiglu_backward(mc_backend *be, void *dgate, void *dup, void *h, const v
     a.gate = (const float *)gate;
     a.up = (const float *)up;
     a.n = n;
+    if (c->pend.kind == CU_PEND_LORA && c->lsw_bwd) {
+        LoraSwArgs l;
+        memset(&l, 0, sizeof l);
+        l.gate = (float *)gate;
+        l.up = (float *)up;
+        l.out = (float *)dgate;
+        l.dup = (float *)dup;
+        l.h = (float *)h;
+        l.dout = (const float *)dout;
+        if (lora_take(c, l, true, n)) {
+            l.sh0 = (__nv_bfloat16 *)cu_shadow_for(c, dgate, n, shadow_rows(n));
+            l.sh1 = (__nv_bfloat16 *)cu_shadow_for(c, dup, n, shadow_rows(n));
+            lora_swiglu_launch(c, l, true);
+            return;
+        }
+    }
     a.sh0 = (__nv_bfloat16 *)cu_shadow_for(c, dgate, n, shadow_rows(n));
     a.sh1 = (__nv_bfloat16 *)cu_shadow_for(c, dup, n, shadow_rows(n));
     a.n4 = swiglu_n4(a);

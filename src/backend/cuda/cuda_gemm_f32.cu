@@ -538,6 +538,57 @@ static bool lora_bf16_ops(mc_cuda *c, bool ta, int M, int N, size_t na, size_t n
     return *a16 && *b16;
 }
 
+/* The rank-r update u of an [M, N] output on the tensor cores (TF32), as gemm_f32 runs it. */
+static void lowrank_lt(mc_cuda *c, const cu_lora_upd &u, int M, int N) {
+    const cu_lt_shape s = {u.tb != 0, false, true, N, M, u.K, u.ldb, u.lda, N, CUDA_R_32F, true,
+                           false};
+    cu_break(c);
+    (void)cu_gemm_lt(c, s, u.alpha, u.B, u.A, u.C, "lt gemm_f32 lowrank");
+}
+
+void cu_flush_lora(mc_cuda *c, const cu_pending *p) {
+    for (int i = 0; i < p->n_lu; i++) lowrank_lt(c, p->lu[i], p->lu_M, p->lu_N);
+}
+
+/* Whether [a, a + an) and [b, b + bn) (bytes) overlap. */
+static bool spans_meet(const void *a, size_t an, const void *b, size_t bn) {
+    return (uintptr_t)a < (uintptr_t)b + bn && (uintptr_t)b < (uintptr_t)a + an;
+}
+
+/* Holds C += alpha A op(B), a rank-r update (K <= 32) of a training-sized output with no gap
+ * between rows, for the SwiGLU (or its backward) that may read C next (c->lsw_fwd, lsw_bwd): a
+ * second one of the same shape joins the first (gate, then up); anything else launches
+ * them (cu_pending_flush). false when the product is not such an update. */
+static bool lora_hold(mc_cuda *c, bool ta, bool tb, int M, int N, int K, float alpha,
+                      const float *A, int lda, const float *B, int ldb, float beta, float *C,
+                      int ldc, size_t sa, size_t sb) {
+    cu_pending &p = c->pend;
+    const size_t sc = (size_t)M * (size_t)N * sizeof(float);
+    if (!(c->lsw_fwd || c->lsw_bwd) || !c->lora_lt || ta || beta != 1.0f || K < 1 || K > 32 ||
+        M < CU_LORA_LT_ROWS || ldc != N || N % 4 != 0 || !cu_aligned16(C))
+        return false;
+    const cu_lora_upd u = {C, A, B, lda, ldb, tb ? 1 : 0, K, alpha};
+    if (p.kind == CU_PEND_LORA && p.n_lu == 1 && p.lu_M == M && p.lu_N == N) {
+        const cu_lora_upd &f = p.lu[0];
+        const size_t fa = span_bytes(M, f.K, f.lda);
+        const size_t fb = f.tb ? span_bytes(N, f.K, f.ldb) : span_bytes(f.K, N, f.ldb);
+        if (!spans_meet(f.C, sc, C, sc) && !spans_meet(f.C, sc, A, sa) &&
+            !spans_meet(f.C, sc, B, sb) && !spans_meet(C, sc, f.A, fa) &&
+            !spans_meet(C, sc, f.B, fb)) {
+            p.lu[1] = u;
+            p.n_lu = 2;
+            return true;
+        }
+    }
+    cu_pending_flush(c);
+    p.kind = CU_PEND_LORA;
+    p.lu[0] = u;
+    p.n_lu = 1;
+    p.lu_M = M;
+    p.lu_N = N;
+    return true;
+}
+
 void cu_gemm_f32(mc_backend *be, bool ta, bool tb, int M, int N, int K, float alpha,
                  const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc) {
     mc_cuda *c = cu_ctx(be);
@@ -553,6 +604,7 @@ void cu_gemm_f32(mc_backend *be, bool ta, bool tb, int M, int N, int K, float al
         return;
     }
     cu_note_write(c, C, sc);
+    if (lora_hold(c, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, sa, sb)) return;
     if (c->lora_lt && K > 0 && (ta ? K : M) >= CU_LORA_LT_ROWS && (beta == 0.0f || beta == 1.0f)) {
         /* The token rows are M (x A^T, dy B, the rank-r updates) or K (the gradients'
          * sums over rows, op(A) = A^T). The tensor cores take the FMAs that bind the skinny

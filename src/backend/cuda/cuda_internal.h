@@ -175,7 +175,8 @@ enum cu_pend_kind {
     CU_PEND_SWIGLU,
     CU_PEND_COPY,
     CU_PEND_ATTFWD,
-    CU_PEND_ATTBWD
+    CU_PEND_ATTBWD,
+    CU_PEND_LORA
 };
 
 /* Flash attention forwards (position 0 on, keeping their log-sum-exp rows) or backwards
@@ -215,6 +216,15 @@ struct cu_gemv_ent {
     int ldo, N, bias_dt, rope;
 };
 
+/* C [M, N] (leading dimension N) += alpha A op(B), A [M, K] (lda), op(B) [K, N]: B^T of
+ * B [N, K] when tb, else B [K, N] (ldb). */
+struct cu_lora_upd {
+    float *C;
+    const float *A, *B;
+    int lda, ldb, tb, K;
+    float alpha;
+};
+
 struct cu_pending {
     int kind;
     /* add: y[0..n) = (src ? src : y)[0..n) + x[0..n); copy: y[0..n) = x[0..n) (floats) */
@@ -245,6 +255,10 @@ struct cu_pending {
     /* the argmax keys of the rows, taken over by the GEMV (NULL: none), and the slot the
      * GEMV clears for the next one */
     unsigned long long *am, *am_clear;
+    /* lora: rank-r updates C += alpha A op(B) of [lu_M, lu_N] outputs, held for the SwiGLU
+     * (gate and up) or its backward (dout) that reads them next */
+    cu_lora_upd lu[2];
+    int n_lu, lu_M, lu_N;
 };
 
 /* Profiling (MC_CUDA_PROFILE=1): a pair of events around every kernel launch and cuBLAS
@@ -355,6 +369,11 @@ struct mc_cuda {
     bool dec_cluster;         /* decode attention by clusters of blocks (else one block per split) */
     bool kv_pre_on;           /* decode attention may read older cache rows before its wait */
     cu_pending pend;
+    /* rank-r LoRA updates of training-sized outputs folded into the SwiGLU that reads them
+     * (forward: gate and up, written back; backward: dout) instead of a read and write of
+     * each output of their own (MC_CUDA_NOFUSE=lswf: not the forward's, lswb: not the
+     * backward's) */
+    bool lsw_fwd, lsw_bwd;
     int *gemv_cnt; /* [1] device counter of the SwiGLU-fused GEMV, zero between launches */
     bool fuse_am;  /* argmax_rows taken over by the GEMV before it (MC_CUDA_NOFUSE=argmax) */
     unsigned long long *am_keys; /* [2, CU_AM_SLOT] argmax keys, zeroed at setup */
@@ -437,6 +456,8 @@ void cu_pending_flush(mc_cuda *c);
 void cu_flush_add(mc_cuda *c, const cu_pending *p);
 void cu_flush_copy(mc_cuda *c, const cu_pending *p);
 void cu_flush_swiglu(mc_cuda *c, const cu_pending *p);
+/* Launches held rank-r updates (cuda_gemm_f32.cu). */
+void cu_flush_lora(mc_cuda *c, const cu_pending *p);
 void cu_flush_rope(mc_cuda *c, const cu_pending *p);
 void cu_flush_gemv(mc_cuda *c, const cu_pending *p);
 void cu_flush_attbwd(mc_cuda *c);

@@ -462,33 +462,35 @@ static void test_gemm_f32_bf16(void) {
 }
 
 /* Rank-r LoRA updates of training-sized outputs right before the SwiGLU that reads them,
- * folded into it: forward (up's update first, then gate's; both written back), backward
- * (dout's, with dgate over dout as the trainer calls it), and a forward with only up's
- * update (not folded: it runs in TF32 before a plain SwiGLU), against the CPU. Folded, the
- * updates sum in f32 (1e-5); TF32 would not meet that. */
+ * folded into it: forward (up's update of rank 32 first, then gate's of rank 16; both
+ * written back), backward (dout's, with dgate over dout as the trainer calls it), against
+ * the CPU. Folded, the updates sum in f32 (1e-5); TF32 would not meet that. Not folded, in
+ * TF32 (2e-3): a forward with only up's update, a backward whose dgate is not dout (dout
+ * must still receive its update), and an update held until a copy to the host reads it
+ * (both layouts of B). */
 static void test_lora_swiglu(void) {
-    const int M = 300, F = 200, r = 16;
+    const int M = 300, F = 200, rg = 16, ru = 32, W = rg + ru;
     const size_t n = (size_t)M * F;
     const float s = 2.0f;
-    float *xa = frand((size_t)M * 2 * r, 1.0f), *Bg = frand((size_t)F * r, 0.1f);
-    float *Bu = frand((size_t)F * r, 0.1f), *Ad = frand((size_t)r * F, 0.1f);
+    float *xa = frand((size_t)M * W, 1.0f), *Bg = frand((size_t)F * rg, 0.1f);
+    float *Bu = frand((size_t)F * ru, 0.1f), *Ad = frand((size_t)rg * F, 0.1f);
     float *g0 = frand(n, 1.0f), *u0 = frand(n, 1.0f), *o0 = frand(n, 1.0f);
     float *g = fdup(g0, n), *u = fdup(u0, n), *h = fnan(n), *du = fnan(n), *got = falloc(n);
-    void *d_xa = dputf(xa, (size_t)M * 2 * r), *d_Bg = dputf(Bg, (size_t)F * r);
-    void *d_Bu = dputf(Bu, (size_t)F * r), *d_Ad = dputf(Ad, (size_t)r * F);
+    void *d_xa = dputf(xa, (size_t)M * W), *d_Bg = dputf(Bg, (size_t)F * rg);
+    void *d_Bu = dputf(Bu, (size_t)F * ru), *d_Ad = dputf(Ad, (size_t)rg * F);
     void *d_g = dputf(g0, n), *d_u = dputf(u0, n), *d_h = dputf(h, n), *d_o = dputf(o0, n);
-    void *d_du = dputf(du, n);
+    void *d_du = dputf(du, n), *d_dg = dputf(h, n);
     for (int only_up = 0; only_up < 2; only_up++) {
         memcpy(g, g0, n * sizeof(float));
         memcpy(u, u0, n * sizeof(float));
         dset(d_g, g0, n);
         dset(d_u, u0, n);
-        g_ref->gemm_f32(g_ref, false, true, M, F, r, s, xa + r, 2 * r, Bu, r, 1.0f, u, F);
-        g_cu->gemm_f32(g_cu, false, true, M, F, r, s, (const float *)d_xa + r, 2 * r, d_Bu, r,
+        g_ref->gemm_f32(g_ref, false, true, M, F, ru, s, xa + rg, W, Bu, ru, 1.0f, u, F);
+        g_cu->gemm_f32(g_cu, false, true, M, F, ru, s, (const float *)d_xa + rg, W, d_Bu, ru,
                        1.0f, d_u, F);
         if (!only_up) {
-            g_ref->gemm_f32(g_ref, false, true, M, F, r, s, xa, 2 * r, Bg, r, 1.0f, g, F);
-            g_cu->gemm_f32(g_cu, false, true, M, F, r, s, d_xa, 2 * r, d_Bg, r, 1.0f, d_g, F);
+            g_ref->gemm_f32(g_ref, false, true, M, F, rg, s, xa, W, Bg, rg, 1.0f, g, F);
+            g_cu->gemm_f32(g_cu, false, true, M, F, rg, s, d_xa, W, d_Bg, rg, 1.0f, d_g, F);
         }
         g_ref->swiglu(g_ref, h, g, u, n);
         g_cu->swiglu(g_cu, d_h, d_g, d_u, n);
@@ -500,26 +502,54 @@ static void test_lora_swiglu(void) {
         dget(got, d_g, n);
         cmp("  gate", got, g, n, 1e-5);
     }
-    /* backward: dout += t A (t: xa's first r columns), then the SwiGLU backward */
-    {
-        float *dg = fdup(o0, n);
+    /* backward: dout += t A (t: xa's first 16 columns), then the SwiGLU backward, with
+     * dgate over dout (folded), then into a buffer of its own (not folded) */
+    for (int own = 0; own < 2; own++) {
+        float *o = fdup(o0, n), *dg = fnan(n);
+        const double tol = own ? 2e-3 : 1e-5;
+        void *d_out = own ? d_dg : d_o;
         dset(d_g, g, n); /* the same inputs on both sides */
         dset(d_u, u, n);
-        g_ref->gemm_f32(g_ref, false, false, M, F, r, 1.0f, xa, 2 * r, Ad, F, 1.0f, dg, F);
-        g_ref->swiglu_backward(g_ref, dg, du, h, dg, g, u, n);
-        g_cu->gemm_f32(g_cu, false, false, M, F, r, 1.0f, d_xa, 2 * r, d_Ad, F, 1.0f, d_o, F);
-        g_cu->swiglu_backward(g_cu, d_o, d_du, d_h, d_o, d_g, d_u, n);
-        dget(got, d_o, n);
-        cmp("swiglu_backward with dout's update folded: dgate", got, dg, n, 1e-5);
+        dset(d_o, o0, n);
+        g_ref->gemm_f32(g_ref, false, false, M, F, rg, 1.0f, xa, W, Ad, F, 1.0f, o, F);
+        g_ref->swiglu_backward(g_ref, own ? dg : o, du, h, o, g, u, n);
+        g_cu->gemm_f32(g_cu, false, false, M, F, rg, 1.0f, d_xa, W, d_Ad, F, 1.0f, d_o, F);
+        g_cu->swiglu_backward(g_cu, d_out, d_du, d_h, d_o, d_g, d_u, n);
+        dget(got, d_out, n);
+        cmp(own ? "swiglu_backward, dgate not over dout (TF32): dgate"
+                : "swiglu_backward with dout's update folded: dgate",
+            got, own ? dg : o, n, tol);
         dget(got, d_du, n);
-        cmp("  dup", got, du, n, 1e-5);
+        cmp("  dup", got, du, n, tol);
         dget(got, d_h, n);
-        cmp("  h", got, h, n, 1e-5);
+        cmp("  h", got, h, n, tol);
+        if (own) {
+            dget(got, d_o, n);
+            cmp("  dout, updated", got, o, n, tol);
+        }
+        free(o);
         free(dg);
     }
+    /* an update held, then read by a copy to the host: it runs first */
+    for (int tb = 0; tb < 2; tb++) {
+        float *o = fdup(o0, n);
+        dset(d_o, o0, n);
+        if (tb) {
+            g_ref->gemm_f32(g_ref, false, true, M, F, rg, s, xa, W, Bg, rg, 1.0f, o, F);
+            g_cu->gemm_f32(g_cu, false, true, M, F, rg, s, d_xa, W, d_Bg, rg, 1.0f, d_o, F);
+        } else {
+            g_ref->gemm_f32(g_ref, false, false, M, F, rg, s, xa, W, Ad, F, 1.0f, o, F);
+            g_cu->gemm_f32(g_cu, false, false, M, F, rg, s, d_xa, W, d_Ad, F, 1.0f, d_o, F);
+        }
+        dget(got, d_o, n);
+        cmp(tb ? "an update held, then copied to the host (B^T)"
+               : "an update held, then copied to the host (B)",
+            got, o, n, 2e-3);
+        free(o);
+    }
     CHECK_OK(g_cu->sync(g_cu));
-    void *dev[9] = {d_xa, d_Bg, d_Bu, d_Ad, d_g, d_u, d_h, d_o, d_du};
-    for (int i = 0; i < 9; i++) dfree(dev[i]);
+    void *dev[10] = {d_xa, d_Bg, d_Bu, d_Ad, d_g, d_u, d_h, d_o, d_du, d_dg};
+    for (int i = 0; i < 10; i++) dfree(dev[i]);
     float *host[11] = {xa, Bg, Bu, Ad, g0, u0, o0, g, u, h, du};
     for (int i = 0; i < 11; i++) free(host[i]);
     free(got);

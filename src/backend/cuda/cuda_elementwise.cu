@@ -227,9 +227,19 @@ static __global__ void __launch_bounds__(256) lora_swiglu_kernel(const LoraSwArg
     }
 }
 
+/* Whether update u's operands A [M, K] and op(B) [K, N] meet [p, p + n) (floats). */
+static bool upd_reads(const cu_lora_upd &u, int M, int N, const float *p, size_t n) {
+    const size_t na = (size_t)(M - 1) * (size_t)u.lda + (size_t)u.K;
+    const size_t nb = u.tb ? (size_t)(N - 1) * (size_t)u.ldb + (size_t)u.K
+                           : (size_t)(u.K - 1) * (size_t)u.ldb + (size_t)N;
+    return p && (cu_f32_overlap(u.A, na, p, n) || cu_f32_overlap(u.B, nb, p, n));
+}
+
 /* Takes over the held rank-r updates when this SwiGLU (forward: both of gate and up, in
- * either order; backward: the one of dout) reads their outputs, n = M N, and every operand
- * is 16-byte aligned; else false (nothing changed). */
+ * either order; backward: the one of dout, with dgate written over dout, since the folded
+ * update of dout is never stored) reads their outputs, n = M N, every operand is 16-byte
+ * aligned and no output of the SwiGLU is read by an update (other blocks still stage the
+ * updates' operands while a block writes); else false (nothing changed). */
 static bool lora_take(mc_cuda *c, LoraSwArgs &a, bool bwd, size_t n) {
     const cu_pending &p = c->pend;
     if (p.kind != CU_PEND_LORA || p.n_lu != (bwd ? 1 : 2) || (size_t)p.lu_M * p.lu_N != n)
@@ -237,8 +247,13 @@ static bool lora_take(mc_cuda *c, LoraSwArgs &a, bool bwd, size_t n) {
     const void *ptr[6] = {a.gate, a.up, a.out, a.dup, a.h, a.dout};
     for (int i = 0; i < 6; i++)
         if (!cu_aligned16(ptr[i])) return false;
+    /* what the kernel writes: out, dup and h; the forward also gate and up */
+    const float *wr[5] = {a.out, a.dup, a.h, bwd ? NULL : a.gate, bwd ? NULL : a.up};
+    for (int e = 0; e < p.n_lu; e++)
+        for (int i = 0; i < 5; i++)
+            if (upd_reads(p.lu[e], p.lu_M, p.lu_N, wr[i], n)) return false;
     if (bwd) {
-        if (p.lu[0].C != a.dout) return false;
+        if (p.lu[0].C != a.dout || a.out != a.dout) return false;
         a.u[0] = p.lu[0];
     } else {
         const int gi = p.lu[0].C == a.gate ? 0 : 1;

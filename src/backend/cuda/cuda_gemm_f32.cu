@@ -619,6 +619,7 @@ void cu_gemm_f32(mc_backend *be, bool ta, bool tb, int M, int N, int K, float al
         const bool lo16 = c->lora16 && (ta || K > 64) &&
                           lora_bf16_ops(c, ta, M, N, sa / sizeof(float), sb / sizeof(float),
                                         A, B, &a16, &b16);
+        if (lo16) cu_note_write(c, C, sc); /* a copy just made of an allocation holding C */
         const cu_lt_shape s = {tb, ta, beta != 0.0f, N, M, K, ldb, lda, ldc,
                                lo16 ? CUDA_R_16BF : CUDA_R_32F, !lo16, false};
         cu_break(c);

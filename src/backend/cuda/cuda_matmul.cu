@@ -143,6 +143,7 @@ const void *cu_act_as_opt(mc_cuda *c, const float *x, size_t n, mc_dtype dt) {
 }
 
 const void *cu_shadow_find(mc_cuda *c, const float *x, size_t n) {
+    if (c->pend.kind == CU_PEND_ATTFWD) cu_pending_flush(c); /* it leaves a bf16 copy of out */
     for (int i = 0; i < CU_N_SHADOW_ALL; i++) {
         cu_shadow *s = &c->shadow[i];
         const float *src = (const float *)s->src;

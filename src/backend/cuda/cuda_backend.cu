@@ -185,8 +185,10 @@ void cu_free(mc_cuda *c, void *p) {
     if (!p) return;
     cu_end_segment(c); /* queued launches may still read p */
     i = reg_lower(c, (uintptr_t)p);
-    if (i < c->n_allocs && c->allocs[i].p == (uintptr_t)p)
+    if (i < c->n_allocs && c->allocs[i].p == (uintptr_t)p) {
         cu_note_write(c, p, c->allocs[i].bytes); /* drop shadows of p's contents */
+        if (c->n_bias) cu_bias_drop(c, p, c->allocs[i].bytes);
+    }
     if (!reg_remove(c, p)) {
         cu_set_error(c, MC_ERR_INTERNAL, "free of %p, which this backend did not allocate", p);
         return;
@@ -749,6 +751,8 @@ static void cuda_destroy(mc_backend *be) {
             if (c->scratch[i]) cu_free(c, c->scratch[i]);
         for (i = 0; i < CU_N_SHADOW_ALL; i++)
             if (c->shadow[i].buf) cu_free(c, c->shadow[i].buf);
+        for (i = 0; i < c->n_bias; i++) cu_free(c, c->bias_tab[i].f32);
+        c->n_bias = 0;
         for (i = 0; i < CU_N_LSE; i++)
             if (c->lse[i].lse) cu_free(c, c->lse[i].lse);
         if (c->gemv_cnt) cu_free(c, c->gemv_cnt);
@@ -877,6 +881,7 @@ extern "C" mc_status mc_backend_cuda_create(int device, mc_backend **out) {
     c->fuse_glu = c->fuse_on && !(env && strstr(env, "glu"));
     c->lsw_fwd = c->fuse_on && !(env && strstr(env, "lswf"));
     c->lsw_bwd = c->fuse_on && !(env && strstr(env, "lswb"));
+    c->bias_epi = !(env && strstr(env, "biasepi"));
     c->lse_on = c->fuse_on && !(env && strstr(env, "lse"));
     c->kv16_on = c->fuse_on && !(env && strstr(env, "kv16"));
     c->attb_on = c->fuse_on && !(env && strstr(env, "attb"));

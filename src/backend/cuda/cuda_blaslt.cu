@@ -29,7 +29,7 @@ static bool lt_same(const cu_lt_ent &e, const cu_lt_shape &s, const unsigned (&a
     const cu_lt_shape &a = e.s;
     return a.ta == s.ta && a.tb == s.tb && a.m == s.m && a.n == s.n && a.k == s.k &&
            a.lda == s.lda && a.ldb == s.ldb && a.ldc == s.ldc && a.ab == s.ab &&
-           a.tf32 == s.tf32 && a.c16 == s.c16 &&
+           a.tf32 == s.tf32 && a.c16 == s.c16 && a.bias == s.bias &&
            a.accumulate == s.accumulate && e.align[0] == align[0] && e.align[1] == align[1] &&
            e.align[2] == align[2];
 }
@@ -77,6 +77,15 @@ static bool lt_describe(cu_lt_ent *e) {
         return false;
     (void)cublasLtMatmulDescSetAttribute(e->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta);
     (void)cublasLtMatmulDescSetAttribute(e->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb);
+    if (s.bias) {
+        const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+        const cudaDataType_t bt = CUDA_R_32F;
+        if (cublasLtMatmulDescSetAttribute(e->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi,
+                                           sizeof epi) != CUBLAS_STATUS_SUCCESS ||
+            cublasLtMatmulDescSetAttribute(e->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt,
+                                           sizeof bt) != CUBLAS_STATUS_SUCCESS)
+            return false;
+    }
     /* stored shapes (before the transposes), column-major */
     return cublasLtMatrixLayoutCreate(&e->la, s.ab, (uint64_t)(s.ta ? s.k : s.m),
                                       (uint64_t)(s.ta ? s.m : s.k), s.lda) ==
@@ -86,6 +95,14 @@ static bool lt_describe(cu_lt_ent *e) {
                CUBLAS_STATUS_SUCCESS &&
            cublasLtMatrixLayoutCreate(&e->lc, lt_ctype(s), (uint64_t)s.m, (uint64_t)s.n,
                                       s.ldc) == CUBLAS_STATUS_SUCCESS;
+}
+
+/* Sets the bias pointer of a shape with an epilogue on its descriptor, before each use
+ * (tuning included). */
+static void lt_set_bias(const mc_cuda *c, cu_lt_ent *e) {
+    if (e->s.bias && e->desc)
+        (void)cublasLtMatmulDescSetAttribute(e->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                                             &c->lt_bias, sizeof c->lt_bias);
 }
 
 static bool lt_run(mc_cuda *c, const cu_lt_ent *e, const cublasLtMatmulAlgo_t *algo, float alpha,
@@ -202,7 +219,12 @@ static cu_lt_ent *lt_entry(mc_cuda *c, const cu_lt_shape &s, const void *A, cons
             return NULL;
         }
     }
-    if (lt_describe(e) && lt_tune(c, e, A, B, C)) {
+    bool tuned = lt_describe(e);
+    if (tuned) {
+        lt_set_bias(c, e);
+        tuned = lt_tune(c, e, A, B, C);
+    }
+    if (tuned) {
         e->state = CU_LT_CHOSEN;
         return e;
     }
@@ -211,13 +233,15 @@ static cu_lt_ent *lt_entry(mc_cuda *c, const cu_lt_shape &s, const void *A, cons
     return NULL;
 }
 
-bool cu_gemm_lt(mc_cuda *c, const cu_lt_shape &s, float alpha, const void *A, const void *B,
-                void *C, const char *what) {
+static bool gemm_lt(mc_cuda *c, const cu_lt_shape &s, float alpha, const void *A, const void *B,
+                    void *C, bool *lt_ran, const char *what) {
     const float beta = s.accumulate ? 1.0f : 0.0f;
     cu_lt_ent *e = lt_entry(c, s, A, B, C);
     int ps = cu_prof_begin(c, what);
     bool ok;
+    *lt_ran = e != NULL;
     if (e) {
+        lt_set_bias(c, e);
         ok = lt_run(c, e, &e->algo, alpha, beta, A, B, C);
         if (!ok) cu_set_error(c, MC_ERR_BACKEND, "%s: cuBLASLt matmul failed", what);
     } else {
@@ -229,5 +253,20 @@ bool cu_gemm_lt(mc_cuda *c, const cu_lt_shape &s, float alpha, const void *A, co
                            what);
     }
     cu_prof_end(c, ps);
+    return ok;
+}
+
+bool cu_gemm_lt(mc_cuda *c, const cu_lt_shape &s, float alpha, const void *A, const void *B,
+                void *C, const char *what) {
+    bool ran;
+    return gemm_lt(c, s, alpha, A, B, C, &ran, what);
+}
+
+bool cu_gemm_lt_bias(mc_cuda *c, const cu_lt_shape &s, float alpha, const void *A,
+                     const void *B, void *C, const float *bias, bool *added, const char *what) {
+    bool ok;
+    c->lt_bias = bias;
+    ok = gemm_lt(c, s, alpha, A, B, C, added, what);
+    c->lt_bias = NULL;
     return ok;
 }

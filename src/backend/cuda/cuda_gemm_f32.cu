@@ -541,7 +541,7 @@ static bool lora_bf16_ops(mc_cuda *c, bool ta, int M, int N, size_t na, size_t n
 /* The rank-r update u of an [M, N] output on the tensor cores (TF32), as gemm_f32 runs it. */
 static void lowrank_lt(mc_cuda *c, const cu_lora_upd &u, int M, int N) {
     const cu_lt_shape s = {u.tb != 0, false, true, N, M, u.K, u.ldb, u.lda, N, CUDA_R_32F, true,
-                           false};
+                           false, false};
     cu_break(c);
     (void)cu_gemm_lt(c, s, u.alpha, u.B, u.A, u.C, "lt gemm_f32 lowrank");
 }
@@ -621,7 +621,7 @@ void cu_gemm_f32(mc_backend *be, bool ta, bool tb, int M, int N, int K, float al
                                         A, B, &a16, &b16);
         if (lo16) cu_note_write(c, C, sc); /* a copy just made of an allocation holding C */
         const cu_lt_shape s = {tb, ta, beta != 0.0f, N, M, K, ldb, lda, ldc,
-                               lo16 ? CUDA_R_16BF : CUDA_R_32F, !lo16, false};
+                               lo16 ? CUDA_R_16BF : CUDA_R_32F, !lo16, false, false};
         cu_break(c);
         (void)cu_gemm_lt(c, s, alpha, lo16 ? b16 : B, lo16 ? a16 : A, C,
                          names[(ta ? 1 : K <= 64 ? 2 : 0) + (lo16 ? 3 : 0)]);

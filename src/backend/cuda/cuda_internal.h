@@ -141,7 +141,16 @@ struct cu_lt_shape {
     cudaDataType_t ab;
     bool tf32; /* f32 operands multiplied in TF32 on the tensor cores (else in f32) */
     bool c16;  /* C (and D) in bf16 instead of f32 */
+    bool bias; /* D = op(A) op(B) + bias (a vector of m f32, the column-major rows) */
 };
+
+/* An f32 copy of a frozen bias vector of n values at src. */
+struct cu_bias_ent {
+    const void *src;
+    float *f32;
+    int n;
+};
+enum { CU_N_BIAS = 256 };
 
 /* What the backend knows of a shape: seen, but not since a synchronisation (cublasGemmEx
  * runs it), its algorithm chosen, or no candidate worked (cublasGemmEx runs it). */
@@ -287,6 +296,12 @@ struct mc_cuda {
     bool xent16; /* bf16 logits in linear_xent for bf16 weights (MC_CUDA_XENT=f32: f32) */
     cublasLtHandle_t lt;
     void *lt_ws;
+    const float *lt_bias; /* the bias of the cu_gemm_lt_bias call under way */
+    /* f32 copies of frozen bias vectors for the GEMM epilogue (cu_bias_f32; MC_CUDA_NOFUSE=
+     * biasepi: none, the bias kernel after the GEMM) */
+    bool bias_epi;
+    cu_bias_ent bias_tab[CU_N_BIAS];
+    int n_bias;
     cu_lt_ent lt_ent[CU_N_LT];
     int n_lt, lt_next; /* entries used; where the search for a seen-once entry to reuse starts */
     cudaDeviceProp prop;
@@ -456,6 +471,11 @@ void cu_pending_flush(mc_cuda *c);
 void cu_flush_add(mc_cuda *c, const cu_pending *p);
 void cu_flush_copy(mc_cuda *c, const cu_pending *p);
 void cu_flush_swiglu(mc_cuda *c, const cu_pending *p);
+/* The f32 copy of frozen bias b [n] (made once), or NULL (not frozen, table full, no
+ * memory: the caller adds the bias itself). */
+const float *cu_bias_f32(mc_cuda *c, mc_wt b, int n);
+/* Drops the copies of biases inside [p, p + bytes) (a weight upload being freed). */
+void cu_bias_drop(mc_cuda *c, const void *p, size_t bytes);
 /* Launches held rank-r updates (cuda_gemm_f32.cu). */
 void cu_flush_lora(mc_cuda *c, const cu_pending *p);
 void cu_flush_rope(mc_cuda *c, const cu_pending *p);
@@ -516,6 +536,10 @@ void *cu_scratch(mc_cuda *c, int id, size_t bytes, bool zero_new);
  * failure (recorded). */
 bool cu_gemm_lt(mc_cuda *c, const cu_lt_shape &s, float alpha, const void *A, const void *B,
                 void *C, const char *what);
+/* cu_gemm_lt for a shape with s.bias: bias (f32) added in the GEMM's epilogue when a chosen
+ * cuBLASLt algorithm runs it (*added set); cublasGemmEx runs it without (*added clear). */
+bool cu_gemm_lt_bias(mc_cuda *c, const cu_lt_shape &s, float alpha, const void *A,
+                     const void *B, void *C, const float *bias, bool *added, const char *what);
 /* Frees the handle, workspace and descriptors. */
 void cu_lt_destroy(mc_cuda *c);
 

@@ -953,6 +953,54 @@ static __global__ void bias_kernel(const BiasArgs a) {
     }
 }
 
+struct BiasF32Args {
+    float *out;
+    const void *src;
+    int n, dt;
+};
+
+static __global__ void bias_f32_kernel(const BiasF32Args a) {
+    cu_dep_wait();
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < a.n; i += gridDim.x * blockDim.x)
+        a.out[i] = cu_load_w(a.src, a.dt, (size_t)i);
+}
+
+const float *cu_bias_f32(mc_cuda *c, mc_wt b, int n) {
+    const size_t bytes = (size_t)n * mc_dtype_size(b.dtype);
+    BiasF32Args a;
+    for (int i = 0; i < c->n_bias; i++)
+        if (c->bias_tab[i].src == b.data && c->bias_tab[i].n == n) return c->bias_tab[i].f32;
+    if (c->n_bias == CU_N_BIAS || !cu_is_frozen(c, b.data, bytes)) return NULL;
+    float *f = (float *)cu_malloc(c, (size_t)n * sizeof(float), NULL);
+    if (!f) return NULL;
+    memset(&a, 0, sizeof a);
+    a.out = f;
+    a.src = b.data;
+    a.n = n;
+    a.dt = (int)b.dtype;
+    cu_launch(c, bias_f32_kernel, dim3(cu_blocks((size_t)n, 256, 64)), dim3(256), 0, a,
+              "bias copy");
+    c->bias_tab[c->n_bias].src = b.data;
+    c->bias_tab[c->n_bias].f32 = f;
+    c->bias_tab[c->n_bias].n = n;
+    c->n_bias++;
+    return f;
+}
+
+void cu_bias_drop(mc_cuda *c, const void *p, size_t bytes) {
+    int i = 0;
+    while (i < c->n_bias) {
+        const uintptr_t s = (uintptr_t)c->bias_tab[i].src;
+        if (s >= (uintptr_t)p && s < (uintptr_t)p + bytes) {
+            float *f = c->bias_tab[i].f32;
+            c->bias_tab[i] = c->bias_tab[--c->n_bias];
+            cu_free(c, f);
+        } else {
+            i++;
+        }
+    }
+}
+
 void cu_matmul(mc_backend *be, void *out, int ldo, const void *x, mc_wt w, mc_wt bias, int M,
                int N, int K) {
     mc_cuda *c = cu_ctx(be);
@@ -966,11 +1014,19 @@ void cu_matmul(mc_backend *be, void *out, int ldo, const void *x, mc_wt w, mc_wt
     }
     xc = cu_act_as(c, (const float *)x, (size_t)M * (size_t)K, w.dtype);
     if (!xc) return;
-    cu_break(c);
     {
+        /* the bias in the GEMM's epilogue, from an f32 copy, once an algorithm is chosen */
+        const float *b32 = bias.data && c->bias_epi && c->lt_on ? cu_bias_f32(c, bias, N) : NULL;
         const cu_lt_shape s = {true, false, false, N, M, K, K, K, ldo, blas_type(w.dtype),
-                               false, false};
-        (void)cu_gemm_lt(c, s, 1.0f, w.data, xc, (float *)out, "cublas matmul");
+                               false, false, b32 != NULL};
+        bool added = false;
+        cu_break(c);
+        if (b32)
+            (void)cu_gemm_lt_bias(c, s, 1.0f, w.data, xc, (float *)out, b32, &added,
+                                  "cublas matmul");
+        else
+            (void)cu_gemm_lt(c, s, 1.0f, w.data, xc, (float *)out, "cublas matmul");
+        if (added) return;
     }
     if (bias.data) {
         BiasArgs b;
@@ -999,7 +1055,7 @@ void cu_matmul_dx(mc_backend *be, void *dx, const void *dy, mc_wt w, int M, int 
     {
         /* column-major: dx^T [K, M] = W^T [K, N] dy^T [N, M] */
         const cu_lt_shape s = {false, false, accumulate, K, M, N, K, N, K, blas_type(w.dtype),
-                               false, false};
+                               false, false, false};
         (void)cu_gemm_lt(c, s, 1.0f, w.data, dyc, (float *)dx, "cublas matmul_dx");
     }
 }

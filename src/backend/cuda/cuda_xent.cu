@@ -194,7 +194,7 @@ mc_status cu_linear_xent(mc_backend *be, void *dh, double *loss_sum, const void 
         {
             /* logits [rows, V] = h W^T (column-major: [V, rows] = W [V, D]-as-(D x V)^T h^T) */
             const cu_lt_shape s = {true, false, false, V, rows, D, D, D, V, xent_type(w.dtype),
-                                   false, l16};
+                                   false, l16, false};
             if (!cu_gemm_lt(c, s, 1.0f, w.data, (const char *)hc + (size_t)r0 * D * esz,
                             logits, "cublas xent logits"))
                 break;
@@ -215,7 +215,7 @@ mc_status cu_linear_xent(mc_backend *be, void *dh, double *loss_sum, const void 
         if (dh && c->lt_on) {
             /* dh [rows, D] = grad_scale (softmax - onehot) W (column-major: [D, rows]) */
             const cu_lt_shape s = {false, false, false, D, rows, V, D, V, D, xent_type(w.dtype),
-                                   false, false};
+                                   false, false, false};
             cu_break(c);
             if (!cu_gemm_lt(c, s, grad_scale, w.data, grad, (float *)dh + (size_t)r0 * D,
                             "cublas xent dh"))

@@ -99,10 +99,10 @@ static bool lt_describe(cu_lt_ent *e) {
 
 /* Sets the bias pointer of a shape with an epilogue on its descriptor, before each use
  * (tuning included). */
-static void lt_set_bias(const mc_cuda *c, cu_lt_ent *e) {
+static void lt_set_bias(cu_lt_ent *e, const float *bias) {
     if (e->s.bias && e->desc)
-        (void)cublasLtMatmulDescSetAttribute(e->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
-                                             &c->lt_bias, sizeof c->lt_bias);
+        (void)cublasLtMatmulDescSetAttribute(e->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
+                                             sizeof bias);
 }
 
 static bool lt_run(mc_cuda *c, const cu_lt_ent *e, const cublasLtMatmulAlgo_t *algo, float alpha,
@@ -195,7 +195,7 @@ static void lt_note(mc_cuda *c, const cu_lt_shape &s, const unsigned (&align)[3]
  * synchronisation that followed its first sighting; NULL when cublasGemmEx is to run this
  * call. */
 static cu_lt_ent *lt_entry(mc_cuda *c, const cu_lt_shape &s, const void *A, const void *B,
-                           void *C) {
+                           void *C, const float *bias) {
     const unsigned align[3] = {align_of(A), align_of(B), align_of(C)};
     cu_lt_ent *e = NULL;
     if (!c->lt_on) return NULL;
@@ -221,7 +221,7 @@ static cu_lt_ent *lt_entry(mc_cuda *c, const cu_lt_shape &s, const void *A, cons
     }
     bool tuned = lt_describe(e);
     if (tuned) {
-        lt_set_bias(c, e);
+        lt_set_bias(e, bias);
         tuned = lt_tune(c, e, A, B, C);
     }
     if (tuned) {
@@ -233,15 +233,15 @@ static cu_lt_ent *lt_entry(mc_cuda *c, const cu_lt_shape &s, const void *A, cons
     return NULL;
 }
 
-static bool gemm_lt(mc_cuda *c, const cu_lt_shape &s, float alpha, const void *A, const void *B,
-                    void *C, bool *lt_ran, const char *what) {
+bool cu_gemm_lt(mc_cuda *c, const cu_lt_shape &s, float alpha, const void *A, const void *B,
+                void *C, const char *what, const float *bias, bool *added) {
     const float beta = s.accumulate ? 1.0f : 0.0f;
-    cu_lt_ent *e = lt_entry(c, s, A, B, C);
+    cu_lt_ent *e = lt_entry(c, s, A, B, C, bias);
     int ps = cu_prof_begin(c, what);
     bool ok;
-    *lt_ran = e != NULL;
+    if (added) *added = e != NULL && s.bias;
     if (e) {
-        lt_set_bias(c, e);
+        lt_set_bias(e, bias);
         ok = lt_run(c, e, &e->algo, alpha, beta, A, B, C);
         if (!ok) cu_set_error(c, MC_ERR_BACKEND, "%s: cuBLASLt matmul failed", what);
     } else {
@@ -253,20 +253,5 @@ static bool gemm_lt(mc_cuda *c, const cu_lt_shape &s, float alpha, const void *A
                            what);
     }
     cu_prof_end(c, ps);
-    return ok;
-}
-
-bool cu_gemm_lt(mc_cuda *c, const cu_lt_shape &s, float alpha, const void *A, const void *B,
-                void *C, const char *what) {
-    bool ran;
-    return gemm_lt(c, s, alpha, A, B, C, &ran, what);
-}
-
-bool cu_gemm_lt_bias(mc_cuda *c, const cu_lt_shape &s, float alpha, const void *A,
-                     const void *B, void *C, const float *bias, bool *added, const char *what) {
-    bool ok;
-    c->lt_bias = bias;
-    ok = gemm_lt(c, s, alpha, A, B, C, added, what);
-    c->lt_bias = NULL;
     return ok;
 }

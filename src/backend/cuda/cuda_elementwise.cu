@@ -229,9 +229,8 @@ static __global__ void __launch_bounds__(256) lora_swiglu_kernel(const LoraSwArg
 
 /* Whether update u's operands A [M, K] and op(B) [K, N] meet [p, p + n) (floats). */
 static bool upd_reads(const cu_lora_upd &u, int M, int N, const float *p, size_t n) {
-    const size_t na = (size_t)(M - 1) * (size_t)u.lda + (size_t)u.K;
-    const size_t nb = u.tb ? (size_t)(N - 1) * (size_t)u.ldb + (size_t)u.K
-                           : (size_t)(u.K - 1) * (size_t)u.ldb + (size_t)N;
+    size_t na, nb;
+    cu_lora_spans(u, M, N, &na, &nb);
     return p && (cu_f32_overlap(u.A, na, p, n) || cu_f32_overlap(u.B, nb, p, n));
 }
 

@@ -570,11 +570,11 @@ static bool lora_hold(mc_cuda *c, bool ta, bool tb, int M, int N, int K, float a
     const cu_lora_upd u = {C, A, B, lda, ldb, tb ? 1 : 0, K, alpha};
     if (p.kind == CU_PEND_LORA && p.n_lu == 1 && p.lu_M == M && p.lu_N == N) {
         const cu_lora_upd &f = p.lu[0];
-        const size_t fa = span_bytes(M, f.K, f.lda);
-        const size_t fb = f.tb ? span_bytes(N, f.K, f.ldb) : span_bytes(f.K, N, f.ldb);
+        size_t fa, fb; /* floats */
+        cu_lora_spans(f, M, N, &fa, &fb);
         if (!spans_meet(f.C, sc, C, sc) && !spans_meet(f.C, sc, A, sa) &&
-            !spans_meet(f.C, sc, B, sb) && !spans_meet(C, sc, f.A, fa) &&
-            !spans_meet(C, sc, f.B, fb)) {
+            !spans_meet(f.C, sc, B, sb) && !spans_meet(C, sc, f.A, fa * sizeof(float)) &&
+            !spans_meet(C, sc, f.B, fb * sizeof(float))) {
             p.lu[1] = u;
             p.n_lu = 2;
             return true;

@@ -234,6 +234,13 @@ struct cu_lora_upd {
     float alpha;
 };
 
+/* The floats update u's A and B span for an [M, N] output. */
+static inline void cu_lora_spans(const cu_lora_upd &u, int M, int N, size_t *na, size_t *nb) {
+    *na = (size_t)(M - 1) * (size_t)u.lda + (size_t)u.K;
+    *nb = u.tb ? (size_t)(N - 1) * (size_t)u.ldb + (size_t)u.K
+               : (size_t)(u.K - 1) * (size_t)u.ldb + (size_t)N;
+}
+
 struct cu_pending {
     int kind;
     /* add: y[0..n) = (src ? src : y)[0..n) + x[0..n); copy: y[0..n) = x[0..n) (floats) */
@@ -296,7 +303,6 @@ struct mc_cuda {
     bool xent16; /* bf16 logits in linear_xent for bf16 weights (MC_CUDA_XENT=f32: f32) */
     cublasLtHandle_t lt;
     void *lt_ws;
-    const float *lt_bias; /* the bias of the cu_gemm_lt_bias call under way */
     /* f32 copies of frozen bias vectors for the GEMM epilogue (cu_bias_f32; MC_CUDA_NOFUSE=
      * biasepi: none, the bias kernel after the GEMM) */
     bool bias_epi;
@@ -534,12 +540,10 @@ void *cu_scratch(mc_cuda *c, int id, size_t bytes, bool zero_new);
  * else cublasGemmEx. 16-bit operands multiply as they are, f32 ones in f32 or (s.tf32)
  * TF32; the sums are f32, and so is C unless s.c16 (bf16). Profiled as `what`; false on
  * failure (recorded). */
+/* A shape with s.bias adds bias (f32) in the GEMM's epilogue when a chosen cuBLASLt
+ * algorithm runs it (*added set); cublasGemmEx runs it without (*added clear). */
 bool cu_gemm_lt(mc_cuda *c, const cu_lt_shape &s, float alpha, const void *A, const void *B,
-                void *C, const char *what);
-/* cu_gemm_lt for a shape with s.bias: bias (f32) added in the GEMM's epilogue when a chosen
- * cuBLASLt algorithm runs it (*added set); cublasGemmEx runs it without (*added clear). */
-bool cu_gemm_lt_bias(mc_cuda *c, const cu_lt_shape &s, float alpha, const void *A,
-                     const void *B, void *C, const float *bias, bool *added, const char *what);
+                void *C, const char *what, const float *bias = nullptr, bool *added = nullptr);
 /* Frees the handle, workspace and descriptors. */
 void cu_lt_destroy(mc_cuda *c);
 

@@ -115,19 +115,27 @@ static void convert_into(mc_cuda *c, cu_shadow *s, const float *x, size_t n, mc_
     s->valid = true;
 }
 
+/* The dt copy of x[0..n) inside a valid shadow (any part of one), or NULL; no launch. */
+static const void *shadow_lookup(mc_cuda *c, const float *x, size_t n, mc_dtype dt) {
+    if (c->pend.kind == CU_PEND_ATTFWD) cu_pending_flush(c); /* it leaves a bf16 copy of out */
+    for (int i = 0; i < CU_N_SHADOW_ALL; i++) {
+        cu_shadow *s = &c->shadow[i];
+        const float *src = (const float *)s->src;
+        if (s->valid && s->dt == dt && x >= src && n <= s->n && (size_t)(x - src) <= s->n - n) {
+            s->stamp = ++c->shadow_clock;
+            return (const char *)s->buf + (size_t)(x - src) * 2; /* 2-byte elements */
+        }
+    }
+    return NULL;
+}
+
 /* cu_act_as; record: an allocation failure is recorded (else only NULL comes back). */
 static const void *act_as(mc_cuda *c, const float *x, size_t n, mc_dtype dt, bool record) {
     cu_shadow *s;
-    int i;
+    const void *got;
     if (dt == MC_F32) return x;
-    if (c->pend.kind == CU_PEND_ATTFWD) cu_pending_flush(c); /* it leaves a bf16 copy of out */
-    for (i = 0; i < CU_N_SHADOW_ALL; i++) {
-        s = &c->shadow[i];
-        if (s->valid && s->src == x && s->dt == dt && s->n >= n) {
-            s->stamp = ++c->shadow_clock;
-            return s->buf;
-        }
-    }
+    got = shadow_lookup(c, x, n, dt);
+    if (got) return got;
     s = shadow_slot(c, n * 2, record);
     if (!s) return NULL;
     convert_into(c, s, x, n, dt);
@@ -143,35 +151,24 @@ const void *cu_act_as_opt(mc_cuda *c, const float *x, size_t n, mc_dtype dt) {
 }
 
 const void *cu_shadow_find(mc_cuda *c, const float *x, size_t n) {
-    if (c->pend.kind == CU_PEND_ATTFWD) cu_pending_flush(c); /* it leaves a bf16 copy of out */
-    for (int i = 0; i < CU_N_SHADOW_ALL; i++) {
-        cu_shadow *s = &c->shadow[i];
-        const float *src = (const float *)s->src;
-        if (s->valid && s->dt == MC_BF16 && x >= src && n <= s->n &&
-            (size_t)(x - src) <= s->n - n) {
-            s->stamp = ++c->shadow_clock;
-            return (const __nv_bfloat16 *)s->buf + (x - src);
-        }
-    }
-    return NULL;
+    return shadow_lookup(c, x, n, MC_BF16);
 }
 
 const void *cu_small_as(mc_cuda *c, const float *x, size_t n) {
     const void *base = NULL, *got = cu_shadow_find(c, x, n);
-    size_t bytes = 0;
+    const float *lo = x; /* what is converted: the span, or the whole allocation */
+    size_t bytes = 0, cnt = n;
     cu_shadow *s;
     if (got) return got;
     if (cu_alloc_of(c, x, n * sizeof(float), &base, &bytes) && bytes <= CU_SMALL_WHOLE &&
         ((uintptr_t)base & 15u) == 0) {
-        s = slot_in(c, bytes / 2, false, CU_N_SHADOW, CU_N_SHADOW_ALL);
-        if (!s) return NULL;
-        convert_into(c, s, (const float *)base, bytes / sizeof(float), MC_BF16);
-        return (const __nv_bfloat16 *)s->buf + (x - (const float *)base);
+        lo = (const float *)base;
+        cnt = bytes / sizeof(float);
     }
-    s = slot_in(c, n * 2, false, CU_N_SHADOW, CU_N_SHADOW_ALL);
+    s = slot_in(c, cnt * 2, false, CU_N_SHADOW, CU_N_SHADOW_ALL);
     if (!s) return NULL;
-    convert_into(c, s, x, n, MC_BF16);
-    return s->buf;
+    convert_into(c, s, lo, cnt, MC_BF16);
+    return (const __nv_bfloat16 *)s->buf + (x - lo);
 }
 
 void *cu_shadow_for(mc_cuda *c, const void *dst, size_t n, int rows) {
@@ -1021,11 +1018,7 @@ void cu_matmul(mc_backend *be, void *out, int ldo, const void *x, mc_wt w, mc_wt
                                false, false, b32 != NULL};
         bool added = false;
         cu_break(c);
-        if (b32)
-            (void)cu_gemm_lt_bias(c, s, 1.0f, w.data, xc, (float *)out, b32, &added,
-                                  "cublas matmul");
-        else
-            (void)cu_gemm_lt(c, s, 1.0f, w.data, xc, (float *)out, "cublas matmul");
+        (void)cu_gemm_lt(c, s, 1.0f, w.data, xc, (float *)out, "cublas matmul", b32, &added);
         if (added) return;
     }
     if (bias.data) {

@@ -300,7 +300,7 @@ int main(int argc, char **argv) {
         mc_train_params tp = mc_train_default_params();
         mc_train_result res;
         train_watch tw;
-        long reuse0;
+        long reuse0, unpack0;
         FILE *fp;
         snprintf(data, sizeof data, "%s/mcandle-bench-cuda-data", tmp);
         snprintf(out, sizeof out, "%s/mcandle-bench-cuda-out", tmp);
@@ -323,6 +323,7 @@ int main(int argc, char **argv) {
         }
         mc_cuda_memory_reset_peak(be);
         reuse0 = mc_cuda_attention_reuse(be);
+        unpack0 = mc_cuda_packed_stats(be, NULL);
         tp.train_path = data;
         tp.adapter_path = out;
         tp.batch_size = batch;
@@ -370,6 +371,8 @@ int main(int argc, char **argv) {
                    (double)peak / 1073741824.0, (double)mem_model / 1073741824.0);
             printf("training%s: %ld attention backwards took their forward's statistics\n",
                    mode ? " (checkpointing)" : "", mc_cuda_attention_reuse(be) - reuse0);
+            printf("training%s: %ld packed bf16 ranges expanded back to f32\n",
+                   mode ? " (checkpointing)" : "", mc_cuda_packed_stats(be, NULL) - unpack0);
         }
         mc_adapter_free(a);
         profile(be, mode ? "training with checkpointing" : "training");

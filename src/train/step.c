@@ -97,6 +97,7 @@ mc_status mc_trainer_core_create(mc_model *m, mc_adapter *a, int max_rows, bool 
     c->dv = act_alloc(c, N, d.kv_dim, &ok);
     c->dF1 = act_alloc(c, N, (int)widest, &ok);
     c->dF2 = act_alloc(c, N, (int)widest, &ok);
+    c->datt = act_alloc(c, N, d.q_dim, &ok);
     c->drop_buf = act_alloc(c, N, (int)widest, &ok);
     c->grads = be->alloc(be, MC_MAX(a->n_params, (size_t)1) * sizeof(float));
     c->lora_tmp2 = be->alloc(be, N * 3 * (size_t)a->rank * sizeof(float)); /* q, k and v */
@@ -126,7 +127,7 @@ mc_status mc_trainer_core_create(mc_model *m, mc_adapter *a, int max_rows, bool 
 
 void mc_trainer_core_free(mc_trainer_core *c) {
     mc_backend *be;
-    void *p[13];
+    void *p[14];
     size_t i;
     if (!c) return;
     be = c->m->be;
@@ -137,8 +138,8 @@ void mc_trainer_core_free(mc_trainer_core *c) {
     acts_free(be, &c->work);
     p[0] = c->x_final; p[1] = c->h_final; p[2] = c->dx; p[3] = c->dtmp; p[4] = c->dq;
     p[5] = c->dk; p[6] = c->dv; p[7] = c->dF1; p[8] = c->dF2; p[9] = c->drop_buf;
-    p[10] = c->ids_dev; p[11] = c->tg_dev; p[12] = c->pos_dev;
-    for (i = 0; i < 13; i++)
+    p[10] = c->ids_dev; p[11] = c->tg_dev; p[12] = c->pos_dev; p[13] = c->datt;
+    for (i = 0; i < 14; i++)
         if (p[i]) be->free(be, p[i]);
     if (c->grads) be->free(be, c->grads);
     if (c->lora_tmp2) be->free(be, c->lora_tmp2);
@@ -392,7 +393,7 @@ static void layer_bwd(mc_trainer_core *c, const mc_batch *b, int l, const void *
     mc_dims d = mc_model_dims(m);
     int N = b->N, s;
     float eps = (float)m->cfg.rms_norm_eps, theta = (float)m->cfg.rope_theta;
-    void *dh = c->dF1, *dup = c->dF2, *datt = c->dF1;
+    void *dh = c->dF1, *dup = c->dF2, *datt = c->datt;
     const mc_layer_acts *t = &c->work;
     const mc_adapter *ad = c->a;
     const bool late = !c->checkpointing && ad->dropout <= 0;
@@ -440,12 +441,12 @@ static void layer_bwd(mc_trainer_core *c, const mc_batch *b, int l, const void *
     if (m->cfg.qk_norm) { /* q = rmsnorm_head(qn): dqn = rmsnorm'(dq), via zeroed scratch */
         size_t qb = (size_t)N * (size_t)d.q_dim * mc_dtype_size(be->act_dtype);
         size_t kb = (size_t)N * (size_t)d.kv_dim * mc_dtype_size(be->act_dtype);
-        be->zero(be, c->dF2, qb);
-        be->rmsnorm_backward(be, c->dF2, NULL, c->dq, a->qn, w->q_norm, N * d.Hq, d.hd, eps);
-        (void)be->copy(be, c->dq, c->dF2, qb);
-        be->zero(be, c->dF2, kb);
-        be->rmsnorm_backward(be, c->dF2, NULL, c->dk, a->kn, w->k_norm, N * d.Hkv, d.hd, eps);
-        (void)be->copy(be, c->dk, c->dF2, kb);
+        be->zero(be, datt, qb);
+        be->rmsnorm_backward(be, datt, NULL, c->dq, a->qn, w->q_norm, N * d.Hq, d.hd, eps);
+        (void)be->copy(be, c->dq, datt, qb);
+        be->zero(be, datt, kb);
+        be->rmsnorm_backward(be, datt, NULL, c->dk, a->kn, w->k_norm, N * d.Hkv, d.hd, eps);
+        (void)be->copy(be, c->dk, datt, kb);
     }
     proj_bwd(c, l, MC_LM_Q, c->dtmp, false, c->dq, t->xn1, w->q_w, N, d.q_dim, d.D);
     proj_bwd(c, l, MC_LM_K, c->dtmp, true, c->dk, t->xn1, w->k_w, N, d.kv_dim, d.D);

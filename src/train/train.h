@@ -54,7 +54,10 @@ typedef struct mc_trainer_core {
     void *h_final;         /* [N, D] rmsnorm(x_final) */
     void *dx, *dtmp;       /* [N, D] */
     void *dq, *dk, *dv;    /* [N, q_dim], [N, kv_dim] x2 */
-    void *dF1, *dF2;       /* [N, F] */
+    void *dF1, *dF2;       /* [N, F]: the MLP's gradients alone, from one layer's backward to
+                            * the next (a backend may hold them in a compact form) */
+    void *datt;            /* [N, q_dim] the attention output's gradient; then the q/k norms'
+                            * scratch */
     float *grads;          /* [n_params] like a->params */
     float *lora_tmp2;      /* [N, n r] s dy B of the n <= 3 adapted projections of a
                             * group (mc_lora_group) */

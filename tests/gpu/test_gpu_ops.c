@@ -555,6 +555,118 @@ static void test_lora_swiglu(void) {
     free(got);
 }
 
+/* Packed activations: a training-sized MLP (rows >= 256, an expanding projection) keeps
+ * gate, up, h and the gradients of the down projection and the SwiGLU in bf16 in their own
+ * buffers. Forward and backward as the trainer calls them (gate/up GEMMs, their rank-16
+ * updates folded into the SwiGLU, the down GEMM and LoRA products reading h, the down
+ * projection's input gradient with its update folded into the SwiGLU backward, the gate
+ * GEMM's input gradient and B gradient reading dgate) against the CPU in f32: within bf16
+ * rounding (1e-2), with no packed range expanded on the way; then a read of each output by
+ * a host copy, a partial write and an update whose SwiGLU does not take it expand them. */
+static void test_packed(void) {
+    const int M = 320, D = 64, F = 192, r = 16, W = 2 * r;
+    const size_t nF = (size_t)M * F, nD = (size_t)M * D;
+    const float s = 2.0f;
+    const mc_wt nob = {NULL, MC_F32};
+    wpair wg = make_w(MC_BF16, (size_t)F * D, 0.1f), wu = make_w(MC_BF16, (size_t)F * D, 0.1f);
+    wpair wd = make_w(MC_BF16, (size_t)D * F, 0.1f);
+    float *x = frand(nD, 1.0f), *xa = frand((size_t)M * W, 1.0f), *dy = frand(nD, 1.0f);
+    float *Bg = frand((size_t)F * r, 0.1f), *Bu = frand((size_t)F * r, 0.1f);
+    float *t = frand((size_t)M * r, 1.0f), *Ad = frand((size_t)r * F, 0.1f);
+    float *g = falloc(nF), *u = falloc(nF), *h = falloc(nF), *y = falloc(nD), *dh = falloc(nF);
+    float *du = falloc(nF), *h2 = falloc(nF), *dx = falloc(nD), *gB = falloc((size_t)F * r);
+    float *got = falloc(nF);
+    void *d_x = dputf(x, nD), *d_xa = dputf(xa, (size_t)M * W), *d_dy = dputf(dy, nD);
+    void *d_Bg = dputf(Bg, (size_t)F * r), *d_Bu = dputf(Bu, (size_t)F * r);
+    void *d_t = dputf(t, (size_t)M * r), *d_Ad = dputf(Ad, (size_t)r * F);
+    void *d_g = dputf(got, nF), *d_u = dputf(got, nF), *d_h = dputf(got, nF);
+    void *d_y = dputf(got, nD), *d_dh = dputf(got, nF), *d_du = dputf(got, nF);
+    void *d_h2 = dputf(got, nF), *d_dx = dputf(got, nD), *d_gB = dputf(got, (size_t)F * r);
+    int live = 0;
+    long un0;
+    memset(gB, 0, (size_t)F * r * sizeof(float));
+    dset(d_gB, gB, (size_t)F * r);
+    CHECK_OK(g_cu->sync(g_cu));
+    un0 = mc_cuda_packed_stats(g_cu, NULL);
+    for (int pass = 0; pass < 2; pass++) { /* the second with cuBLASLt's chosen algorithms */
+        mc_backend *b[2] = {g_ref, g_cu};
+        for (int i = 0; i < 2; i++) {
+            mc_backend *e = b[i];
+            const bool cu = i == 1;
+            if (!cu && pass) continue;
+            e->matmul(e, cu ? d_g : g, F, cu ? d_x : x, cu ? wg.gpu : wg.cpu, nob, M, F, D);
+            e->matmul(e, cu ? d_u : u, F, cu ? d_x : x, cu ? wu.gpu : wu.cpu, nob, M, F, D);
+            e->gemm_f32(e, false, true, M, F, r, s, cu ? (float *)d_xa : xa, W, cu ? d_Bg : Bg,
+                        r, 1.0f, cu ? d_g : g, F);
+            e->gemm_f32(e, false, true, M, F, r, s, (cu ? (float *)d_xa : xa) + r, W,
+                        cu ? d_Bu : Bu, r, 1.0f, cu ? d_u : u, F);
+            e->swiglu(e, cu ? d_h : h, cu ? d_g : g, cu ? d_u : u, nF);
+            e->matmul(e, cu ? d_y : y, D, cu ? d_h : h, cu ? wd.gpu : wd.cpu, nob, M, D, F);
+            e->matmul_dx(e, cu ? d_dh : dh, cu ? d_dy : dy, cu ? wd.gpu : wd.cpu, M, D, F,
+                         false);
+            e->gemm_f32(e, false, false, M, F, r, 1.0f, cu ? d_t : t, r, cu ? d_Ad : Ad, F, 1.0f,
+                        cu ? d_dh : dh, F);
+            e->swiglu_backward(e, cu ? d_dh : dh, cu ? d_du : du, cu ? d_h2 : h2,
+                               cu ? d_dh : dh, cu ? d_g : g, cu ? d_u : u, nF);
+            e->matmul_dx(e, cu ? d_dx : dx, cu ? d_dh : dh, cu ? wg.gpu : wg.cpu, M, F, D, false);
+            e->gemm_f32(e, true, false, F, r, M, s, cu ? d_dh : dh, F, cu ? (float *)d_xa : xa,
+                        W, 1.0f, cu ? d_gB : gB, r);
+        }
+        if (pass == 0) CHECK_OK(g_cu->sync(g_cu));
+    }
+    (void)mc_cuda_packed_stats(g_cu, &live);
+    printf("  %d ranges packed, %ld expanded on the way\n", live,
+           mc_cuda_packed_stats(g_cu, NULL) - un0);
+    CHECK(live >= 6); /* gate, up, h, dgate (over dh), dup, h again */
+    CHECK_INT((int)(mc_cuda_packed_stats(g_cu, NULL) - un0), 0);
+    /* gB summed twice on the device (two passes): compare half of it */
+    dget(got, d_gB, (size_t)F * r);
+    for (size_t i = 0; i < (size_t)F * r; i++) got[i] *= 0.5f;
+    cmp("packed: B gradient dgate^T xa (read in place)", got, gB, (size_t)F * r, 1e-2);
+    dget(got, d_dx, nD);
+    cmp("packed: dx = dgate Wg (read in place)", got, dx, nD, 1e-2);
+    dget(got, d_y, nD);
+    cmp("packed: y = h Wd^T (read in place)", got, y, nD, 1e-2);
+    {
+        const float *want[6] = {g, u, h, dh, du, h2};
+        void *dev[6] = {d_g, d_u, d_h, d_dh, d_du, d_h2};
+        const char *names[6] = {"gate (with its update)", "up (with its update)", "h",
+                                "dgate (over dh, with its update)", "dup", "h from the backward"};
+        for (int i = 0; i < 6; i++) {
+            char what[96];
+            snprintf(what, sizeof what, "packed: %s, copied to the host", names[i]);
+            dget(got, dev[i], nF);
+            cmp(what, got, want[i], nF, 1e-2);
+        }
+    }
+    CHECK_INT((int)(mc_cuda_packed_stats(g_cu, NULL) - un0), 6);
+    /* a partial write of a packed range keeps the rest: zero rows 0..9 of a packed gate */
+    g_cu->matmul(g_cu, d_g, F, d_x, wg.gpu, nob, M, F, D);
+    g_ref->matmul(g_ref, g, F, x, wg.cpu, nob, M, F, D);
+    g_cu->zero(g_cu, d_g, (size_t)10 * F * sizeof(float));
+    memset(g, 0, (size_t)10 * F * sizeof(float));
+    dget(got, d_g, nF);
+    cmp("packed: gate after a write of its first 10 rows", got, g, nF, 1e-2);
+    /* an update of a packed up whose SwiGLU is not the next op: it runs in bf16 alone */
+    g_cu->matmul(g_cu, d_u, F, d_x, wu.gpu, nob, M, F, D);
+    g_ref->matmul(g_ref, u, F, x, wu.cpu, nob, M, F, D);
+    g_cu->gemm_f32(g_cu, false, true, M, F, r, s, (float *)d_xa + r, W, d_Bu, r, 1.0f, d_u, F);
+    g_ref->gemm_f32(g_ref, false, true, M, F, r, s, xa + r, W, Bu, r, 1.0f, u, F);
+    g_cu->add(g_cu, d_dx, d_y, nD); /* any other op */
+    dget(got, d_u, nF);
+    cmp("packed: up after an update launched on its own (bf16)", got, u, nF, 1e-2);
+    CHECK_OK(g_cu->sync(g_cu));
+    free_w(&wg);
+    free_w(&wu);
+    free_w(&wd);
+    void *dev[15] = {d_x, d_xa, d_dy, d_Bg, d_Bu, d_t, d_Ad, d_g, d_u, d_h, d_y, d_dh, d_du,
+                     d_h2, d_dx};
+    for (int i = 0; i < 15; i++) dfree(dev[i]);
+    dfree(d_gB);
+    float *host[17] = {x, xa, dy, Bg, Bu, t, Ad, g, u, h, y, dh, du, h2, dx, gB, got};
+    for (int i = 0; i < 17; i++) free(host[i]);
+}
+
 /* gemm_f32 on both paths, and a training-sized product's three passes: cublasGemmEx in
  * TF32 on the first, cuBLASLt's chosen algorithm after a synchronisation, the same bits on
  * the third (each dget synchronises). */
@@ -1527,6 +1639,7 @@ int main(void) {
     RUN(test_gemm_f32);
     RUN(test_gemm_f32_bf16);
     RUN(test_lora_swiglu);
+    RUN(test_packed);
     RUN(test_rope);
     RUN(test_attention);
     RUN(test_attention_backward);

@@ -47,6 +47,7 @@ mc_status cu_argmax_queue(mc_backend *be, int32_t *ids, const void *x, int rows,
                        CU_GEMV_MAX_M);
     if (c->aq_count == 2)
         return mc_fail(MC_ERR_INVALID_ARG, "argmax_queue: two argmaxes queued and not waited for");
+    cu_unpack(c, x, (size_t)rows * (size_t)n * sizeof(float));
     const unsigned long long *keys = cu_gemv_take_argmax(c, (const float *)x, rows, n);
     if (!keys) keys = cu_argmax_keys(c, (const float *)x, rows, n);
     cu_end_segment(c);

@@ -1284,6 +1284,9 @@ void cu_attention(mc_backend *be, void *out, const void *q, const void *k, const
     mc_cuda *c = cu_ctx(be);
     const size_t nout = (size_t)T * (size_t)Hq * (size_t)hd;
     if (T <= 0) return;
+    cu_unpack(c, q, nout * sizeof(float));
+    cu_unpack(c, k, (size_t)(pos0 + T) * (size_t)Hkv * (size_t)hd * sizeof(float));
+    cu_unpack(c, v, (size_t)(pos0 + T) * (size_t)Hkv * (size_t)hd * sizeof(float));
     if (hd > 256 || Hkv <= 0 || Hq % Hkv != 0) {
         cu_set_error(c, MC_ERR_UNSUPPORTED, "attention: head_dim %d with %d/%d heads is not "
                      "supported (head_dim <= 256, query heads a multiple of kv heads)", hd, Hq, Hkv);
@@ -1366,6 +1369,13 @@ void cu_attention_rows(mc_backend *be, void *out, const void *q, const void *k_n
     const size_t qd = (size_t)Hq * (size_t)hd, kvd = (size_t)Hkv * (size_t)hd;
     const size_t row = kvd * sizeof(float);
     if (T <= 0) return;
+    cu_unpack(c, q, (size_t)T * qd * sizeof(float));
+    cu_unpack(c, k_new, (size_t)T * row);
+    cu_unpack(c, v_new, (size_t)T * row);
+    for (int t = 0; t < T && c->n_packed; t++) {
+        cu_unpack(c, rows[t].k, (size_t)(rows[t].pos + 1) * row);
+        cu_unpack(c, rows[t].v, (size_t)(rows[t].pos + 1) * row);
+    }
     bool one = (hd == 64 || hd == 128) && Hkv > 0 && Hq % Hkv == 0 && c->dec_cluster &&
                cu_aligned16(q) && cu_aligned16(k_new) && cu_aligned16(v_new);
     for (int t = 0; one && t < T; t++) /* both caches at one offset from row 0's */
@@ -1501,6 +1511,10 @@ void cu_attention_backward(mc_backend *be, void *dq, void *dk, void *dv, const v
     mc_cuda *c = cu_ctx(be);
     const size_t nq = (size_t)T * Hq * hd, nkv = (size_t)T * Hkv * hd;
     if (T <= 0) return;
+    cu_unpack(c, dout, nq * sizeof(float));
+    cu_unpack(c, q, nq * sizeof(float));
+    cu_unpack(c, k, nkv * sizeof(float));
+    cu_unpack(c, v, nkv * sizeof(float));
     if (hd > 256 || Hkv <= 0 || Hq % Hkv != 0) {
         cu_set_error(c, MC_ERR_UNSUPPORTED, "attention_backward: head_dim %d with %d/%d heads is "
                      "not supported", hd, Hq, Hkv);

@@ -658,6 +658,7 @@ static void cuda_free_host(mc_backend *be, void *p) {
 
 static mc_status cuda_to_host(mc_backend *be, void *host_dst, const void *src, size_t bytes) {
     mc_cuda *c = cu_ctx(be);
+    cu_unpack(c, src, bytes);
     cu_end_segment(c);
     if (bytes) {
         void *stage = host_pinned(host_dst) ? NULL : pinned_for(c, bytes);
@@ -680,6 +681,7 @@ static mc_status cuda_to_host_f32(mc_backend *be, float *host_dst, const void *s
 static mc_status cuda_copy(mc_backend *be, void *dst, const void *src, size_t bytes) {
     mc_cuda *c = cu_ctx(be);
     if (!bytes) return MC_OK;
+    cu_unpack(c, src, bytes);
     cu_note_write(c, dst, bytes);
     if (cu_aligned16(dst) && cu_aligned16(src) && bytes % 16 == 0) {
         const size_t nf = bytes / sizeof(float);
@@ -882,6 +884,7 @@ extern "C" mc_status mc_backend_cuda_create(int device, mc_backend **out) {
     c->lsw_fwd = c->fuse_on && !(env && strstr(env, "lswf"));
     c->lsw_bwd = c->fuse_on && !(env && strstr(env, "lswb"));
     c->bias_epi = !(env && strstr(env, "biasepi"));
+    c->pack_on = !(env && strstr(env, "pack"));
     c->lse_on = c->fuse_on && !(env && strstr(env, "lse"));
     c->kv16_on = c->fuse_on && !(env && strstr(env, "kv16"));
     c->attb_on = c->fuse_on && !(env && strstr(env, "attb"));
@@ -1107,6 +1110,12 @@ extern "C" double mc_cuda_device_idle(const mc_backend *be, long *samples) {
 }
 
 extern "C" long mc_cuda_attention_reuse(const mc_backend *be) { return cu_ctx_c(be)->n_lse_hit; }
+
+extern "C" long mc_cuda_packed_stats(const mc_backend *be, int *live) {
+    const mc_cuda *c = cu_ctx_c(be);
+    if (live) *live = c->n_packed;
+    return c->n_unpack;
+}
 
 static int prof_cmp(const void *x, const void *y) {
     const cu_prof_row *a = (const cu_prof_row *)x, *b = (const cu_prof_row *)y;

@@ -5,7 +5,11 @@
  * cuBLAS / cuBLASLt calls on one stream of one device. Activations are f32 (act_dtype
  * MC_F32) so the LoRA paths (gemm_f32 on float pointers) work unchanged; each GEMM reads its
  * activation operand converted to the weight's dtype (bf16 or f16; f32 weights stay f32)
- * with f32 accumulation and an f32 result. Weights are uploaded once by be->weights and freed by
+ * with f32 accumulation and an f32 result, except that the wide intermediates of a
+ * training-sized MLP (gate, up, their SwiGLU, and the gradients of the down projection
+ * and the SwiGLU) are held in bf16 inside their own buffers ("packed"; MC_CUDA_NOFUSE=pack:
+ * not), read in place by the ops that take bf16 and expanded to f32 for any other reader,
+ * so callers see f32 values rounded to bf16. Weights are uploaded once by be->weights and freed by
  * be->release_weights. Ops that return void queue work and record the first failure; it
  * is reported (MC_ERR_BACKEND, or MC_ERR_OOM for device memory) by the next sync,
  * to_host, to_host_f32 or linear_xent. Built only with MC_CUDA (defines MC_HAVE_CUDA). */
@@ -69,6 +73,11 @@ double mc_cuda_device_idle(const mc_backend *be, long *samples);
 /* Attention backwards (flash path) since creation that took the log-sum-exp rows their
  * forward had left instead of running the forward again. */
 long mc_cuda_attention_reuse(const mc_backend *be);
+
+/* Packed activations (the MLP's wide intermediates held in bf16 in their own buffers): the
+ * ranges packed now in *live (when not NULL); returns how many ranges were expanded back to
+ * f32 since creation because something read them in f32 or wrote part of one. */
+long mc_cuda_packed_stats(const mc_backend *be, int *live);
 
 /* With MC_CUDA_PROFILE=1 in the environment at creation, every kernel and cuBLAS call is
  * timed with events (launches serialised, no graphs); this formats the per-name device

@@ -18,15 +18,17 @@ static __device__ __forceinline__ size_t gstride() { return (size_t)gridDim.x * 
  * decode-sized (read by the GEMV path, which needs no bf16 copy). */
 static int shadow_rows(size_t n) { return n >= 65536 ? 1 << 30 : 1; }
 
+/* A SwiGLU's operands are f32, or all bf16 (packed ranges, cu_packed): S is their type. */
+template <typename S>
 struct SwigluArgs {
-    float *out;          /* [n] forward out, or dgate */
-    float *dup;          /* [n] backward */
-    float *h;            /* [n] backward: the forward's out again, or NULL */
-    const float *dout;   /* [n] backward (may be dgate) */
-    const float *gate, *up;
-    __nv_bfloat16 *sh0, *sh1; /* bf16 copies of out / dgate and dup, or NULL */
+    S *out;             /* [n] forward out, or dgate */
+    S *dup;             /* [n] backward */
+    S *h;               /* [n] backward: the forward's out again, or NULL */
+    const S *dout;      /* [n] backward (may be dgate) */
+    const S *gate, *up;
+    __nv_bfloat16 *sh0, *sh1; /* bf16 copies of out / dgate and dup, or NULL (f32 only) */
     size_t n;
-    size_t n4;           /* leading groups of 4 taken as 16-byte vectors (0: none) */
+    size_t n4;          /* leading groups of 4 taken as vectors (0: none) */
 };
 
 /* Element i of a group of four. */
@@ -37,6 +39,40 @@ static __device__ __forceinline__ float &f4_at(float4 &v, int i) {
 /* sh[4 i .. 4 i + 4) = v as bf16, one 8-byte store. */
 static __device__ __forceinline__ void store_bf16x4(__nv_bfloat16 *sh, size_t i, float4 v) {
     reinterpret_cast<uint2 *>(sh)[i] = make_uint2(cu_pack_bf16(v.x, v.y), cu_pack_bf16(v.z, v.w));
+}
+
+/* Four bf16 (one 8-byte word) as floats. */
+static __device__ __forceinline__ float4 bf16x4_f(uint2 u) {
+    return make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u),
+                       __uint_as_float(u.y << 16), __uint_as_float(u.y & 0xffff0000u));
+}
+
+/* Group q of four elements (streamed: read once, not kept in cache). */
+static __device__ __forceinline__ float4 ld4(const float *p, size_t q) {
+    return reinterpret_cast<const float4 *>(p)[q];
+}
+static __device__ __forceinline__ float4 ld4(const __nv_bfloat16 *p, size_t q) {
+    return bf16x4_f(reinterpret_cast<const uint2 *>(p)[q]);
+}
+static __device__ __forceinline__ float4 ld4cs(const float *p, size_t q) {
+    return __ldcs(reinterpret_cast<const float4 *>(p) + q);
+}
+static __device__ __forceinline__ float4 ld4cs(const __nv_bfloat16 *p, size_t q) {
+    return bf16x4_f(__ldcs(reinterpret_cast<const uint2 *>(p) + q));
+}
+static __device__ __forceinline__ void st4(float *p, size_t q, float4 v) {
+    reinterpret_cast<float4 *>(p)[q] = v;
+}
+static __device__ __forceinline__ void st4(__nv_bfloat16 *p, size_t q, float4 v) {
+    store_bf16x4(p, q, v);
+}
+static __device__ __forceinline__ float ld1(const float *p, size_t i) { return p[i]; }
+static __device__ __forceinline__ float ld1(const __nv_bfloat16 *p, size_t i) {
+    return __bfloat162float(p[i]);
+}
+static __device__ __forceinline__ void st1(float *p, size_t i, float v) { p[i] = v; }
+static __device__ __forceinline__ void st1(__nv_bfloat16 *p, size_t i, float v) {
+    p[i] = __float2bfloat16(v);
 }
 
 static __device__ __forceinline__ float swiglu_fwd(float g, float u) {
@@ -55,60 +91,58 @@ static __device__ __forceinline__ void swiglu_bwd(float gi, float u, float o, fl
     dg = __fmul_rn(__fmul_rn(o, u), dsilu);
 }
 
-/* Groups of four elements take 16-byte loads and stores (8-byte bf16 copies); the tail
- * after them goes one element at a time. */
-static __global__ void swiglu_kernel(const SwigluArgs a) {
+/* Groups of four elements take vector loads and stores (16 bytes in f32, 8 in bf16; 8-byte
+ * bf16 copies); the tail after them goes one element at a time. */
+template <typename S>
+static __global__ void swiglu_kernel(const SwigluArgs<S> a) {
     cu_dep_wait();
-    const float4 *g4 = reinterpret_cast<const float4 *>(a.gate);
-    const float4 *u4 = reinterpret_cast<const float4 *>(a.up);
     for (size_t i = gtid(); i < a.n4; i += gstride()) {
-        const float4 g = __ldcs(g4 + i), u = __ldcs(u4 + i);
+        const float4 g = ld4cs(a.gate, i), u = ld4cs(a.up, i);
         const float4 o = make_float4(swiglu_fwd(g.x, u.x), swiglu_fwd(g.y, u.y),
                                      swiglu_fwd(g.z, u.z), swiglu_fwd(g.w, u.w));
-        reinterpret_cast<float4 *>(a.out)[i] = o;
+        st4(a.out, i, o);
         if (a.sh0) store_bf16x4(a.sh0, i, o);
     }
     for (size_t i = 4 * a.n4 + gtid(); i < a.n; i += gstride()) {
-        const float o = swiglu_fwd(a.gate[i], a.up[i]);
-        a.out[i] = o;
+        const float o = swiglu_fwd(ld1(a.gate, i), ld1(a.up, i));
+        st1(a.out, i, o);
         if (a.sh0) a.sh0[i] = __float2bfloat16(o);
     }
 }
 
-static __global__ void swiglu_bwd_kernel(const SwigluArgs a) {
+template <typename S>
+static __global__ void swiglu_bwd_kernel(const SwigluArgs<S> a) {
     cu_dep_wait();
-    const float4 *g4 = reinterpret_cast<const float4 *>(a.gate);
-    const float4 *u4 = reinterpret_cast<const float4 *>(a.up);
-    const float4 *o4 = reinterpret_cast<const float4 *>(a.dout);
     for (size_t i = gtid(); i < a.n4; i += gstride()) {
-        float4 g = __ldcs(g4 + i), u = __ldcs(u4 + i), o = o4[i], dg, du, h;
+        float4 g = ld4cs(a.gate, i), u = ld4cs(a.up, i), o = ld4(a.dout, i), dg, du, h;
 #pragma unroll
         for (int j = 0; j < 4; j++)
             swiglu_bwd(f4_at(g, j), f4_at(u, j), f4_at(o, j), f4_at(dg, j), f4_at(du, j),
                        f4_at(h, j));
-        if (a.h) reinterpret_cast<float4 *>(a.h)[i] = h;
-        reinterpret_cast<float4 *>(a.dup)[i] = du;
-        reinterpret_cast<float4 *>(a.out)[i] = dg;
+        if (a.h) st4(a.h, i, h);
+        st4(a.dup, i, du);
+        st4(a.out, i, dg);
         if (a.sh0) store_bf16x4(a.sh0, i, dg);
         if (a.sh1) store_bf16x4(a.sh1, i, du);
     }
     for (size_t i = 4 * a.n4 + gtid(); i < a.n; i += gstride()) {
         float dg, du, h;
-        swiglu_bwd(a.gate[i], a.up[i], a.dout[i], dg, du, h);
-        if (a.h) a.h[i] = h;
-        a.dup[i] = du;
-        a.out[i] = dg;
+        swiglu_bwd(ld1(a.gate, i), ld1(a.up, i), ld1(a.dout, i), dg, du, h);
+        if (a.h) st1(a.h, i, h);
+        st1(a.dup, i, du);
+        st1(a.out, i, dg);
         if (a.sh0) a.sh0[i] = __float2bfloat16(dg);
         if (a.sh1) a.sh1[i] = __float2bfloat16(du);
     }
 }
 
-/* Groups of four of a SwiGLU whose operands all sit on 16-byte boundaries (shadows on
- * 8-byte ones), else 0. */
-static size_t swiglu_n4(const SwigluArgs &a) {
+/* Groups of four of a SwiGLU whose operands all sit on vector boundaries (four of S;
+ * shadows on 8-byte ones), else 0. */
+template <typename S>
+static size_t swiglu_n4(const SwigluArgs<S> &a) {
     const void *p[8] = {a.out, a.dup, a.h, a.dout, a.gate, a.up, a.sh0, a.sh1};
     for (int i = 0; i < 8; i++)
-        if ((uintptr_t)p[i] & (i < 6 ? 15u : 7u)) return 0;
+        if ((uintptr_t)p[i] & (i < 6 ? 4 * sizeof(S) - 1 : 7u)) return 0;
     return a.n / 4;
 }
 
@@ -120,11 +154,12 @@ static size_t swiglu_n4(const SwigluArgs &a) {
  * runs on the updated values. */
 enum { LS_TM = 32, LS_TN = 128, LS_KMAX = 32 };
 
+template <typename S>
 struct LoraSwArgs {
-    float *gate, *up;   /* forward: updated in place; backward: read */
-    float *out;         /* forward: h; backward: dgate (may be dout) */
-    float *dup, *h;     /* backward (h may be NULL) */
-    const float *dout;  /* backward: updated on the fly (not stored) */
+    S *gate, *up;       /* forward: updated in place; backward: read */
+    S *out;             /* forward: h; backward: dgate (may be dout) */
+    S *dup, *h;         /* backward (h may be NULL) */
+    const S *dout;      /* backward: updated on the fly (not stored) */
     __nv_bfloat16 *sh0, *sh1;
     cu_lora_upd u[2];   /* forward: gate's, up's; backward: dout's */
     int M, N;
@@ -180,8 +215,8 @@ static __device__ __forceinline__ void ls_axpy(float4 &v, float alpha, const flo
     v.w = fmaf(alpha, acc.w, v.w);
 }
 
-template <bool BWD>
-static __global__ void __launch_bounds__(256) lora_swiglu_kernel(const LoraSwArgs a) {
+template <bool BWD, typename S>
+static __global__ void __launch_bounds__(256) lora_swiglu_kernel(const LoraSwArgs<S> a) {
     constexpr int NU = BWD ? 1 : 2; /* updates */
     __shared__ __align__(16) float as[NU][LS_KMAX][LS_TM];
     __shared__ __align__(16) float bs[NU][LS_KMAX][LS_TN];
@@ -200,27 +235,27 @@ static __global__ void __launch_bounds__(256) lora_swiglu_kernel(const LoraSwArg
         const int m = m0 + r0 + i;
         if (m >= a.M) break;
         const size_t q = ((size_t)m * a.N + n) / 4;
-        float4 g = __ldcs(reinterpret_cast<const float4 *>(a.gate) + q);
-        float4 u = __ldcs(reinterpret_cast<const float4 *>(a.up) + q);
+        float4 g = ld4cs(a.gate, q);
+        float4 u = ld4cs(a.up, q);
         if constexpr (!BWD) {
             ls_axpy(g, a.u[0].alpha, acc[0][i]);
             ls_axpy(u, a.u[1].alpha, acc[1][i]);
-            reinterpret_cast<float4 *>(a.gate)[q] = g;
-            reinterpret_cast<float4 *>(a.up)[q] = u;
+            st4(a.gate, q, g);
+            st4(a.up, q, u);
             const float4 h = make_float4(swiglu_fwd(g.x, u.x), swiglu_fwd(g.y, u.y),
                                          swiglu_fwd(g.z, u.z), swiglu_fwd(g.w, u.w));
-            reinterpret_cast<float4 *>(a.out)[q] = h;
+            st4(a.out, q, h);
             if (a.sh0) store_bf16x4(a.sh0, q, h);
         } else {
-            float4 d = reinterpret_cast<const float4 *>(a.dout)[q], dg, du, h;
+            float4 d = ld4(a.dout, q), dg, du, h;
             ls_axpy(d, a.u[0].alpha, acc[0][i]);
 #pragma unroll
             for (int j = 0; j < 4; j++)
                 swiglu_bwd(f4_at(g, j), f4_at(u, j), f4_at(d, j), f4_at(dg, j), f4_at(du, j),
                            f4_at(h, j));
-            if (a.h) reinterpret_cast<float4 *>(a.h)[q] = h;
-            reinterpret_cast<float4 *>(a.dup)[q] = du;
-            reinterpret_cast<float4 *>(a.out)[q] = dg;
+            if (a.h) st4(a.h, q, h);
+            st4(a.dup, q, du);
+            st4(a.out, q, dg);
             if (a.sh0) store_bf16x4(a.sh0, q, dg);
             if (a.sh1) store_bf16x4(a.sh1, q, du);
         }
@@ -237,9 +272,10 @@ static bool upd_reads(const cu_lora_upd &u, int M, int N, const float *p, size_t
 /* Takes over the held rank-r updates when this SwiGLU (forward: both of gate and up, in
  * either order; backward: the one of dout, with dgate written over dout, since the folded
  * update of dout is never stored) reads their outputs, n = M N, every operand is 16-byte
- * aligned and no output of the SwiGLU is read by an update (other blocks still stage the
- * updates' operands while a block writes); else false (nothing changed). */
-static bool lora_take(mc_cuda *c, LoraSwArgs &a, bool bwd, size_t n) {
+ * aligned, no output of the SwiGLU is read by an update (other blocks still stage the
+ * updates' operands while a block writes) and the updates' outputs are packed exactly when
+ * the SwiGLU's operands are (p16); else false (nothing changed). */
+static bool lora_take(mc_cuda *c, LoraSwArgs<float> &a, bool bwd, size_t n, bool p16) {
     const cu_pending &p = c->pend;
     if (p.kind != CU_PEND_LORA || p.n_lu != (bwd ? 1 : 2) || (size_t)p.lu_M * p.lu_N != n)
         return false;
@@ -248,9 +284,11 @@ static bool lora_take(mc_cuda *c, LoraSwArgs &a, bool bwd, size_t n) {
         if (!cu_aligned16(ptr[i])) return false;
     /* what the kernel writes: out, dup and h; the forward also gate and up */
     const float *wr[5] = {a.out, a.dup, a.h, bwd ? NULL : a.gate, bwd ? NULL : a.up};
-    for (int e = 0; e < p.n_lu; e++)
+    for (int e = 0; e < p.n_lu; e++) {
+        if ((p.lu[e].C16 != NULL) != p16) return false;
         for (int i = 0; i < 5; i++)
             if (upd_reads(p.lu[e], p.lu_M, p.lu_N, wr[i], n)) return false;
+    }
     if (bwd) {
         if (p.lu[0].C != a.dout || a.out != a.dout) return false;
         a.u[0] = p.lu[0];
@@ -266,67 +304,155 @@ static bool lora_take(mc_cuda *c, LoraSwArgs &a, bool bwd, size_t n) {
     return true;
 }
 
-static void lora_swiglu_launch(mc_cuda *c, const LoraSwArgs &a, bool bwd) {
+/* The same arguments over the packed ranges that start at the same addresses. */
+static LoraSwArgs<__nv_bfloat16> lsw16(const LoraSwArgs<float> &a) {
+    LoraSwArgs<__nv_bfloat16> b;
+    memset(&b, 0, sizeof b);
+    b.gate = (__nv_bfloat16 *)a.gate;
+    b.up = (__nv_bfloat16 *)a.up;
+    b.out = (__nv_bfloat16 *)a.out;
+    b.dup = (__nv_bfloat16 *)a.dup;
+    b.h = (__nv_bfloat16 *)a.h;
+    b.dout = (const __nv_bfloat16 *)a.dout;
+    b.u[0] = a.u[0];
+    b.u[1] = a.u[1];
+    b.M = a.M;
+    b.N = a.N;
+    return b;
+}
+
+static SwigluArgs<__nv_bfloat16> sw16(const SwigluArgs<float> &a) {
+    SwigluArgs<__nv_bfloat16> b;
+    memset(&b, 0, sizeof b);
+    b.out = (__nv_bfloat16 *)a.out;
+    b.dup = (__nv_bfloat16 *)a.dup;
+    b.h = (__nv_bfloat16 *)a.h;
+    b.dout = (const __nv_bfloat16 *)a.dout;
+    b.gate = (const __nv_bfloat16 *)a.gate;
+    b.up = (const __nv_bfloat16 *)a.up;
+    b.n = a.n;
+    b.n4 = swiglu_n4(b);
+    return b;
+}
+
+template <typename S>
+static void lora_swiglu_launch(mc_cuda *c, const LoraSwArgs<S> &a, bool bwd) {
     const dim3 grid((unsigned)((a.N + LS_TN - 1) / LS_TN), (unsigned)((a.M + LS_TM - 1) / LS_TM));
-    if (bwd) cu_launch(c, lora_swiglu_kernel<true>, grid, dim3(256), 0, a, "swiglu_backward+lora");
-    else cu_launch(c, lora_swiglu_kernel<false>, grid, dim3(256), 0, a, "swiglu+lora");
+    const bool b16 = sizeof(S) == 2;
+    if (bwd)
+        cu_launch(c, lora_swiglu_kernel<true, S>, grid, dim3(256), 0, a,
+                  b16 ? "swiglu_backward+lora bf16" : "swiglu_backward+lora");
+    else
+        cu_launch(c, lora_swiglu_kernel<false, S>, grid, dim3(256), 0, a,
+                  b16 ? "swiglu+lora bf16" : "swiglu+lora");
+}
+
+/* A forward (bwd false) or backward SwiGLU of a's operands, in f32 or on packed ones. */
+static void swiglu_go(mc_cuda *c, SwigluArgs<float> &a, bool bwd, bool p16) {
+    if (p16) {
+        const SwigluArgs<__nv_bfloat16> b = sw16(a);
+        if (bwd)
+            cu_launch(c, swiglu_bwd_kernel<__nv_bfloat16>, grid_for(c, a.n - 3 * b.n4), dim3(256),
+                      0, b, "swiglu_backward bf16");
+        else
+            cu_launch(c, swiglu_kernel<__nv_bfloat16>, grid_for(c, a.n - 3 * b.n4), dim3(256), 0,
+                      b, "swiglu bf16");
+        return;
+    }
+    a.n4 = swiglu_n4(a);
+    if (bwd)
+        cu_launch(c, swiglu_bwd_kernel<float>, grid_for(c, a.n - 3 * a.n4), dim3(256), 0, a,
+                  "swiglu_backward");
+    else
+        cu_launch(c, swiglu_kernel<float>, grid_for(c, a.n - 3 * a.n4), dim3(256), 0, a, "swiglu");
 }
 
 static void swiglu_launch(mc_cuda *c, float *out, const float *gate, const float *up, size_t n) {
-    SwigluArgs a;
+    SwigluArgs<float> a;
     memset(&a, 0, sizeof a);
     a.out = out;
     a.gate = gate;
     a.up = up;
     a.n = n;
     a.sh0 = (__nv_bfloat16 *)cu_shadow_for(c, out, n, shadow_rows(n));
-    a.n4 = swiglu_n4(a);
-    cu_launch(c, swiglu_kernel, grid_for(c, n - 3 * a.n4), dim3(256), 0, a, "swiglu");
+    swiglu_go(c, a, false, false);
 }
 
 void cu_flush_swiglu(mc_cuda *c, const cu_pending *p) {
     swiglu_launch(c, p->s_out, p->gate, p->up, p->n);
 }
 
+/* Whether p[0..n) is a whole packed range (cu_packed) that starts at p. */
+static bool packed_whole(const mc_cuda *c, const float *p, size_t n) {
+    return p && cu_packed_find(c, p, n) == (const __nv_bfloat16 *)p;
+}
+
+/* Whether output o of n values is free to be written by an element-wise kernel reading x:
+ * o is x, or they do not meet. */
+static bool same_or_apart(const float *o, const float *x, size_t n) {
+    return !o || o == x || !cu_f32_overlap(o, n, x, n);
+}
+
 void cu_swiglu(mc_backend *be, void *out, const void *gate, const void *up, size_t n) {
     mc_cuda *c = cu_ctx(be);
+    float *o = (float *)out;
+    const float *g = (const float *)gate, *u = (const float *)up;
     if (!n) return;
+    /* packed gate and up give a packed h (the table has room for it) */
+    const bool p16 = packed_whole(c, g, n) && packed_whole(c, u, n) &&
+                     same_or_apart(o, g, n) && same_or_apart(o, u, n) &&
+                     c->n_packed < CU_N_PACKED;
+    if (!p16) {
+        cu_unpack(c, g, n * sizeof(float));
+        cu_unpack(c, u, n * sizeof(float));
+    }
     cu_note_write(c, out, n * sizeof(float));
-    if (c->pend.kind == CU_PEND_LORA && c->lsw_fwd && !cu_f32_overlap((const float *)out, n,
-                                                         (const float *)gate, n) &&
-        !cu_f32_overlap((const float *)out, n, (const float *)up, n)) {
-        LoraSwArgs a;
+    if (p16) (void)cu_pack_claim(c, o, n);
+    if (c->pend.kind == CU_PEND_LORA && c->lsw_fwd && !cu_f32_overlap(o, n, g, n) &&
+        !cu_f32_overlap(o, n, u, n)) {
+        LoraSwArgs<float> a;
         memset(&a, 0, sizeof a);
         a.gate = (float *)gate; /* the updates' outputs: written back */
         a.up = (float *)up;
-        a.out = (float *)out;
-        if (lora_take(c, a, false, n)) {
-            a.sh0 = (__nv_bfloat16 *)cu_shadow_for(c, out, n, shadow_rows(n));
-            lora_swiglu_launch(c, a, false);
+        a.out = o;
+        if (lora_take(c, a, false, n, p16)) {
+            if (p16) {
+                lora_swiglu_launch(c, lsw16(a), false);
+            } else {
+                a.sh0 = (__nv_bfloat16 *)cu_shadow_for(c, out, n, shadow_rows(n));
+                lora_swiglu_launch(c, a, false);
+            }
             return;
         }
     }
+    if (p16) {
+        SwigluArgs<float> a;
+        memset(&a, 0, sizeof a);
+        a.out = o;
+        a.gate = g;
+        a.up = u;
+        a.n = n;
+        swiglu_go(c, a, false, true);
+        return;
+    }
     if (c->fuse_on && shadow_rows(n) == 1) { /* decode-sized: a GEMV computes it */
-        if (cu_gemv_take_swiglu(c, (float *)out, (const float *)gate, (const float *)up, n)) return;
+        if (cu_gemv_take_swiglu(c, o, g, u, n)) return;
         cu_pending_flush(c);
         c->pend.kind = CU_PEND_SWIGLU;
-        c->pend.s_out = (float *)out;
-        c->pend.gate = (const float *)gate;
-        c->pend.up = (const float *)up;
+        c->pend.s_out = o;
+        c->pend.gate = g;
+        c->pend.up = u;
         c->pend.n = n;
         return;
     }
-    swiglu_launch(c, (float *)out, (const float *)gate, (const float *)up, n);
+    swiglu_launch(c, o, g, u, n);
 }
 
 void cu_swiglu_backward(mc_backend *be, void *dgate, void *dup, void *h, const void *dout,
                         const void *gate, const void *up, size_t n) {
     mc_cuda *c = cu_ctx(be);
-    SwigluArgs a;
+    SwigluArgs<float> a;
     if (!n) return;
-    cu_note_write(c, dgate, n * sizeof(float));
-    cu_note_write(c, dup, n * sizeof(float));
-    if (h) cu_note_write(c, h, n * sizeof(float));
     memset(&a, 0, sizeof a);
     a.out = (float *)dgate;
     a.dup = (float *)dup;
@@ -335,8 +461,26 @@ void cu_swiglu_backward(mc_backend *be, void *dgate, void *dup, void *h, const v
     a.gate = (const float *)gate;
     a.up = (const float *)up;
     a.n = n;
+    /* packed dout, gate and up give packed outputs (the table has room for them) */
+    bool p16 = packed_whole(c, a.dout, n) && packed_whole(c, a.gate, n) &&
+               packed_whole(c, a.up, n) && c->n_packed + 3 <= CU_N_PACKED;
+    float *const outs[3] = {a.out, a.dup, a.h};
+    for (int i = 0; i < 3 && p16; i++)
+        p16 = same_or_apart(outs[i], a.dout, n) && (i == 0 || !outs[i] || outs[i] != a.dout) &&
+              same_or_apart(outs[i], a.gate, n) && outs[i] != a.gate &&
+              same_or_apart(outs[i], a.up, n) && outs[i] != a.up;
+    if (!p16) {
+        cu_unpack(c, dout, n * sizeof(float));
+        cu_unpack(c, gate, n * sizeof(float));
+        cu_unpack(c, up, n * sizeof(float));
+    }
+    cu_note_write(c, dgate, n * sizeof(float));
+    cu_note_write(c, dup, n * sizeof(float));
+    if (h) cu_note_write(c, h, n * sizeof(float));
+    for (int i = 0; i < 3 && p16; i++)
+        if (outs[i]) (void)cu_pack_claim(c, outs[i], n);
     if (c->pend.kind == CU_PEND_LORA && c->lsw_bwd) {
-        LoraSwArgs l;
+        LoraSwArgs<float> l;
         memset(&l, 0, sizeof l);
         l.gate = (float *)gate;
         l.up = (float *)up;
@@ -344,17 +488,22 @@ void cu_swiglu_backward(mc_backend *be, void *dgate, void *dup, void *h, const v
         l.dup = (float *)dup;
         l.h = (float *)h;
         l.dout = (const float *)dout;
-        if (lora_take(c, l, true, n)) {
-            l.sh0 = (__nv_bfloat16 *)cu_shadow_for(c, dgate, n, shadow_rows(n));
-            l.sh1 = (__nv_bfloat16 *)cu_shadow_for(c, dup, n, shadow_rows(n));
-            lora_swiglu_launch(c, l, true);
+        if (lora_take(c, l, true, n, p16)) {
+            if (p16) {
+                lora_swiglu_launch(c, lsw16(l), true);
+            } else {
+                l.sh0 = (__nv_bfloat16 *)cu_shadow_for(c, dgate, n, shadow_rows(n));
+                l.sh1 = (__nv_bfloat16 *)cu_shadow_for(c, dup, n, shadow_rows(n));
+                lora_swiglu_launch(c, l, true);
+            }
             return;
         }
     }
-    a.sh0 = (__nv_bfloat16 *)cu_shadow_for(c, dgate, n, shadow_rows(n));
-    a.sh1 = (__nv_bfloat16 *)cu_shadow_for(c, dup, n, shadow_rows(n));
-    a.n4 = swiglu_n4(a);
-    cu_launch(c, swiglu_bwd_kernel, grid_for(c, n - 3 * a.n4), dim3(256), 0, a, "swiglu_backward");
+    if (!p16) {
+        a.sh0 = (__nv_bfloat16 *)cu_shadow_for(c, dgate, n, shadow_rows(n));
+        a.sh1 = (__nv_bfloat16 *)cu_shadow_for(c, dup, n, shadow_rows(n));
+    }
+    swiglu_go(c, a, true, p16);
 }
 
 struct AddArgs {
@@ -395,6 +544,8 @@ void cu_flush_add(mc_cuda *c, const cu_pending *p) { add_launch(c, p->y, p->x, p
 void cu_add(mc_backend *be, void *y, const void *x, size_t n) {
     mc_cuda *c = cu_ctx(be);
     if (!n) return;
+    cu_unpack(c, y, n * sizeof(float));
+    cu_unpack(c, x, n * sizeof(float));
     cu_note_write(c, y, n * sizeof(float));
     if (c->pend.kind == CU_PEND_COPY && c->pend.y == y && c->pend.n == n &&
         !cu_f32_overlap(c->pend.x, n, (const float *)x, n) &&
@@ -446,6 +597,7 @@ void cu_dropout(mc_backend *be, void *out, const void *x, size_t n, float p, uin
     mc_cuda *c = cu_ctx(be);
     DropArgs a;
     if (!n) return;
+    cu_unpack(c, x, n * sizeof(float));
     if (p <= 0.0f) {
         if (out != x) cu_copy_kernel(c, out, x, n * sizeof(float));
         return;

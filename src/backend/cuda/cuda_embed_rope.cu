@@ -249,12 +249,20 @@ static void rope_any(mc_backend *be, void *x, int ldx, const int32_t *pos, int T
     rope_launch(c, rope_args1(&p));
 }
 
+/* The f32 values of x [T, ldx] (H heads of hd a row) for RoPE in place. */
+static void rope_unpack(mc_backend *be, const void *x, int ldx, int T, int H, int hd) {
+    if (T > 0)
+        cu_unpack(cu_ctx(be), x, ((size_t)(T - 1) * (size_t)ldx + (size_t)H * hd) * sizeof(float));
+}
+
 void cu_rope(mc_backend *be, void *x, int ldx, const int32_t *pos, int T, int H, int hd,
              float theta) {
+    rope_unpack(be, x, ldx, T, H, hd);
     rope_any(be, x, ldx, pos, T, H, hd, theta, false);
 }
 
 void cu_rope_backward(mc_backend *be, void *dx, int ldx, const int32_t *pos, int T, int H, int hd,
                       float theta) {
+    rope_unpack(be, dx, ldx, T, H, hd);
     rope_any(be, dx, ldx, pos, T, H, hd, theta, true);
 }

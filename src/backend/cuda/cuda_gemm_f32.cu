@@ -546,8 +546,34 @@ static void lowrank_lt(mc_cuda *c, const cu_lora_upd &u, int M, int N) {
     (void)cu_gemm_lt(c, s, u.alpha, u.B, u.A, u.C, "lt gemm_f32 lowrank");
 }
 
+/* The rank-r update u of a packed [M, N] output (u.C16) in bf16 on the tensor cores: A and
+ * op(B) converted to bf16 (cu_small_as), f32 sums, C read and written in bf16. */
+static void lowrank16(mc_cuda *c, const cu_lora_upd &u, int M, int N) {
+    size_t na, nb;
+    cu_lora_spans(u, M, N, &na, &nb);
+    const void *a16 = cu_small_as(c, u.A, na), *b16 = a16 ? cu_small_as(c, u.B, nb) : NULL;
+    if (!b16) {
+        cu_set_error(c, MC_ERR_OOM, "gemm_f32: out of device memory for a bf16 copy of a "
+                     "rank-%d update's operands", u.K);
+        return;
+    }
+    const cu_lt_shape s = {u.tb != 0, false, true, N, M, u.K, u.ldb, u.lda, N, CUDA_R_16BF, false,
+                           true, false};
+    cu_break(c);
+    (void)cu_gemm_lt(c, s, u.alpha, b16, a16, u.C16, "lt gemm_f32 lowrank bf16");
+}
+
 void cu_flush_lora(mc_cuda *c, const cu_pending *p) {
-    for (int i = 0; i < p->n_lu; i++) lowrank_lt(c, p->lu[i], p->lu_M, p->lu_N);
+    for (int i = 0; i < p->n_lu; i++) {
+        if (p->lu[i].C16) lowrank16(c, p->lu[i], p->lu_M, p->lu_N);
+        else lowrank_lt(c, p->lu[i], p->lu_M, p->lu_N);
+    }
+}
+
+/* A and B (sa and sb bytes) in f32 for a product that reads them so. */
+static void unpack_ops(mc_cuda *c, const float *A, size_t sa, const float *B, size_t sb) {
+    cu_unpack(c, A, sa);
+    cu_unpack(c, B, sb);
 }
 
 /* Whether [a, a + an) and [b, b + bn) (bytes) overlap. */
@@ -561,13 +587,13 @@ static bool spans_meet(const void *a, size_t an, const void *b, size_t bn) {
  * them (cu_pending_flush). false when the product is not such an update. */
 static bool lora_hold(mc_cuda *c, bool ta, bool tb, int M, int N, int K, float alpha,
                       const float *A, int lda, const float *B, int ldb, float beta, float *C,
-                      int ldc, size_t sa, size_t sb) {
+                      __nv_bfloat16 *c16, int ldc, size_t sa, size_t sb) {
     cu_pending &p = c->pend;
     const size_t sc = (size_t)M * (size_t)N * sizeof(float);
     if (!(c->lsw_fwd || c->lsw_bwd) || !c->lora_lt || ta || beta != 1.0f || K < 1 || K > 32 ||
         M < CU_LORA_LT_ROWS || ldc != N || N % 4 != 0 || !cu_aligned16(C))
         return false;
-    const cu_lora_upd u = {C, A, B, lda, ldb, tb ? 1 : 0, K, alpha};
+    const cu_lora_upd u = {C, c16, A, B, lda, ldb, tb ? 1 : 0, K, alpha};
     if (p.kind == CU_PEND_LORA && p.n_lu == 1 && p.lu_M == M && p.lu_N == N) {
         const cu_lora_upd &f = p.lu[0];
         size_t fa, fb; /* floats */
@@ -603,8 +629,20 @@ void cu_gemm_f32(mc_backend *be, bool ta, bool tb, int M, int N, int K, float al
                      (const void *)B, (void *)C);
         return;
     }
+    /* a rank-r update of a packed output stays in bf16 (held for the SwiGLU that reads it) */
+    __nv_bfloat16 *c16 =
+        beta == 1.0f && ldc == N ? cu_packed_find(c, C, (size_t)M * (size_t)N) : NULL;
+    if (c16 && !ta && K <= 32) {
+        cu_note_write_keep(c, C, sc);
+        if (lora_hold(c, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, c16, ldc, sa, sb))
+            return;
+        const cu_lora_upd u = {C, c16, A, B, lda, ldb, tb ? 1 : 0, K, alpha};
+        lowrank16(c, u, M, N);
+        return;
+    }
+    if (beta != 0.0f) cu_unpack(c, C, sc);
     cu_note_write(c, C, sc);
-    if (lora_hold(c, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, sa, sb)) return;
+    if (lora_hold(c, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, NULL, ldc, sa, sb)) return;
     if (c->lora_lt && K > 0 && (ta ? K : M) >= CU_LORA_LT_ROWS && (beta == 0.0f || beta == 1.0f)) {
         /* The token rows are M (x A^T, dy B, the rank-r updates) or K (the gradients'
          * sums over rows, op(A) = A^T). The tensor cores take the FMAs that bind the skinny
@@ -620,6 +658,7 @@ void cu_gemm_f32(mc_backend *be, bool ta, bool tb, int M, int N, int K, float al
                           lora_bf16_ops(c, ta, M, N, sa / sizeof(float), sb / sizeof(float),
                                         A, B, &a16, &b16);
         if (lo16) cu_note_write(c, C, sc); /* a copy just made of an allocation holding C */
+        else unpack_ops(c, A, sa, B, sb);
         const cu_lt_shape s = {tb, ta, beta != 0.0f, N, M, K, ldb, lda, ldc,
                                lo16 ? CUDA_R_16BF : CUDA_R_32F, !lo16, false, false};
         cu_break(c);
@@ -627,6 +666,7 @@ void cu_gemm_f32(mc_backend *be, bool ta, bool tb, int M, int N, int K, float al
                          names[(ta ? 1 : K <= 64 ? 2 : 0) + (lo16 ? 3 : 0)]);
         return;
     }
+    unpack_ops(c, A, sa, B, sb);
     if (K > 0 && gemm_f32_skinny(c, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)) return;
     cu_break(c);
     static const char *const names[4] = {"cublas gemm_f32 NN", "cublas gemm_f32 NT",

@@ -72,6 +72,20 @@ struct cu_shadow {
     unsigned long stamp;
 };
 
+/* An f32 activation range held in bf16 in the first half of its own bytes ("packed"):
+ * element i of [base, base + n) is the bf16 at byte 2 i of base. The wide intermediates of
+ * a training-sized MLP (the gate/up GEMMs' outputs, the SwiGLU's, the input gradient of
+ * the down projection and the SwiGLU backward's) are written so, moving half the bytes of
+ * f32; the readers that take bf16 (cuBLAS GEMMs, the LoRA products, the SwiGLU and its
+ * backward) read them in place, and any other reader, or a write of part of the range,
+ * first expands it to f32 (cu_unpack, cu_note_write): the op's contract is unchanged but
+ * for the bf16 rounding of those values (MC_CUDA_NOFUSE=pack: none packed). */
+struct cu_packed {
+    float *base;
+    size_t n;
+};
+enum { CU_N_PACKED = 256 };
+
 /* CU_N_SHADOW slots for activations, then CU_N_SMALL_SHADOW for the small operands of the
  * bf16 LoRA products (cu_small_as). */
 enum { CU_N_SHADOW = 4, CU_N_SMALL_SHADOW = 3, CU_N_SHADOW_ALL = CU_N_SHADOW + CU_N_SMALL_SHADOW };
@@ -109,6 +123,7 @@ enum cu_scratch_id {
     CU_S_ROPE,         /* RoPE inverse frequencies */
     CU_S_GEMM,         /* split-K partial sums of the skinny f32 GEMMs */
     CU_S_BENCH,        /* benchmarks */
+    CU_S_PACK,         /* cu_unpack: a packed range's bf16 while it expands */
     CU_S_COUNT
 };
 
@@ -229,6 +244,7 @@ struct cu_gemv_ent {
  * B [N, K] when tb, else B [K, N] (ldb). */
 struct cu_lora_upd {
     float *C;
+    __nv_bfloat16 *C16; /* C's packed bf16 (cu_packed), or NULL: C is f32 */
     const float *A, *B;
     int lda, ldb, tb, K;
     float alpha;
@@ -359,6 +375,11 @@ struct mc_cuda {
     unsigned long lse_clock;
     long n_lse_hit; /* attention backwards that reused their forward's log-sum-exp */
     mc_dtype shadow_hint; /* dtype of the last GEMM weight; producers shadow in it */
+    /* packed ranges (cu_packed), and how many were expanded back to f32 */
+    bool pack_on;
+    cu_packed packed[CU_N_PACKED];
+    int n_packed;
+    long n_unpack;
 
     /* launch queue and graphs */
     bool graphs_on;
@@ -552,6 +573,9 @@ void cu_lt_destroy(mc_cuda *c);
 /* Tells the shadow cache (and the write tracking of cu_unwritten) that [p, p + bytes) is
  * about to be written. Every op calls it for each of its outputs. */
 void cu_note_write(mc_cuda *c, const void *p, size_t bytes);
+/* cu_note_write for an op that writes a packed range in bf16 over its own values (the
+ * range stays packed). */
+void cu_note_write_keep(mc_cuda *c, const void *p, size_t bytes);
 /* The f32 activations x[0..n) as dtype dt (x itself for MC_F32): a cached shadow, or a
  * fresh conversion. NULL on failure (recorded). */
 const void *cu_act_as(mc_cuda *c, const float *x, size_t n, mc_dtype dt);
@@ -567,6 +591,17 @@ const void *cu_shadow_find(mc_cuda *c, const float *x, size_t n);
  * that takes at most CU_SMALL_WHOLE bytes (the LoRA weights, the saved x A^T products:
  * converted once and kept until written), else of the span; NULL when no memory. */
 const void *cu_small_as(mc_cuda *c, const float *x, size_t n);
+/* The packed bf16 of x[0..n) (inside one packed range), or NULL. */
+__nv_bfloat16 *cu_packed_find(const mc_cuda *c, const float *x, size_t n);
+/* Registers [p, p + n) as packed (its producer writes bf16 there); false when the table is
+ * full (the producer writes f32). Call after cu_note_write of the range. */
+bool cu_pack_claim(mc_cuda *c, float *p, size_t n);
+/* Expands to f32 every packed range that meets [p, p + bytes), so f32 readers see its
+ * values (pending work first); a no-op when none does. */
+void cu_unpack(mc_cuda *c, const void *p, size_t bytes);
+/* Whether an output of M rows, n values in all, is one a producer packs (pack_on, a
+ * training-sized row count). */
+bool cu_pack_rows(const mc_cuda *c, int M);
 
 /* ---- ops (one .cu per family) ---- */
 

@@ -10,7 +10,12 @@
  * shadow directly next to their f32 output. The LoRA products of training read those
  * shadows too (cu_shadow_find), with their small operands (the adapter's weights, the saved
  * x A^T products) converted into slots of their own (cu_small_as), so that a converted
- * adapter, kept until the optimizer writes it, never evicts an activation's shadow. */
+ * adapter, kept until the optimizer writes it, never evicts an activation's shadow.
+ *
+ * A GEMM of training-sized rows that widens its input 2 to 8 times (an MLP's gate and up;
+ * in matmul_dx the down projection's input gradient) writes a packed output (cu_packed):
+ * bf16 in the first half of its own f32 buffer, which the GEMMs, the LoRA products and the
+ * SwiGLU read in place; cu_unpack expands it for any reader of f32. */
 #include "cuda_internal.h"
 
 /* GEMV rows of at least CU_GEMV_KSPLIT_MIN elements are split over the 4 warps of a block. */
@@ -18,7 +23,85 @@ enum { CU_GEMV_KSPLIT_MIN = 2048 };
 
 /* ---- shadows ---- */
 
-void cu_note_write(mc_cuda *c, const void *p, size_t bytes) {
+/* ---- packed ranges (cu_packed) ---- */
+
+/* Packed outputs need training-sized row counts (decode outputs feed the GEMV path). */
+enum { CU_PACK_MIN_ROWS = 256 };
+
+bool cu_pack_rows(const mc_cuda *c, int M) { return c->pack_on && M >= CU_PACK_MIN_ROWS; }
+
+__nv_bfloat16 *cu_packed_find(const mc_cuda *c, const float *x, size_t n) {
+    for (int i = 0; i < c->n_packed; i++) {
+        const cu_packed &r = c->packed[i];
+        if (x >= r.base && n <= r.n && (size_t)(x - r.base) <= r.n - n)
+            return (__nv_bfloat16 *)r.base + (x - r.base);
+    }
+    return NULL;
+}
+
+bool cu_pack_claim(mc_cuda *c, float *p, size_t n) {
+    if (c->n_packed == CU_N_PACKED || !n) return false;
+    c->packed[c->n_packed].base = p;
+    c->packed[c->n_packed].n = n;
+    c->n_packed++;
+    return true;
+}
+
+struct WidenArgs {
+    float *dst;
+    const __nv_bfloat16 *src;
+    size_t n;
+};
+
+static __global__ void widen_kernel(const WidenArgs a) {
+    cu_dep_wait();
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < a.n;
+         i += (size_t)gridDim.x * blockDim.x)
+        a.dst[i] = __bfloat162float(a.src[i]);
+}
+
+/* Expands packed range r (already out of the table) to f32 through scratch. */
+static void unpack_range(mc_cuda *c, const cu_packed &r) {
+    const size_t b16 = r.n * sizeof(__nv_bfloat16);
+    void *tmp = cu_scratch(c, CU_S_PACK, b16, false);
+    WidenArgs a;
+    if (!tmp) return; /* the failure is recorded */
+    cu_copy_kernel(c, tmp, r.base, b16);
+    memset(&a, 0, sizeof a);
+    a.dst = r.base;
+    a.src = (const __nv_bfloat16 *)tmp;
+    a.n = r.n;
+    cu_track_write(c, r.base, r.n * sizeof(float));
+    cu_launch(c, widen_kernel, dim3(cu_blocks(r.n, 256, (unsigned)c->n_sm * 16)), dim3(256), 0, a,
+              "unpack");
+    c->n_unpack++;
+}
+
+/* Whether packed range r meets [a, b). */
+static bool packed_meets(const cu_packed &r, uintptr_t a, uintptr_t b) {
+    const uintptr_t ra = (uintptr_t)r.base;
+    return a < ra + r.n * sizeof(float) && ra < b;
+}
+
+void cu_unpack(mc_cuda *c, const void *p, size_t bytes) {
+    const uintptr_t a = (uintptr_t)p, b = a + bytes;
+    bool any = false;
+    for (int i = 0; i < c->n_packed && !any; i++) any = packed_meets(c->packed[i], a, b);
+    if (!any) return;
+    cu_pending_flush(c); /* a held update may still write a packed range in bf16 */
+    for (int i = 0; i < c->n_packed;) {
+        if (!packed_meets(c->packed[i], a, b)) {
+            i++;
+            continue;
+        }
+        const cu_packed r = c->packed[i];
+        c->packed[i] = c->packed[--c->n_packed];
+        unpack_range(c, r);
+    }
+}
+
+/* cu_note_write without the packed ranges (their owner keeps them). */
+static void note_write_keep(mc_cuda *c, const void *p, size_t bytes) {
     uintptr_t a = (uintptr_t)p, b = a + bytes;
     int i;
     cu_track_write(c, p, bytes);
@@ -32,6 +115,25 @@ void cu_note_write(mc_cuda *c, const void *p, size_t bytes) {
         if (a < sb && sa < b) s->valid = false;
     }
 }
+
+void cu_note_write(mc_cuda *c, const void *p, size_t bytes) {
+    const uintptr_t a = (uintptr_t)p, b = a + bytes;
+    note_write_keep(c, p, bytes);
+    for (int i = 0; i < c->n_packed;) {
+        const cu_packed &r = c->packed[i];
+        const uintptr_t ra = (uintptr_t)r.base, rb = ra + r.n * sizeof(float);
+        if (!packed_meets(r, a, b)) {
+            i++;
+        } else if (a <= ra && rb <= b) { /* written whole: its old values are dead */
+            c->packed[i] = c->packed[--c->n_packed];
+        } else { /* the values outside the write stay: f32 first */
+            cu_unpack(c, r.base, r.n * sizeof(float));
+            i = 0;
+        }
+    }
+}
+
+void cu_note_write_keep(mc_cuda *c, const void *p, size_t bytes) { note_write_keep(c, p, bytes); }
 
 /* The least recently used shadow slot of [lo, hi), with a buffer of at least `bytes`; NULL
  * on OOM (recorded as a failure only when `record`). */
@@ -102,6 +204,7 @@ static __global__ void convert_kernel(const ConvArgs a) {
 /* Converts x[0..n) to dt into slot s, which then shadows it. */
 static void convert_into(mc_cuda *c, cu_shadow *s, const float *x, size_t n, mc_dtype dt) {
     ConvArgs a;
+    cu_unpack(c, x, n * sizeof(float));
     memset(&a, 0, sizeof a);
     a.dst = s->buf;
     a.src = x;
@@ -118,6 +221,10 @@ static void convert_into(mc_cuda *c, cu_shadow *s, const float *x, size_t n, mc_
 /* The dt copy of x[0..n) inside a valid shadow (any part of one), or NULL; no launch. */
 static const void *shadow_lookup(mc_cuda *c, const float *x, size_t n, mc_dtype dt) {
     if (c->pend.kind == CU_PEND_ATTFWD) cu_pending_flush(c); /* it leaves a bf16 copy of out */
+    if (dt == MC_BF16) {
+        const void *p = cu_packed_find(c, x, n);
+        if (p) return p;
+    }
     for (int i = 0; i < CU_N_SHADOW_ALL; i++) {
         cu_shadow *s = &c->shadow[i];
         const float *src = (const float *)s->src;
@@ -133,7 +240,10 @@ static const void *shadow_lookup(mc_cuda *c, const float *x, size_t n, mc_dtype 
 static const void *act_as(mc_cuda *c, const float *x, size_t n, mc_dtype dt, bool record) {
     cu_shadow *s;
     const void *got;
-    if (dt == MC_F32) return x;
+    if (dt == MC_F32) {
+        cu_unpack(c, x, n * sizeof(float));
+        return x;
+    }
     got = shadow_lookup(c, x, n, dt);
     if (got) return got;
     s = shadow_slot(c, n * 2, record);
@@ -998,6 +1108,14 @@ void cu_bias_drop(mc_cuda *c, const void *p, size_t bytes) {
     }
 }
 
+/* Whether the output of a GEMM of M rows from K to N columns is packed (cu_packed): bf16
+ * weights, training-sized rows, an expanding projection (2 to 8 times its input width: an
+ * MLP's gate and up, or the down projection's input gradient; not a vocabulary projection,
+ * whose logits keep f32). */
+static bool wide_out(const mc_cuda *c, mc_wt w, int M, int N, int K) {
+    return w.dtype == MC_BF16 && cu_pack_rows(c, M) && N >= 2 * K && N <= 8 * K;
+}
+
 void cu_matmul(mc_backend *be, void *out, int ldo, const void *x, mc_wt w, mc_wt bias, int M,
                int N, int K) {
     mc_cuda *c = cu_ctx(be);
@@ -1006,11 +1124,20 @@ void cu_matmul(mc_backend *be, void *out, int ldo, const void *x, mc_wt w, mc_wt
     c->shadow_hint = w.dtype;
     cu_note_write(c, out, ((size_t)(M - 1) * (size_t)ldo + (size_t)N) * sizeof(float));
     if (M <= CU_GEMV_MAX_M) {
+        cu_unpack(c, x, (size_t)M * (size_t)K * sizeof(float));
         gemv(c, (float *)out, ldo, (const float *)x, w, bias, M, N, K);
         return;
     }
     xc = cu_act_as(c, (const float *)x, (size_t)M * (size_t)K, w.dtype);
     if (!xc) return;
+    if (wide_out(c, w, M, N, K) && ldo == N && !bias.data &&
+        cu_pack_claim(c, (float *)out, (size_t)M * (size_t)N)) {
+        const cu_lt_shape s = {true, false, false, N, M, K, K, K, N, CUDA_R_16BF, false, true,
+                               false};
+        cu_break(c);
+        (void)cu_gemm_lt(c, s, 1.0f, w.data, xc, out, "cublas matmul bf16 out");
+        return;
+    }
     {
         /* the bias in the GEMM's epilogue, from an f32 copy, once an algorithm is chosen */
         const float *b32 = bias.data && c->bias_epi && c->lt_on ? cu_bias_f32(c, bias, N) : NULL;
@@ -1043,13 +1170,17 @@ void cu_matmul_dx(mc_backend *be, void *dx, const void *dy, mc_wt w, int M, int 
     c->shadow_hint = w.dtype;
     dyc = cu_act_as(c, (const float *)dy, (size_t)M * (size_t)N, w.dtype);
     if (!dyc) return;
+    if (accumulate) cu_unpack(c, dx, (size_t)M * (size_t)K * sizeof(float));
     cu_note_write(c, dx, (size_t)M * (size_t)K * sizeof(float));
     cu_break(c);
     {
+        const bool pack = !accumulate && wide_out(c, w, M, K, N) &&
+                          cu_pack_claim(c, (float *)dx, (size_t)M * (size_t)K);
         /* column-major: dx^T [K, M] = W^T [K, N] dy^T [N, M] */
         const cu_lt_shape s = {false, false, accumulate, K, M, N, K, N, K, blas_type(w.dtype),
-                               false, false, false};
-        (void)cu_gemm_lt(c, s, 1.0f, w.data, dyc, (float *)dx, "cublas matmul_dx");
+                               false, pack, false};
+        (void)cu_gemm_lt(c, s, 1.0f, w.data, dyc, dx,
+                         pack ? "cublas matmul_dx bf16 out" : "cublas matmul_dx");
     }
 }
 

@@ -35,6 +35,10 @@ void cu_adamw(mc_backend *be, float *p, const float *g, float *m, float *v, size
     AdamArgs a;
     double bc1 = 1.0 - pow((double)b1, (double)step), bc2 = 1.0 - pow((double)b2, (double)step);
     if (!n) return;
+    cu_unpack(c, p, n * sizeof(float));
+    cu_unpack(c, g, n * sizeof(float));
+    cu_unpack(c, m, n * sizeof(float));
+    cu_unpack(c, v, n * sizeof(float));
     cu_note_write(c, p, n * sizeof(float));
     cu_note_write(c, m, n * sizeof(float));
     cu_note_write(c, v, n * sizeof(float));
@@ -103,6 +107,7 @@ double cu_sumsq_f32(mc_backend *be, const float *x, size_t n) {
     SumsqArgs a;
     double r = 0;
     if (!n) return 0;
+    cu_unpack(c, x, n * sizeof(float));
     memset(&a, 0, sizeof a);
     a.x = x;
     a.n = n;
@@ -136,6 +141,7 @@ void cu_scale_f32(mc_backend *be, float *x, size_t n, float alpha) {
     mc_cuda *c = cu_ctx(be);
     ScaleArgs a;
     if (!n) return;
+    cu_unpack(c, x, n * sizeof(float));
     cu_note_write(c, x, n * sizeof(float));
     memset(&a, 0, sizeof a);
     a.x = x;

@@ -185,6 +185,7 @@ void cu_rmsnorm(mc_backend *be, void *out, const void *x, mc_wt w, int T, int D,
     RmsArgs a;
     size_t n = (size_t)T * (size_t)D;
     if (T <= 0) return;
+    cu_unpack(c, x, n * sizeof(float));
     memset(&a, 0, sizeof a);
     /* a pending y += d with y == x fuses: x += d and out = rmsnorm(x) in one pass (out may
      * be d itself: each element of d is read before the same thread writes out there) */
@@ -215,6 +216,9 @@ void cu_rmsnorm_backward(mc_backend *be, void *dx, void *xn, const void *dy, con
     RmsArgs a;
     size_t n = (size_t)T * (size_t)D;
     if (T <= 0) return;
+    cu_unpack(c, dx, n * sizeof(float)); /* dx += */
+    cu_unpack(c, dy, n * sizeof(float));
+    cu_unpack(c, x, n * sizeof(float));
     cu_note_write(c, dx, n * sizeof(float));
     if (xn) cu_note_write(c, xn, n * sizeof(float));
     memset(&a, 0, sizeof a);

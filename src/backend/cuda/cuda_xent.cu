@@ -170,6 +170,7 @@ mc_status cu_linear_xent(mc_backend *be, void *dh, double *loss_sum, const void 
     size_t R;
     int r0;
     if (T <= 0) return cu_take_error(c);
+    cu_unpack(c, h, (size_t)T * (size_t)D * sizeof(float));
     c->shadow_hint = w.dtype;
     /* bf16 logits: rows of a multiple of 4 (8-byte aligned for the four-at-a-time loads),
      * and the cuBLASLt gradient GEMM (the sliced one keeps f32 partial sums in this buffer) */
@@ -321,6 +322,7 @@ static mc_status argmax_from_keys(mc_backend *be, int32_t *out, const unsigned l
 mc_status cu_argmax_rows(mc_backend *be, int32_t *out, const void *x, int rows, int n) {
     mc_cuda *c = cu_ctx(be);
     if (rows <= 0) return cu_take_error(c);
+    cu_unpack(c, x, (size_t)rows * (size_t)n * sizeof(float));
     const unsigned long long *keys = cu_gemv_take_argmax(c, (const float *)x, rows, n);
     if (keys) return argmax_from_keys(be, out, keys, 0, rows, n);
     mc_status s = MC_OK;

@@ -655,6 +655,49 @@ static void test_packed(void) {
     g_cu->add(g_cu, d_dx, d_y, nD); /* any other op */
     dget(got, d_u, nF);
     cmp("packed: up after an update launched on its own (bf16)", got, u, nF, 1e-2);
+    {
+        /* RMSNorm outputs of hidden-size rows are packed too: the forward's, read by a GEMM,
+         * and the xn the backward gives, read by a LoRA A gradient's sum over rows */
+        const int Dn = 256;
+        const size_t nn = (size_t)M * Dn;
+        const float eps = 1e-6f;
+        wpair wn = make_w(MC_BF16, (size_t)Dn, 1.0f), wp = make_w(MC_BF16, (size_t)D * Dn, 0.1f);
+        float *xs = frand(nn, 1.0f), *dys = frand(nn, 1.0f), *dxs = frand(nn, 1.0f);
+        float *o = falloc(nn), *xn = falloc(nn), *pr = falloc(nD), *gA = falloc((size_t)r * Dn);
+        float *dx0 = fdup(dxs, nn), *gotn = falloc(nn);
+        void *d_xs = dputf(xs, nn), *d_dys = dputf(dys, nn), *d_dxs = dputf(dxs, nn);
+        void *d_o = dputf(gotn, nn), *d_xn = dputf(gotn, nn), *d_pr = dputf(gotn, nD);
+        void *d_gA = dputf(gotn, (size_t)r * Dn);
+        int live0 = 0, live1 = 0;
+        long un1 = mc_cuda_packed_stats(g_cu, &live0);
+        g_ref->rmsnorm(g_ref, o, xs, wn.cpu, M, Dn, eps);
+        g_ref->matmul(g_ref, pr, D, o, wp.cpu, nob, M, D, Dn);
+        g_ref->rmsnorm_backward(g_ref, dxs, xn, dys, xs, wn.cpu, M, Dn, eps);
+        g_ref->gemm_f32(g_ref, true, false, r, Dn, M, 1.0f, t, r, xn, Dn, 0.0f, gA, Dn);
+        g_cu->rmsnorm(g_cu, d_o, d_xs, wn.gpu, M, Dn, eps);
+        g_cu->matmul(g_cu, d_pr, D, d_o, wp.gpu, nob, M, D, Dn);
+        g_cu->rmsnorm_backward(g_cu, d_dxs, d_xn, d_dys, d_xs, wn.gpu, M, Dn, eps);
+        g_cu->gemm_f32(g_cu, true, false, r, Dn, M, 1.0f, d_t, r, d_xn, Dn, 0.0f, d_gA, Dn);
+        CHECK_OK(g_cu->sync(g_cu));
+        CHECK_INT((int)(mc_cuda_packed_stats(g_cu, &live1) - un1), 0);
+        CHECK_INT(live1, live0 + 2);
+        dget(gotn, d_pr, nD);
+        cmp("packed: rmsnorm out read by a GEMM", gotn, pr, nD, 1e-2);
+        dget(gotn, d_gA, (size_t)r * Dn);
+        cmp("packed: rmsnorm_backward xn read by t^T xn", gotn, gA, (size_t)r * Dn, 1e-2);
+        dget(gotn, d_o, nn);
+        cmp("packed: rmsnorm out, copied to the host", gotn, o, nn, 1e-2);
+        dget(gotn, d_xn, nn);
+        cmp("packed: rmsnorm_backward xn, copied to the host", gotn, xn, nn, 1e-2);
+        dget(gotn, d_dxs, nn);
+        cmp("  rmsnorm_backward dx (f32)", gotn, dxs, nn, 1e-5);
+        void *dv[7] = {d_xs, d_dys, d_dxs, d_o, d_xn, d_pr, d_gA};
+        for (int i = 0; i < 7; i++) dfree(dv[i]);
+        float *hv[9] = {xs, dys, dxs, o, xn, pr, gA, dx0, gotn};
+        for (int i = 0; i < 9; i++) free(hv[i]);
+        free_w(&wn);
+        free_w(&wp);
+    }
     CHECK_OK(g_cu->sync(g_cu));
     free_w(&wg);
     free_w(&wu);

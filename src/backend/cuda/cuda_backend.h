@@ -7,7 +7,7 @@
  * activation operand converted to the weight's dtype (bf16 or f16; f32 weights stay f32)
  * with f32 accumulation and an f32 result, except that the wide intermediates of a
  * training-sized MLP (gate, up, their SwiGLU, and the gradients of the down projection
- * and the SwiGLU) are held in bf16 inside their own buffers ("packed"; MC_CUDA_NOFUSE=pack:
+ * and the SwiGLU) and the RMSNorm outputs of hidden-size rows are held in bf16 inside their own buffers ("packed"; MC_CUDA_NOFUSE=pack:
  * not), read in place by the ops that take bf16 and expanded to f32 for any other reader,
  * so callers see f32 values rounded to bf16. Weights are uploaded once by be->weights and freed by
  * be->release_weights. Ops that return void queue work and record the first failure; it

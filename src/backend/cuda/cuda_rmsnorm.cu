@@ -4,12 +4,13 @@
 #include "cuda_internal.h"
 
 struct RmsArgs {
-    float *out;           /* [T, D] (forward) or dx [T, D] += (backward) */
+    float *out;           /* [T, D] (forward; NULL: packed, in sh only) or dx [T, D] += */
     float *x;             /* [T, D] (forward with delta: updated to x + delta first) */
     const float *delta;   /* [T, D] residual to add to x first, or NULL (forward) */
     const float *src;     /* [T, D] with delta: x = src + delta instead of x += delta */
     const float *dy;      /* [T, D] (backward) */
     float *xn;            /* [T, D] backward: the forward's out again, or NULL */
+    __nv_bfloat16 *xn16;  /* backward: that out packed (cu_packed) instead, or NULL */
     const void *w;        /* [D] */
     __nv_bfloat16 *sh;    /* bf16 copy of the result, or NULL */
     int T, D, wdt;
@@ -63,7 +64,7 @@ static __global__ void rmsnorm_kernel(const RmsArgs a) {
     if (t >= a.T) return; /* only when G == 32: no barriers below */
     float *xr = a.x + (size_t)t * a.D;
     const float *xin = SRC ? a.src + (size_t)t * a.D : xr; /* the row before the add */
-    float *orow = a.out + (size_t)t * a.D;
+    float *orow = a.out ? a.out + (size_t)t * a.D : NULL;
     float ss = 0.0f;
     if (E > 0) {
         if (!a.wpre) rms_load_w<G, E>(wv, a, l); /* issued with the row's loads */
@@ -100,7 +101,7 @@ static __global__ void rmsnorm_kernel(const RmsArgs a) {
             const int d = l + i * G;
             if (d < a.D) {
                 float o = __fmul_rn(__fmul_rn(v[i], r), wv[i]);
-                orow[d] = o;
+                if (orow) orow[d] = o;
                 if (a.sh) a.sh[(size_t)t * a.D + d] = __float2bfloat16(o);
             }
         }
@@ -123,7 +124,7 @@ static __global__ void rmsnorm_kernel(const RmsArgs a) {
     const float r = rms_recip(ss, a.D, a.eps);
     for (int d = l; d < a.D; d += G) {
         float o = __fmul_rn(__fmul_rn(xr[d], r), cu_load_w(a.w, a.wdt, (size_t)d));
-        orow[d] = o;
+        if (orow) orow[d] = o;
         if (a.sh) a.sh[(size_t)t * a.D + d] = __float2bfloat16(o);
     }
 }
@@ -151,7 +152,9 @@ static __global__ void rmsnorm_bwd_kernel(const RmsArgs a) {
     for (int d = l; d < a.D; d += G) {
         float wd = cu_load_w(a.w, a.wdt, (size_t)d);
         float o = dr[d] + r * wd * gr[d] - xr[d] * r3m;
-        if (a.xn) a.xn[(size_t)t * a.D + d] = __fmul_rn(__fmul_rn(xr[d], r), wd); /* forward's */
+        const float xo = __fmul_rn(__fmul_rn(xr[d], r), wd); /* the forward's out */
+        if (a.xn) a.xn[(size_t)t * a.D + d] = xo;
+        if (a.xn16) a.xn16[(size_t)t * a.D + d] = __float2bfloat16(xo);
         dr[d] = o;
         if (a.sh) a.sh[(size_t)t * a.D + d] = __float2bfloat16(o);
     }
@@ -180,6 +183,12 @@ static void launch(mc_cuda *c, const RmsArgs &a, bool backward) {
     else launch_g<256>(c, a, backward);
 }
 
+/* Whether an RMSNorm output of T rows of D is packed (cu_packed): training-sized rows of a
+ * hidden size (not a per-head norm), read by GEMMs of bf16 weights. */
+static bool pack_norm(const mc_cuda *c, const float *out, int T, int D) {
+    return out && cu_pack_rows(c, T) && D >= 256 && c->shadow_hint == MC_BF16;
+}
+
 void cu_rmsnorm(mc_backend *be, void *out, const void *x, mc_wt w, int T, int D, float eps) {
     mc_cuda *c = cu_ctx(be);
     RmsArgs a;
@@ -203,7 +212,14 @@ void cu_rmsnorm(mc_backend *be, void *out, const void *x, mc_wt w, int T, int D,
     a.w = w.data;
     a.wdt = (int)w.dtype;
     a.wpre = cu_is_frozen(c, w.data, (size_t)D * mc_dtype_size(w.dtype)) ? 1 : 0;
-    a.sh = (__nv_bfloat16 *)cu_shadow_for(c, out, n, T);
+    if (pack_norm(c, (const float *)out, T, D) && !cu_f32_overlap(a.out, n, a.x, n) &&
+        (!a.delta || !cu_f32_overlap(a.out, n, a.delta, n)) &&
+        (!a.src || !cu_f32_overlap(a.out, n, a.src, n)) && cu_pack_claim(c, a.out, n)) {
+        a.sh = (__nv_bfloat16 *)out; /* packed: bf16 only */
+        a.out = NULL;
+    } else {
+        a.sh = (__nv_bfloat16 *)cu_shadow_for(c, out, n, T);
+    }
     a.T = T;
     a.D = D;
     a.eps = eps;
@@ -224,6 +240,10 @@ void cu_rmsnorm_backward(mc_backend *be, void *dx, void *xn, const void *dy, con
     memset(&a, 0, sizeof a);
     a.out = (float *)dx;
     a.xn = (float *)xn;
+    if (xn && pack_norm(c, (const float *)xn, T, D) && cu_pack_claim(c, a.xn, n)) {
+        a.xn16 = (__nv_bfloat16 *)xn; /* packed (xn overlaps no other buffer) */
+        a.xn = NULL;
+    }
     a.x = (float *)x; /* read only */
     a.dy = (const float *)dy;
     a.w = w.data;

@@ -170,8 +170,7 @@ mc_status cu_linear_xent(mc_backend *be, void *dh, double *loss_sum, const void 
     size_t R;
     int r0;
     if (T <= 0) return cu_take_error(c);
-    cu_unpack(c, h, (size_t)T * (size_t)D * sizeof(float));
-    c->shadow_hint = w.dtype;
+    c->shadow_hint = w.dtype; /* h is read through cu_act_as (packed or f32) */
     /* bf16 logits: rows of a multiple of 4 (8-byte aligned for the four-at-a-time loads),
      * and the cuBLASLt gradient GEMM (the sliced one keeps f32 partial sums in this buffer) */
     const bool l16 = w.dtype == MC_BF16 && c->lt_on && c->xent16 && V % 4 == 0;

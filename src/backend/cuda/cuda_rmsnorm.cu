@@ -53,7 +53,9 @@ static __device__ __forceinline__ void rms_load_w(float (&wv)[E > 0 ? E : 1], co
  * every load is issued before any is used (decode rows are latency-bound), the weights
  * before cu_dep_wait() when frozen; E == 0: any D, the second pass reads x again. The sums
  * run in the same order either way. */
-template <int G, int E, bool SRC>
+/* PK: the result goes only to sh (a packed output, a.out NULL): a variant of its own, so
+ * the decode-sized kernels keep their code. */
+template <int G, int E, bool SRC, bool PK>
 static __global__ void rmsnorm_kernel(const RmsArgs a) {
     const int rows = blockDim.x / G, g = threadIdx.x / G, l = threadIdx.x % G;
     float wv[E > 0 ? E : 1];
@@ -64,7 +66,7 @@ static __global__ void rmsnorm_kernel(const RmsArgs a) {
     if (t >= a.T) return; /* only when G == 32: no barriers below */
     float *xr = a.x + (size_t)t * a.D;
     const float *xin = SRC ? a.src + (size_t)t * a.D : xr; /* the row before the add */
-    float *orow = a.out ? a.out + (size_t)t * a.D : NULL;
+    float *orow = PK ? NULL : a.out + (size_t)t * a.D;
     float ss = 0.0f;
     if (E > 0) {
         if (!a.wpre) rms_load_w<G, E>(wv, a, l); /* issued with the row's loads */
@@ -101,7 +103,7 @@ static __global__ void rmsnorm_kernel(const RmsArgs a) {
             const int d = l + i * G;
             if (d < a.D) {
                 float o = __fmul_rn(__fmul_rn(v[i], r), wv[i]);
-                if (orow) orow[d] = o;
+                if (!PK) orow[d] = o;
                 if (a.sh) a.sh[(size_t)t * a.D + d] = __float2bfloat16(o);
             }
         }
@@ -124,7 +126,7 @@ static __global__ void rmsnorm_kernel(const RmsArgs a) {
     const float r = rms_recip(ss, a.D, a.eps);
     for (int d = l; d < a.D; d += G) {
         float o = __fmul_rn(__fmul_rn(xr[d], r), cu_load_w(a.w, a.wdt, (size_t)d));
-        if (orow) orow[d] = o;
+        if (!PK) orow[d] = o;
         if (a.sh) a.sh[(size_t)t * a.D + d] = __float2bfloat16(o);
     }
 }
@@ -161,11 +163,18 @@ static __global__ void rmsnorm_bwd_kernel(const RmsArgs a) {
 }
 
 /* The forward for rows of D elements, with a.src (SRC) or without. */
+template <int G, bool SRC, bool PK>
+static void launch_pk(mc_cuda *c, const RmsArgs &a, dim3 grid, dim3 block) {
+    if (a.D <= G * 8) cu_launch(c, rmsnorm_kernel<G, 8, SRC, PK>, grid, block, 0, a, "rmsnorm");
+    else if (a.D <= G * 16)
+        cu_launch(c, rmsnorm_kernel<G, 16, SRC, PK>, grid, block, 0, a, "rmsnorm");
+    else cu_launch(c, rmsnorm_kernel<G, 0, SRC, PK>, grid, block, 0, a, "rmsnorm");
+}
+
 template <int G, bool SRC>
 static void launch_src(mc_cuda *c, const RmsArgs &a, dim3 grid, dim3 block) {
-    if (a.D <= G * 8) cu_launch(c, rmsnorm_kernel<G, 8, SRC>, grid, block, 0, a, "rmsnorm");
-    else if (a.D <= G * 16) cu_launch(c, rmsnorm_kernel<G, 16, SRC>, grid, block, 0, a, "rmsnorm");
-    else cu_launch(c, rmsnorm_kernel<G, 0, SRC>, grid, block, 0, a, "rmsnorm");
+    if (a.out) launch_pk<G, SRC, false>(c, a, grid, block);
+    else launch_pk<G, SRC, true>(c, a, grid, block);
 }
 
 template <int G>

@@ -147,12 +147,13 @@ static size_t swiglu_n4(const SwigluArgs<S> &a) {
 }
 
 /* ---- SwiGLU with the rank-r LoRA updates of its inputs (cu_pending lora) ----
- * A block takes LS_TM rows x LS_TN columns; warp w the 4 rows 4w..4w+3, each lane 4 columns
- * of them. The updates' A rows (as[k][row]: one 16-byte load gives a warp's 4 rows) and
- * op(B) columns of the tile are staged in shared memory; each element adds alpha * (its
- * row of A . its column of op(B)), summed in f32 over k, then the SwiGLU (or its backward)
- * runs on the updated values. */
-enum { LS_TM = 32, LS_TN = 128, LS_KMAX = 32 };
+ * A block takes 32 SUB rows x LS_TN columns; warp w the 4 rows 4w..4w+3 of each 32 (SUB
+ * groups: the forward's two updates stage twice the columns of B, which then serve twice
+ * the rows), each lane 4 columns of them. The updates' A rows (as[k][row]: one 16-byte
+ * load gives a warp's 4 rows) and op(B) columns of the tile are staged in shared memory;
+ * each element adds alpha * (its row of A . its column of op(B)), summed in f32 over k,
+ * then the SwiGLU (or its backward) runs on the updated values. */
+enum { LS_TN = 128 }; /* ranks up to 32 (lora_hold); KM (16 or 32) sizes the staging */
 
 template <typename S>
 struct LoraSwArgs {
@@ -165,12 +166,12 @@ struct LoraSwArgs {
     int M, N;
 };
 
-/* Stages update u's A rows [m0, m0 + LS_TM) as as[k][row] and its op(B) columns [n0, n0 +
+/* Stages update u's A rows [m0, m0 + TM) as as[k][row] and its op(B) columns [n0, n0 +
  * LS_TN) as bs[k][col] (zeros past the ends). */
+template <int TM>
 static __device__ __forceinline__ void ls_stage(const cu_lora_upd &u, int M, int N, int m0,
-                                                int n0, float (*as)[LS_TM],
-                                                float (*bs)[LS_TN]) {
-    for (int i = threadIdx.x; i < LS_TM * u.K; i += blockDim.x) {
+                                                int n0, float (*as)[TM], float (*bs)[LS_TN]) {
+    for (int i = threadIdx.x; i < TM * u.K; i += blockDim.x) {
         const int r = i / u.K, k = i % u.K, m = m0 + r;
         as[k][r] = m < M ? u.A[(size_t)m * u.lda + k] : 0.0f;
     }
@@ -189,7 +190,8 @@ static __device__ __forceinline__ void ls_stage(const cu_lora_upd &u, int M, int
 }
 
 /* acc[i] = sum_k as[k][r0 + i] bs[k][c0 .. c0 + 4), i < 4. */
-static __device__ __forceinline__ void ls_dot(float4 (&acc)[4], const float (*as)[LS_TM],
+template <int TM>
+static __device__ __forceinline__ void ls_dot(float4 (&acc)[4], const float (*as)[TM],
                                               const float (*bs)[LS_TN], int r0, int c0, int K) {
 #pragma unroll
     for (int i = 0; i < 4; i++) acc[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
@@ -215,49 +217,52 @@ static __device__ __forceinline__ void ls_axpy(float4 &v, float alpha, const flo
     v.w = fmaf(alpha, acc.w, v.w);
 }
 
-template <bool BWD, typename S>
+template <bool BWD, typename S, int SUB, int KM>
 static __global__ void __launch_bounds__(256) lora_swiglu_kernel(const LoraSwArgs<S> a) {
-    constexpr int NU = BWD ? 1 : 2; /* updates */
-    __shared__ __align__(16) float as[NU][LS_KMAX][LS_TM];
-    __shared__ __align__(16) float bs[NU][LS_KMAX][LS_TN];
-    const int m0 = blockIdx.y * LS_TM, n0 = blockIdx.x * LS_TN;
-    const int lane = threadIdx.x & 31, r0 = (threadIdx.x >> 5) * 4, c0 = lane * 4;
+    constexpr int NU = BWD ? 1 : 2, TM = 32 * SUB; /* updates, rows */
+    __shared__ __align__(16) float as[NU][KM][TM];
+    __shared__ __align__(16) float bs[NU][KM][LS_TN];
+    const int m0 = blockIdx.y * TM, n0 = blockIdx.x * LS_TN;
+    const int lane = threadIdx.x & 31, c0 = lane * 4;
     float4 acc[NU][4];
     cu_dep_wait();
-    for (int e = 0; e < NU; e++) ls_stage(a.u[e], a.M, a.N, m0, n0, as[e], bs[e]);
+    for (int e = 0; e < NU; e++) ls_stage<TM>(a.u[e], a.M, a.N, m0, n0, as[e], bs[e]);
     __syncthreads();
     const int n = n0 + c0;
     if (n >= a.N) return; /* N % 4 == 0: a group of four is all in or all out */
+    for (int sub = 0; sub < SUB; sub++) {
+        const int r0 = 32 * sub + (threadIdx.x >> 5) * 4;
 #pragma unroll
-    for (int e = 0; e < NU; e++) ls_dot(acc[e], as[e], bs[e], r0, c0, a.u[e].K);
+        for (int e = 0; e < NU; e++) ls_dot<TM>(acc[e], as[e], bs[e], r0, c0, a.u[e].K);
 #pragma unroll
-    for (int i = 0; i < 4; i++) {
-        const int m = m0 + r0 + i;
-        if (m >= a.M) break;
-        const size_t q = ((size_t)m * a.N + n) / 4;
-        float4 g = ld4cs(a.gate, q);
-        float4 u = ld4cs(a.up, q);
-        if constexpr (!BWD) {
-            ls_axpy(g, a.u[0].alpha, acc[0][i]);
-            ls_axpy(u, a.u[1].alpha, acc[1][i]);
-            st4(a.gate, q, g);
-            st4(a.up, q, u);
-            const float4 h = make_float4(swiglu_fwd(g.x, u.x), swiglu_fwd(g.y, u.y),
-                                         swiglu_fwd(g.z, u.z), swiglu_fwd(g.w, u.w));
-            st4(a.out, q, h);
-            if (a.sh0) store_bf16x4(a.sh0, q, h);
-        } else {
-            float4 d = ld4(a.dout, q), dg, du, h;
-            ls_axpy(d, a.u[0].alpha, acc[0][i]);
+        for (int i = 0; i < 4; i++) {
+            const int m = m0 + r0 + i;
+            if (m >= a.M) break;
+            const size_t q = ((size_t)m * a.N + n) / 4;
+            float4 g = ld4cs(a.gate, q);
+            float4 u = ld4cs(a.up, q);
+            if constexpr (!BWD) {
+                ls_axpy(g, a.u[0].alpha, acc[0][i]);
+                ls_axpy(u, a.u[1].alpha, acc[1][i]);
+                st4(a.gate, q, g);
+                st4(a.up, q, u);
+                const float4 h = make_float4(swiglu_fwd(g.x, u.x), swiglu_fwd(g.y, u.y),
+                                             swiglu_fwd(g.z, u.z), swiglu_fwd(g.w, u.w));
+                st4(a.out, q, h);
+                if (a.sh0) store_bf16x4(a.sh0, q, h);
+            } else {
+                float4 d = ld4(a.dout, q), dg, du, h;
+                ls_axpy(d, a.u[0].alpha, acc[0][i]);
 #pragma unroll
-            for (int j = 0; j < 4; j++)
-                swiglu_bwd(f4_at(g, j), f4_at(u, j), f4_at(d, j), f4_at(dg, j), f4_at(du, j),
-                           f4_at(h, j));
-            if (a.h) st4(a.h, q, h);
-            st4(a.dup, q, du);
-            st4(a.out, q, dg);
-            if (a.sh0) store_bf16x4(a.sh0, q, dg);
-            if (a.sh1) store_bf16x4(a.sh1, q, du);
+                for (int j = 0; j < 4; j++)
+                    swiglu_bwd(f4_at(g, j), f4_at(u, j), f4_at(d, j), f4_at(dg, j), f4_at(du, j),
+                               f4_at(h, j));
+                if (a.h) st4(a.h, q, h);
+                st4(a.dup, q, du);
+                st4(a.out, q, dg);
+                if (a.sh0) store_bf16x4(a.sh0, q, dg);
+                if (a.sh1) store_bf16x4(a.sh1, q, du);
+            }
         }
     }
 }
@@ -335,16 +340,24 @@ static SwigluArgs<__nv_bfloat16> sw16(const SwigluArgs<float> &a) {
     return b;
 }
 
+/* The folded SwiGLU of staging for ranks up to KM: the forward in blocks of 64 rows. */
+template <typename S, int KM>
+static void lora_swiglu_km(mc_cuda *c, const LoraSwArgs<S> &a, bool bwd) {
+    const bool b16 = sizeof(S) == 2;
+    const unsigned gx = (unsigned)((a.N + LS_TN - 1) / LS_TN);
+    if (bwd)
+        cu_launch(c, lora_swiglu_kernel<true, S, 1, KM>, dim3(gx, (unsigned)((a.M + 31) / 32)),
+                  dim3(256), 0, a, b16 ? "swiglu_backward+lora bf16" : "swiglu_backward+lora");
+    else
+        cu_launch(c, lora_swiglu_kernel<false, S, 2, KM>, dim3(gx, (unsigned)((a.M + 63) / 64)),
+                  dim3(256), 0, a, b16 ? "swiglu+lora bf16" : "swiglu+lora");
+}
+
 template <typename S>
 static void lora_swiglu_launch(mc_cuda *c, const LoraSwArgs<S> &a, bool bwd) {
-    const dim3 grid((unsigned)((a.N + LS_TN - 1) / LS_TN), (unsigned)((a.M + LS_TM - 1) / LS_TM));
-    const bool b16 = sizeof(S) == 2;
-    if (bwd)
-        cu_launch(c, lora_swiglu_kernel<true, S>, grid, dim3(256), 0, a,
-                  b16 ? "swiglu_backward+lora bf16" : "swiglu_backward+lora");
-    else
-        cu_launch(c, lora_swiglu_kernel<false, S>, grid, dim3(256), 0, a,
-                  b16 ? "swiglu+lora bf16" : "swiglu+lora");
+    const int km = bwd || a.u[1].K < a.u[0].K ? a.u[0].K : a.u[1].K;
+    if (km <= 16) lora_swiglu_km<S, 16>(c, a, bwd);
+    else lora_swiglu_km<S, 32>(c, a, bwd);
 }
 
 /* A forward (bwd false) or backward SwiGLU of a's operands, in f32 or on packed ones. */

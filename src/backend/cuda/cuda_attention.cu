@@ -358,27 +358,31 @@ struct FlashBatchArgs {
     cu_att_seg seg[CU_ATT_BATCH];
 };
 
-/* This block's segment (blockIdx.z) and tile (rows from t0 = 64 blockIdx.x), false past
- * the segment's rows; qo and ko: element offsets of the segment's first row in buffers of
- * Hq and Hkv heads. */
+/* This block's segment (blockIdx.x / Hq), head h (blockIdx.x % Hq) and tile (rows from
+ * t0 = 64 i), false past the segment's rows. Tiles go out longest first, so the causal
+ * tiles with the most work do not start last: i = blockIdx.y in the backward (key tile i
+ * meets the query tiles from i on), the last tile first in the forward (rev). qo and ko:
+ * element offsets of the segment's first row in buffers of Hq and Hkv heads. */
 template <int HD>
-static __device__ __forceinline__ bool seg_tile(const cu_att_seg *seg, int Hq, int Hkv,
-                                                cu_att_seg &sg, int &t0, size_t &qo, size_t &ko) {
-    sg = seg[blockIdx.z];
-    t0 = blockIdx.x * 64;
+static __device__ __forceinline__ bool seg_tile(const cu_att_seg *seg, int Hq, int Hkv, bool rev,
+                                                cu_att_seg &sg, int &t0, int &h, size_t &qo,
+                                                size_t &ko) {
+    sg = seg[blockIdx.x / Hq];
+    h = (int)(blockIdx.x % Hq);
+    t0 = (int)(rev ? gridDim.y - 1 - blockIdx.y : blockIdx.y) * 64;
     qo = (size_t)sg.r0 * Hq * HD;
     ko = (size_t)sg.r0 * Hkv * HD;
     return t0 < sg.T;
 }
 
-/* Grid (query tiles of the longest segment, Hq, segments). */
+/* Grid (Hq x segments, query tiles of the longest segment): see seg_tile. */
 template <int HD, bool KB>
 static __global__ void __launch_bounds__(128) flash_fwd_batch_kernel(const FlashBatchArgs b) {
     cu_dep_wait();
     cu_att_seg sg;
-    int qt0;
+    int qt0, h;
     size_t qo, ko;
-    if (!seg_tile<HD>(b.seg, b.Hq, b.Hkv, sg, qt0, qo, ko)) return;
+    if (!seg_tile<HD>(b.seg, b.Hq, b.Hkv, true, sg, qt0, h, qo, ko)) return;
     FlashArgs a;
     a.out = b.out + qo;
     a.sh = b.sh ? b.sh + qo : nullptr;
@@ -395,7 +399,7 @@ static __global__ void __launch_bounds__(128) flash_fwd_batch_kernel(const Flash
     a.Hq = b.Hq;
     a.Hkv = b.Hkv;
     a.scale_log2 = b.scale_log2;
-    flash_fwd_tile<HD, KB>(a, qt0, blockIdx.y);
+    flash_fwd_tile<HD, KB>(a, qt0, h);
 }
 
 /* ---- row (decode) forward ---- */
@@ -926,14 +930,14 @@ static __global__ void __launch_bounds__(128) flash_bwd_kernel(const BwdArgs a) 
     flash_bwd_tile<HD, BMQ>(a, blockIdx.x * 64, blockIdx.y);
 }
 
-/* Grid (tiles of the longest segment, Hq, segments). */
+/* Grid (Hq x segments, key tiles of the longest segment): see seg_tile. */
 template <int HD, int BMQ>
 static __global__ void __launch_bounds__(128) flash_bwd_batch_kernel(const BwdBatchArgs b) {
     cu_dep_wait();
     cu_att_seg sg;
-    int n0;
+    int n0, h;
     size_t qo, ko;
-    if (!seg_tile<HD>(b.seg, b.Hq, b.Hkv, sg, n0, qo, ko)) return;
+    if (!seg_tile<HD>(b.seg, b.Hq, b.Hkv, false, sg, n0, h, qo, ko)) return;
     BwdArgs a;
     a.dq = b.dq + qo;
     a.dk = b.dk + ko;
@@ -950,7 +954,7 @@ static __global__ void __launch_bounds__(128) flash_bwd_batch_kernel(const BwdBa
     a.ldd = b.ldd;
     a.scale = b.scale;
     a.scale_log2 = b.scale_log2;
-    flash_bwd_tile<HD, BMQ>(a, n0, blockIdx.y);
+    flash_bwd_tile<HD, BMQ>(a, n0, h);
 }
 
 /* ---- plain backward for other head sizes ---- */
@@ -1183,11 +1187,11 @@ static void att_batch_push(mc_cuda *c, int kind, float *lse, int T) {
     c->pend.kind = kind;
 }
 
-/* The grid of a batch kernel: 64-row tiles of the longest segment, heads, segments. */
+/* The grid of a batch kernel: heads of each segment, 64-row tiles of the longest (seg_tile). */
 static dim3 att_batch_grid(const cu_att_seg *seg, int n, int Hq) {
     int rows = 0;
     for (int i = 0; i < n; i++) rows = seg[i].T > rows ? seg[i].T : rows;
-    return dim3((unsigned)((rows + 63) / 64), (unsigned)Hq, (unsigned)n);
+    return dim3((unsigned)(Hq * n), (unsigned)((rows + 63) / 64));
 }
 
 /* Adds a forward from position 0 that keeps its statistics in lse to the pending batch, or

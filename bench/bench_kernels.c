@@ -141,7 +141,7 @@ static double time_matmul(mc_backend *be, int M, const wset *ws, int reps, bw_pa
     warm_up(be->n_threads);
     if (pair) pair->best_bw = 0;
     for (int r = 0; r < reps + 1; r++) {
-        mc_wt W = {ws->w[r % ws->n], MC_BF16}, B = {NULL, MC_F32};
+        mc_wt W = {ws->w[r % ws->n], MC_BF16, false}, B = {NULL, MC_F32, false};
         double t, bw = pair ? bandwidth_like(be->n_threads, wbytes) : 0;
         t = mc_time_now();
         be->matmul(be, o, N, x, W, B, M, N, K);
@@ -217,7 +217,7 @@ static void bench_prefill(mc_backend *be, int nt, const wset *up, const wset *do
         float *x = alloc_f32((size_t)M * K), *wf = alloc_f32((size_t)N * K);
         float *o = alloc_f32((size_t)M * N);
         double fl = 2.0 * M * N * K, bb = 0, bs = 0, ratio[ROUNDS];
-        mc_wt W = {sets[s]->w[0], MC_BF16}, B = {NULL, MC_F32};
+        mc_wt W = {sets[s]->w[0], MC_BF16, false}, B = {NULL, MC_F32, false};
         fill(x, (size_t)M * K);
         mc_convert_to_f32(wf, sets[s]->w[0], MC_BF16, (size_t)N * K);
         warm_up(nt);
@@ -282,7 +282,7 @@ static void bench_elementwise(mc_backend *be) {
     float *a = alloc_f32(n), *b = alloc_f32(n), *o = alloc_f32(n);
     uint16_t *w = make_bf16((size_t)D);
     int32_t *pos = malloc((size_t)T * sizeof(int32_t));
-    mc_wt W = {w, MC_BF16};
+    mc_wt W = {w, MC_BF16, false};
     double t0, tr = 1e30, ts = 1e30, tp = 1e30, ta = 1e30;
     if (!pos) exit(1);
     fill(a, n);

@@ -18,10 +18,14 @@
 #include "../core/core.h"
 
 /* A weight tensor on the device: data in its stored dtype. data == NULL means "absent"
- * (e.g. no bias). */
+ * (e.g. no bias). mlp marks an MLP projection (gate, up or down): a device backend may hold
+ * the wide activations of its products (the gate and up outputs, the down projection's
+ * input gradient) at bf16 precision; other products (q/k/v/o, the vocabulary's logits)
+ * keep the activation dtype's. */
 typedef struct mc_wt {
     const void *data;
     mc_dtype dtype;
+    bool mlp;
 } mc_wt;
 
 typedef struct mc_backend mc_backend;

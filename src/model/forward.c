@@ -236,7 +236,7 @@ static void mlp_block(mc_fwd *f, int l, int T) {
     mc_backend *be = m->be;
     const mc_layer_w *w = &m->layers[l];
     mc_dims d = mc_model_dims(m);
-    mc_wt none = {NULL, MC_F32};
+    mc_wt none = {NULL, MC_F32, false};
     be->rmsnorm(be, f->xn, f->x, w->mlp_norm, T, d.D, (float)m->cfg.rms_norm_eps);
     {
         const mc_lora_module which[2] = {MC_LM_GATE, MC_LM_UP};
@@ -258,7 +258,7 @@ static mc_status run_rows(mc_fwd *f, const row_plan *rp, const int32_t *ids, mc_
     const mc_model *m = f->m;
     mc_backend *be = m->be;
     mc_dims d = mc_model_dims(m);
-    mc_wt none = {NULL, MC_F32};
+    mc_wt none = {NULL, MC_F32, false};
     size_t ids_bytes = (size_t)rp->T * sizeof(int32_t);
     mc_status s = MC_OK;
     int l, r;

@@ -52,6 +52,7 @@ static mc_status bind(mc_model *m, const char *name, int64_t rows, int64_t cols,
     want[1] = cols;
     out->data = NULL;
     out->dtype = MC_F32;
+    out->mlp = false;
     if (!t) {
         if (optional) return MC_OK;
         return mc_fail(MC_ERR_MISSING_TENSOR, "tensor '%s' is missing from the checkpoint", name);
@@ -111,6 +112,7 @@ static mc_status bind_layer(mc_model *m, int i, mc_layer_w *w) {
     BIND("mlp.up_proj.weight", d.F, d.D, false, &w->up_w);
     BIND("mlp.down_proj.weight", d.D, d.F, false, &w->down_w);
 #undef BIND
+    w->gate_w.mlp = w->up_w.mlp = w->down_w.mlp = true;
     return s;
 }
 

@@ -344,7 +344,7 @@ static void layer_fwd(mc_trainer_core *c, const mc_batch *b, int l, const void *
     int N = b->N;
     size_t nd = (size_t)N * (size_t)d.D;
     float eps = (float)m->cfg.rms_norm_eps, theta = (float)m->cfg.rope_theta;
-    mc_wt none = {NULL, MC_F32};
+    mc_wt none = {NULL, MC_F32, false};
     mc_layer_acts *t = &c->work;
 
     be->rmsnorm(be, t->xn1, x_in, w->attn_norm, N, d.D, eps);

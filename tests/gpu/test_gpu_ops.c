@@ -104,6 +104,7 @@ static wpair make_w(mc_dtype t, size_t n, float scale) {
     w.cpu.dtype = t;
     w.gpu.data = dev;
     w.gpu.dtype = t;
+    w.cpu.mlp = w.gpu.mlp = false;
     return w;
 }
 
@@ -228,7 +229,7 @@ static void test_matmul(void) {
                 bool with_bias = (mi + nk) % 2 == 0;
                 wpair w = make_w(dts[di], (size_t)N * K, 0.05f);
                 wpair b = make_w(dts[di], (size_t)N, 0.5f);
-                mc_wt nob = {NULL, MC_F32};
+                mc_wt nob = {NULL, MC_F32, false};
                 size_t no = (size_t)M * ldo;
                 float *x = frand((size_t)M * K, 1.0f), *want = fnan(no), *got = fnan(no);
                 float *dx = dputf(x, (size_t)M * K), *dout = dputf(got, no);
@@ -423,7 +424,7 @@ static void test_gemm_f32_bf16(void) {
     void *dP = dputf(P, (size_t)16 * W), *dO = dputf(o, (size_t)T * 8);
     wpair w = make_w(MC_BF16, (size_t)8 * W, 0.1f);
     /* a bf16 GEMM on X leaves X's bf16 copy */
-    g_cu->matmul(g_cu, dO, 8, dX, w.gpu, (mc_wt){NULL, MC_F32}, T, 8, W);
+    g_cu->matmul(g_cu, dO, 8, dX, w.gpu, (mc_wt){NULL, MC_F32, false}, T, 8, W);
     gemm16_case("bf16 x A^T (rows: X [512,192] by P^T)", false, true, T, 16, W, X, W, dX, P, W,
                 dP, 1e-5, true);
     for (int k = 0; k < 2; k++) {
@@ -445,7 +446,7 @@ static void test_gemm_f32_bf16(void) {
     memcpy(X, Y, (size_t)T * R * sizeof(float));
     gemm16_case("  after a write to x: TF32", true, false, W, 16, T, X, W, dX, Yc, R, dY, 2e-3,
                 false);
-    g_cu->matmul(g_cu, dO, 8, dX, w.gpu, (mc_wt){NULL, MC_F32}, T, 8, W);
+    g_cu->matmul(g_cu, dO, 8, dX, w.gpu, (mc_wt){NULL, MC_F32, false}, T, 8, W);
     gemm16_case("  x converted again: bf16", true, false, W, 16, T, X, W, dX, Yc, R, dY, 1e-5,
                 true);
     CHECK_OK(g_cu->sync(g_cu));
@@ -567,9 +568,10 @@ static void test_packed(void) {
     const int M = 320, D = 64, F = 192, r = 16, W = 2 * r;
     const size_t nF = (size_t)M * F, nD = (size_t)M * D;
     const float s = 2.0f;
-    const mc_wt nob = {NULL, MC_F32};
+    const mc_wt nob = {NULL, MC_F32, false};
     wpair wg = make_w(MC_BF16, (size_t)F * D, 0.1f), wu = make_w(MC_BF16, (size_t)F * D, 0.1f);
     wpair wd = make_w(MC_BF16, (size_t)D * F, 0.1f);
+    wg.gpu.mlp = wu.gpu.mlp = wd.gpu.mlp = true; /* MLP projections: their products pack */
     float *x = frand(nD, 1.0f), *xa = frand((size_t)M * W, 1.0f), *dy = frand(nD, 1.0f);
     float *Bg = frand((size_t)F * r, 0.1f), *Bu = frand((size_t)F * r, 0.1f);
     float *t = frand((size_t)M * r, 1.0f), *Ad = frand((size_t)r * F, 0.1f);
@@ -655,6 +657,37 @@ static void test_packed(void) {
     g_cu->add(g_cu, d_dx, d_y, nD); /* any other op */
     dget(got, d_u, nF);
     cmp("packed: up after an update launched on its own (bf16)", got, u, nF, 1e-2);
+    {
+        /* a rank-48 update of a packed output (not held: ranks over 32) runs in bf16 too,
+         * with nothing expanded; a widening product of a weight that is not an MLP
+         * projection (a vocabulary's logits) is not packed */
+        int live0 = 0, live1 = 0;
+        g_cu->matmul(g_cu, d_u, F, d_x, wu.gpu, nob, M, F, D);
+        g_ref->matmul(g_ref, u, F, x, wu.cpu, nob, M, F, D);
+        const int R3 = 3 * r;
+        float *x3 = frand((size_t)M * R3, 1.0f), *B3 = frand((size_t)F * R3, 0.1f);
+        void *d_x3 = dputf(x3, (size_t)M * R3), *d_B3 = dputf(B3, (size_t)F * R3);
+        const long un1 = mc_cuda_packed_stats(g_cu, &live0);
+        g_cu->gemm_f32(g_cu, false, true, M, F, R3, s, d_x3, R3, d_B3, R3, 1.0f, d_u, F);
+        g_ref->gemm_f32(g_ref, false, true, M, F, R3, s, x3, R3, B3, R3, 1.0f, u, F);
+        CHECK_INT((int)(mc_cuda_packed_stats(g_cu, &live1) - un1), 0);
+        CHECK_INT(live1, live0);
+        dget(got, d_u, nF);
+        cmp("packed: up after a rank-48 update (bf16)", got, u, nF, 1e-2);
+        dfree(d_x3);
+        dfree(d_B3);
+        free(x3);
+        free(B3);
+        wpair wv = make_w(MC_BF16, (size_t)F * D, 0.1f); /* mlp false */
+        (void)mc_cuda_packed_stats(g_cu, &live0);
+        g_cu->matmul(g_cu, d_h, F, d_x, wv.gpu, nob, M, F, D);
+        g_ref->matmul(g_ref, h, F, x, wv.cpu, nob, M, F, D);
+        (void)mc_cuda_packed_stats(g_cu, &live1);
+        CHECK_INT(live1, live0); /* none made */
+        dget(got, d_h, nF);
+        cmp("  a widening product of a non-MLP weight (f32)", got, h, nF, 1e-2);
+        free_w(&wv);
+    }
     {
         /* RMSNorm outputs of hidden-size rows are packed too: the forward's, read by a GEMM,
          * and the xn the backward gives, read by a LoRA A gradient's sum over rows */
@@ -1182,7 +1215,7 @@ static void test_gemm_choice(void) {
     const size_t no = (size_t)M * N;
     mc_backend *keep = g_cu, *plain = NULL;
     wpair w = make_w(MC_BF16, (size_t)N * K, 0.05f);
-    mc_wt nob = {NULL, MC_F32};
+    mc_wt nob = {NULL, MC_F32, false};
     float *x = frand((size_t)M * K, 1.0f), *r[3];
     float *dx = dputf(x, (size_t)M * K), *dout = dputf(x, no);
     for (int i = 0; i < 3; i++) {
@@ -1227,7 +1260,7 @@ typedef struct layer_bufs {
 /* x += attention block; x += MLP block, for the token at position pos (HF Qwen2 order). */
 static void layer_step(mc_backend *be, layer_bufs *b, int pos, float *x_host) {
     const int kv = LHKV * LHD, qd = LHQ * LHD;
-    mc_wt none = {NULL, MC_F32};
+    mc_wt none = {NULL, MC_F32, false};
     int32_t p = pos;
     CHECK_OK(be->to_device(be, b->pos, &p, sizeof p));
     be->rmsnorm(be, b->xn, b->x, b->wn1, 1, LD, 1e-6f);
@@ -1456,6 +1489,7 @@ static mc_wt bf16_up(const void *h, size_t n) {
     CHECK_OK(g_cu->weights(g_cu, h, n * 2, &dev));
     w.data = dev;
     w.dtype = MC_BF16;
+    w.mlp = false;
     return w;
 }
 

@@ -128,7 +128,7 @@ static void test_embedding(void) {
     for (int di = 0; di < 3; di++) {
         float *vals;
         void *table = make_weight(k_dtypes[di], (size_t)V * D, 1.0f, &vals);
-        mc_wt wt = {table, k_dtypes[di]};
+        mc_wt wt = {table, k_dtypes[di], false};
         for (int t = 0; t < T; t++)
             memcpy(want + (size_t)t * D, vals + (size_t)ids[t] * D, (size_t)D * sizeof(float));
         for (int b = -1; b < N_FAST; b++) {
@@ -167,7 +167,7 @@ static void test_rmsnorm(void) {
                 float eps = 1e-6f;
                 float *x = falloc(n), *o = falloc(n), *ref = falloc(n), *want = falloc(n), *wv;
                 void *w = make_weight(k_dtypes[di], (size_t)D, 1.0f, &wv);
-                mc_wt wt = {w, k_dtypes[di]};
+                mc_wt wt = {w, k_dtypes[di], false};
                 fill_normal(x, n, 3.0f);
                 rmsnorm_direct(want, x, wv, T, D, eps);
                 poison(ref, n);
@@ -208,7 +208,7 @@ static void matmul_case(int M, int N, int K, int ldo, mc_dtype wt_t, int bias_t)
     float *wv, *bv = NULL;
     void *w = make_weight(wt_t, (size_t)N * K, 0.5f, &wv);
     void *b = bias_t >= 0 ? make_weight((mc_dtype)bias_t, (size_t)N, 1.0f, &bv) : NULL;
-    mc_wt W = {w, wt_t}, B = {b, bias_t >= 0 ? (mc_dtype)bias_t : MC_F32};
+    mc_wt W = {w, wt_t, false}, B = {b, bias_t >= 0 ? (mc_dtype)bias_t : MC_F32, false};
     fill_normal(x, (size_t)M * K, 1.0f);
     for (int m = 0; m < M; m++)
         for (int n = 0; n < N; n++) {
@@ -301,7 +301,7 @@ static void multi_case(int M, int K, const int *Ns, int n) {
         poison(got, total);
         poison(want, total);
         for (int i = 0; i < n; i++) {
-            mc_wt W = {w[i], wt[i]}, B = {b[i], MC_BF16};
+            mc_wt W = {w[i], wt[i], false}, B = {b[i], MC_BF16, false};
             o[i].out = got + off[i];
             o[i].ldo = (int)ld;
             o[i].N = Ns[i];
@@ -345,7 +345,7 @@ static void test_matmul_concurrent(void) {
     const int M = 48, N = 300, K = 200;
     float *x = falloc((size_t)M * K), *ref = falloc((size_t)M * N), *o[4], *wv;
     void *w = make_weight(MC_BF16, (size_t)N * K, 0.5f, &wv);
-    mc_wt W = {w, MC_BF16}, B = {NULL, MC_F32};
+    mc_wt W = {w, MC_BF16, false}, B = {NULL, MC_F32, false};
     fill_normal(x, (size_t)M * K, 1.0f);
     g_ref->matmul(g_ref, ref, N, x, W, B, M, N, K);
     for (int i = 0; i < 4; i++) {

@@ -100,7 +100,7 @@ typedef struct mm_ctx {
 
 static double mm_loss(const void *ctx, const float *x) {
     const mm_ctx *c = ctx;
-    mc_wt none = {NULL, MC_F32};
+    mc_wt none = {NULL, MC_F32, false};
     float *y = falloc((size_t)c->M * (size_t)c->N);
     double l;
     g_ref->matmul(g_ref, y, c->N, x, c->w, none, c->M, c->N, c->K);
@@ -116,7 +116,7 @@ static void test_grad_matmul_dx(void) {
                    *num = falloc(M * K);
         float *base = falloc(M * K);
         void *w = make_weight(k_dtypes[di], (size_t)N * K, 0.5f, &wv);
-        mm_ctx c = {{w, k_dtypes[di]}, R, M, N, K};
+        mm_ctx c = {{w, k_dtypes[di], false}, R, M, N, K};
         fill_normal(x, M * K, 1.0f);
         fill_normal(R, M * N, 1.0f);
         fd_grad(mm_loss, &c, x, M * K, 1e-2f, num);
@@ -165,7 +165,7 @@ static void test_grad_rmsnorm(void) {
                    *num = falloc(T * D);
         float *base = falloc(T * D);
         void *w = make_weight(k_dtypes[di], D, 1.0f, &wv);
-        rms_ctx c = {{w, k_dtypes[di]}, R, T, D, 1e-6f};
+        rms_ctx c = {{w, k_dtypes[di], false}, R, T, D, 1e-6f};
         fill_normal(x, T * D, 1.0f);
         fill_normal(R, T * D, 1.0f);
         fill_normal(base, T * D, 1.0f);
@@ -359,7 +359,7 @@ static double xent_loss(const void *ctx, const float *h) {
 /* The loss written out: logits through the reference matmul, log-softmax in double. */
 static double xent_direct(const float *h, mc_wt w, const int32_t *tg, int T, int D, int V) {
     float *lg = falloc((size_t)T * V);
-    mc_wt none = {NULL, MC_F32};
+    mc_wt none = {NULL, MC_F32, false};
     double loss = 0;
     g_ref->matmul(g_ref, lg, V, h, w, none, T, V, D);
     for (int t = 0; t < T; t++) {
@@ -380,7 +380,7 @@ static void test_grad_linear_xent(void) {
     for (int di = 0; di < 3; di++) {
         float *wv, *h = falloc(T * D), *dh = falloc(T * D), *num = falloc(T * D);
         void *w = make_weight(k_dtypes[di], (size_t)V * D, 0.5f, &wv);
-        xent_ctx c = {{w, k_dtypes[di]}, tg, T, D, V};
+        xent_ctx c = {{w, k_dtypes[di], false}, tg, T, D, V};
         double loss = 1.5, want;
         fill_normal(h, T * D, 1.0f);
         want = xent_direct(h, c.w, tg, T, D, V);
@@ -463,7 +463,7 @@ static void test_gemm_f32(void) {
         for (int bi = 0; bi < N_FAST; bi++) {
             g_fast[bi]->gemm_f32(g_fast[bi], false, false, 0, 1, 1, 1.0f, &c, 1, &c, 1, 0.0f, &c,
                                  1);
-            g_fast[bi]->matmul_dx(g_fast[bi], &c, &c, (mc_wt){&c, MC_F32}, 1, 1, 0, false);
+            g_fast[bi]->matmul_dx(g_fast[bi], &c, &c, (mc_wt){&c, MC_F32, false}, 1, 1, 0, false);
         }
         CHECK(c == 3.0f);
     }
@@ -476,7 +476,7 @@ static void matmul_dx_case(int M, int N, int K, mc_dtype dt) {
     float *wv, *dy = falloc((size_t)M * N), *base = falloc(nx), *want = falloc(nx),
                *got = falloc(nx);
     void *w = make_weight(dt, (size_t)N * K, 0.5f, &wv);
-    mc_wt W = {w, dt};
+    mc_wt W = {w, dt, false};
     char what[96];
     fill_normal(dy, (size_t)M * N, 1.0f);
     fill_normal(base, nx, 1.0f);
@@ -516,7 +516,7 @@ static void test_matmul_dx(void) {
     matmul_dx_case(4, 3, 0, MC_BF16); /* K = 0: nothing */
     {                                 /* N = 0: dx = 0, or unchanged when accumulating */
         float dx[6] = {1, 2, 3, 4, 5, 6}, dy = 0;
-        mc_wt W = {&dy, MC_F32};
+        mc_wt W = {&dy, MC_F32, false};
         g_fast[0]->matmul_dx(g_fast[0], dx, &dy, W, 2, 0, 3, true);
         CHECK(dx[5] == 6.0f);
         g_fast[0]->matmul_dx(g_fast[0], dx, &dy, W, 2, 0, 3, false);
@@ -531,7 +531,7 @@ static void test_matmul_dx_fallbacks(void) {
     float *wv, *dy = falloc((size_t)M * N), *want = falloc((size_t)M * K),
                *got = falloc((size_t)M * K);
     void *w = make_weight(MC_BF16, (size_t)N * K, 0.5f, &wv);
-    mc_wt W = {w, MC_BF16};
+    mc_wt W = {w, MC_BF16, false};
     fill_normal(dy, (size_t)M * N, 1.0f);
     g_ref->matmul_dx(g_ref, want, dy, W, M, N, K, false);
     for (int bi = 0; bi < N_FAST; bi++) {
@@ -558,7 +558,7 @@ static void test_matmul_dx_concurrent(void) {
     const int M = 48, N = 200, K = 300;
     float *wv, *dy = falloc((size_t)M * N), *want = falloc((size_t)M * K), *o[4];
     void *w = make_weight(MC_F16, (size_t)N * K, 0.5f, &wv);
-    mc_wt W = {w, MC_F16};
+    mc_wt W = {w, MC_F16, false};
     fill_normal(dy, (size_t)M * N, 1.0f);
     g_ref->matmul_dx(g_ref, want, dy, W, M, N, K, false);
     for (int i = 0; i < 4; i++) o[i] = falloc((size_t)M * K);
@@ -585,7 +585,7 @@ static void test_rmsnorm_backward(void) {
             float *wv, *x = falloc(n), *dy = falloc(n), *base = falloc(n), *want, *got;
             float *xn = falloc(n), *fwd = falloc(n);
             void *w = make_weight(k_dtypes[di], (size_t)D, 1.0f, &wv);
-            mc_wt W = {w, k_dtypes[di]};
+            mc_wt W = {w, k_dtypes[di], false};
             fill_normal(x, n, 1.0f);
             fill_normal(dy, n, 1.0f);
             fill_normal(base, n, 1.0f);
@@ -774,7 +774,7 @@ static void xent_case(int T, int D, int V, mc_dtype dt, int ignore_every, float 
     float *wv, *h = falloc(nh), *want = falloc(nh), *got = falloc(nh);
     int32_t *tg = malloc((size_t)T * sizeof *tg);
     void *w = make_weight(dt, (size_t)V * D, 0.5f, &wv);
-    mc_wt W = {w, dt};
+    mc_wt W = {w, dt, false};
     double lw = 0, lg, ln;
     char what[128];
     if (!tg) exit(2);
@@ -816,7 +816,7 @@ static void test_linear_xent(void) {
     {                                         /* ...and no row at all: loss 0, dh 0 */
         int32_t tg[3] = {-1, -1, -1};
         float h[6] = {1, 2, 3, 4, 5, 6}, dh[6], w[4] = {1, 2, 3, 4};
-        mc_wt W = {w, MC_F32};
+        mc_wt W = {w, MC_F32, false};
         double l = 0.25;
         poison(dh, 6);
         CHECK_OK(g_fast[0]->linear_xent(g_fast[0], dh, &l, h, W, tg, 3, 2, 2, 1.0f));
@@ -831,7 +831,7 @@ static void test_linear_xent(void) {
 static void test_linear_xent_oom(void) {
     int32_t tg[2] = {1, 0};
     float h[8] = {1, 2, 3, 4, 5, 6, 7, 8}, w[12] = {0}, dh[8];
-    mc_wt W = {w, MC_F32};
+    mc_wt W = {w, MC_F32, false};
     double l = 0;
     mc_cpu *cpu = g_fast[0]->impl;
     CHECK(!atomic_flag_test_and_set(&cpu->scratch_busy));
@@ -1052,7 +1052,7 @@ static void test_fast_on_ref_context(void) {
     float *v = falloc((size_t)T * Hkv * hd), *o[6];
     int32_t tg[37];
     void *w = make_weight(MC_BF16, (size_t)V * D, 0.5f, &wv);
-    mc_wt W = {w, MC_BF16};
+    mc_wt W = {w, MC_BF16, false};
     mc_backend *be = NULL;
     double lw = 0, lg = 0;
     CHECK_OK(mc_backend_cpu_create(1, true, &be));

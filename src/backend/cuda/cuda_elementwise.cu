@@ -395,32 +395,35 @@ void cu_flush_swiglu(mc_cuda *c, const cu_pending *p) {
     swiglu_launch(c, p->s_out, p->gate, p->up, p->n);
 }
 
-/* Whether p[0..n) is a whole packed range (cu_packed) that starts at p. */
-static bool packed_whole(const mc_cuda *c, const float *p, size_t n) {
-    return p && cu_packed_find(c, p, n) == (const __nv_bfloat16 *)p;
-}
-
 /* Whether output o of n values is free to be written by an element-wise kernel reading x:
  * o is x, or they do not meet. */
 static bool same_or_apart(const float *o, const float *x, size_t n) {
     return !o || o == x || !cu_f32_overlap(o, n, x, n);
 }
 
+/* Notes the SwiGLU's writes of n values to outs (NULL: none), and with p16 registers them as
+ * packed (the caller checked the table has room). */
+static void swiglu_outs(mc_cuda *c, float *const (&outs)[3], size_t n, bool p16) {
+    for (int i = 0; i < 3; i++)
+        if (outs[i]) cu_note_write(c, outs[i], n * sizeof(float));
+    for (int i = 0; i < 3 && p16; i++)
+        if (outs[i]) (void)cu_pack_claim(c, outs[i], n);
+}
+
 void cu_swiglu(mc_backend *be, void *out, const void *gate, const void *up, size_t n) {
     mc_cuda *c = cu_ctx(be);
     float *o = (float *)out;
     const float *g = (const float *)gate, *u = (const float *)up;
+    float *const outs[3] = {o, NULL, NULL};
     if (!n) return;
     /* packed gate and up give a packed h (the table has room for it) */
-    const bool p16 = packed_whole(c, g, n) && packed_whole(c, u, n) &&
+    const bool p16 = cu_packed_whole(c, g, n) && cu_packed_whole(c, u, n) &&
                      same_or_apart(o, g, n) && same_or_apart(o, u, n) &&
                      c->n_packed < CU_N_PACKED;
     if (!p16) {
         cu_unpack(c, g, n * sizeof(float));
         cu_unpack(c, u, n * sizeof(float));
     }
-    cu_note_write(c, out, n * sizeof(float));
-    if (p16) (void)cu_pack_claim(c, o, n);
     if (c->pend.kind == CU_PEND_LORA && c->lsw_fwd && !cu_f32_overlap(o, n, g, n) &&
         !cu_f32_overlap(o, n, u, n)) {
         LoraSwArgs<float> a;
@@ -429,6 +432,7 @@ void cu_swiglu(mc_backend *be, void *out, const void *gate, const void *up, size
         a.up = (float *)up;
         a.out = o;
         if (lora_take(c, a, false, n, p16)) {
+            swiglu_outs(c, outs, n, p16);
             if (p16) {
                 lora_swiglu_launch(c, lsw16(a), false);
             } else {
@@ -445,9 +449,12 @@ void cu_swiglu(mc_backend *be, void *out, const void *gate, const void *up, size
         a.gate = g;
         a.up = u;
         a.n = n;
+        cu_pending_flush(c); /* before the claim: pending work may look a range up */
+        swiglu_outs(c, outs, n, true);
         swiglu_go(c, a, false, true);
         return;
     }
+    cu_note_write(c, out, n * sizeof(float));
     if (c->fuse_on && shadow_rows(n) == 1) { /* decode-sized: a GEMV computes it */
         if (cu_gemv_take_swiglu(c, o, g, u, n)) return;
         cu_pending_flush(c);
@@ -475,8 +482,8 @@ void cu_swiglu_backward(mc_backend *be, void *dgate, void *dup, void *h, const v
     a.up = (const float *)up;
     a.n = n;
     /* packed dout, gate and up give packed outputs (the table has room for them) */
-    bool p16 = packed_whole(c, a.dout, n) && packed_whole(c, a.gate, n) &&
-               packed_whole(c, a.up, n) && c->n_packed + 3 <= CU_N_PACKED;
+    bool p16 = cu_packed_whole(c, a.dout, n) && cu_packed_whole(c, a.gate, n) &&
+               cu_packed_whole(c, a.up, n) && c->n_packed + 3 <= CU_N_PACKED;
     float *const outs[3] = {a.out, a.dup, a.h};
     for (int i = 0; i < 3 && p16; i++)
         p16 = same_or_apart(outs[i], a.dout, n) && (i == 0 || !outs[i] || outs[i] != a.dout) &&
@@ -487,11 +494,6 @@ void cu_swiglu_backward(mc_backend *be, void *dgate, void *dup, void *h, const v
         cu_unpack(c, gate, n * sizeof(float));
         cu_unpack(c, up, n * sizeof(float));
     }
-    cu_note_write(c, dgate, n * sizeof(float));
-    cu_note_write(c, dup, n * sizeof(float));
-    if (h) cu_note_write(c, h, n * sizeof(float));
-    for (int i = 0; i < 3 && p16; i++)
-        if (outs[i]) (void)cu_pack_claim(c, outs[i], n);
     if (c->pend.kind == CU_PEND_LORA && c->lsw_bwd) {
         LoraSwArgs<float> l;
         memset(&l, 0, sizeof l);
@@ -502,6 +504,7 @@ void cu_swiglu_backward(mc_backend *be, void *dgate, void *dup, void *h, const v
         l.h = (float *)h;
         l.dout = (const float *)dout;
         if (lora_take(c, l, true, n, p16)) {
+            swiglu_outs(c, outs, n, p16);
             if (p16) {
                 lora_swiglu_launch(c, lsw16(l), true);
             } else {
@@ -512,6 +515,8 @@ void cu_swiglu_backward(mc_backend *be, void *dgate, void *dup, void *h, const v
             return;
         }
     }
+    if (p16) cu_pending_flush(c); /* before the claims: pending work may look a range up */
+    swiglu_outs(c, outs, n, p16);
     if (!p16) {
         a.sh0 = (__nv_bfloat16 *)cu_shadow_for(c, dgate, n, shadow_rows(n));
         a.sh1 = (__nv_bfloat16 *)cu_shadow_for(c, dup, n, shadow_rows(n));

@@ -632,7 +632,8 @@ void cu_gemm_f32(mc_backend *be, bool ta, bool tb, int M, int N, int K, float al
     /* a rank-r update of a packed output stays in bf16 (held for the SwiGLU that reads it) */
     __nv_bfloat16 *c16 =
         beta == 1.0f && ldc == N ? cu_packed_find(c, C, (size_t)M * (size_t)N) : NULL;
-    if (c16 && !ta && K <= 32) {
+    if (c16 && !ta && K > 0) {
+        unpack_ops(c, A, sa, B, sb); /* a folded update reads them in f32 */
         cu_note_write_keep(c, C, sc);
         if (lora_hold(c, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, c16, ldc, sa, sb))
             return;
@@ -642,6 +643,7 @@ void cu_gemm_f32(mc_backend *be, bool ta, bool tb, int M, int N, int K, float al
     }
     if (beta != 0.0f) cu_unpack(c, C, sc);
     cu_note_write(c, C, sc);
+    if (!ta && K <= 32 && beta == 1.0f) unpack_ops(c, A, sa, B, sb); /* an update held reads f32 */
     if (lora_hold(c, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, NULL, ldc, sa, sb)) return;
     if (c->lora_lt && K > 0 && (ta ? K : M) >= CU_LORA_LT_ROWS && (beta == 0.0f || beta == 1.0f)) {
         /* The token rows are M (x A^T, dy B, the rank-r updates) or K (the gradients'

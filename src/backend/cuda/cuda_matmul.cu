@@ -39,6 +39,12 @@ __nv_bfloat16 *cu_packed_find(const mc_cuda *c, const float *x, size_t n) {
     return NULL;
 }
 
+bool cu_packed_whole(const mc_cuda *c, const float *p, size_t n) {
+    for (int i = 0; i < c->n_packed; i++)
+        if (c->packed[i].base == p && c->packed[i].n == n) return true;
+    return false;
+}
+
 bool cu_pack_claim(mc_cuda *c, float *p, size_t n) {
     if (c->n_packed == CU_N_PACKED || !n) return false;
     c->packed[c->n_packed].base = p;
@@ -1108,12 +1114,11 @@ void cu_bias_drop(mc_cuda *c, const void *p, size_t bytes) {
     }
 }
 
-/* Whether the output of a GEMM of M rows from K to N columns is packed (cu_packed): bf16
- * weights, training-sized rows, an expanding projection (2 to 8 times its input width: an
- * MLP's gate and up, or the down projection's input gradient; not a vocabulary projection,
- * whose logits keep f32). */
+/* Whether the output of a GEMM of M rows from K to N columns is packed (cu_packed): an MLP
+ * projection's (w.mlp) bf16 weights, training-sized rows, and a product wider than its
+ * input (the gate and up outputs, the down projection's input gradient). */
 static bool wide_out(const mc_cuda *c, mc_wt w, int M, int N, int K) {
-    return w.dtype == MC_BF16 && cu_pack_rows(c, M) && N >= 2 * K && N <= 8 * K;
+    return w.mlp && w.dtype == MC_BF16 && cu_pack_rows(c, M) && N > K;
 }
 
 void cu_matmul(mc_backend *be, void *out, int ldo, const void *x, mc_wt w, mc_wt bias, int M,
@@ -1130,13 +1135,14 @@ void cu_matmul(mc_backend *be, void *out, int ldo, const void *x, mc_wt w, mc_wt
     }
     xc = cu_act_as(c, (const float *)x, (size_t)M * (size_t)K, w.dtype);
     if (!xc) return;
-    if (wide_out(c, w, M, N, K) && ldo == N && !bias.data &&
-        cu_pack_claim(c, (float *)out, (size_t)M * (size_t)N)) {
-        const cu_lt_shape s = {true, false, false, N, M, K, K, K, N, CUDA_R_16BF, false, true,
-                               false};
-        cu_break(c);
-        (void)cu_gemm_lt(c, s, 1.0f, w.data, xc, out, "cublas matmul bf16 out");
-        return;
+    if (wide_out(c, w, M, N, K) && ldo == N && !bias.data) {
+        cu_break(c); /* pending work runs first: it may look a range up */
+        if (cu_pack_claim(c, (float *)out, (size_t)M * (size_t)N)) {
+            const cu_lt_shape s = {true, false, false, N, M, K, K, K, N, CUDA_R_16BF, false, true,
+                                   false};
+            (void)cu_gemm_lt(c, s, 1.0f, w.data, xc, out, "cublas matmul bf16 out");
+            return;
+        }
     }
     {
         /* the bias in the GEMM's epilogue, from an f32 copy, once an algorithm is chosen */
@@ -1168,10 +1174,10 @@ void cu_matmul_dx(mc_backend *be, void *dx, const void *dy, mc_wt w, int M, int 
     const void *dyc;
     if (M <= 0 || K <= 0) return;
     c->shadow_hint = w.dtype;
+    if (accumulate) cu_unpack(c, dx, (size_t)M * (size_t)K * sizeof(float));
+    cu_note_write(c, dx, (size_t)M * (size_t)K * sizeof(float)); /* before dy's view is taken */
     dyc = cu_act_as(c, (const float *)dy, (size_t)M * (size_t)N, w.dtype);
     if (!dyc) return;
-    if (accumulate) cu_unpack(c, dx, (size_t)M * (size_t)K * sizeof(float));
-    cu_note_write(c, dx, (size_t)M * (size_t)K * sizeof(float));
     cu_break(c);
     {
         const bool pack = !accumulate && wide_out(c, w, M, K, N) &&

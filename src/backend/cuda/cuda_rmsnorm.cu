@@ -193,9 +193,10 @@ static void launch(mc_cuda *c, const RmsArgs &a, bool backward) {
 }
 
 /* Whether an RMSNorm output of T rows of D is packed (cu_packed): training-sized rows of a
- * hidden size (not a per-head norm), read by GEMMs of bf16 weights. */
+ * hidden size (512 or more: not a per-head norm, whose output RoPE rotates in f32), read by
+ * GEMMs of bf16 weights. */
 static bool pack_norm(const mc_cuda *c, const float *out, int T, int D) {
-    return out && cu_pack_rows(c, T) && D >= 256 && c->shadow_hint == MC_BF16;
+    return out && cu_pack_rows(c, T) && D >= 512 && c->shadow_hint == MC_BF16;
 }
 
 void cu_rmsnorm(mc_backend *be, void *out, const void *x, mc_wt w, int T, int D, float eps) {
@@ -223,7 +224,8 @@ void cu_rmsnorm(mc_backend *be, void *out, const void *x, mc_wt w, int T, int D,
     a.wpre = cu_is_frozen(c, w.data, (size_t)D * mc_dtype_size(w.dtype)) ? 1 : 0;
     if (pack_norm(c, (const float *)out, T, D) && !cu_f32_overlap(a.out, n, a.x, n) &&
         (!a.delta || !cu_f32_overlap(a.out, n, a.delta, n)) &&
-        (!a.src || !cu_f32_overlap(a.out, n, a.src, n)) && cu_pack_claim(c, a.out, n)) {
+        (!a.src || !cu_f32_overlap(a.out, n, a.src, n)) && (cu_pending_flush(c), true) &&
+        cu_pack_claim(c, a.out, n)) {
         a.sh = (__nv_bfloat16 *)out; /* packed: bf16 only */
         a.out = NULL;
     } else {
@@ -249,9 +251,14 @@ void cu_rmsnorm_backward(mc_backend *be, void *dx, void *xn, const void *dy, con
     memset(&a, 0, sizeof a);
     a.out = (float *)dx;
     a.xn = (float *)xn;
-    if (xn && pack_norm(c, (const float *)xn, T, D) && cu_pack_claim(c, a.xn, n)) {
-        a.xn16 = (__nv_bfloat16 *)xn; /* packed (xn overlaps no other buffer) */
-        a.xn = NULL;
+    if (xn && pack_norm(c, (const float *)xn, T, D) && !cu_f32_overlap(a.xn, n, a.out, n) &&
+        !cu_f32_overlap(a.xn, n, (const float *)dy, n) &&
+        !cu_f32_overlap(a.xn, n, (const float *)x, n)) {
+        cu_pending_flush(c); /* before the claim: pending work may look a range up */
+        if (cu_pack_claim(c, a.xn, n)) {
+            a.xn16 = (__nv_bfloat16 *)xn; /* packed */
+            a.xn = NULL;
+        }
     }
     a.x = (float *)x; /* read only */
     a.dy = (const float *)dy;

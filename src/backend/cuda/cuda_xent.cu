@@ -179,6 +179,7 @@ mc_status cu_linear_xent(mc_backend *be, void *dh, double *loss_sum, const void 
     if (R >= 16) R -= R % 16;
     if (R < 1) R = 1;
     if (R > (size_t)T) R = (size_t)T;
+    if (dh) cu_note_write(c, dh, (size_t)T * (size_t)D * sizeof(float)); /* before h's view */
     const void *hc = cu_act_as(c, (const float *)h, (size_t)T * (size_t)D, w.dtype);
     void *logits = cu_scratch(c, CU_S_XENT_LOGITS, R * (size_t)V * lsz, false);
     void *grad = dh ? cu_scratch(c, CU_S_XENT_GRAD, R * (size_t)V * esz, false) : NULL;
@@ -186,7 +187,6 @@ mc_status cu_linear_xent(mc_backend *be, void *dh, double *loss_sum, const void 
     host = (double *)mc_malloc((size_t)T * sizeof(double));
     if (!host) cu_set_error(c, MC_ERR_OOM, "linear_xent: out of host memory for %d losses", T);
     if (!hc || !logits || (dh && !grad) || !loss || !host) goto done;
-    if (dh) cu_note_write(c, dh, (size_t)T * (size_t)D * sizeof(float));
     for (r0 = 0; r0 < T; r0 += (int)R) {
         const int rows = (int)MC_MIN(R, (size_t)(T - r0));
         XentArgs a;

@@ -689,9 +689,10 @@ static void test_packed(void) {
         free_w(&wv);
     }
     {
-        /* RMSNorm outputs of hidden-size rows are packed too: the forward's, read by a GEMM,
-         * and the xn the backward gives, read by a LoRA A gradient's sum over rows */
-        const int Dn = 256;
+        /* RMSNorm outputs of hidden-size rows (512 or more) are packed too: the forward's,
+         * read by a GEMM, and the xn the backward gives, read by a LoRA A gradient's sum
+         * over rows */
+        const int Dn = 512;
         const size_t nn = (size_t)M * Dn;
         const float eps = 1e-6f;
         wpair wn = make_w(MC_BF16, (size_t)Dn, 1.0f), wp = make_w(MC_BF16, (size_t)D * Dn, 0.1f);

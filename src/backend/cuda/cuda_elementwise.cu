@@ -91,6 +91,23 @@ static __device__ __forceinline__ void swiglu_bwd(float gi, float u, float o, fl
     dg = __fmul_rn(__fmul_rn(o, u), dsilu);
 }
 
+/* The backward of the group of four at q from gate g, up u and dout d: dgate, dup and h
+ * (when a.h) stored, with the bf16 copies a asks for. */
+template <typename A>
+static __device__ __forceinline__ void swiglu_bwd_store4(const A &a, size_t q, float4 g,
+                                                         float4 u, float4 d) {
+    float4 dg, du, h;
+#pragma unroll
+    for (int j = 0; j < 4; j++)
+        swiglu_bwd(f4_at(g, j), f4_at(u, j), f4_at(d, j), f4_at(dg, j), f4_at(du, j),
+                   f4_at(h, j));
+    if (a.h) st4(a.h, q, h);
+    st4(a.dup, q, du);
+    st4(a.out, q, dg);
+    if (a.sh0) store_bf16x4(a.sh0, q, dg);
+    if (a.sh1) store_bf16x4(a.sh1, q, du);
+}
+
 /* Groups of four elements take vector loads and stores (16 bytes in f32, 8 in bf16; 8-byte
  * bf16 copies); the tail after them goes one element at a time. */
 template <typename S>
@@ -113,18 +130,8 @@ static __global__ void swiglu_kernel(const SwigluArgs<S> a) {
 template <typename S>
 static __global__ void swiglu_bwd_kernel(const SwigluArgs<S> a) {
     cu_dep_wait();
-    for (size_t i = gtid(); i < a.n4; i += gstride()) {
-        float4 g = ld4cs(a.gate, i), u = ld4cs(a.up, i), o = ld4(a.dout, i), dg, du, h;
-#pragma unroll
-        for (int j = 0; j < 4; j++)
-            swiglu_bwd(f4_at(g, j), f4_at(u, j), f4_at(o, j), f4_at(dg, j), f4_at(du, j),
-                       f4_at(h, j));
-        if (a.h) st4(a.h, i, h);
-        st4(a.dup, i, du);
-        st4(a.out, i, dg);
-        if (a.sh0) store_bf16x4(a.sh0, i, dg);
-        if (a.sh1) store_bf16x4(a.sh1, i, du);
-    }
+    for (size_t i = gtid(); i < a.n4; i += gstride())
+        swiglu_bwd_store4(a, i, ld4cs(a.gate, i), ld4cs(a.up, i), ld4(a.dout, i));
     for (size_t i = 4 * a.n4 + gtid(); i < a.n; i += gstride()) {
         float dg, du, h;
         swiglu_bwd(ld1(a.gate, i), ld1(a.up, i), ld1(a.dout, i), dg, du, h);
@@ -251,17 +258,9 @@ static __global__ void __launch_bounds__(256) lora_swiglu_kernel(const LoraSwArg
                 st4(a.out, q, h);
                 if (a.sh0) store_bf16x4(a.sh0, q, h);
             } else {
-                float4 d = ld4(a.dout, q), dg, du, h;
+                float4 d = ld4(a.dout, q);
                 ls_axpy(d, a.u[0].alpha, acc[0][i]);
-#pragma unroll
-                for (int j = 0; j < 4; j++)
-                    swiglu_bwd(f4_at(g, j), f4_at(u, j), f4_at(d, j), f4_at(dg, j), f4_at(du, j),
-                               f4_at(h, j));
-                if (a.h) st4(a.h, q, h);
-                st4(a.dup, q, du);
-                st4(a.out, q, dg);
-                if (a.sh0) store_bf16x4(a.sh0, q, dg);
-                if (a.sh1) store_bf16x4(a.sh1, q, du);
+                swiglu_bwd_store4(a, q, g, u, d);
             }
         }
     }
@@ -309,16 +308,23 @@ static bool lora_take(mc_cuda *c, LoraSwArgs<float> &a, bool bwd, size_t n, bool
     return true;
 }
 
-/* The same arguments over the packed ranges that start at the same addresses. */
-static LoraSwArgs<__nv_bfloat16> lsw16(const LoraSwArgs<float> &a) {
-    LoraSwArgs<__nv_bfloat16> b;
+/* a's six operand pointers as the bf16 views of the packed ranges that start at the same
+ * addresses, in b (everything else zero). */
+template <typename B, typename A>
+static void io16(B &b, const A &a) {
     memset(&b, 0, sizeof b);
-    b.gate = (__nv_bfloat16 *)a.gate;
-    b.up = (__nv_bfloat16 *)a.up;
     b.out = (__nv_bfloat16 *)a.out;
     b.dup = (__nv_bfloat16 *)a.dup;
     b.h = (__nv_bfloat16 *)a.h;
     b.dout = (const __nv_bfloat16 *)a.dout;
+    b.gate = (decltype(b.gate))a.gate;
+    b.up = (decltype(b.up))a.up;
+}
+
+/* The same arguments over the packed ranges that start at the same addresses. */
+static LoraSwArgs<__nv_bfloat16> lsw16(const LoraSwArgs<float> &a) {
+    LoraSwArgs<__nv_bfloat16> b;
+    io16(b, a);
     b.u[0] = a.u[0];
     b.u[1] = a.u[1];
     b.M = a.M;
@@ -328,13 +334,7 @@ static LoraSwArgs<__nv_bfloat16> lsw16(const LoraSwArgs<float> &a) {
 
 static SwigluArgs<__nv_bfloat16> sw16(const SwigluArgs<float> &a) {
     SwigluArgs<__nv_bfloat16> b;
-    memset(&b, 0, sizeof b);
-    b.out = (__nv_bfloat16 *)a.out;
-    b.dup = (__nv_bfloat16 *)a.dup;
-    b.h = (__nv_bfloat16 *)a.h;
-    b.dout = (const __nv_bfloat16 *)a.dout;
-    b.gate = (const __nv_bfloat16 *)a.gate;
-    b.up = (const __nv_bfloat16 *)a.up;
+    io16(b, a);
     b.n = a.n;
     b.n4 = swiglu_n4(b);
     return b;
@@ -380,19 +380,21 @@ static void swiglu_go(mc_cuda *c, SwigluArgs<float> &a, bool bwd, bool p16) {
         cu_launch(c, swiglu_kernel<float>, grid_for(c, a.n - 3 * a.n4), dim3(256), 0, a, "swiglu");
 }
 
-static void swiglu_launch(mc_cuda *c, float *out, const float *gate, const float *up, size_t n) {
+/* The forward SwiGLU on its own: on packed operands (p16), or in f32 with out's bf16 copy. */
+static void swiglu_launch(mc_cuda *c, float *out, const float *gate, const float *up, size_t n,
+                          bool p16) {
     SwigluArgs<float> a;
     memset(&a, 0, sizeof a);
     a.out = out;
     a.gate = gate;
     a.up = up;
     a.n = n;
-    a.sh0 = (__nv_bfloat16 *)cu_shadow_for(c, out, n, shadow_rows(n));
-    swiglu_go(c, a, false, false);
+    if (!p16) a.sh0 = (__nv_bfloat16 *)cu_shadow_for(c, out, n, shadow_rows(n));
+    swiglu_go(c, a, false, p16);
 }
 
 void cu_flush_swiglu(mc_cuda *c, const cu_pending *p) {
-    swiglu_launch(c, p->s_out, p->gate, p->up, p->n);
+    swiglu_launch(c, p->s_out, p->gate, p->up, p->n, false);
 }
 
 /* Whether output o of n values is free to be written by an element-wise kernel reading x:
@@ -408,6 +410,20 @@ static void swiglu_outs(mc_cuda *c, float *const (&outs)[3], size_t n, bool p16)
         if (outs[i]) cu_note_write(c, outs[i], n * sizeof(float));
     for (int i = 0; i < 3 && p16; i++)
         if (outs[i]) (void)cu_pack_claim(c, outs[i], n);
+}
+
+/* Launches the SwiGLU (bwd: its backward) with the updates lora_take gave it: its outputs
+ * noted and, with p16, packed; else with the bf16 copies of out (and dup) the GEMMs read. */
+static void lsw_go(mc_cuda *c, LoraSwArgs<float> &a, bool bwd, bool p16,
+                   float *const (&outs)[3], size_t n) {
+    swiglu_outs(c, outs, n, p16);
+    if (p16) {
+        lora_swiglu_launch(c, lsw16(a), bwd);
+        return;
+    }
+    a.sh0 = (__nv_bfloat16 *)cu_shadow_for(c, a.out, n, shadow_rows(n));
+    if (bwd) a.sh1 = (__nv_bfloat16 *)cu_shadow_for(c, a.dup, n, shadow_rows(n));
+    lora_swiglu_launch(c, a, bwd);
 }
 
 void cu_swiglu(mc_backend *be, void *out, const void *gate, const void *up, size_t n) {
@@ -432,26 +448,14 @@ void cu_swiglu(mc_backend *be, void *out, const void *gate, const void *up, size
         a.up = (float *)up;
         a.out = o;
         if (lora_take(c, a, false, n, p16)) {
-            swiglu_outs(c, outs, n, p16);
-            if (p16) {
-                lora_swiglu_launch(c, lsw16(a), false);
-            } else {
-                a.sh0 = (__nv_bfloat16 *)cu_shadow_for(c, out, n, shadow_rows(n));
-                lora_swiglu_launch(c, a, false);
-            }
+            lsw_go(c, a, false, p16, outs, n);
             return;
         }
     }
     if (p16) {
-        SwigluArgs<float> a;
-        memset(&a, 0, sizeof a);
-        a.out = o;
-        a.gate = g;
-        a.up = u;
-        a.n = n;
         cu_pending_flush(c); /* before the claim: pending work may look a range up */
         swiglu_outs(c, outs, n, true);
-        swiglu_go(c, a, false, true);
+        swiglu_launch(c, o, g, u, n, true);
         return;
     }
     cu_note_write(c, out, n * sizeof(float));
@@ -465,7 +469,7 @@ void cu_swiglu(mc_backend *be, void *out, const void *gate, const void *up, size
         c->pend.n = n;
         return;
     }
-    swiglu_launch(c, o, g, u, n);
+    swiglu_launch(c, o, g, u, n, false);
 }
 
 void cu_swiglu_backward(mc_backend *be, void *dgate, void *dup, void *h, const void *dout,
@@ -504,14 +508,7 @@ void cu_swiglu_backward(mc_backend *be, void *dgate, void *dup, void *h, const v
         l.h = (float *)h;
         l.dout = (const float *)dout;
         if (lora_take(c, l, true, n, p16)) {
-            swiglu_outs(c, outs, n, p16);
-            if (p16) {
-                lora_swiglu_launch(c, lsw16(l), true);
-            } else {
-                l.sh0 = (__nv_bfloat16 *)cu_shadow_for(c, dgate, n, shadow_rows(n));
-                l.sh1 = (__nv_bfloat16 *)cu_shadow_for(c, dup, n, shadow_rows(n));
-                lora_swiglu_launch(c, l, true);
-            }
+            lsw_go(c, l, true, p16, outs, n);
             return;
         }
     }

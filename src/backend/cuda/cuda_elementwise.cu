@@ -453,7 +453,6 @@ void cu_swiglu(mc_backend *be, void *out, const void *gate, const void *up, size
         }
     }
     if (p16) {
-        cu_pending_flush(c); /* before the claim: pending work may look a range up */
         swiglu_outs(c, outs, n, true);
         swiglu_launch(c, o, g, u, n, true);
         return;
@@ -512,7 +511,6 @@ void cu_swiglu_backward(mc_backend *be, void *dgate, void *dup, void *h, const v
             return;
         }
     }
-    if (p16) cu_pending_flush(c); /* before the claims: pending work may look a range up */
     swiglu_outs(c, outs, n, p16);
     if (!p16) {
         a.sh0 = (__nv_bfloat16 *)cu_shadow_for(c, dgate, n, shadow_rows(n));

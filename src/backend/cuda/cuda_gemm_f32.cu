@@ -593,6 +593,7 @@ static bool lora_hold(mc_cuda *c, bool ta, bool tb, int M, int N, int K, float a
     if (!(c->lsw_fwd || c->lsw_bwd) || !c->lora_lt || ta || beta != 1.0f || K < 1 || K > 32 ||
         M < CU_LORA_LT_ROWS || ldc != N || N % 4 != 0 || !cu_aligned16(C))
         return false;
+    unpack_ops(c, A, sa, B, sb); /* the SwiGLU that folds the update reads them in f32 */
     const cu_lora_upd u = {C, c16, A, B, lda, ldb, tb ? 1 : 0, K, alpha};
     if (p.kind == CU_PEND_LORA && p.n_lu == 1 && p.lu_M == M && p.lu_N == N) {
         const cu_lora_upd &f = p.lu[0];
@@ -633,7 +634,6 @@ void cu_gemm_f32(mc_backend *be, bool ta, bool tb, int M, int N, int K, float al
     __nv_bfloat16 *c16 =
         beta == 1.0f && ldc == N ? cu_packed_find(c, C, (size_t)M * (size_t)N) : NULL;
     if (c16 && !ta && K > 0) {
-        unpack_ops(c, A, sa, B, sb); /* a folded update reads them in f32 */
         cu_note_write_keep(c, C, sc);
         if (lora_hold(c, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, c16, ldc, sa, sb))
             return;
@@ -643,7 +643,6 @@ void cu_gemm_f32(mc_backend *be, bool ta, bool tb, int M, int N, int K, float al
     }
     if (beta != 0.0f) cu_unpack(c, C, sc);
     cu_note_write(c, C, sc);
-    if (!ta && K <= 32 && beta == 1.0f) unpack_ops(c, A, sa, B, sb); /* an update held reads f32 */
     if (lora_hold(c, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, NULL, ldc, sa, sb)) return;
     if (c->lora_lt && K > 0 && (ta ? K : M) >= CU_LORA_LT_ROWS && (beta == 0.0f || beta == 1.0f)) {
         /* The token rows are M (x A^T, dy B, the rank-r updates) or K (the gradients'

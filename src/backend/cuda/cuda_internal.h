@@ -596,8 +596,9 @@ __nv_bfloat16 *cu_packed_find(const mc_cuda *c, const float *x, size_t n);
 /* Whether [p, p + n) is exactly one packed range. */
 bool cu_packed_whole(const mc_cuda *c, const float *p, size_t n);
 /* Registers [p, p + n) as packed (its producer writes bf16 there); false when the table is
- * full (the producer writes f32). Call after cu_note_write of the range and after pending
- * work that may look a range up (cu_pending_flush), unless that work is taken over. */
+ * full (the producer writes f32). Call after cu_note_write of the range, and after taking
+ * over any pending op the producer fuses with: what is still pending is launched first
+ * (it may read the range's old values or look a range up). */
 bool cu_pack_claim(mc_cuda *c, float *p, size_t n);
 /* Expands to f32 every packed range that meets [p, p + bytes), so f32 readers see its
  * values (pending work first); a no-op when none does. */

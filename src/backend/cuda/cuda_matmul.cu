@@ -12,8 +12,8 @@
  * x A^T products) converted into slots of their own (cu_small_as), so that a converted
  * adapter, kept until the optimizer writes it, never evicts an activation's shadow.
  *
- * A GEMM of training-sized rows that widens its input 2 to 8 times (an MLP's gate and up;
- * in matmul_dx the down projection's input gradient) writes a packed output (cu_packed):
+ * A GEMM of training-sized rows of an MLP projection (mc_wt.mlp) that widens its input (gate
+ * and up; in matmul_dx the down projection's input gradient) writes a packed output (cu_packed):
  * bf16 in the first half of its own f32 buffer, which the GEMMs, the LoRA products and the
  * SwiGLU read in place; cu_unpack expands it for any reader of f32. */
 #include "cuda_internal.h"
@@ -47,6 +47,7 @@ bool cu_packed_whole(const mc_cuda *c, const float *p, size_t n) {
 
 bool cu_pack_claim(mc_cuda *c, float *p, size_t n) {
     if (c->n_packed == CU_N_PACKED || !n) return false;
+    cu_pending_flush(c); /* pending work reads what the range holds now, and may look it up */
     c->packed[c->n_packed].base = p;
     c->packed[c->n_packed].n = n;
     c->n_packed++;
@@ -1136,7 +1137,7 @@ void cu_matmul(mc_backend *be, void *out, int ldo, const void *x, mc_wt w, mc_wt
     xc = cu_act_as(c, (const float *)x, (size_t)M * (size_t)K, w.dtype);
     if (!xc) return;
     if (wide_out(c, w, M, N, K) && ldo == N && !bias.data) {
-        cu_break(c); /* pending work runs first: it may look a range up */
+        cu_break(c);
         if (cu_pack_claim(c, (float *)out, (size_t)M * (size_t)N)) {
             const cu_lt_shape s = {true, false, false, N, M, K, K, K, N, CUDA_R_16BF, false, true,
                                    false};

@@ -162,7 +162,7 @@ static __global__ void rmsnorm_bwd_kernel(const RmsArgs a) {
     }
 }
 
-/* The forward for rows of D elements, with a.src (SRC) or without. */
+/* The forward for rows of D elements, with a.src (SRC) or without, packed (PK) or not. */
 template <int G, bool SRC, bool PK>
 static void launch_pk(mc_cuda *c, const RmsArgs &a, dim3 grid, dim3 block) {
     if (a.D <= G * 8) cu_launch(c, rmsnorm_kernel<G, 8, SRC, PK>, grid, block, 0, a, "rmsnorm");
@@ -224,8 +224,7 @@ void cu_rmsnorm(mc_backend *be, void *out, const void *x, mc_wt w, int T, int D,
     a.wpre = cu_is_frozen(c, w.data, (size_t)D * mc_dtype_size(w.dtype)) ? 1 : 0;
     if (pack_norm(c, (const float *)out, T, D) && !cu_f32_overlap(a.out, n, a.x, n) &&
         (!a.delta || !cu_f32_overlap(a.out, n, a.delta, n)) &&
-        (!a.src || !cu_f32_overlap(a.out, n, a.src, n)) && (cu_pending_flush(c), true) &&
-        cu_pack_claim(c, a.out, n)) {
+        (!a.src || !cu_f32_overlap(a.out, n, a.src, n)) && cu_pack_claim(c, a.out, n)) {
         a.sh = (__nv_bfloat16 *)out; /* packed: bf16 only */
         a.out = NULL;
     } else {
@@ -253,12 +252,9 @@ void cu_rmsnorm_backward(mc_backend *be, void *dx, void *xn, const void *dy, con
     a.xn = (float *)xn;
     if (xn && pack_norm(c, (const float *)xn, T, D) && !cu_f32_overlap(a.xn, n, a.out, n) &&
         !cu_f32_overlap(a.xn, n, (const float *)dy, n) &&
-        !cu_f32_overlap(a.xn, n, (const float *)x, n)) {
-        cu_pending_flush(c); /* before the claim: pending work may look a range up */
-        if (cu_pack_claim(c, a.xn, n)) {
-            a.xn16 = (__nv_bfloat16 *)xn; /* packed */
-            a.xn = NULL;
-        }
+        !cu_f32_overlap(a.xn, n, (const float *)x, n) && cu_pack_claim(c, a.xn, n)) {
+        a.xn16 = (__nv_bfloat16 *)xn; /* packed */
+        a.xn = NULL;
     }
     a.x = (float *)x; /* read only */
     a.dy = (const float *)dy;

@@ -211,7 +211,6 @@ struct mc_backend {
     void (*zero)(mc_backend *be, void *p, size_t bytes);
 };
 
-/* Element i of an activation buffer (pointer arithmetic only; never dereferenced). */
 /* attention_rows by its definition, a row at a time: each row's new key and value copied
  * into its cache, then attention with T = 1. What callers do without the op, and what a
  * backend can point the op to (or fall back to). */
@@ -219,6 +218,7 @@ void mc_attention_rows_by_row(mc_backend *be, void *out, const void *q, const vo
                               const void *v_new, const mc_att_row *rows, int T, int Hq, int Hkv,
                               int hd);
 
+/* Element i of an activation buffer (pointer arithmetic only; never dereferenced). */
 static inline void *mc_act_at(const mc_backend *be, void *p, size_t i) {
     return (char *)p + i * mc_dtype_size(be->act_dtype);
 }

@@ -1206,6 +1206,57 @@ static void test_linear_xent(void) {
     }
 }
 
+/* linear_xent with bf16 logits read once (a cluster of blocks holding each row, V a
+ * multiple of 32) against the CPU and against the two-pass kernel (MC_CUDA_NOFUSE=xq): the
+ * same losses to 1e-6 and gradients to 1e-3 (only the order of the softmax sums differs),
+ * rows with target -1 included. */
+static void test_linear_xent_rows(void) {
+    const int T = 300, D = 64, V = 4096;
+    const size_t nh = (size_t)T * D;
+    mc_backend *two = cuda_with("MC_CUDA_NOFUSE", "xq");
+    wpair w = make_w(MC_BF16, (size_t)V * D, 0.5f);
+    const void *w2 = NULL;
+    float *h = frand(nh, 1.0f), *want = fnan(nh), *got = fnan(nh), *got2 = fnan(nh);
+    int32_t *tg = malloc((size_t)T * sizeof *tg);
+    double lw = 0, lg = 0, l2 = 0;
+    if (!tg) exit(2);
+    for (int t = 0; t < T; t++) tg[t] = t % 7 == 3 ? -1 : (int32_t)(mc_rng_next(&g_rng) % (uint64_t)V);
+    CHECK_OK(two->weights(two, w.cpu.data, (size_t)V * D * 2, &w2));
+    const mc_wt wt2 = {w2, MC_BF16, false};
+    float *dh = dputf(h, nh), *ddh = dputf(got, nh);
+    int32_t *dtg = dput(tg, (size_t)T * sizeof *tg);
+    float *dh2 = (float *)two->alloc(two, nh * sizeof(float));
+    float *ddh2 = (float *)two->alloc(two, nh * sizeof(float));
+    int32_t *dtg2 = (int32_t *)two->alloc(two, (size_t)T * sizeof *tg);
+    CHECK_OK(two->to_device(two, dh2, h, nh * sizeof(float)));
+    CHECK_OK(two->to_device(two, dtg2, tg, (size_t)T * sizeof *tg));
+    CHECK_OK(g_ref->linear_xent(g_ref, want, &lw, h, w.cpu, tg, T, D, V, 1.0f / T));
+    CHECK_OK(g_cu->linear_xent(g_cu, ddh, &lg, dh, w.gpu, dtg, T, D, V, 1.0f / T));
+    CHECK_OK(two->linear_xent(two, ddh2, &l2, dh2, wt2, dtg2, T, D, V, 1.0f / T));
+    dget(got, ddh, nh);
+    CHECK_OK(two->to_host(two, got2, ddh2, nh * sizeof(float)));
+    printf("  %-58s %.9g vs %.9g (CPU) and %.9g (two passes)\n", "linear_xent loss, rows read once",
+           lg, lw, l2);
+    CHECK_NEAR(lg / lw, 1.0, 2e-3);
+    CHECK_NEAR(lg / l2, 1.0, 1e-6);
+    cmp("linear_xent dh, rows read once, vs CPU", got, want, nh, 1e-2);
+    cmp("linear_xent dh, rows read once, vs two passes", got, got2, nh, 1e-3);
+    two->free(two, dh2);
+    two->free(two, ddh2);
+    two->free(two, dtg2);
+    two->release_weights(two, w2);
+    mc_backend_free(two);
+    dfree(dh);
+    dfree(ddh);
+    dfree(dtg);
+    free(h);
+    free(want);
+    free(got);
+    free(got2);
+    free(tg);
+    free_w(&w);
+}
+
 /* The GEMMs of many rows: a shape runs through cublasGemmEx until it comes back after a
  * synchronisation (each dget here is one), then through the cuBLASLt algorithm chosen on
  * that call, which later calls reuse with the same bits; with
@@ -1725,6 +1776,7 @@ int main(void) {
     RUN(test_elementwise);
     RUN(test_adamw_sumsq);
     RUN(test_linear_xent);
+    RUN(test_linear_xent_rows);
     RUN(test_gemm_choice);
     RUN(test_argmax);
     RUN(test_argmax_gemv);

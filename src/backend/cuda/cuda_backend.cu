@@ -883,6 +883,7 @@ extern "C" mc_status mc_backend_cuda_create(int device, mc_backend **out) {
     c->fuse_glu = c->fuse_on && !(env && strstr(env, "glu"));
     c->lsw_fwd = c->fuse_on && !(env && strstr(env, "lswf"));
     c->lsw_bwd = c->fuse_on && !(env && strstr(env, "lswb"));
+    c->xq_on = !(env && strstr(env, "xq"));
     c->bias_epi = !(env && strstr(env, "biasepi"));
     c->pack_on = !(env && strstr(env, "pack"));
     c->lse_on = c->fuse_on && !(env && strstr(env, "lse"));

@@ -317,6 +317,7 @@ struct mc_cuda {
     bool lora16;  /* those whose wide token operand has a bf16 shadow read it in bf16
                    * (MC_CUDA_LORA=tf32 or f32: off) */
     bool xent16; /* bf16 logits in linear_xent for bf16 weights (MC_CUDA_XENT=f32: f32) */
+    bool xq_on;  /* and each row of them read once, by a cluster (MC_CUDA_NOFUSE=xq: twice) */
     cublasLtHandle_t lt;
     void *lt_ws;
     /* f32 copies of frozen bias vectors for the GEMM epilogue (cu_bias_f32; MC_CUDA_NOFUSE=

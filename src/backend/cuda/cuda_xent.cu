@@ -11,9 +11,14 @@
  * added in slice order. */
 #include <math.h>
 
+#include <cooperative_groups.h>
+
 #include "cuda_internal.h"
 
+namespace cg = cooperative_groups;
+
 enum { XENT_THREADS = 512, XENT_MIN_SLICE = 4096, XENT_MAX_SLICES = 8 };
+static const size_t CU_XQ_SMEM_MAX = (size_t)200 << 10; /* a block's share of a row */
 static const size_t XENT_CHUNK_BYTES = (size_t)256 << 20;
 
 struct XentArgs {
@@ -142,6 +147,98 @@ static __global__ void __launch_bounds__(XENT_THREADS) xent_kernel(const XentArg
         store_g(a.grad, a.gdt, base + v, expf(logit1(row, v) - lse) - (v == tg ? 1.0f : 0.0f));
 }
 
+/* bf16 logits in one pass: a cluster of XQ blocks per row, each keeping its XQ-th of the
+ * row (V / XQ elements, 16-byte pieces) in shared memory between the sums and the
+ * gradient, so the row is read from memory once instead of twice (a chunk's rows, hundreds
+ * of 300 KB, do not stay in L2 between two passes). Each block merges its threads' (m, s)
+ * in a fixed order, then every block merges the cluster's XQ pairs in block order: the
+ * result does not change from run to run. Needs V a multiple of 8 XQ. */
+enum { XQ = 4, XQ_THREADS = 512 };
+
+/* Adds eight bf16 (one 16-byte piece) to the running (m, s). */
+static __device__ __forceinline__ void lse_add8(float &m, float &s, uint4 u) {
+    const uint2 lo = make_uint2(u.x, u.y), hi = make_uint2(u.z, u.w);
+    const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&lo.x));
+    const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&lo.y));
+    const float2 c = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&hi.x));
+    const float2 d = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&hi.y));
+    lse_add4(m, s, make_float4(a.x, a.y, b.x, b.y));
+    lse_add4(m, s, make_float4(c.x, c.y, d.x, d.y));
+}
+
+static __global__ void __cluster_dims__(XQ, 1, 1) __launch_bounds__(XQ_THREADS)
+    xent_row_kernel(const XentArgs a) {
+    extern __shared__ __align__(16) unsigned char xq_dyn[];
+    uint4 *part = reinterpret_cast<uint4 *>(xq_dyn); /* this block's V / XQ logits */
+    __shared__ float red_m[XQ_THREADS / 32], red_s[XQ_THREADS / 32], ms[2];
+    cg::cluster_group cluster = cg::this_cluster();
+    const int q = (int)cluster.block_rank(), r = blockIdx.x / XQ;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, n8 = a.V / (8 * XQ);
+    const __nv_bfloat16 *row = static_cast<const __nv_bfloat16 *>(a.logits) + (size_t)r * a.V;
+    const uint4 *src = reinterpret_cast<const uint4 *>(row) + (size_t)q * n8;
+    cu_dep_wait();
+    const int tg = a.targets[r];
+    float m = -INFINITY, s = 0.0f;
+    if (tg >= 0) {
+#pragma unroll 4
+        for (int i = threadIdx.x; i < n8; i += XQ_THREADS) {
+            const uint4 u = __ldcs(src + i);
+            part[i] = u;
+            lse_add8(m, s, u);
+        }
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        const float m2 = __shfl_xor_sync(0xffffffffu, m, o), s2 = __shfl_xor_sync(0xffffffffu, s, o);
+        lse_merge(m, s, m2, s2);
+    }
+    if (lane == 0) {
+        red_m[warp] = m;
+        red_s[warp] = s;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        m = red_m[0];
+        s = red_s[0];
+        for (int i = 1; i < XQ_THREADS / 32; i++) lse_merge(m, s, red_m[i], red_s[i]);
+        ms[0] = m;
+        ms[1] = s;
+    }
+    cluster.sync();
+    m = -INFINITY;
+    s = 0.0f;
+    for (int p = 0; p < XQ; p++) {
+        const float *o = cluster.map_shared_rank(ms, p);
+        lse_merge(m, s, o[0], o[1]);
+    }
+    const float lse = m + logf(s);
+    if (q == 0 && threadIdx.x == 0) a.loss[r] = tg < 0 ? 0.0 : (double)lse - (double)logit1(row, tg);
+    if (a.grad) {
+        uint4 *dst = reinterpret_cast<uint4 *>(static_cast<__nv_bfloat16 *>(a.grad) + (size_t)r * a.V) +
+                     (size_t)q * n8;
+        const int k0 = q * n8 * 8;
+        for (int i = threadIdx.x; i < n8; i += XQ_THREADS) {
+            uint4 g = make_uint4(0u, 0u, 0u, 0u);
+            if (tg >= 0) {
+                float x[8];
+                const uint4 u = part[i];
+                const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    x[2 * j] = __uint_as_float(w[j] << 16);
+                    x[2 * j + 1] = __uint_as_float(w[j] & 0xffff0000u);
+                }
+                const int k = k0 + 8 * i;
+#pragma unroll
+                for (int j = 0; j < 8; j++) x[j] = expf(x[j] - lse) - (k + j == tg ? 1.0f : 0.0f);
+                g = make_uint4(cu_pack_bf16(x[0], x[1]), cu_pack_bf16(x[2], x[3]),
+                               cu_pack_bf16(x[4], x[5]), cu_pack_bf16(x[6], x[7]));
+            }
+            dst[i] = g;
+        }
+    }
+    cluster.sync(); /* no block leaves while another reads its (m, s) */
+}
+
 /* Vocabulary slices of the gradient GEMM: the most (a power of two up to XENT_MAX_SLICES)
  * that split V into equal multiples of 8 at least XENT_MIN_SLICE long, their partial sums
  * fitting in the logits buffer (S D <= V); 1 when none do. A tail GEMM for a remainder
@@ -175,6 +272,10 @@ mc_status cu_linear_xent(mc_backend *be, void *dh, double *loss_sum, const void 
      * and the cuBLASLt gradient GEMM (the sliced one keeps f32 partial sums in this buffer) */
     const bool l16 = w.dtype == MC_BF16 && c->lt_on && c->xent16 && V % 4 == 0;
     const size_t lsz = l16 ? 2 : sizeof(float);
+    /* one pass over each row when a cluster's blocks can hold it (the gradient in bf16) */
+    const size_t xq_smem = (size_t)V / XQ * 2;
+    const bool xq = l16 && c->xq_on && V % (8 * XQ) == 0 && xq_smem <= CU_XQ_SMEM_MAX;
+    if (xq) cu_smem_limit(c, (const void *)xent_row_kernel, (int)xq_smem, "linear_xent");
     R = XENT_CHUNK_BYTES / ((size_t)V * (lsz + esz));
     if (R >= 16) R -= R % 16;
     if (R < 1) R = 1;
@@ -206,7 +307,10 @@ mc_status cu_linear_xent(mc_backend *be, void *dh, double *loss_sum, const void 
         a.loss = loss + r0;
         a.V = V;
         a.gdt = (int)w.dtype;
-        if (l16)
+        if (xq)
+            cu_launch(c, xent_row_kernel, dim3((unsigned)rows * XQ), dim3(XQ_THREADS),
+                      (unsigned)xq_smem, a, "linear_xent");
+        else if (l16)
             cu_launch(c, xent_kernel<__nv_bfloat16>, dim3((unsigned)rows), dim3(XENT_THREADS), 0,
                       a, "linear_xent");
         else

@@ -1,7 +1,7 @@
 /* cuda_xent.cu - fused linear cross-entropy: lm_head GEMM, softmax, loss and the
  * gradient with respect to the hidden states, over chunks of rows so that at most a
- * [chunk, V] block of logits and of gradients (the weight dtype) exists at a time (about
- * 256 MiB for Qwen's 151,936-token vocabulary). With bf16 weights the logits are bf16, as
+ * [chunk, V] block of logits and of gradients (the weight dtype) exists at a time (at most
+ * 512 MiB: 768 rows of Qwen's 151,936-token vocabulary). With bf16 weights the logits are bf16, as
  * the bf16 lm_head of transformers gives them (sums in f32, rounded once): half the bytes
  * to write and read, and two thirds as many chunks, each re-reading the weight, as f32
  * logits (MC_CUDA_XENT=f32: f32 logits). Per-row losses are summed on the
@@ -19,7 +19,7 @@ namespace cg = cooperative_groups;
 
 enum { XENT_THREADS = 512, XENT_MIN_SLICE = 4096, XENT_MAX_SLICES = 8 };
 static const size_t CU_XQ_SMEM_MAX = (size_t)200 << 10; /* a block's share of a row */
-static const size_t XENT_CHUNK_BYTES = (size_t)256 << 20;
+static const size_t XENT_CHUNK_BYTES = (size_t)512 << 20;
 
 struct XentArgs {
     const void *logits;     /* [rows, V] of LT (xent_kernel's) */
@@ -277,7 +277,10 @@ mc_status cu_linear_xent(mc_backend *be, void *dh, double *loss_sum, const void 
     const bool xq = l16 && c->xq_on && V % (8 * XQ) == 0 && xq_smem <= CU_XQ_SMEM_MAX;
     if (xq) cu_smem_limit(c, (const void *)xent_row_kernel, (int)xq_smem, "linear_xent");
     R = XENT_CHUNK_BYTES / ((size_t)V * (lsz + esz));
-    if (R >= 16) R -= R % 16;
+    /* whole tiles of 128 rows for the GEMMs (432-row chunks left a third of their last
+     * tile idle) */
+    if (R >= 128) R -= R % 128;
+    else if (R >= 16) R -= R % 16;
     if (R < 1) R = 1;
     if (R > (size_t)T) R = (size_t)T;
     if (dh) cu_note_write(c, dh, (size_t)T * (size_t)D * sizeof(float)); /* before h's view */

@@ -1220,7 +1220,8 @@ static void test_linear_xent_rows(void) {
     int32_t *tg = malloc((size_t)T * sizeof *tg);
     double lw = 0, lg = 0, l2 = 0;
     if (!tg) exit(2);
-    for (int t = 0; t < T; t++) tg[t] = t % 7 == 3 ? -1 : (int32_t)(mc_rng_next(&g_rng) % (uint64_t)V);
+    for (int t = 0; t < T; t++)
+        tg[t] = t % 7 == 3 ? -1 : (int32_t)(mc_rng_next(&g_rng) % (uint64_t)V);
     CHECK_OK(two->weights(two, w.cpu.data, (size_t)V * D * 2, &w2));
     const mc_wt wt2 = {w2, MC_BF16, false};
     float *dh = dputf(h, nh), *ddh = dputf(got, nh);

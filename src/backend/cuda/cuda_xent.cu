@@ -1,14 +1,14 @@
 /* cuda_xent.cu - fused linear cross-entropy: lm_head GEMM, softmax, loss and the
  * gradient with respect to the hidden states, over chunks of rows so that at most a
  * [chunk, V] block of logits and of gradients (the weight dtype) exists at a time (at most
- * 512 MiB: 768 rows of Qwen's 151,936-token vocabulary). With bf16 weights the logits are bf16, as
- * the bf16 lm_head of transformers gives them (sums in f32, rounded once): half the bytes
- * to write and read, and two thirds as many chunks, each re-reading the weight, as f32
- * logits (MC_CUDA_XENT=f32: f32 logits). Per-row losses are summed on the
- * host in row order, so the result does not depend on scheduling. The gradient GEMM
- * reduces over the vocabulary with only a [rows, D] output: it runs as a batch over
- * slices of the vocabulary whose partial sums (in the logits buffer, free by then) are
- * added in slice order. */
+ * 512 MiB: 768 rows of Qwen's 151,936-token vocabulary). With bf16 weights the logits are
+ * bf16, as the bf16 lm_head of transformers gives them (sums in f32, rounded once): half
+ * the bytes to write and read, and two thirds as many chunks, each re-reading the weight,
+ * as f32 logits (MC_CUDA_XENT=f32: f32 logits). Per-row losses are summed on the host in
+ * row order, so the result does not depend on scheduling. The gradient GEMM reduces over
+ * the vocabulary with only a [rows, D] output: it runs as a batch over slices of the
+ * vocabulary whose partial sums (in the logits buffer, free by then) are added in slice
+ * order. */
 #include <math.h>
 
 #include <cooperative_groups.h>
@@ -188,7 +188,8 @@ static __global__ void __cluster_dims__(XQ, 1, 1) __launch_bounds__(XQ_THREADS)
         }
     }
     for (int o = 16; o > 0; o >>= 1) {
-        const float m2 = __shfl_xor_sync(0xffffffffu, m, o), s2 = __shfl_xor_sync(0xffffffffu, s, o);
+        const float m2 = __shfl_xor_sync(0xffffffffu, m, o);
+        const float s2 = __shfl_xor_sync(0xffffffffu, s, o);
         lse_merge(m, s, m2, s2);
     }
     if (lane == 0) {
@@ -211,10 +212,11 @@ static __global__ void __cluster_dims__(XQ, 1, 1) __launch_bounds__(XQ_THREADS)
         lse_merge(m, s, o[0], o[1]);
     }
     const float lse = m + logf(s);
-    if (q == 0 && threadIdx.x == 0) a.loss[r] = tg < 0 ? 0.0 : (double)lse - (double)logit1(row, tg);
+    if (q == 0 && threadIdx.x == 0)
+        a.loss[r] = tg < 0 ? 0.0 : (double)lse - (double)logit1(row, tg);
     if (a.grad) {
-        uint4 *dst = reinterpret_cast<uint4 *>(static_cast<__nv_bfloat16 *>(a.grad) + (size_t)r * a.V) +
-                     (size_t)q * n8;
+        __nv_bfloat16 *grow = static_cast<__nv_bfloat16 *>(a.grad) + (size_t)r * a.V;
+        uint4 *dst = reinterpret_cast<uint4 *>(grow) + (size_t)q * n8;
         const int k0 = q * n8 * 8;
         for (int i = threadIdx.x; i < n8; i += XQ_THREADS) {
             uint4 g = make_uint4(0u, 0u, 0u, 0u);

@@ -1242,19 +1242,15 @@ static void test_linear_xent_rows(void) {
     CHECK_NEAR(lg / l2, 1.0, 1e-6);
     cmp("linear_xent dh, rows read once, vs CPU", got, want, nh, 1e-2);
     cmp("linear_xent dh, rows read once, vs two passes", got, got2, nh, 1e-3);
-    two->free(two, dh2);
-    two->free(two, ddh2);
-    two->free(two, dtg2);
+    void *on_two[3] = {dh2, ddh2, dtg2}, *on_cu[3] = {dh, ddh, dtg};
+    void *host[5] = {h, want, got, got2, tg};
+    for (int i = 0; i < 3; i++) {
+        two->free(two, on_two[i]);
+        dfree(on_cu[i]);
+    }
+    for (int i = 0; i < 5; i++) free(host[i]);
     two->release_weights(two, w2);
     mc_backend_free(two);
-    dfree(dh);
-    dfree(ddh);
-    dfree(dtg);
-    free(h);
-    free(want);
-    free(got);
-    free(got2);
-    free(tg);
     free_w(&w);
 }
 

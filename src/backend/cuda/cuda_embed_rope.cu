@@ -131,38 +131,60 @@ static __global__ void rope_kernel(const RopeArgs a) {
 }
 
 /* rope_kernel for four consecutive pairs a thread (16-byte loads and stores, 32-bit index
- * arithmetic): hd / 2 a multiple of 4, 16-byte aligned rows, fewer than 2^31 quads. The
- * same rotation of each pair, so the same bits. */
+ * arithmetic): hd / 2 a multiple of 4, 16-byte aligned rows, fewer than 2^31 quads. Each
+ * thread takes ROPE_U quads a grid stride apart, all their loads issued before any
+ * rotation (one quad at a time left the loads of a thread in series with its arithmetic:
+ * about half the copy rate). The same rotation of each pair, so the same bits. */
+enum { ROPE_U = 4 };
+
 static __global__ void rope4_kernel(const RopeArgs a) {
     cu_dep_wait();
     const int half = a.hd / 2, q4 = half / 4;
     const int n0 = a.T * a.H[0] * q4, total = n0 + (a.nt > 1 ? a.T * a.H[1] * q4 : 0);
+    const int stride = (int)(gridDim.x * blockDim.x);
     const bool bw = a.backward != 0;
-    for (int idx = (int)(blockIdx.x * blockDim.x + threadIdx.x); idx < total;
-         idx += (int)(gridDim.x * blockDim.x)) {
-        const int ti = idx < n0 ? 0 : 1, j = ti ? idx - n0 : idx, H = a.H[ti];
-        const int i = (j % q4) * 4, th = j / q4, h = th % H, t = th / H;
-        const size_t off = (size_t)t * a.ldx[ti] + (size_t)h * a.hd + i;
-        float *x1p = a.x[ti] + off, *x2p = x1p + half;
-        const float4 x1 = *reinterpret_cast<const float4 *>(x1p);
-        const float4 x2 = *reinterpret_cast<const float4 *>(x2p);
-        const float4 inv = *reinterpret_cast<const float4 *>(a.inv + i);
-        const int32_t p = a.pos[t];
-        float4 y1, y2;
-        cu_rope_rotate(x1.x, x2.x, p, inv.x, bw, y1.x, y2.x);
-        cu_rope_rotate(x1.y, x2.y, p, inv.y, bw, y1.y, y2.y);
-        cu_rope_rotate(x1.z, x2.z, p, inv.z, bw, y1.z, y2.z);
-        cu_rope_rotate(x1.w, x2.w, p, inv.w, bw, y1.w, y2.w);
-        *reinterpret_cast<float4 *>(x1p) = y1;
-        *reinterpret_cast<float4 *>(x2p) = y2;
-        if (a.sh[ti]) {
-            uint2 u1, u2;
-            u1.x = cu_pack_bf16(y1.x, y1.y);
-            u1.y = cu_pack_bf16(y1.z, y1.w);
-            u2.x = cu_pack_bf16(y2.x, y2.y);
-            u2.y = cu_pack_bf16(y2.z, y2.w);
-            *reinterpret_cast<uint2 *>(a.sh[ti] + off) = u1;
-            *reinterpret_cast<uint2 *>(a.sh[ti] + off + half) = u2;
+    for (int base = (int)(blockIdx.x * blockDim.x + threadIdx.x); base < total;
+         base += ROPE_U * stride) {
+        float4 x1[ROPE_U], x2[ROPE_U], inv[ROPE_U];
+        int32_t p[ROPE_U];
+        size_t off[ROPE_U];
+        int ti[ROPE_U];
+#pragma unroll
+        for (int u = 0; u < ROPE_U; u++) {
+            const int idx = base + u * stride;
+            ti[u] = -1;
+            if (idx >= total) continue;
+            ti[u] = idx < n0 ? 0 : 1;
+            const int j = ti[u] ? idx - n0 : idx, H = a.H[ti[u]];
+            const int i = (j % q4) * 4, th = j / q4, h = th % H, t = th / H;
+            off[u] = (size_t)t * a.ldx[ti[u]] + (size_t)h * a.hd + i;
+            const float *x1p = a.x[ti[u]] + off[u];
+            x1[u] = *reinterpret_cast<const float4 *>(x1p);
+            x2[u] = *reinterpret_cast<const float4 *>(x1p + half);
+            inv[u] = *reinterpret_cast<const float4 *>(a.inv + i);
+            p[u] = a.pos[t];
+        }
+#pragma unroll
+        for (int u = 0; u < ROPE_U; u++) {
+            if (ti[u] < 0) continue;
+            float4 y1, y2;
+            cu_rope_rotate(x1[u].x, x2[u].x, p[u], inv[u].x, bw, y1.x, y2.x);
+            cu_rope_rotate(x1[u].y, x2[u].y, p[u], inv[u].y, bw, y1.y, y2.y);
+            cu_rope_rotate(x1[u].z, x2[u].z, p[u], inv[u].z, bw, y1.z, y2.z);
+            cu_rope_rotate(x1[u].w, x2[u].w, p[u], inv[u].w, bw, y1.w, y2.w);
+            float *x1p = a.x[ti[u]] + off[u];
+            *reinterpret_cast<float4 *>(x1p) = y1;
+            *reinterpret_cast<float4 *>(x1p + half) = y2;
+            __nv_bfloat16 *sh = a.sh[ti[u]];
+            if (sh) {
+                uint2 u1, u2;
+                u1.x = cu_pack_bf16(y1.x, y1.y);
+                u1.y = cu_pack_bf16(y1.z, y1.w);
+                u2.x = cu_pack_bf16(y2.x, y2.y);
+                u2.y = cu_pack_bf16(y2.z, y2.w);
+                *reinterpret_cast<uint2 *>(sh + off[u]) = u1;
+                *reinterpret_cast<uint2 *>(sh + off[u] + half) = u2;
+            }
         }
     }
 }
@@ -170,9 +192,9 @@ static __global__ void rope4_kernel(const RopeArgs a) {
 static void rope_launch(mc_cuda *c, const RopeArgs &a) {
     const int half = a.hd / 2;
     size_t total = (size_t)a.T * (size_t)(a.H[0] + (a.nt > 1 ? a.H[1] : 0)) * (size_t)half;
-    const unsigned blocks4 = cu_blocks(total / 4, 256, (unsigned)c->n_sm * 16);
+    const unsigned blocks4 = cu_blocks((total / 4 + ROPE_U - 1) / ROPE_U, 256, (unsigned)c->n_sm * 8);
     /* the loop index, an int, stays below INT_MAX with its last stride added */
-    bool quad = half % 4 == 0 && total / 4 + (size_t)blocks4 * 256 < (size_t)INT_MAX &&
+    bool quad = half % 4 == 0 && total / 4 + (size_t)blocks4 * 256 * ROPE_U < (size_t)INT_MAX &&
                 cu_aligned16(a.inv);
     for (int i = 0; i < a.nt; i++)
         quad = quad && a.ldx[i] % 4 == 0 && cu_aligned16(a.x[i]) &&

@@ -131,8 +131,24 @@ static __global__ void rmsnorm_kernel(const RmsArgs a) {
     }
 }
 
-/* dx[j] += r w[j] dy[j] - x[j] r^3 mean_d(dy[d] w[d] x[d]). */
-template <int G>
+/* The backward's second pass for element d of row t: dx += r w dy - x r3m, and the
+ * forward's out again when asked. */
+static __device__ __forceinline__ void rms_bwd_out(const RmsArgs &a, size_t t, int d, float x,
+                                                   float dy, float w, float dx0, float r,
+                                                   float r3m) {
+    const float o = dx0 + r * w * dy - x * r3m;
+    const float xo = __fmul_rn(__fmul_rn(x, r), w); /* the forward's out */
+    const size_t i = t * (size_t)a.D + (size_t)d;
+    if (a.xn) a.xn[i] = xo;
+    if (a.xn16) a.xn16[i] = __float2bfloat16(xo);
+    a.out[i] = o;
+    if (a.sh) a.sh[i] = __float2bfloat16(o);
+}
+
+/* dx[j] += r w[j] dy[j] - x[j] r^3 mean_d(dy[d] w[d] x[d]). E > 0: a row has at most G * E
+ * elements, held in registers between the two passes, every load issued before any is used
+ * (the second pass read x and dy again); E == 0: any D. The same sums either way. */
+template <int G, int E>
 static __global__ void rmsnorm_bwd_kernel(const RmsArgs a) {
     cu_dep_wait();
     __shared__ float red[G / 32 > 0 ? G / 32 : 1];
@@ -140,25 +156,47 @@ static __global__ void rmsnorm_bwd_kernel(const RmsArgs a) {
     const int t = blockIdx.x * rows + g;
     if (t >= a.T) return;
     const float *xr = a.x + (size_t)t * a.D, *gr = a.dy + (size_t)t * a.D; /* x not written */
-    float *dr = a.out + (size_t)t * a.D;
+    const float *dr = a.out + (size_t)t * a.D;
     float ss = 0.0f, dot = 0.0f;
-    for (int d = l; d < a.D; d += G) {
-        float v = xr[d];
-        ss = fmaf(v, v, ss);
-        dot = fmaf(gr[d] * cu_load_w(a.w, a.wdt, (size_t)d), v, dot);
-    }
-    ss = group_sum<G>(ss, red);
-    dot = group_sum<G>(dot, red);
-    const float r = rms_recip(ss, a.D, a.eps);
-    const float r3m = r * r * r * (dot / (float)a.D);
-    for (int d = l; d < a.D; d += G) {
-        float wd = cu_load_w(a.w, a.wdt, (size_t)d);
-        float o = dr[d] + r * wd * gr[d] - xr[d] * r3m;
-        const float xo = __fmul_rn(__fmul_rn(xr[d], r), wd); /* the forward's out */
-        if (a.xn) a.xn[(size_t)t * a.D + d] = xo;
-        if (a.xn16) a.xn16[(size_t)t * a.D + d] = __float2bfloat16(xo);
-        dr[d] = o;
-        if (a.sh) a.sh[(size_t)t * a.D + d] = __float2bfloat16(o);
+    if constexpr (E > 0) {
+        float xv[E], gv[E], wv[E], dv[E];
+#pragma unroll
+        for (int i = 0; i < E; i++) {
+            const int d = l + i * G;
+            const bool in = d < a.D;
+            xv[i] = in ? xr[d] : 0.0f;
+            gv[i] = in ? gr[d] : 0.0f;
+            dv[i] = in ? dr[d] : 0.0f;
+            wv[i] = in ? cu_load_w(a.w, a.wdt, (size_t)d) : 0.0f;
+        }
+#pragma unroll
+        for (int i = 0; i < E; i++) {
+            if (l + i * G >= a.D) continue;
+            ss = fmaf(xv[i], xv[i], ss);
+            dot = fmaf(gv[i] * wv[i], xv[i], dot);
+        }
+        ss = group_sum<G>(ss, red);
+        dot = group_sum<G>(dot, red);
+        const float r = rms_recip(ss, a.D, a.eps);
+        const float r3m = r * r * r * (dot / (float)a.D);
+#pragma unroll
+        for (int i = 0; i < E; i++) {
+            const int d = l + i * G;
+            if (d < a.D) rms_bwd_out(a, (size_t)t, d, xv[i], gv[i], wv[i], dv[i], r, r3m);
+        }
+    } else {
+        for (int d = l; d < a.D; d += G) {
+            float v = xr[d];
+            ss = fmaf(v, v, ss);
+            dot = fmaf(gr[d] * cu_load_w(a.w, a.wdt, (size_t)d), v, dot);
+        }
+        ss = group_sum<G>(ss, red);
+        dot = group_sum<G>(dot, red);
+        const float r = rms_recip(ss, a.D, a.eps);
+        const float r3m = r * r * r * (dot / (float)a.D);
+        for (int d = l; d < a.D; d += G)
+            rms_bwd_out(a, (size_t)t, d, xr[d], gr[d], cu_load_w(a.w, a.wdt, (size_t)d), dr[d],
+                        r, r3m);
     }
 }
 
@@ -181,7 +219,10 @@ template <int G>
 static void launch_g(mc_cuda *c, const RmsArgs &a, bool backward) {
     const int rows = G == 32 ? 8 : 1;
     dim3 grid((unsigned)((a.T + rows - 1) / rows)), block((unsigned)(G == 32 ? 256 : G));
-    if (backward) cu_launch(c, rmsnorm_bwd_kernel<G>, grid, block, 0, a, "rmsnorm_backward");
+    if (backward && a.D <= G * 8)
+        cu_launch(c, rmsnorm_bwd_kernel<G, 8>, grid, block, 0, a, "rmsnorm_backward");
+    else if (backward)
+        cu_launch(c, rmsnorm_bwd_kernel<G, 0>, grid, block, 0, a, "rmsnorm_backward");
     else if (a.src) launch_src<G, true>(c, a, grid, block);
     else launch_src<G, false>(c, a, grid, block);
 }

@@ -952,6 +952,7 @@ extern "C" mc_status mc_backend_cuda_create(int device, mc_backend **out) {
     }
     cu_attention_init(c);
     cu_matmul_init(c);
+    cu_xent_init(c);
     c->gemv_cnt = (int *)cu_malloc(c, sizeof(int), "setup");
     if (c->gemv_cnt) (void)cu_check(c, cudaMemset(c->gemv_cnt, 0, sizeof(int)), "setup");
     c->am_keys = (unsigned long long *)cu_malloc(c, 2 * CU_AM_SLOT * sizeof *c->am_keys, "setup");

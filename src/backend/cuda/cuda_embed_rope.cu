@@ -192,10 +192,11 @@ static __global__ void rope4_kernel(const RopeArgs a) {
 static void rope_launch(mc_cuda *c, const RopeArgs &a) {
     const int half = a.hd / 2;
     size_t total = (size_t)a.T * (size_t)(a.H[0] + (a.nt > 1 ? a.H[1] : 0)) * (size_t)half;
-    const unsigned blocks4 = cu_blocks((total / 4 + ROPE_U - 1) / ROPE_U, 256, (unsigned)c->n_sm * 8);
+    const unsigned blocks4 =
+        cu_blocks((total / 4 + ROPE_U - 1) / ROPE_U, 256, (unsigned)c->n_sm * 8);
     /* the loop index, an int, stays below INT_MAX with its last stride added */
-    bool quad = half % 4 == 0 && total / 4 + (size_t)blocks4 * 256 * ROPE_U < (size_t)INT_MAX &&
-                cu_aligned16(a.inv);
+    bool quad = half % 4 == 0 &&
+                total / 4 + (size_t)blocks4 * 256 * ROPE_U < (size_t)INT_MAX && cu_aligned16(a.inv);
     for (int i = 0; i < a.nt; i++)
         quad = quad && a.ldx[i] % 4 == 0 && cu_aligned16(a.x[i]) &&
                (!a.sh[i] || ((uintptr_t)a.sh[i] & 7) == 0);

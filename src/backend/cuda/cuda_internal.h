@@ -643,6 +643,8 @@ void cu_attention_backward(mc_backend *be, void *dq, void *dk, void *dv, const v
                            int hd);
 void cu_attention_init(mc_cuda *c);
 void cu_matmul_init(mc_cuda *c);
+/* Raises the dynamic shared-memory limit of the one-pass cross-entropy kernel. */
+void cu_xent_init(mc_cuda *c);
 /* cuda_elementwise.cu */
 void cu_swiglu(mc_backend *be, void *out, const void *gate, const void *up, size_t n);
 void cu_swiglu_backward(mc_backend *be, void *dgate, void *dup, void *h, const void *dout,

@@ -145,6 +145,17 @@ static __device__ __forceinline__ void rms_bwd_out(const RmsArgs &a, size_t t, i
     if (a.sh) a.sh[i] = __float2bfloat16(o);
 }
 
+/* The backward's r (the forward's reciprocal RMS) and r^3 mean(dy w x) of a row from its
+ * threads' sums ss = sum x^2 and dot = sum dy w x. */
+template <int G>
+static __device__ __forceinline__ void rms_bwd_scales(float ss, float dot, float *red, int D,
+                                                      float eps, float &r, float &r3m) {
+    ss = group_sum<G>(ss, red);
+    dot = group_sum<G>(dot, red);
+    r = rms_recip(ss, D, eps);
+    r3m = r * r * r * (dot / (float)D);
+}
+
 /* dx[j] += r w[j] dy[j] - x[j] r^3 mean_d(dy[d] w[d] x[d]). E > 0: a row has at most G * E
  * elements, held in registers between the two passes, every load issued before any is used
  * (the second pass read x and dy again); E == 0: any D. The same sums either way. */
@@ -175,10 +186,8 @@ static __global__ void rmsnorm_bwd_kernel(const RmsArgs a) {
             ss = fmaf(xv[i], xv[i], ss);
             dot = fmaf(gv[i] * wv[i], xv[i], dot);
         }
-        ss = group_sum<G>(ss, red);
-        dot = group_sum<G>(dot, red);
-        const float r = rms_recip(ss, a.D, a.eps);
-        const float r3m = r * r * r * (dot / (float)a.D);
+        float r, r3m;
+        rms_bwd_scales<G>(ss, dot, red, a.D, a.eps, r, r3m);
 #pragma unroll
         for (int i = 0; i < E; i++) {
             const int d = l + i * G;
@@ -190,10 +199,8 @@ static __global__ void rmsnorm_bwd_kernel(const RmsArgs a) {
             ss = fmaf(v, v, ss);
             dot = fmaf(gr[d] * cu_load_w(a.w, a.wdt, (size_t)d), v, dot);
         }
-        ss = group_sum<G>(ss, red);
-        dot = group_sum<G>(dot, red);
-        const float r = rms_recip(ss, a.D, a.eps);
-        const float r3m = r * r * r * (dot / (float)a.D);
+        float r, r3m;
+        rms_bwd_scales<G>(ss, dot, red, a.D, a.eps, r, r3m);
         for (int d = l; d < a.D; d += G)
             rms_bwd_out(a, (size_t)t, d, xr[d], gr[d], cu_load_w(a.w, a.wdt, (size_t)d), dr[d],
                         r, r3m);

@@ -18,7 +18,8 @@
 namespace cg = cooperative_groups;
 
 enum { XENT_THREADS = 512, XENT_MIN_SLICE = 4096, XENT_MAX_SLICES = 8 };
-static const size_t CU_XQ_SMEM_MAX = (size_t)200 << 10; /* a block's share of a row */
+/* the most shared memory of a block's share of a row (its limit is raised once, at setup) */
+static const size_t CU_XQ_SMEM_MAX = (size_t)200 << 10;
 static const size_t XENT_CHUNK_BYTES = (size_t)512 << 20;
 
 struct XentArgs {
@@ -91,6 +92,30 @@ static __device__ __forceinline__ float logit1(const __nv_bfloat16 *row, int v) 
     return __bfloat162float(row[v]);
 }
 
+/* The first half of a block's merge of its threads' (m, s): across each warp, the warps'
+ * pairs left in red_m, red_s (XENT_THREADS / 32 each) for lse_red. */
+static __device__ __forceinline__ void lse_warps(float m, float s, float *red_m, float *red_s) {
+    for (int o = 16; o > 0; o >>= 1) {
+        const float m2 = __shfl_xor_sync(0xffffffffu, m, o);
+        const float s2 = __shfl_xor_sync(0xffffffffu, s, o);
+        lse_merge(m, s, m2, s2);
+    }
+    if ((threadIdx.x & 31) == 0) {
+        red_m[threadIdx.x >> 5] = m;
+        red_s[threadIdx.x >> 5] = s;
+    }
+    __syncthreads();
+}
+
+/* The second half: the warps' pairs merged in warp order, so the result does not change
+ * from run to run. */
+static __device__ __forceinline__ void lse_red(float &m, float &s, const float *red_m,
+                                               const float *red_s) {
+    m = red_m[0];
+    s = red_s[0];
+    for (int i = 1; i < XENT_THREADS / 32; i++) lse_merge(m, s, red_m[i], red_s[i]);
+}
+
 /* One block per row of logits of type LT: loss = logsumexp(l) - l[target]; grad =
  * softmax(l) - onehot(target) (zero for rows with a negative target). The row is read
  * twice: once for its maximum and sum of exponentials together (a running maximum that
@@ -101,7 +126,7 @@ template <typename LT>
 static __global__ void __launch_bounds__(XENT_THREADS) xent_kernel(const XentArgs a) {
     cu_dep_wait();
     __shared__ float red_m[XENT_THREADS / 32], red_s[XENT_THREADS / 32];
-    const int r = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int r = blockIdx.x;
     const int tg = a.targets[r];
     const LT *row = static_cast<const LT *>(a.logits) + (size_t)r * a.V;
     const size_t base = (size_t)r * a.V;
@@ -119,18 +144,8 @@ static __global__ void __launch_bounds__(XENT_THREADS) xent_kernel(const XentArg
     for (int v = threadIdx.x; v < v4; v += XENT_THREADS) lse_add4(m, s, logit4(row, v, false));
     for (int v = 4 * v4 + threadIdx.x; v < a.V; v += XENT_THREADS)
         lse_merge(m, s, logit1(row, v), 1.0f);
-    for (int o = 16; o > 0; o >>= 1) {
-        const float m2 = __shfl_xor_sync(0xffffffffu, m, o), s2 = __shfl_xor_sync(0xffffffffu, s, o);
-        lse_merge(m, s, m2, s2);
-    }
-    if (lane == 0) {
-        red_m[warp] = m;
-        red_s[warp] = s;
-    }
-    __syncthreads();
-    m = red_m[0];
-    s = red_s[0];
-    for (int i = 1; i < XENT_THREADS / 32; i++) lse_merge(m, s, red_m[i], red_s[i]);
+    lse_warps(m, s, red_m, red_s);
+    lse_red(m, s, red_m, red_s);
     const float lse = m + logf(s);
     if (threadIdx.x == 0) a.loss[r] = (double)lse - (double)logit1(row, tg);
     if (!a.grad) return;
@@ -153,27 +168,25 @@ static __global__ void __launch_bounds__(XENT_THREADS) xent_kernel(const XentArg
  * of 300 KB, do not stay in L2 between two passes). Each block merges its threads' (m, s)
  * in a fixed order, then every block merges the cluster's XQ pairs in block order: the
  * result does not change from run to run. Needs V a multiple of 8 XQ. */
-enum { XQ = 4, XQ_THREADS = 512 };
+enum { XQ = 4 };
 
-/* Adds eight bf16 (one 16-byte piece) to the running (m, s). */
-static __device__ __forceinline__ void lse_add8(float &m, float &s, uint4 u) {
-    const uint2 lo = make_uint2(u.x, u.y), hi = make_uint2(u.z, u.w);
-    const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&lo.x));
-    const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&lo.y));
-    const float2 c = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&hi.x));
-    const float2 d = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&hi.y));
-    lse_add4(m, s, make_float4(a.x, a.y, b.x, b.y));
-    lse_add4(m, s, make_float4(c.x, c.y, d.x, d.y));
+/* Eight bf16 (one 16-byte piece) as floats. */
+static __device__ __forceinline__ void bf16x8_f(uint4 u, float (&x)[8]) {
+    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        x[2 * j] = __uint_as_float(w[j] << 16);
+        x[2 * j + 1] = __uint_as_float(w[j] & 0xffff0000u);
+    }
 }
 
-static __global__ void __cluster_dims__(XQ, 1, 1) __launch_bounds__(XQ_THREADS)
+static __global__ void __cluster_dims__(XQ, 1, 1) __launch_bounds__(XENT_THREADS)
     xent_row_kernel(const XentArgs a) {
     extern __shared__ __align__(16) unsigned char xq_dyn[];
     uint4 *part = reinterpret_cast<uint4 *>(xq_dyn); /* this block's V / XQ logits */
-    __shared__ float red_m[XQ_THREADS / 32], red_s[XQ_THREADS / 32], ms[2];
+    __shared__ float red_m[XENT_THREADS / 32], red_s[XENT_THREADS / 32], ms[2];
     cg::cluster_group cluster = cg::this_cluster();
-    const int q = (int)cluster.block_rank(), r = blockIdx.x / XQ;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, n8 = a.V / (8 * XQ);
+    const int q = (int)cluster.block_rank(), r = blockIdx.x / XQ, n8 = a.V / (8 * XQ);
     const __nv_bfloat16 *row = static_cast<const __nv_bfloat16 *>(a.logits) + (size_t)r * a.V;
     const uint4 *src = reinterpret_cast<const uint4 *>(row) + (size_t)q * n8;
     cu_dep_wait();
@@ -181,26 +194,18 @@ static __global__ void __cluster_dims__(XQ, 1, 1) __launch_bounds__(XQ_THREADS)
     float m = -INFINITY, s = 0.0f;
     if (tg >= 0) {
 #pragma unroll 4
-        for (int i = threadIdx.x; i < n8; i += XQ_THREADS) {
+        for (int i = threadIdx.x; i < n8; i += XENT_THREADS) {
             const uint4 u = __ldcs(src + i);
+            float x[8];
             part[i] = u;
-            lse_add8(m, s, u);
+            bf16x8_f(u, x);
+            lse_add4(m, s, make_float4(x[0], x[1], x[2], x[3]));
+            lse_add4(m, s, make_float4(x[4], x[5], x[6], x[7]));
         }
     }
-    for (int o = 16; o > 0; o >>= 1) {
-        const float m2 = __shfl_xor_sync(0xffffffffu, m, o);
-        const float s2 = __shfl_xor_sync(0xffffffffu, s, o);
-        lse_merge(m, s, m2, s2);
-    }
-    if (lane == 0) {
-        red_m[warp] = m;
-        red_s[warp] = s;
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        m = red_m[0];
-        s = red_s[0];
-        for (int i = 1; i < XQ_THREADS / 32; i++) lse_merge(m, s, red_m[i], red_s[i]);
+    lse_warps(m, s, red_m, red_s);
+    if (threadIdx.x == 0) { /* one thread merges: all of them doing it cost 5% */
+        lse_red(m, s, red_m, red_s);
         ms[0] = m;
         ms[1] = s;
     }
@@ -218,17 +223,11 @@ static __global__ void __cluster_dims__(XQ, 1, 1) __launch_bounds__(XQ_THREADS)
         __nv_bfloat16 *grow = static_cast<__nv_bfloat16 *>(a.grad) + (size_t)r * a.V;
         uint4 *dst = reinterpret_cast<uint4 *>(grow) + (size_t)q * n8;
         const int k0 = q * n8 * 8;
-        for (int i = threadIdx.x; i < n8; i += XQ_THREADS) {
+        for (int i = threadIdx.x; i < n8; i += XENT_THREADS) {
             uint4 g = make_uint4(0u, 0u, 0u, 0u);
             if (tg >= 0) {
                 float x[8];
-                const uint4 u = part[i];
-                const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-                for (int j = 0; j < 4; j++) {
-                    x[2 * j] = __uint_as_float(w[j] << 16);
-                    x[2 * j + 1] = __uint_as_float(w[j] & 0xffff0000u);
-                }
+                bf16x8_f(part[i], x);
                 const int k = k0 + 8 * i;
 #pragma unroll
                 for (int j = 0; j < 8; j++) x[j] = expf(x[j] - lse) - (k + j == tg ? 1.0f : 0.0f);
@@ -239,6 +238,10 @@ static __global__ void __cluster_dims__(XQ, 1, 1) __launch_bounds__(XQ_THREADS)
         }
     }
     cluster.sync(); /* no block leaves while another reads its (m, s) */
+}
+
+void cu_xent_init(mc_cuda *c) {
+    cu_smem_limit(c, (const void *)xent_row_kernel, (int)CU_XQ_SMEM_MAX, "linear_xent setup");
 }
 
 /* Vocabulary slices of the gradient GEMM: the most (a power of two up to XENT_MAX_SLICES)
@@ -277,7 +280,6 @@ mc_status cu_linear_xent(mc_backend *be, void *dh, double *loss_sum, const void 
     /* one pass over each row when a cluster's blocks can hold it (the gradient in bf16) */
     const size_t xq_smem = (size_t)V / XQ * 2;
     const bool xq = l16 && c->xq_on && V % (8 * XQ) == 0 && xq_smem <= CU_XQ_SMEM_MAX;
-    if (xq) cu_smem_limit(c, (const void *)xent_row_kernel, (int)xq_smem, "linear_xent");
     R = XENT_CHUNK_BYTES / ((size_t)V * (lsz + esz));
     /* whole tiles of 128 rows for the GEMMs (432-row chunks left a third of their last
      * tile idle) */
@@ -313,7 +315,7 @@ mc_status cu_linear_xent(mc_backend *be, void *dh, double *loss_sum, const void 
         a.V = V;
         a.gdt = (int)w.dtype;
         if (xq)
-            cu_launch(c, xent_row_kernel, dim3((unsigned)rows * XQ), dim3(XQ_THREADS),
+            cu_launch(c, xent_row_kernel, dim3((unsigned)rows * XQ), dim3(XENT_THREADS),
                       (unsigned)xq_smem, a, "linear_xent");
         else if (l16)
             cu_launch(c, xent_kernel<__nv_bfloat16>, dim3((unsigned)rows), dim3(XENT_THREADS), 0,

@@ -54,15 +54,21 @@ static float *fdup(const float *x, size_t n) {
     return p;
 }
 
-/* Device copy of host bytes. */
-static void *dput(const void *host, size_t bytes) {
-    void *p = g_cu->alloc(g_cu, bytes ? bytes : 4);
+/* Device copy of host bytes on backend be. */
+static void *dput_be(mc_backend *be, const void *host, size_t bytes) {
+    void *p = be->alloc(be, bytes ? bytes : 4);
     if (!p) {
         fprintf(stderr, "device allocation of %zu bytes failed\n", bytes);
         exit(2);
     }
-    CHECK_OK(g_cu->to_device(g_cu, p, host, bytes));
+    CHECK_OK(be->to_device(be, p, host, bytes));
     return p;
+}
+
+static void *dput(const void *host, size_t bytes) { return dput_be(g_cu, host, bytes); }
+
+static void *dput_on(mc_backend *be, const float *host, size_t n) {
+    return dput_be(be, host, n * sizeof(float));
 }
 
 static void *dputf(const float *host, size_t n) { return dput(host, n * sizeof(float)); }
@@ -742,6 +748,102 @@ static void test_packed(void) {
     dfree(d_gB);
     float *host[17] = {x, xa, dy, Bg, Bu, t, Ad, g, u, h, y, dh, du, h2, dx, gB, got};
     for (int i = 0; i < 17; i++) free(host[i]);
+}
+
+/* One forward of gate and up as the trainer calls it (both GEMMs, then each rank-r update,
+ * then the SwiGLU), on be (weights wg, wu uploaded to it) or the CPU (host weights): rank
+ * 0 leaves a projection without its update; tb picks B's layout ([F, r] or [r, F]). */
+typedef struct kc_io {
+    float *x, *xa, *Bg, *Bu, *g, *u, *h;
+} kc_io;
+
+static void kcat_fwd(mc_backend *be, const kc_io *io, mc_wt wg, mc_wt wu, int M, int D, int F,
+                     int rg, int ru, bool tb) {
+    const mc_wt nob = {NULL, MC_F32, false};
+    const int W = 64; /* xa: gate's columns first, up's from 32 */
+    be->matmul(be, io->g, F, io->x, wg, nob, M, F, D);
+    be->matmul(be, io->u, F, io->x, wu, nob, M, F, D);
+    if (rg)
+        be->gemm_f32(be, false, tb, M, F, rg, 2.0f, io->xa, W, io->Bg, tb ? rg : F, 1.0f, io->g,
+                     F);
+    if (ru)
+        be->gemm_f32(be, false, tb, M, F, ru, 0.5f, io->xa + 32, W, io->Bu, tb ? ru : F, 1.0f,
+                     io->u, F);
+    be->swiglu(be, io->h, io->g, io->u, (size_t)M * F);
+}
+
+/* The rank-r updates of gate and up computed by their GEMMs over widened operands (K
+ * concatenation) on backend be: ranks 16 and 16 as the trainer has them, 8 and 24 (both
+ * padded to 24 columns), up's update alone, and B stored [r, F]; each against the CPU
+ * within bf16 rounding (1e-2), twice (the second time with cuBLASLt's chosen algorithms
+ * and, unless be makes them on every call, the widened weights kept), counting the updates
+ * the GEMMs took. */
+static void kcat_cases(mc_backend *be, const char *tag) {
+    const int M = 320, D = 64, F = 192;
+    const size_t nF = (size_t)M * F, nD = (size_t)M * D, nw = (size_t)F * D;
+    static const int cases[4][3] = {{16, 16, 1}, {8, 24, 1}, {0, 16, 1}, {16, 16, 0}};
+    float *wgf = frand(nw, 0.1f), *wuf = frand(nw, 0.1f);
+    void *wgh = malloc(nw * 2), *wuh = malloc(nw * 2);
+    const void *wgd = NULL, *wud = NULL;
+    kc_io hio, dio;
+    float *got = falloc(nF);
+    if (!wgh || !wuh) exit(2);
+    mc_convert_from_f32(wgh, wgf, MC_BF16, nw);
+    mc_convert_from_f32(wuh, wuf, MC_BF16, nw);
+    CHECK_OK(be->weights(be, wgh, nw * 2, &wgd));
+    CHECK_OK(be->weights(be, wuh, nw * 2, &wud));
+    const mc_wt cg = {wgh, MC_BF16, true}, cu_ = {wuh, MC_BF16, true};
+    const mc_wt gg = {wgd, MC_BF16, true}, gu = {wud, MC_BF16, true};
+    hio.x = frand(nD, 1.0f);
+    hio.xa = frand((size_t)M * 64, 1.0f);
+    hio.Bg = frand((size_t)F * 32, 0.1f);
+    hio.Bu = frand((size_t)F * 32, 0.1f);
+    hio.g = falloc(nF);
+    hio.u = falloc(nF);
+    hio.h = falloc(nF);
+    dio.x = (float *)dput_on(be, hio.x, nD);
+    dio.xa = (float *)dput_on(be, hio.xa, (size_t)M * 64);
+    dio.Bg = (float *)dput_on(be, hio.Bg, (size_t)F * 32);
+    dio.Bu = (float *)dput_on(be, hio.Bu, (size_t)F * 32);
+    dio.g = (float *)dput_on(be, got, nF);
+    dio.u = (float *)dput_on(be, got, nF);
+    dio.h = (float *)dput_on(be, got, nF);
+    for (int k = 0; k < 4; k++) {
+        const int rg = cases[k][0], ru = cases[k][1];
+        const bool tb = cases[k][2] != 0;
+        kcat_fwd(g_ref, &hio, cg, cu_, M, D, F, rg, ru, tb);
+        for (int pass = 0; pass < 2; pass++) {
+            const long n0 = mc_cuda_kcat_stats(be);
+            char what[96];
+            kcat_fwd(be, &dio, gg, gu, M, D, F, rg, ru, tb);
+            CHECK_OK(be->sync(be));
+            CHECK_INT((int)(mc_cuda_kcat_stats(be) - n0), (rg > 0) + (ru > 0));
+            snprintf(what, sizeof what, "%s ranks %d/%d%s%s: h", tag, rg, ru,
+                     tb ? "" : ", B [r, F]", pass ? ", again" : "");
+            CHECK_OK(be->to_host_f32(be, got, dio.h, nF));
+            cmp(what, got, hio.h, nF, 1e-2);
+            CHECK_OK(be->to_host_f32(be, got, dio.g, nF));
+            cmp("  gate (with its update)", got, hio.g, nF, 1e-2);
+            CHECK_OK(be->to_host_f32(be, got, dio.u, nF));
+            cmp("  up (with its update)", got, hio.u, nF, 1e-2);
+        }
+    }
+    float *dev[7] = {dio.x, dio.xa, dio.Bg, dio.Bu, dio.g, dio.u, dio.h};
+    for (int i = 0; i < 7; i++) be->free(be, dev[i]);
+    be->release_weights(be, wgd);
+    be->release_weights(be, wud);
+    float *host[9] = {hio.x, hio.xa, hio.Bg, hio.Bu, hio.g, hio.u, hio.h, wgf, wuf};
+    for (int i = 0; i < 9; i++) free(host[i]);
+    free(wgh);
+    free(wuh);
+    free(got);
+}
+
+static void test_kcat(void) {
+    mc_backend *again = cuda_with("MC_CUDA_NOFUSE", "kkeep");
+    kcat_cases(g_cu, "kcat");
+    kcat_cases(again, "kcat, weights made each call");
+    mc_backend_free(again);
 }
 
 /* gemm_f32 on both paths, and a training-sized product's three passes: cublasGemmEx in
@@ -1766,6 +1868,7 @@ int main(void) {
     RUN(test_gemm_f32_bf16);
     RUN(test_lora_swiglu);
     RUN(test_packed);
+    RUN(test_kcat);
     RUN(test_rope);
     RUN(test_attention);
     RUN(test_attention_backward);

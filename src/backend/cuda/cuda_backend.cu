@@ -188,6 +188,8 @@ void cu_free(mc_cuda *c, void *p) {
     if (i < c->n_allocs && c->allocs[i].p == (uintptr_t)p) {
         cu_note_write(c, p, c->allocs[i].bytes); /* drop shadows of p's contents */
         if (c->n_bias) cu_bias_drop(c, p, c->allocs[i].bytes);
+        if (c->n_aug) cu_aug_drop(c, p, c->allocs[i].bytes);
+        if (c->allocs[i].frozen) c->frozen_bytes -= c->allocs[i].bytes;
     }
     if (!reg_remove(c, p)) {
         cu_set_error(c, MC_ERR_INTERNAL, "free of %p, which this backend did not allocate", p);
@@ -196,7 +198,8 @@ void cu_free(mc_cuda *c, void *p) {
     (void)cu_check(c, cudaFree(p), "cudaFree");
 }
 
-void *cu_scratch(mc_cuda *c, int id, size_t bytes, bool zero_new) {
+/* cu_scratch; record: a failure is recorded as an OOM. */
+static void *scratch_get(mc_cuda *c, int id, size_t bytes, bool zero_new, bool record) {
     void *p;
     if (c->scratch[id] && c->scratch_cap[id] >= bytes) return c->scratch[id];
     cu_break(c);
@@ -206,7 +209,7 @@ void *cu_scratch(mc_cuda *c, int id, size_t bytes, bool zero_new) {
         c->scratch_cap[id] = 0;
     }
     bytes += bytes / 4; /* grow with room, so slowly growing uses do not reallocate often */
-    p = cu_malloc(c, bytes, "scratch");
+    p = cu_malloc(c, bytes, record ? "scratch" : NULL);
     if (!p) return NULL;
     if (zero_new && !cu_check(c, cudaMemsetAsync(p, 0, bytes, c->stream), "cudaMemsetAsync")) {
         cu_free(c, p);
@@ -215,6 +218,14 @@ void *cu_scratch(mc_cuda *c, int id, size_t bytes, bool zero_new) {
     c->scratch[id] = p;
     c->scratch_cap[id] = bytes;
     return p;
+}
+
+void *cu_scratch(mc_cuda *c, int id, size_t bytes, bool zero_new) {
+    return scratch_get(c, id, bytes, zero_new, true);
+}
+
+void *cu_scratch_opt(mc_cuda *c, int id, size_t bytes) {
+    return scratch_get(c, id, bytes, false, false);
 }
 
 /* ---- launch queue and graphs ---- */
@@ -322,6 +333,7 @@ void cu_pending_flush(mc_cuda *c) {
     case CU_PEND_ATTBWD: cu_flush_attbwd(c); break;
     case CU_PEND_ATTFWD: cu_flush_attfwd(c); break;
     case CU_PEND_LORA: cu_flush_lora(c, &p); break;
+    case CU_PEND_MM: cu_flush_mm(c, &p); break;
     default: break;
     }
 }
@@ -721,6 +733,7 @@ static mc_status cuda_weights(mc_backend *be, const void *host, size_t bytes, co
         return cu_take_error(c);
     }
     c->allocs[reg_lower(c, (uintptr_t)p)].frozen = true; /* the record cu_malloc added */
+    c->frozen_bytes += bytes;
     *dev = p;
     return MC_OK;
 }
@@ -755,6 +768,7 @@ static void cuda_destroy(mc_backend *be) {
             if (c->shadow[i].buf) cu_free(c, c->shadow[i].buf);
         for (i = 0; i < c->n_bias; i++) cu_free(c, c->bias_tab[i].f32);
         c->n_bias = 0;
+        cu_aug_drop(c, NULL, 0);
         for (i = 0; i < CU_N_LSE; i++)
             if (c->lse[i].lse) cu_free(c, c->lse[i].lse);
         if (c->gemv_cnt) cu_free(c, c->gemv_cnt);
@@ -883,6 +897,8 @@ extern "C" mc_status mc_backend_cuda_create(int device, mc_backend **out) {
     c->fuse_glu = c->fuse_on && !(env && strstr(env, "glu"));
     c->lsw_fwd = c->fuse_on && !(env && strstr(env, "lswf"));
     c->lsw_bwd = c->fuse_on && !(env && strstr(env, "lswb"));
+    c->kcat_on = c->fuse_on && !(env && strstr(env, "kcat"));
+    c->kkeep_on = !(env && strstr(env, "kkeep"));
     c->xq_on = !(env && strstr(env, "xq"));
     c->bias_epi = !(env && strstr(env, "biasepi"));
     c->pack_on = !(env && strstr(env, "pack"));
@@ -1112,6 +1128,8 @@ extern "C" double mc_cuda_device_idle(const mc_backend *be, long *samples) {
 }
 
 extern "C" long mc_cuda_attention_reuse(const mc_backend *be) { return cu_ctx_c(be)->n_lse_hit; }
+
+extern "C" long mc_cuda_kcat_stats(const mc_backend *be) { return cu_ctx_c(be)->n_kcat; }
 
 extern "C" long mc_cuda_packed_stats(const mc_backend *be, int *live) {
     const mc_cuda *c = cu_ctx_c(be);

@@ -79,6 +79,10 @@ long mc_cuda_attention_reuse(const mc_backend *be);
  * f32 since creation because something read them in f32 or wrote part of one. */
 long mc_cuda_packed_stats(const mc_backend *be, int *live);
 
+/* How many rank-r LoRA updates of gate and up outputs their GEMMs computed over widened
+ * operands (K concatenation) since creation. */
+long mc_cuda_kcat_stats(const mc_backend *be);
+
 /* With MC_CUDA_PROFILE=1 in the environment at creation, every kernel and cuBLAS call is
  * timed with events (launches serialised, no graphs); this formats the per-name device
  * time table into buf (cap bytes, NUL-terminated) and returns its length; reset empties

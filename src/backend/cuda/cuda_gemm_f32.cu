@@ -548,7 +548,7 @@ static void lowrank_lt(mc_cuda *c, const cu_lora_upd &u, int M, int N) {
 
 /* The rank-r update u of a packed [M, N] output (u.C16) in bf16 on the tensor cores: A and
  * op(B) converted to bf16 (cu_small_as), f32 sums, C read and written in bf16. */
-static void lowrank16(mc_cuda *c, const cu_lora_upd &u, int M, int N) {
+void cu_lowrank16(mc_cuda *c, const cu_lora_upd &u, int M, int N) {
     size_t na, nb;
     cu_lora_spans(u, M, N, &na, &nb);
     const void *a16 = cu_small_as(c, u.A, na), *b16 = a16 ? cu_small_as(c, u.B, nb) : NULL;
@@ -565,7 +565,7 @@ static void lowrank16(mc_cuda *c, const cu_lora_upd &u, int M, int N) {
 
 void cu_flush_lora(mc_cuda *c, const cu_pending *p) {
     for (int i = 0; i < p->n_lu; i++) {
-        if (p->lu[i].C16) lowrank16(c, p->lu[i], p->lu_M, p->lu_N);
+        if (p->lu[i].C16) cu_lowrank16(c, p->lu[i], p->lu_M, p->lu_N);
         else lowrank_lt(c, p->lu[i], p->lu_M, p->lu_N);
     }
 }
@@ -634,11 +634,13 @@ void cu_gemm_f32(mc_backend *be, bool ta, bool tb, int M, int N, int K, float al
     __nv_bfloat16 *c16 =
         beta == 1.0f && ldc == N ? cu_packed_find(c, C, (size_t)M * (size_t)N) : NULL;
     if (c16 && !ta && K > 0) {
+        /* the update of a held gate or up GEMM's output: that GEMM computes it */
+        if (cu_mm_take(c, C, M, N, K, alpha, A, lda, B, ldb, tb)) return;
         cu_note_write_keep(c, C, sc);
         if (lora_hold(c, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, c16, ldc, sa, sb))
             return;
         const cu_lora_upd u = {C, c16, A, B, lda, ldb, tb ? 1 : 0, K, alpha};
-        lowrank16(c, u, M, N);
+        cu_lowrank16(c, u, M, N);
         return;
     }
     if (beta != 0.0f) cu_unpack(c, C, sc);

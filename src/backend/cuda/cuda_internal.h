@@ -124,6 +124,8 @@ enum cu_scratch_id {
     CU_S_GEMM,         /* split-K partial sums of the skinny f32 GEMMs */
     CU_S_BENCH,        /* benchmarks */
     CU_S_PACK,         /* cu_unpack: a packed range's bf16 while it expands */
+    CU_S_KCAT_X,       /* cu_flush_mm: [x A^T | x | x A^T] rows in bf16 */
+    CU_S_KCAT_W,       /* cu_flush_mm: [W | B] weights not kept (past the budget) */
     CU_S_COUNT
 };
 
@@ -200,7 +202,8 @@ enum cu_pend_kind {
     CU_PEND_COPY,
     CU_PEND_ATTFWD,
     CU_PEND_ATTBWD,
-    CU_PEND_LORA
+    CU_PEND_LORA,
+    CU_PEND_MM
 };
 
 /* Flash attention forwards (position 0 on, keeping their log-sum-exp rows) or backwards
@@ -257,6 +260,16 @@ static inline void cu_lora_spans(const cu_lora_upd &u, int M, int N, size_t *na,
                : (size_t)(u.K - 1) * (size_t)u.ldb + (size_t)N;
 }
 
+/* A GEMM of the frozen weight w [N, K] (bf16) over training-sized rows with a packed output
+ * (gate, up), held (CU_PEND_MM) for the rank-r update of its output that comes next
+ * (cuda_kcat.cu): u.C is NULL until one is taken. */
+struct cu_mm_ent {
+    float *out;
+    const void *w;
+    int N;
+    cu_lora_upd u;
+};
+
 struct cu_pending {
     int kind;
     /* add: y[0..n) = (src ? src : y)[0..n) + x[0..n); copy: y[0..n) = x[0..n) (floats) */
@@ -291,7 +304,24 @@ struct cu_pending {
      * (gate and up) or its backward (dout) that reads them next */
     cu_lora_upd lu[2];
     int n_lu, lu_M, lu_N;
+    /* mm: GEMMs of one input x [mm_M, mm_K] (its bf16 view mm_xc), each with the rank-r
+     * update of its output taken so far */
+    cu_mm_ent mm[2];
+    int n_mm, mm_M, mm_K;
+    const float *mm_x;
+    const void *mm_xc;
 };
+
+/* A frozen weight W [N, K] (bf16) widened for the rank-r updates of a GEMM of kk columns
+ * (cuda_kcat.cu): rows [W | B columns of slot 0 | of slot 1], this weight's s B in its
+ * slot, zeros in the other; the B columns are written before each use. */
+struct cu_aug_ent {
+    const void *w;
+    __nv_bfloat16 *buf;
+    size_t bytes;
+    int N, K, kk, slot;
+};
+enum { CU_N_AUG = 96 };
 
 /* Profiling (MC_CUDA_PROFILE=1): a pair of events around every kernel launch and cuBLAS
  * call, summed per name. */
@@ -417,6 +447,15 @@ struct mc_cuda {
      * each output of their own (MC_CUDA_NOFUSE=lswf: not the forward's, lswb: not the
      * backward's) */
     bool lsw_fwd, lsw_bwd;
+    /* the rank-r updates of the gate and up outputs computed by their GEMMs, over the
+     * input widened by x A^T and the weight by B (K concatenation, cuda_kcat.cu;
+     * MC_CUDA_NOFUSE=kcat: off), the widened weights kept while they take at most half the
+     * bytes of the weight uploads (MC_CUDA_NOFUSE=kkeep: made again on every call) */
+    bool kcat_on, kkeep_on;
+    cu_aug_ent aug[CU_N_AUG];
+    int n_aug;
+    size_t aug_bytes, frozen_bytes;
+    long n_kcat; /* updates computed so */
     int *gemv_cnt; /* [1] device counter of the SwiGLU-fused GEMV, zero between launches */
     bool fuse_am;  /* argmax_rows taken over by the GEMV before it (MC_CUDA_NOFUSE=argmax) */
     unsigned long long *am_keys; /* [2, CU_AM_SLOT] argmax keys, zeroed at setup */
@@ -506,6 +545,24 @@ const float *cu_bias_f32(mc_cuda *c, mc_wt b, int n);
 void cu_bias_drop(mc_cuda *c, const void *p, size_t bytes);
 /* Launches held rank-r updates (cuda_gemm_f32.cu). */
 void cu_flush_lora(mc_cuda *c, const cu_pending *p);
+/* The rank-r update u of a packed [M, N] output in bf16 on the tensor cores. */
+void cu_lowrank16(mc_cuda *c, const cu_lora_upd &u, int M, int N);
+/* ---- K concatenation (cuda_kcat.cu) ---- */
+/* Holds the GEMM out = x W^T (xc: x in bf16) of a packed output, claiming out as packed,
+ * or adds it to a held one of the same input; false when it cannot (nothing changed: the
+ * caller runs it). */
+bool cu_mm_hold(mc_cuda *c, float *out, const float *x, const void *xc, mc_wt w, int M, int N,
+                int K);
+/* Gives C += alpha A op(B) (rank K) to the held GEMM that writes C; false when none can
+ * take it. */
+bool cu_mm_take(mc_cuda *c, float *C, int M, int N, int K, float alpha, const float *A, int lda,
+                const float *B, int ldb, bool tb);
+void cu_flush_mm(mc_cuda *c, const cu_pending *p);
+/* Frees the widened copies of weights inside [p, p + bytes) (all of them: p NULL). */
+void cu_aug_drop(mc_cuda *c, const void *p, size_t bytes);
+/* Claims [p, p + n) as packed without launching what is pending; false when the table is
+ * full. */
+bool cu_pack_claim_keep(mc_cuda *c, float *p, size_t n);
 void cu_flush_rope(mc_cuda *c, const cu_pending *p);
 void cu_flush_gemv(mc_cuda *c, const cu_pending *p);
 void cu_flush_attbwd(mc_cuda *c);
@@ -554,6 +611,8 @@ void cu_retire_writes(mc_cuda *c, unsigned epoch);
 /* Scratch buffer `id` of at least `bytes` bytes (contents kept only while not grown);
  * NULL with a recorded OOM on failure. zero_new: clear a newly allocated buffer. */
 void *cu_scratch(mc_cuda *c, int id, size_t bytes, bool zero_new);
+/* cu_scratch without recording a failure (for work that can go on without it). */
+void *cu_scratch_opt(mc_cuda *c, int id, size_t bytes);
 
 /* ---- cuBLASLt GEMMs (cuda_blaslt.cu) ---- */
 

@@ -45,13 +45,18 @@ bool cu_packed_whole(const mc_cuda *c, const float *p, size_t n) {
     return false;
 }
 
-bool cu_pack_claim(mc_cuda *c, float *p, size_t n) {
+bool cu_pack_claim_keep(mc_cuda *c, float *p, size_t n) {
     if (c->n_packed == CU_N_PACKED || !n) return false;
-    cu_pending_flush(c); /* pending work reads what the range holds now, and may look it up */
     c->packed[c->n_packed].base = p;
     c->packed[c->n_packed].n = n;
     c->n_packed++;
     return true;
+}
+
+bool cu_pack_claim(mc_cuda *c, float *p, size_t n) {
+    if (c->n_packed == CU_N_PACKED || !n) return false;
+    cu_pending_flush(c); /* pending work reads what the range holds now, and may look it up */
+    return cu_pack_claim_keep(c, p, n);
 }
 
 struct WidenArgs {
@@ -1137,6 +1142,7 @@ void cu_matmul(mc_backend *be, void *out, int ldo, const void *x, mc_wt w, mc_wt
     xc = cu_act_as(c, (const float *)x, (size_t)M * (size_t)K, w.dtype);
     if (!xc) return;
     if (wide_out(c, w, M, N, K) && ldo == N && !bias.data) {
+        if (cu_mm_hold(c, (float *)out, (const float *)x, xc, w, M, N, K)) return;
         cu_break(c);
         if (cu_pack_claim(c, (float *)out, (size_t)M * (size_t)N)) {
             const cu_lt_shape s = {true, false, false, N, M, K, K, K, N, CUDA_R_16BF, false, true,

@@ -839,6 +839,64 @@ static void kcat_cases(mc_backend *be, const char *tag) {
     free(got);
 }
 
+/* A projection's two LoRA products of its packed output gradient dy (the B gradient's sum
+ * over rows, then t = s dy B) in one pass: against the CPU within bf16 rounding (1e-2), for
+ * ranks 16 and 8, token rows not a multiple of the kernel's 128, B gradients accumulated over
+ * two passes, counting the pairs the kernel took; a B gradient product followed by anything
+ * else runs on its own. */
+static void test_dual(void) {
+    const int M = 320, D = 64, F = 384, W = 48;
+    const size_t nF = (size_t)M * F, nD = (size_t)M * D;
+    const float s = 2.0f;
+    wpair wd = make_w(MC_BF16, (size_t)D * F, 0.1f);
+    wd.gpu.mlp = wd.cpu.mlp = true; /* the down projection: its input gradient is packed */
+    float *dy = frand(nD, 1.0f), *xa = frand((size_t)M * W, 1.0f), *B = frand((size_t)F * W, 0.1f);
+    float *dh = falloc(nF), *gB = falloc((size_t)F * W), *t = falloc((size_t)M * W);
+    float *got = falloc(nF);
+    void *d_dy = dputf(dy, nD), *d_xa = dputf(xa, (size_t)M * W), *d_B = dputf(B, (size_t)F * W);
+    void *d_dh = dputf(got, nF), *d_gB = dputf(got, (size_t)F * W), *d_t = dputf(got, (size_t)M * W);
+    g_ref->matmul_dx(g_ref, dh, dy, wd.cpu, M, D, F, false);
+    for (int r = 16; r >= 8; r -= 8) {
+        const long n0 = mc_cuda_dual_stats(g_cu);
+        char what[96];
+        memset(gB, 0, (size_t)F * W * sizeof(float));
+        memset(t, 0, (size_t)M * W * sizeof(float));
+        dset(d_gB, gB, (size_t)F * W);
+        dset(d_t, t, (size_t)M * W);
+        for (int pass = 0; pass < 2; pass++) {
+            g_cu->matmul_dx(g_cu, d_dh, d_dy, wd.gpu, M, D, F, false); /* packed dh */
+            g_cu->gemm_f32(g_cu, true, false, F, r, M, s, d_dh, F, d_xa, W, 1.0f, d_gB, W);
+            g_cu->gemm_f32(g_cu, false, false, M, r, F, s, d_dh, F, d_B, W, 0.0f, d_t, W);
+            g_ref->gemm_f32(g_ref, true, false, F, r, M, s, dh, F, xa, W, 1.0f, gB, W);
+            g_ref->gemm_f32(g_ref, false, false, M, r, F, s, dh, F, B, W, 0.0f, t, W);
+            CHECK_OK(g_cu->sync(g_cu));
+        }
+        CHECK_INT((int)(mc_cuda_dual_stats(g_cu) - n0), 2);
+        snprintf(what, sizeof what, "dual rank %d: B gradient over two passes", r);
+        dget(got, d_gB, (size_t)F * W);
+        cmp(what, got, gB, (size_t)F * W, 1e-2);
+        dget(got, d_t, (size_t)M * W);
+        cmp("  t = s dy B", got, t, (size_t)M * W, 1e-2);
+    }
+    {
+        /* the B gradient product followed by another op: it runs on its own */
+        const long n0 = mc_cuda_dual_stats(g_cu);
+        g_cu->matmul_dx(g_cu, d_dh, d_dy, wd.gpu, M, D, F, false);
+        g_cu->gemm_f32(g_cu, true, false, F, 16, M, s, d_dh, F, d_xa, W, 1.0f, d_gB, W);
+        g_ref->gemm_f32(g_ref, true, false, F, 16, M, s, dh, F, xa, W, 1.0f, gB, W);
+        g_cu->zero(g_cu, d_t, sizeof(float));
+        CHECK_OK(g_cu->sync(g_cu));
+        CHECK_INT((int)(mc_cuda_dual_stats(g_cu) - n0), 0);
+        dget(got, d_gB, (size_t)F * W);
+        cmp("dual: B gradient product on its own", got, gB, (size_t)F * W, 1e-2);
+    }
+    void *dev[6] = {d_dy, d_xa, d_B, d_dh, d_gB, d_t};
+    for (int i = 0; i < 6; i++) dfree(dev[i]);
+    float *host[7] = {dy, xa, B, dh, gB, t, got};
+    for (int i = 0; i < 7; i++) free(host[i]);
+    free_w(&wd);
+}
+
 static void test_kcat(void) {
     mc_backend *again = cuda_with("MC_CUDA_NOFUSE", "kkeep");
     kcat_cases(g_cu, "kcat");
@@ -1869,6 +1927,7 @@ int main(void) {
     RUN(test_lora_swiglu);
     RUN(test_packed);
     RUN(test_kcat);
+    RUN(test_dual);
     RUN(test_rope);
     RUN(test_attention);
     RUN(test_attention_backward);

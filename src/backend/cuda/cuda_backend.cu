@@ -334,6 +334,7 @@ void cu_pending_flush(mc_cuda *c) {
     case CU_PEND_ATTFWD: cu_flush_attfwd(c); break;
     case CU_PEND_LORA: cu_flush_lora(c, &p); break;
     case CU_PEND_MM: cu_flush_mm(c, &p); break;
+    case CU_PEND_DUAL: cu_flush_dual(c, &p); break;
     default: break;
     }
 }
@@ -899,6 +900,7 @@ extern "C" mc_status mc_backend_cuda_create(int device, mc_backend **out) {
     c->lsw_bwd = c->fuse_on && !(env && strstr(env, "lswb"));
     c->kcat_on = c->fuse_on && !(env && strstr(env, "kcat"));
     c->kkeep_on = !(env && strstr(env, "kkeep"));
+    c->dual_on = c->fuse_on && !(env && strstr(env, "dual"));
     c->xq_on = !(env && strstr(env, "xq"));
     c->bias_epi = !(env && strstr(env, "biasepi"));
     c->pack_on = !(env && strstr(env, "pack"));
@@ -969,6 +971,7 @@ extern "C" mc_status mc_backend_cuda_create(int device, mc_backend **out) {
     cu_attention_init(c);
     cu_matmul_init(c);
     cu_xent_init(c);
+    cu_dual_init(c);
     c->gemv_cnt = (int *)cu_malloc(c, sizeof(int), "setup");
     if (c->gemv_cnt) (void)cu_check(c, cudaMemset(c->gemv_cnt, 0, sizeof(int)), "setup");
     c->am_keys = (unsigned long long *)cu_malloc(c, 2 * CU_AM_SLOT * sizeof *c->am_keys, "setup");
@@ -1130,6 +1133,8 @@ extern "C" double mc_cuda_device_idle(const mc_backend *be, long *samples) {
 extern "C" long mc_cuda_attention_reuse(const mc_backend *be) { return cu_ctx_c(be)->n_lse_hit; }
 
 extern "C" long mc_cuda_kcat_stats(const mc_backend *be) { return cu_ctx_c(be)->n_kcat; }
+
+extern "C" long mc_cuda_dual_stats(const mc_backend *be) { return cu_ctx_c(be)->n_dual; }
 
 extern "C" long mc_cuda_packed_stats(const mc_backend *be, int *live) {
     const mc_cuda *c = cu_ctx_c(be);

@@ -83,6 +83,10 @@ long mc_cuda_packed_stats(const mc_backend *be, int *live);
  * operands (K concatenation) since creation. */
 long mc_cuda_kcat_stats(const mc_backend *be);
 
+/* How many pairs of a projection's LoRA products of its output gradient (the B gradient and
+ * t = s dy B) one kernel computed in one pass since creation. */
+long mc_cuda_dual_stats(const mc_backend *be);
+
 /* With MC_CUDA_PROFILE=1 in the environment at creation, every kernel and cuBLAS call is
  * timed with events (launches serialised, no graphs); this formats the per-name device
  * time table into buf (cap bytes, NUL-terminated) and returns its length; reset empties

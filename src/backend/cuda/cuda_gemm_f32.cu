@@ -616,9 +616,10 @@ static bool lora_hold(mc_cuda *c, bool ta, bool tb, int M, int N, int K, float a
     return true;
 }
 
-void cu_gemm_f32(mc_backend *be, bool ta, bool tb, int M, int N, int K, float alpha,
-                 const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc) {
-    mc_cuda *c = cu_ctx(be);
+/* gemm_f32 on context c (cu_gemm_f32; cu_flush_dual runs a held product through it). */
+static void gemm_f32_c(mc_cuda *c, bool ta, bool tb, int M, int N, int K, float alpha,
+                       const float *A, int lda, const float *B, int ldb, float beta, float *C,
+                       int ldc) {
     size_t sa = ta ? span_bytes(K, M, lda) : span_bytes(M, K, lda);
     size_t sb = tb ? span_bytes(N, K, ldb) : span_bytes(K, N, ldb);
     size_t sc = span_bytes(M, N, ldc);
@@ -630,6 +631,13 @@ void cu_gemm_f32(mc_backend *be, bool ta, bool tb, int M, int N, int K, float al
                      (const void *)B, (void *)C);
         return;
     }
+    /* gB += s dy^T xa of a packed dy is held for the t = s dy B that follows (one pass) */
+    if (c->pend.kind == CU_PEND_DUAL && !ta && !tb && beta == 0.0f &&
+        cu_dual_take(c, M, N, K, alpha, A, lda, B, ldb, C, ldc))
+        return;
+    if (ta && !tb && beta == 1.0f && c->lora16 && !c->dual_busy &&
+        cu_dual_hold(c, M, N, K, alpha, A, lda, B, ldb, C, ldc))
+        return;
     /* a rank-r update of a packed output stays in bf16 (held for the SwiGLU that reads it) */
     __nv_bfloat16 *c16 =
         beta == 1.0f && ldc == N ? cu_packed_find(c, C, (size_t)M * (size_t)N) : NULL;
@@ -681,4 +689,16 @@ void cu_gemm_f32(mc_backend *be, bool ta, bool tb, int M, int N, int K, float al
                                        lda, &beta, C, ldc),
                         "gemm_f32");
     cu_prof_end(c, ps);
+}
+
+void cu_gemm_f32(mc_backend *be, bool ta, bool tb, int M, int N, int K, float alpha,
+                 const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc) {
+    gemm_f32_c(cu_ctx(be), ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+void cu_flush_dual(mc_cuda *c, const cu_pending *p) {
+    c->dual_busy = true;
+    gemm_f32_c(c, true, false, p->du_N, p->du_r, p->du_M, p->du_alpha, p->du_dy, p->du_ldy,
+               p->du_xa, p->du_ldx, 1.0f, p->du_gB, p->du_ldg);
+    c->dual_busy = false;
 }

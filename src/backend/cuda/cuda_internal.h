@@ -203,7 +203,8 @@ enum cu_pend_kind {
     CU_PEND_ATTFWD,
     CU_PEND_ATTBWD,
     CU_PEND_LORA,
-    CU_PEND_MM
+    CU_PEND_MM,
+    CU_PEND_DUAL
 };
 
 /* Flash attention forwards (position 0 on, keeping their log-sum-exp rows) or backwards
@@ -310,6 +311,12 @@ struct cu_pending {
     int n_mm, mm_M, mm_K;
     const float *mm_x;
     const void *mm_xc;
+    /* dual: gB [du_N, du_ldg] += du_alpha dy^T xa over du_M token rows of a packed dy
+     * [du_M, du_ldy], held for the t = s dy B that reads the same dy (cuda_lora_dual.cu) */
+    const float *du_dy, *du_xa;
+    float *du_gB;
+    int du_ldy, du_ldx, du_ldg, du_N, du_r, du_M;
+    float du_alpha;
 };
 
 /* A frozen weight W [N, K] (bf16) widened for the rank-r updates of a GEMM of kk columns
@@ -447,6 +454,11 @@ struct mc_cuda {
      * each output of their own (MC_CUDA_NOFUSE=lswf: not the forward's, lswb: not the
      * backward's) */
     bool lsw_fwd, lsw_bwd;
+    /* a projection's B-gradient and t products reading its packed output gradient in one
+     * pass (cuda_lora_dual.cu; MC_CUDA_NOFUSE=dual: off); dual_busy while a held one runs
+     * on its own; n_dual: pairs so computed */
+    bool dual_on, dual_busy;
+    long n_dual;
     /* the rank-r updates of the gate and up outputs computed by their GEMMs, over the
      * input widened by x A^T and the weight by B (K concatenation, cuda_kcat.cu;
      * MC_CUDA_NOFUSE=kcat: off), the widened weights kept while they take at most half the
@@ -545,6 +557,19 @@ const float *cu_bias_f32(mc_cuda *c, mc_wt b, int n);
 void cu_bias_drop(mc_cuda *c, const void *p, size_t bytes);
 /* Launches held rank-r updates (cuda_gemm_f32.cu). */
 void cu_flush_lora(mc_cuda *c, const cu_pending *p);
+/* ---- one pass for a projection's two products of dy (cuda_lora_dual.cu) ---- */
+/* Holds gB [N, ldg] += alpha dy^T xa (dy [M, ldy] packed, xa [M, ldx], rank r); false when
+ * it does not qualify (nothing changed). */
+bool cu_dual_hold(mc_cuda *c, int N, int r, int M, float alpha, const float *dy, int ldy,
+                  const float *xa, int ldx, float *gB, int ldg);
+/* Runs the held product with t [M, ldt] = alpha dy B (B [N, ldb]) in one kernel; false
+ * when this is not the held product's partner. */
+bool cu_dual_take(mc_cuda *c, int M, int r, int N, float alpha, const float *dy, int ldy,
+                  const float *B, int ldb, float *t, int ldt);
+/* Runs a held B-gradient product on its own. */
+void cu_flush_dual(mc_cuda *c, const cu_pending *p);
+/* Raises the dual kernel's shared-memory limit (setup). */
+void cu_dual_init(mc_cuda *c);
 /* The rank-r update u of a packed [M, N] output in bf16 on the tensor cores. */
 void cu_lowrank16(mc_cuda *c, const cu_lora_upd &u, int M, int N);
 /* ---- K concatenation (cuda_kcat.cu) ---- */

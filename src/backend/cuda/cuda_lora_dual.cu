@@ -1,0 +1,257 @@
+/* cuda_lora_dual.cu - the two LoRA products of a projection's backward that read its
+ * output gradient, in one pass over it.
+ *
+ * For an adapted projection the trainer computes gB += s dy^T (x A^T) (a sum over the token
+ * rows) and then t = s dy B (the rank-r product the A gradient and the input gradient use),
+ * both reading dy [tokens, out]. For the MLP's wide projections dy is a packed bf16 tensor
+ * of 4,864 columns (40 MB at 4,096 tokens), read twice by two cuBLASLt calls. Here the first
+ * product is held (CU_PEND_DUAL) and, when the second follows on the same dy, one kernel
+ * reads each 128 x 128 tile of dy (and the tile's rows of B) once into shared memory, two
+ * tiles in flight, and feeds both on the tensor cores
+ * (mma.sync m16n8k16, bf16 operands, f32 sums, as the bf16 LoRA products elsewhere): a
+ * block owns 128 token rows and a stride of column tiles, keeps its rows of t in registers
+ * across its tiles and adds each tile's 128 rows of gB with vector atomics; its t rows go
+ * out the same way into t cleared just before. Atomic sums make the last bits of gB and t
+ * depend on the order blocks finish (as the attention backward's do). */
+#include <string.h>
+
+#include "cuda_internal.h"
+
+typedef __nv_bfloat16 bf16;
+
+enum {
+    DU_BM = 128,              /* token rows a block */
+    DU_BN = 128,              /* columns of dy a tile */
+    DU_LD = DU_BN + 8,        /* shared-memory row of a dy tile (bf16) */
+    DU_LX = DU_BM + 8,        /* shared-memory row of xa^T and B^T (bf16) */
+    DU_R = 16,                /* ranks up to 16 */
+    DU_THREADS = 256,
+    DU_LB = 20,               /* shared-memory row of a tile's B rows (f32; 16 + 4 spreads the
+                               * fragment loads over the banks) */
+    DU_SMEM = (2 * DU_BM * DU_LD + DU_R * DU_LX) * 2 + 2 * DU_BN * DU_LB * 4
+};
+
+struct DualArgs {
+    const bf16 *dy;   /* [M, ldy] */
+    const float *xa;  /* [M, ldx]: x A^T, r columns */
+    const float *B;   /* [N, ldb]: the adapter's B, r columns */
+    float *gB;        /* [N, ldg] += alpha_b dy^T xa */
+    float *t;         /* [M, ldt] = alpha_t dy B (cleared before the launch) */
+    int M, N, r, ldy, ldx, ldb, ldg, ldt;
+    float alpha_b, alpha_t;
+    int tiles, chunks; /* column tiles of dy; blocks along them */
+};
+
+static __device__ __forceinline__ void du_mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                              uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
+                 "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+static __device__ __forceinline__ void du_ldsm(uint32_t (&r)[4], const void *p, bool trans) {
+    const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
+    if (trans)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(a));
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(a));
+}
+
+/* One 16-byte cp.async (zeros past `bytes`, 0 or 16). */
+static __device__ __forceinline__ void du_cp16(void *dst, const void *src, int bytes) {
+    const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(bytes)
+                 : "memory");
+}
+
+/* Starts the copies of dy's column tile `tile` (rows m0 .., zeros past M) into dst and of
+ * the tile's rows of B (f32, r <= 16 columns; zeros from column r on) into bs. */
+static __device__ __forceinline__ void du_load(const DualArgs &a, bf16 *dst, float *bs, int m0,
+                                               int tile) {
+    constexpr int C = DU_BN / 8; /* 16-byte chunks a row */
+    const int n0 = tile * DU_BN;
+#pragma unroll
+    for (int j = 0; j < DU_BM * C / DU_THREADS; j++) {
+        const int i = (int)threadIdx.x + j * DU_THREADS, r = i / C, c = i - r * C;
+        const bool ok = m0 + r < a.M;
+        du_cp16(dst + r * DU_LD + c * 8, ok ? a.dy + (size_t)(m0 + r) * a.ldy + n0 + c * 8 : a.dy,
+                ok ? 16 : 0);
+    }
+    for (int i = (int)threadIdx.x; i < DU_BN * 4; i += DU_THREADS) {
+        const int n = i >> 2, q = i & 3, ok = q * 4 < a.r;
+        du_cp16(bs + n * DU_LB + q * 4, ok ? a.B + (size_t)(n0 + n) * a.ldb + q * 4 : a.B,
+                ok ? 16 : 0);
+    }
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+
+static __global__ void __launch_bounds__(DU_THREADS) dual_kernel(const DualArgs a) {
+    extern __shared__ __align__(16) unsigned char du_smem[];
+    bf16 *dyS = reinterpret_cast<bf16 *>(du_smem);    /* [2][DU_BM][DU_LD] */
+    bf16 *xtS = dyS + 2 * DU_BM * DU_LD;               /* [DU_R][DU_LX]: xa^T */
+    float *bS = reinterpret_cast<float *>(xtS + DU_R * DU_LX); /* [2][DU_BN][DU_LB]: B rows */
+    const int warp = (int)threadIdx.x >> 5, lane = (int)threadIdx.x & 31;
+    const int g = lane >> 2, cq = lane & 3, mat = lane >> 3, rr = lane & 7;
+    const int m0 = (int)blockIdx.y * DU_BM, first = (int)blockIdx.x;
+    cu_dep_wait();
+    if (first < a.tiles) du_load(a, dyS, bS, m0, first);
+    /* xa^T of the block's rows, zeros past r and M */
+    for (int i = (int)threadIdx.x; i < DU_R * DU_BM; i += DU_THREADS) {
+        const int j = i / DU_BM, m = i - j * DU_BM;
+        const float v = j < a.r && m0 + m < a.M ? a.xa[(size_t)(m0 + m) * a.ldx + j] : 0.0f;
+        xtS[j * DU_LX + m] = __float2bfloat16(v);
+    }
+    float tacc[2][4];
+#pragma unroll
+    for (int i = 0; i < 2; i++) tacc[i][0] = tacc[i][1] = tacc[i][2] = tacc[i][3] = 0.0f;
+    int buf = 0;
+    for (int tile = first; tile < a.tiles; tile += a.chunks, buf ^= 1) {
+        const int n0 = tile * DU_BN;
+        const bf16 *cur = dyS + buf * DU_BM * DU_LD;
+        const float *bs = bS + buf * DU_BN * DU_LB;
+        if (tile + a.chunks < a.tiles) {
+            du_load(a, dyS + (buf ^ 1) * DU_BM * DU_LD, bS + (buf ^ 1) * DU_BN * DU_LB, m0,
+                    tile + a.chunks);
+            asm volatile("cp.async.wait_group 1;\n" ::: "memory");
+        } else {
+            asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+        }
+        __syncthreads();
+        /* t rows warp*16 .. += dy (rows) B (this tile's rows of B) */
+#pragma unroll
+        for (int kk = 0; kk < DU_BN / 16; kk++) {
+            uint32_t af[4];
+            du_ldsm(af, cur + (warp * 16 + (mat & 1) * 8 + rr) * DU_LD + kk * 16 + (mat >> 1) * 8,
+                    false);
+            const float *b0 = bs + (kk * 16 + 2 * cq) * DU_LB + g;
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++) {
+                const float *bp = b0 + nt * 8;
+                du_mma(tacc[nt], af, cu_pack_bf16(bp[0], bp[DU_LB]),
+                       cu_pack_bf16(bp[8 * DU_LB], bp[9 * DU_LB]));
+            }
+        }
+        /* gB rows n0 + warp*16 .. += dy^T (this tile's columns) xa */
+        float bacc[2][4];
+#pragma unroll
+        for (int i = 0; i < 2; i++) bacc[i][0] = bacc[i][1] = bacc[i][2] = bacc[i][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < DU_BM / 16; kk++) {
+            uint32_t af[4], bf[4];
+            du_ldsm(af, cur + (kk * 16 + (mat >> 1) * 8 + rr) * DU_LD + warp * 16 + (mat & 1) * 8,
+                    true);
+            du_ldsm(bf, xtS + ((mat >> 1) * 8 + rr) * DU_LX + kk * 16 + (mat & 1) * 8, false);
+            du_mma(bacc[0], af, bf[0], bf[1]);
+            du_mma(bacc[1], af, bf[2], bf[3]);
+        }
+#pragma unroll
+        for (int nt = 0; nt < 2; nt++) {
+            const int j = nt * 8 + 2 * cq, n = n0 + warp * 16 + g;
+            if (j < a.r) { /* r is a multiple of 4 */
+                atomicAdd(reinterpret_cast<float2 *>(a.gB + (size_t)n * a.ldg + j),
+                          make_float2(a.alpha_b * bacc[nt][0], a.alpha_b * bacc[nt][1]));
+                atomicAdd(reinterpret_cast<float2 *>(a.gB + (size_t)(n + 8) * a.ldg + j),
+                          make_float2(a.alpha_b * bacc[nt][2], a.alpha_b * bacc[nt][3]));
+            }
+        }
+        __syncthreads(); /* the next tile's loads go into this one's buffers */
+    }
+#pragma unroll
+    for (int nt = 0; nt < 2; nt++) {
+        const int j = nt * 8 + 2 * cq, m = m0 + warp * 16 + g;
+        if (j >= a.r) continue;
+        if (m < a.M)
+            atomicAdd(reinterpret_cast<float2 *>(a.t + (size_t)m * a.ldt + j),
+                      make_float2(a.alpha_t * tacc[nt][0], a.alpha_t * tacc[nt][1]));
+        if (m + 8 < a.M)
+            atomicAdd(reinterpret_cast<float2 *>(a.t + (size_t)(m + 8) * a.ldt + j),
+                      make_float2(a.alpha_t * tacc[nt][2], a.alpha_t * tacc[nt][3]));
+    }
+}
+
+void cu_dual_init(mc_cuda *c) { cu_smem_limit(c, (const void *)dual_kernel, DU_SMEM, "dual setup"); }
+
+bool cu_dual_hold(mc_cuda *c, int N, int r, int M, float alpha, const float *dy, int ldy,
+                  const float *xa, int ldx, float *gB, int ldg) {
+    if (!c->dual_on || r < 4 || r > DU_R || r % 4 || N % DU_BN || ldy % 8 || ldg % 2 ||
+        M < 256)
+        return false;
+    const bf16 *d16 = (const bf16 *)cu_packed_find(c, dy, (size_t)M * (size_t)ldy);
+    if (!d16 || !cu_aligned16(d16) || ((uintptr_t)gB & 7u) ||
+        cu_packed_find(c, xa, (size_t)(M - 1) * (size_t)ldx + (size_t)r) ||
+        cu_f32_overlap(gB, (size_t)(N - 1) * (size_t)ldg + (size_t)r, xa,
+                       (size_t)(M - 1) * (size_t)ldx + (size_t)r))
+        return false;
+    cu_pending_flush(c);
+    cu_pending &p = c->pend;
+    p.kind = CU_PEND_DUAL;
+    p.du_dy = dy;
+    p.du_ldy = ldy;
+    p.du_xa = xa;
+    p.du_ldx = ldx;
+    p.du_gB = gB;
+    p.du_ldg = ldg;
+    p.du_N = N;
+    p.du_r = r;
+    p.du_M = M;
+    p.du_alpha = alpha;
+    return true;
+}
+
+bool cu_dual_take(mc_cuda *c, int M, int r, int N, float alpha, const float *dy, int ldy,
+                  const float *B, int ldb, float *t, int ldt) {
+    const cu_pending &p = c->pend;
+    if (p.kind != CU_PEND_DUAL || p.du_dy != dy || p.du_ldy != ldy || p.du_M != M ||
+        p.du_N != N || p.du_r != r || ldt % 2 || ((uintptr_t)t & 7u) || ldb % 4 ||
+        !cu_aligned16(B))
+        return false;
+    const size_t nt = (size_t)(M - 1) * (size_t)ldt + (size_t)r;
+    const size_t nb = (size_t)(N - 1) * (size_t)ldb + (size_t)r;
+    const size_t ng = (size_t)(N - 1) * (size_t)p.du_ldg + (size_t)r;
+    const size_t nx = (size_t)(M - 1) * (size_t)p.du_ldx + (size_t)r;
+    /* t is written while the others are read: it must meet none of them */
+    if (cu_packed_find(c, B, nb) || cu_f32_overlap(t, nt, B, nb) ||
+        cu_f32_overlap(t, nt, p.du_gB, ng) || cu_f32_overlap(t, nt, p.du_xa, nx) ||
+        cu_f32_overlap(p.du_gB, ng, B, nb) ||
+        cu_f32_overlap(t, nt, dy, (size_t)M * (size_t)ldy / 2))
+        return false;
+    DualArgs a;
+    memset(&a, 0, sizeof a);
+    a.dy = (const bf16 *)cu_packed_find(c, dy, (size_t)M * (size_t)ldy);
+    a.xa = p.du_xa;
+    a.B = B;
+    a.gB = p.du_gB;
+    a.t = t;
+    a.M = M;
+    a.N = N;
+    a.r = r;
+    a.ldy = ldy;
+    a.ldx = p.du_ldx;
+    a.ldb = ldb;
+    a.ldg = p.du_ldg;
+    a.ldt = ldt;
+    a.alpha_b = p.du_alpha;
+    a.alpha_t = alpha;
+    a.tiles = N / DU_BN;
+    /* one wave of two blocks an SM (a second, part-full wave would double the time) */
+    const int rows = (M + DU_BM - 1) / DU_BM, wave = 2 * c->n_sm;
+    a.chunks = wave / rows > 1 ? wave / rows : 1;
+    if (a.chunks > a.tiles) a.chunks = a.tiles;
+    c->pend.kind = CU_PEND_NONE; /* taken */
+    cu_note_write(c, t, nt * sizeof(float));
+    cu_note_write(c, a.gB, ng * sizeof(float));
+    cu_break(c);
+    if (!cu_check(c, cudaMemset2DAsync(t, (size_t)ldt * sizeof(float), 0,
+                                       (size_t)r * sizeof(float), (size_t)M, c->stream),
+                  "dual clear"))
+        return true;
+    cu_launch(c, dual_kernel, dim3((unsigned)a.chunks, (unsigned)rows), dim3(DU_THREADS),
+              (unsigned)DU_SMEM, a, "gemm_f32 dual bf16");
+    c->n_dual++;
+    return true;
+}

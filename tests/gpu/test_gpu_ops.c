@@ -850,11 +850,13 @@ static void test_dual(void) {
     const float s = 2.0f;
     wpair wd = make_w(MC_BF16, (size_t)D * F, 0.1f);
     wd.gpu.mlp = wd.cpu.mlp = true; /* the down projection: its input gradient is packed */
-    float *dy = frand(nD, 1.0f), *xa = frand((size_t)M * W, 1.0f), *B = frand((size_t)F * W, 0.1f);
+    float *dy = frand(nD, 1.0f), *xa = frand((size_t)M * W, 1.0f);
+    float *B = frand((size_t)F * W, 0.1f);
     float *dh = falloc(nF), *gB = falloc((size_t)F * W), *t = falloc((size_t)M * W);
     float *got = falloc(nF);
     void *d_dy = dputf(dy, nD), *d_xa = dputf(xa, (size_t)M * W), *d_B = dputf(B, (size_t)F * W);
-    void *d_dh = dputf(got, nF), *d_gB = dputf(got, (size_t)F * W), *d_t = dputf(got, (size_t)M * W);
+    void *d_dh = dputf(got, nF), *d_gB = dputf(got, (size_t)F * W);
+    void *d_t = dputf(got, (size_t)M * W);
     g_ref->matmul_dx(g_ref, dh, dy, wd.cpu, M, D, F, false);
     for (int r = 16; r >= 8; r -= 8) {
         const long n0 = mc_cuda_dual_stats(g_cu);

@@ -44,24 +44,6 @@ static const float LOG2E = 1.4426950408889634f;
 
 /* ---- tensor-core helpers ---- */
 
-/* d += a b for one m16n8k16 bf16 tile (f32 accumulators). */
-static __device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
-                                                uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
-                 "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-/* Four transposed 8x8 b16 matrices from shared memory; lane L gives the row address of
- * row L % 8 of matrix L / 8. */
-static __device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], const void *p) {
-    uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a));
-}
-
 /* x rounded to bf16 and back. */
 static __device__ __forceinline__ float bf16_round(float x) {
     return __bfloat162float(__float2bfloat16(x));
@@ -170,7 +152,7 @@ static __device__ __forceinline__ void flash_step(const FlashArgs &a, const bf16
 #pragma unroll
         for (int nt = 0; nt < BN / 8; nt++) {
             const bf16 *kr = Ks + (nt * 8 + g) * LD + kk * 16 + 2 * cq;
-            mma16816(s[nt], qf[kk], lds32(kr), lds32(kr + 8));
+            cu_mma16816(s[nt], qf[kk], lds32(kr), lds32(kr + 8));
         }
     float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
@@ -220,9 +202,9 @@ static __device__ __forceinline__ void flash_step(const FlashArgs &a, const bf16
 #pragma unroll
         for (int dt = 0; dt < HD / 8; dt += 2) {
             uint32_t vb[4];
-            ldsm_x4_t(vb, Vs + (kq * 16 + (mat & 1) * 8 + rr) * LD + (dt + (mat >> 1)) * 8);
-            mma16816(o[dt], pa, vb[0], vb[1]);
-            mma16816(o[dt + 1], pa, vb[2], vb[3]);
+            cu_ldsm_x4_t(vb, Vs + (kq * 16 + (mat & 1) * 8 + rr) * LD + (dt + (mat >> 1)) * 8);
+            cu_mma16816(o[dt], pa, vb[0], vb[1]);
+            cu_mma16816(o[dt + 1], pa, vb[2], vb[3]);
         }
     }
 }
@@ -834,8 +816,8 @@ static __device__ __forceinline__ void flash_bwd_tile(const BwdArgs &a, const in
                 for (int nt = 0; nt < BMQ / 8; nt++) {
                     const bf16 *qr = Qs + (nt * 8 + g) * LD + kk * 16 + 2 * cq;
                     const bf16 *orow = dOs + (nt * 8 + g) * LD + kk * 16 + 2 * cq;
-                    mma16816(st[nt], ka, lds32(qr), lds32(qr + 8));
-                    mma16816(dpt[nt], va, lds32(orow), lds32(orow + 8));
+                    cu_mma16816(st[nt], ka, lds32(qr), lds32(qr + 8));
+                    cu_mma16816(dpt[nt], va, lds32(orow), lds32(orow + 8));
                 }
             }
             /* P^T = exp2(S^T scale log2e - lse) on the causal part; dS^T = P^T (dP^T - D) */
@@ -859,12 +841,12 @@ static __device__ __forceinline__ void flash_bwd_tile(const BwdArgs &a, const in
                 for (int dt = 0; dt < HD / 8; dt += 2) {
                     uint32_t b[4];
                     const int row = kq * 16 + (mat & 1) * 8 + rr, col = (dt + (mat >> 1)) * 8;
-                    ldsm_x4_t(b, dOs + row * LD + col);
-                    mma16816(dV[dt], pa, b[0], b[1]);
-                    mma16816(dV[dt + 1], pa, b[2], b[3]);
-                    ldsm_x4_t(b, Qs + row * LD + col);
-                    mma16816(dK[dt], da, b[0], b[1]);
-                    mma16816(dK[dt + 1], da, b[2], b[3]);
+                    cu_ldsm_x4_t(b, dOs + row * LD + col);
+                    cu_mma16816(dV[dt], pa, b[0], b[1]);
+                    cu_mma16816(dV[dt + 1], pa, b[2], b[3]);
+                    cu_ldsm_x4_t(b, Qs + row * LD + col);
+                    cu_mma16816(dK[dt], da, b[0], b[1]);
+                    cu_mma16816(dK[dt + 1], da, b[2], b[3]);
                 }
             }
             /* dS^T to shared memory for dQ */
@@ -883,14 +865,15 @@ static __device__ __forceinline__ void flash_bwd_tile(const BwdArgs &a, const in
 #pragma unroll
             for (int kk = 0; kk < BN / 16; kk++) {
                 uint32_t af[4];
-                ldsm_x4_t(af, dSs + (kk * 16 + (mat >> 1) * 8 + rr) * LDS + rb * 16 + (mat & 1) * 8);
+                cu_ldsm_x4_t(af, dSs + (kk * 16 + (mat >> 1) * 8 + rr) * LDS + rb * 16 +
+                                     (mat & 1) * 8);
 #pragma unroll
                 for (int dt = 0; dt < NCOL / 8; dt += 2) {
                     uint32_t b[4];
-                    ldsm_x4_t(b, Ks + (kk * 16 + (mat & 1) * 8 + rr) * LD + cb * NCOL +
+                    cu_ldsm_x4_t(b, Ks + (kk * 16 + (mat & 1) * 8 + rr) * LD + cb * NCOL +
                                      (dt + (mat >> 1)) * 8);
-                    mma16816(dqa[dt], af, b[0], b[1]);
-                    mma16816(dqa[dt + 1], af, b[2], b[3]);
+                    cu_mma16816(dqa[dt], af, b[0], b[1]);
+                    cu_mma16816(dqa[dt + 1], af, b[2], b[3]);
                 }
             }
             const int qr0 = i0 + rb * 16 + g, qr1 = qr0 + 8;

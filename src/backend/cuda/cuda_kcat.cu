@@ -56,9 +56,10 @@ static __device__ __forceinline__ uint4 kc_pack8(int k0, int K, F v) {
 static __device__ __forceinline__ void kc_b(const KcatArgs &a, int e, unsigned n, unsigned j) {
     const KcatPart &u = a.u[e];
     const int c0 = (int)j * KC_V, k0 = c0 - e * a.rp;
-    const uint4 v = k0 < 0 || k0 >= a.rp ? make_uint4(0u, 0u, 0u, 0u) : kc_pack8(k0, u.K, [&](int k) {
+    const auto b = [&](int k) {
         return u.alpha * (u.tb ? u.B[(size_t)n * u.ldb + k] : u.B[(size_t)k * u.ldb + n]);
-    });
+    };
+    const uint4 v = k0 < 0 || k0 >= a.rp ? make_uint4(0u, 0u, 0u, 0u) : kc_pack8(k0, u.K, b);
     *reinterpret_cast<uint4 *>(u.wa + (size_t)n * a.ldw + a.Kw + c0) = v;
 }
 

@@ -42,26 +42,6 @@ struct DualArgs {
     int tiles, chunks; /* column tiles of dy; blocks along them */
 };
 
-static __device__ __forceinline__ void du_mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
-                                              uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
-                 "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-static __device__ __forceinline__ void du_ldsm(uint32_t (&r)[4], const void *p, bool trans) {
-    const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
-    if (trans)
-        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                     : "r"(a));
-    else
-        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                     : "r"(a));
-}
-
 /* One 16-byte cp.async (zeros past `bytes`, 0 or 16). */
 static __device__ __forceinline__ void du_cp16(void *dst, const void *src, int bytes) {
     const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
@@ -126,13 +106,13 @@ static __global__ void __launch_bounds__(DU_THREADS) dual_kernel(const DualArgs 
 #pragma unroll
         for (int kk = 0; kk < DU_BN / 16; kk++) {
             uint32_t af[4];
-            du_ldsm(af, cur + (warp * 16 + (mat & 1) * 8 + rr) * DU_LD + kk * 16 + (mat >> 1) * 8,
-                    false);
+            cu_ldsm_x4(af, cur + (warp * 16 + (mat & 1) * 8 + rr) * DU_LD + kk * 16 +
+                               (mat >> 1) * 8);
             const float *b0 = bs + (kk * 16 + 2 * cq) * DU_LB + g;
 #pragma unroll
             for (int nt = 0; nt < 2; nt++) {
                 const float *bp = b0 + nt * 8;
-                du_mma(tacc[nt], af, cu_pack_bf16(bp[0], bp[DU_LB]),
+                cu_mma16816(tacc[nt], af, cu_pack_bf16(bp[0], bp[DU_LB]),
                        cu_pack_bf16(bp[8 * DU_LB], bp[9 * DU_LB]));
             }
         }
@@ -143,11 +123,11 @@ static __global__ void __launch_bounds__(DU_THREADS) dual_kernel(const DualArgs 
 #pragma unroll
         for (int kk = 0; kk < DU_BM / 16; kk++) {
             uint32_t af[4], bf[4];
-            du_ldsm(af, cur + (kk * 16 + (mat >> 1) * 8 + rr) * DU_LD + warp * 16 + (mat & 1) * 8,
-                    true);
-            du_ldsm(bf, xtS + ((mat >> 1) * 8 + rr) * DU_LX + kk * 16 + (mat & 1) * 8, false);
-            du_mma(bacc[0], af, bf[0], bf[1]);
-            du_mma(bacc[1], af, bf[2], bf[3]);
+            cu_ldsm_x4_t(af, cur + (kk * 16 + (mat >> 1) * 8 + rr) * DU_LD + warp * 16 +
+                                 (mat & 1) * 8);
+            cu_ldsm_x4(bf, xtS + ((mat >> 1) * 8 + rr) * DU_LX + kk * 16 + (mat & 1) * 8);
+            cu_mma16816(bacc[0], af, bf[0], bf[1]);
+            cu_mma16816(bacc[1], af, bf[2], bf[3]);
         }
 #pragma unroll
         for (int nt = 0; nt < 2; nt++) {
@@ -174,7 +154,9 @@ static __global__ void __launch_bounds__(DU_THREADS) dual_kernel(const DualArgs 
     }
 }
 
-void cu_dual_init(mc_cuda *c) { cu_smem_limit(c, (const void *)dual_kernel, DU_SMEM, "dual setup"); }
+void cu_dual_init(mc_cuda *c) {
+    cu_smem_limit(c, (const void *)dual_kernel, DU_SMEM, "dual setup");
+}
 
 bool cu_dual_hold(mc_cuda *c, int N, int r, int M, float alpha, const float *dy, int ldy,
                   const float *xa, int ldx, float *gB, int ldg) {

@@ -881,6 +881,35 @@ static void test_dual(void) {
         cmp("  t = s dy B", got, t, (size_t)M * W, 1e-2);
     }
     {
+        /* an f32 dy with the bf16 copy a frozen GEMM's input gradient made of it (q, o, down
+         * and k and v read theirs so) */
+        const int Nq = 256;
+        wpair wq = make_w(MC_BF16, (size_t)Nq * D, 0.1f);
+        float *dq = frand((size_t)M * Nq, 1.0f), *dx = falloc(nD);
+        void *d_dq = dputf(dq, (size_t)M * Nq), *d_dx = dputf(got, nD);
+        const long n0 = mc_cuda_dual_stats(g_cu);
+        memset(gB, 0, (size_t)F * W * sizeof(float));
+        dset(d_gB, gB, (size_t)F * W);
+        g_cu->matmul_dx(g_cu, d_dx, d_dq, wq.gpu, M, Nq, D, false); /* converts dq */
+        g_cu->gemm_f32(g_cu, true, false, Nq, 16, M, s, d_dq, Nq, d_xa, W, 1.0f, d_gB, W);
+        g_cu->gemm_f32(g_cu, false, false, M, 16, Nq, s, d_dq, Nq, d_B, W, 0.0f, d_t, W);
+        g_ref->gemm_f32(g_ref, true, false, Nq, 16, M, s, dq, Nq, xa, W, 1.0f, gB, W);
+        g_ref->gemm_f32(g_ref, false, false, M, 16, Nq, s, dq, Nq, B, W, 0.0f, t, W);
+        CHECK_OK(g_cu->sync(g_cu));
+        CHECK_INT((int)(mc_cuda_dual_stats(g_cu) - n0), 1);
+        dget(got, d_gB, (size_t)Nq * W);
+        cmp("dual on dy's bf16 copy: B gradient", got, gB, (size_t)Nq * W, 1e-2);
+        dget(got, d_t, (size_t)M * W);
+        for (int m = 0; m < M; m++) /* columns 16.. of t are not written by rank 16 */
+            for (int j = 16; j < W; j++) got[(size_t)m * W + j] = t[(size_t)m * W + j];
+        cmp("  t = s dy B", got, t, (size_t)M * W, 1e-2);
+        dfree(d_dq);
+        dfree(d_dx);
+        free(dq);
+        free(dx);
+        free_w(&wq);
+    }
+    {
         /* the B gradient product followed by another op: it runs on its own */
         const long n0 = mc_cuda_dual_stats(g_cu);
         g_cu->matmul_dx(g_cu, d_dh, d_dy, wd.gpu, M, D, F, false);

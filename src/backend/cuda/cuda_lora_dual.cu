@@ -3,9 +3,11 @@
  *
  * For an adapted projection the trainer computes gB += s dy^T (x A^T) (a sum over the token
  * rows) and then t = s dy B (the rank-r product the A gradient and the input gradient use),
- * both reading dy [tokens, out]. For the MLP's wide projections dy is a packed bf16 tensor
- * of 4,864 columns (40 MB at 4,096 tokens), read twice by two cuBLASLt calls. Here the first
- * product is held (CU_PEND_DUAL) and, when the second follows on the same dy, one kernel
+ * both reading dy [tokens, out] in bf16: for the MLP's wide projections a packed tensor of
+ * 4,864 columns (40 MB at 4,096 tokens), for the others the bf16 copy their producer left
+ * (RoPE's backward, the RMSNorm backward, the frozen input-gradient GEMM's conversion),
+ * read twice by two cuBLASLt calls. Here the first product is held (CU_PEND_DUAL) and, when
+ * the second follows on the same dy (and out is a multiple of 128), one kernel
  * reads each 128 x 128 tile of dy (and the tile's rows of B) once into shared memory, two
  * tiles in flight, and feeds both on the tensor cores
  * (mma.sync m16n8k16, bf16 operands, f32 sums, as the bf16 LoRA products elsewhere): a
@@ -154,6 +156,13 @@ static __global__ void __launch_bounds__(DU_THREADS) dual_kernel(const DualArgs 
     }
 }
 
+/* dy [M, ldy] in bf16: its packed range or its bf16 shadow (no conversion), or NULL. */
+static const bf16 *dual_dy16(mc_cuda *c, const float *dy, int M, int ldy) {
+    const size_t n = (size_t)M * (size_t)ldy;
+    const bf16 *d = (const bf16 *)cu_packed_find(c, dy, n);
+    return d ? d : (const bf16 *)cu_shadow_find(c, dy, n);
+}
+
 void cu_dual_init(mc_cuda *c) {
     cu_smem_limit(c, (const void *)dual_kernel, DU_SMEM, "dual setup");
 }
@@ -163,7 +172,7 @@ bool cu_dual_hold(mc_cuda *c, int N, int r, int M, float alpha, const float *dy,
     if (!c->dual_on || r < 4 || r > DU_R || r % 4 || N % DU_BN || ldy % 8 || ldg % 2 ||
         M < 256)
         return false;
-    const bf16 *d16 = (const bf16 *)cu_packed_find(c, dy, (size_t)M * (size_t)ldy);
+    const bf16 *d16 = dual_dy16(c, dy, M, ldy);
     if (!d16 || !cu_aligned16(d16) || ((uintptr_t)gB & 7u) ||
         cu_packed_find(c, xa, (size_t)(M - 1) * (size_t)ldx + (size_t)r) ||
         cu_f32_overlap(gB, (size_t)(N - 1) * (size_t)ldg + (size_t)r, xa,
@@ -199,12 +208,13 @@ bool cu_dual_take(mc_cuda *c, int M, int r, int N, float alpha, const float *dy,
     /* t is written while the others are read: it must meet none of them */
     if (cu_packed_find(c, B, nb) || cu_f32_overlap(t, nt, B, nb) ||
         cu_f32_overlap(t, nt, p.du_gB, ng) || cu_f32_overlap(t, nt, p.du_xa, nx) ||
-        cu_f32_overlap(p.du_gB, ng, B, nb) ||
-        cu_f32_overlap(t, nt, dy, (size_t)M * (size_t)ldy / 2))
+        cu_f32_overlap(p.du_gB, ng, B, nb) || cu_f32_overlap(t, nt, dy, (size_t)M * ldy) ||
+        cu_f32_overlap(p.du_gB, ng, dy, (size_t)M * ldy))
         return false;
     DualArgs a;
     memset(&a, 0, sizeof a);
-    a.dy = (const bf16 *)cu_packed_find(c, dy, (size_t)M * (size_t)ldy);
+    a.dy = dual_dy16(c, dy, M, ldy);
+    if (!a.dy) return false;
     a.xa = p.du_xa;
     a.B = B;
     a.gB = p.du_gB;

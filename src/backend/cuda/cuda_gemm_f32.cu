@@ -631,7 +631,8 @@ static void gemm_f32_c(mc_cuda *c, bool ta, bool tb, int M, int N, int K, float 
                      (const void *)B, (void *)C);
         return;
     }
-    /* gB += s dy^T xa of a packed dy is held for the t = s dy B that follows (one pass) */
+    /* gB += s dy^T xa of a dy read in bf16 is held for the t = s dy B that follows (one
+     * pass over dy) */
     if (c->pend.kind == CU_PEND_DUAL && !ta && !tb && beta == 0.0f &&
         cu_dual_take(c, M, N, K, alpha, A, lda, B, ldb, C, ldc))
         return;

@@ -311,8 +311,9 @@ struct cu_pending {
     int n_mm, mm_M, mm_K;
     const float *mm_x;
     const void *mm_xc;
-    /* dual: gB [du_N, du_ldg] += du_alpha dy^T xa over du_M token rows of a packed dy
-     * [du_M, du_ldy], held for the t = s dy B that reads the same dy (cuda_lora_dual.cu) */
+    /* dual: gB [du_N, du_ldg] += du_alpha dy^T xa over du_M token rows of a dy [du_M,
+     * du_ldy] that is packed or has a bf16 shadow, held for the t = s dy B that reads the
+     * same dy (cuda_lora_dual.cu) */
     const float *du_dy, *du_xa;
     float *du_gB;
     int du_ldy, du_ldx, du_ldg, du_N, du_r, du_M;
@@ -454,7 +455,7 @@ struct mc_cuda {
      * each output of their own (MC_CUDA_NOFUSE=lswf: not the forward's, lswb: not the
      * backward's) */
     bool lsw_fwd, lsw_bwd;
-    /* a projection's B-gradient and t products reading its packed output gradient in one
+    /* a projection's B-gradient and t products reading its output gradient's bf16 in one
      * pass (cuda_lora_dual.cu; MC_CUDA_NOFUSE=dual: off); dual_busy while a held one runs
      * on its own; n_dual: pairs so computed */
     bool dual_on, dual_busy;
@@ -558,8 +559,8 @@ void cu_bias_drop(mc_cuda *c, const void *p, size_t bytes);
 /* Launches held rank-r updates (cuda_gemm_f32.cu). */
 void cu_flush_lora(mc_cuda *c, const cu_pending *p);
 /* ---- one pass for a projection's two products of dy (cuda_lora_dual.cu) ---- */
-/* Holds gB [N, ldg] += alpha dy^T xa (dy [M, ldy] packed, xa [M, ldx], rank r); false when
- * it does not qualify (nothing changed). */
+/* Holds gB [N, ldg] += alpha dy^T xa (dy [M, ldy] packed or with a bf16 shadow, xa [M,
+ * ldx], rank r); false when it does not qualify (nothing changed). */
 bool cu_dual_hold(mc_cuda *c, int N, int r, int M, float alpha, const float *dy, int ldy,
                   const float *xa, int ldx, float *gB, int ldg);
 /* Runs the held product with t [M, ldt] = alpha dy B (B [N, ldb]) in one kernel; false

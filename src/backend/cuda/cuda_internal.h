@@ -315,6 +315,7 @@ struct cu_pending {
      * du_ldy] that is packed or has a bf16 shadow, held for the t = s dy B that reads the
      * same dy (cuda_lora_dual.cu) */
     const float *du_dy, *du_xa;
+    const void *du_dy16; /* dy's bf16 (packed range or shadow) */
     float *du_gB;
     int du_ldy, du_ldx, du_ldg, du_N, du_r, du_M;
     float du_alpha;
@@ -584,6 +585,10 @@ bool cu_mm_hold(mc_cuda *c, float *out, const float *x, const void *xc, mc_wt w,
 bool cu_mm_take(mc_cuda *c, float *C, int M, int N, int K, float alpha, const float *A, int lda,
                 const float *B, int ldb, bool tb);
 void cu_flush_mm(mc_cuda *c, const cu_pending *p);
+/* out [M, N] (packed: bf16 in place) = x W^T in bf16 on the tensor cores, w [N, ldw] and
+ * x [M, ldx] of K columns (cuda_matmul.cu). */
+void cu_gemm_packed(mc_cuda *c, float *out, const void *w, int ldw, const void *x, int ldx,
+                    int M, int N, int K, const char *name);
 /* Frees the widened copies of weights inside [p, p + bytes) (all of them: p NULL). */
 void cu_aug_drop(mc_cuda *c, const void *p, size_t bytes);
 /* Claims [p, p + n) as packed without launching what is pending; false when the table is
@@ -926,6 +931,14 @@ static __device__ __forceinline__ void cu_ldsm_x4_t(uint32_t (&r)[4], const void
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(a));
+}
+
+/* One 16-byte cp.async from global src into shared dst, zero-filled past `bytes` (0 or 16:
+ * a row past the end reads nothing); the caller commits and waits for the group. */
+static __device__ __forceinline__ void cu_cp_async16(void *dst, const void *src, int bytes) {
+    const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(bytes)
+                 : "memory");
 }
 
 /* The same, not transposed. */

@@ -30,14 +30,14 @@ struct KcatPart {
     const float *A, *B;
     int lda, ldb, tb, K;
     float alpha;
-    __nv_bfloat16 *wa;      /* the widened weight [N, ldw] */
+    __nv_bfloat16 *wa;      /* the widened weight [N, Kw + nu rp] */
     const __nv_bfloat16 *w; /* W [N, Kw] to copy in first, or NULL */
 };
 
 struct KcatArgs {
-    __nv_bfloat16 *xa;       /* [M, ldx]: [x | x A^T of part 0 | of part 1] */
+    __nv_bfloat16 *xa;       /* [M, Kw + nu rp]: [x | x A^T of part 0 | of part 1] */
     const __nv_bfloat16 *xc; /* x [M, Kw] */
-    int M, N, Kw, rp, nu, ldx, ldw;
+    int M, N, Kw, rp, nu;
     KcatPart u[2];
 };
 
@@ -60,7 +60,7 @@ static __device__ __forceinline__ void kc_b(const KcatArgs &a, int e, unsigned n
         return u.alpha * (u.tb ? u.B[(size_t)n * u.ldb + k] : u.B[(size_t)k * u.ldb + n]);
     };
     const uint4 v = k0 < 0 || k0 >= a.rp ? make_uint4(0u, 0u, 0u, 0u) : kc_pack8(k0, u.K, b);
-    *reinterpret_cast<uint4 *>(u.wa + (size_t)n * a.ldw + a.Kw + c0) = v;
+    *reinterpret_cast<uint4 *>(u.wa + (size_t)n * (a.Kw + a.nu * a.rp) + a.Kw + c0) = v;
 }
 
 /* Vector (m, j) of the widened input's row m. */
@@ -74,7 +74,7 @@ static __device__ __forceinline__ void kc_x(const KcatArgs &a, unsigned m, unsig
         const KcatPart &u = a.u[e];
         v = kc_pack8(k0, u.K, [&](int k) { return u.A[(size_t)m * u.lda + k]; });
     }
-    *reinterpret_cast<uint4 *>(a.xa + (size_t)m * a.ldx + c0) = v;
+    *reinterpret_cast<uint4 *>(a.xa + (size_t)m * (a.Kw + a.nu * a.rp) + c0) = v;
 }
 
 /* The widened input, each part's B columns and, where asked, its copy of W: one
@@ -104,7 +104,7 @@ static __global__ void kcat_kernel(const KcatArgs a) {
             j -= nb;
             if (j < nw[e]) {
                 const unsigned n = j / vw, k0 = (j % vw) * KC_V;
-                *reinterpret_cast<uint4 *>(a.u[e].wa + (size_t)n * a.ldw + k0) =
+                *reinterpret_cast<uint4 *>(a.u[e].wa + (size_t)n * (vx * KC_V) + k0) =
                     *reinterpret_cast<const uint4 *>(a.u[e].w + (size_t)n * a.Kw + k0);
                 break;
             }
@@ -124,8 +124,7 @@ bool cu_mm_hold(mc_cuda *c, float *out, const float *x, const void *xc, mc_wt w,
         p.mm_K == K && !cu_f32_overlap(out, n, p.mm[0].out, (size_t)M * p.mm[0].N)) {
         if (!cu_pack_claim_keep(c, out, n)) return false;
     } else {
-        cu_pending_flush(c);
-        if (!cu_pack_claim(c, out, n)) return false;
+        if (!cu_pack_claim(c, out, n)) return false; /* it launched what was pending */
         p.kind = CU_PEND_MM;
         p.n_mm = 0;
         p.mm_x = x;
@@ -164,10 +163,7 @@ bool cu_mm_take(mc_cuda *c, float *C, int M, int N, int K, float alpha, const fl
 /* The held GEMM e as cu_matmul runs it, then its update (if any) on its own. */
 static void mm_plain(mc_cuda *c, const cu_pending *p, const cu_mm_ent &e) {
     const int M = p->mm_M, K = p->mm_K;
-    const cu_lt_shape s = {true, false, false, e.N, M, K, K, K, e.N, CUDA_R_16BF, false, true,
-                           false};
-    cu_break(c);
-    (void)cu_gemm_lt(c, s, 1.0f, e.w, p->mm_xc, e.out, "cublas matmul bf16 out");
+    cu_gemm_packed(c, e.out, e.w, K, p->mm_xc, K, M, e.N, K, "cublas matmul bf16 out");
     if (e.u.C) cu_lowrank16(c, e.u, M, e.N);
 }
 
@@ -220,11 +216,10 @@ void cu_flush_mm(mc_cuda *c, const cu_pending *p) {
     const int kk = K + nu * rp, N = nu ? p->mm[idx[0]].N : 0;
     KcatArgs a;
     memset(&a, 0, sizeof a);
-    a.ldx = a.ldw = kk;
     const double work = (double)M * (kk / KC_V) + 2.0 * N * ((kk + rp) / KC_V);
     if (nu && work < 2e9)
         a.xa = (__nv_bfloat16 *)cu_scratch_opt(c, CU_S_KCAT_X,
-                                                (size_t)M * (size_t)a.ldx * sizeof(__nv_bfloat16));
+                                                (size_t)M * (size_t)kk * sizeof(__nv_bfloat16));
     bool ok = a.xa != NULL;
     for (int e = 0; e < nu && ok; e++) {
         const cu_mm_ent &m = p->mm[idx[e]];
@@ -260,10 +255,8 @@ void cu_flush_mm(mc_cuda *c, const cu_pending *p) {
             mm_plain(c, p, m);
             continue;
         }
-        const cu_lt_shape s = {true, false, false, N, M, kk, a.ldw, a.ldx, N, CUDA_R_16BF,
-                               false, true, false};
-        cu_break(c);
-        (void)cu_gemm_lt(c, s, 1.0f, a.u[e].wa, a.xa, m.out, "cublas matmul+lora bf16 out");
+        cu_gemm_packed(c, m.out, a.u[e].wa, kk, a.xa, kk, M, N, kk,
+                       "cublas matmul+lora bf16 out");
         c->n_kcat++;
     }
 }

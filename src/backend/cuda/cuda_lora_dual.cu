@@ -44,13 +44,6 @@ struct DualArgs {
     int tiles, chunks; /* column tiles of dy; blocks along them */
 };
 
-/* One 16-byte cp.async (zeros past `bytes`, 0 or 16). */
-static __device__ __forceinline__ void du_cp16(void *dst, const void *src, int bytes) {
-    const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(bytes)
-                 : "memory");
-}
-
 /* Starts the copies of dy's column tile `tile` (rows m0 .., zeros past M) into dst and of
  * the tile's rows of B (f32, r <= 16 columns; zeros from column r on) into bs. */
 static __device__ __forceinline__ void du_load(const DualArgs &a, bf16 *dst, float *bs, int m0,
@@ -61,13 +54,13 @@ static __device__ __forceinline__ void du_load(const DualArgs &a, bf16 *dst, flo
     for (int j = 0; j < DU_BM * C / DU_THREADS; j++) {
         const int i = (int)threadIdx.x + j * DU_THREADS, r = i / C, c = i - r * C;
         const bool ok = m0 + r < a.M;
-        du_cp16(dst + r * DU_LD + c * 8, ok ? a.dy + (size_t)(m0 + r) * a.ldy + n0 + c * 8 : a.dy,
-                ok ? 16 : 0);
+        cu_cp_async16(dst + r * DU_LD + c * 8,
+                      ok ? a.dy + (size_t)(m0 + r) * a.ldy + n0 + c * 8 : a.dy, ok ? 16 : 0);
     }
     for (int i = (int)threadIdx.x; i < DU_BN * 4; i += DU_THREADS) {
         const int n = i >> 2, q = i & 3, ok = q * 4 < a.r;
-        du_cp16(bs + n * DU_LB + q * 4, ok ? a.B + (size_t)(n0 + n) * a.ldb + q * 4 : a.B,
-                ok ? 16 : 0);
+        cu_cp_async16(bs + n * DU_LB + q * 4, ok ? a.B + (size_t)(n0 + n) * a.ldb + q * 4 : a.B,
+                      ok ? 16 : 0);
     }
     asm volatile("cp.async.commit_group;\n" ::: "memory");
 }
@@ -182,6 +175,7 @@ bool cu_dual_hold(mc_cuda *c, int N, int r, int M, float alpha, const float *dy,
     cu_pending &p = c->pend;
     p.kind = CU_PEND_DUAL;
     p.du_dy = dy;
+    p.du_dy16 = d16;
     p.du_ldy = ldy;
     p.du_xa = xa;
     p.du_ldx = ldx;
@@ -213,8 +207,7 @@ bool cu_dual_take(mc_cuda *c, int M, int r, int N, float alpha, const float *dy,
         return false;
     DualArgs a;
     memset(&a, 0, sizeof a);
-    a.dy = dual_dy16(c, dy, M, ldy);
-    if (!a.dy) return false;
+    a.dy = (const bf16 *)p.du_dy16;
     a.xa = p.du_xa;
     a.B = B;
     a.gB = p.du_gB;

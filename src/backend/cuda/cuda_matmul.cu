@@ -1127,6 +1127,14 @@ static bool wide_out(const mc_cuda *c, mc_wt w, int M, int N, int K) {
     return w.mlp && w.dtype == MC_BF16 && cu_pack_rows(c, M) && N > K;
 }
 
+void cu_gemm_packed(mc_cuda *c, float *out, const void *w, int ldw, const void *x, int ldx,
+                    int M, int N, int K, const char *name) {
+    const cu_lt_shape s = {true, false, false, N, M, K, ldw, ldx, N, CUDA_R_16BF, false, true,
+                           false};
+    cu_break(c);
+    (void)cu_gemm_lt(c, s, 1.0f, w, x, out, name);
+}
+
 void cu_matmul(mc_backend *be, void *out, int ldo, const void *x, mc_wt w, mc_wt bias, int M,
                int N, int K) {
     mc_cuda *c = cu_ctx(be);
@@ -1145,9 +1153,7 @@ void cu_matmul(mc_backend *be, void *out, int ldo, const void *x, mc_wt w, mc_wt
         if (cu_mm_hold(c, (float *)out, (const float *)x, xc, w, M, N, K)) return;
         cu_break(c);
         if (cu_pack_claim(c, (float *)out, (size_t)M * (size_t)N)) {
-            const cu_lt_shape s = {true, false, false, N, M, K, K, K, N, CUDA_R_16BF, false, true,
-                                   false};
-            (void)cu_gemm_lt(c, s, 1.0f, w.data, xc, out, "cublas matmul bf16 out");
+            cu_gemm_packed(c, (float *)out, w.data, K, xc, K, M, N, K, "cublas matmul bf16 out");
             return;
         }
     }

@@ -346,12 +346,18 @@ static void layer_fwd(mc_trainer_core *c, const mc_batch *b, int l, const void *
     float eps = (float)m->cfg.rms_norm_eps, theta = (float)m->cfg.rope_theta;
     mc_wt none = {NULL, MC_F32, false};
     mc_layer_acts *t = &c->work;
+    void *qo = m->cfg.qk_norm ? a->qn : a->q, *ko = m->cfg.qk_norm ? a->kn : a->k;
 
     be->rmsnorm(be, t->xn1, x_in, w->attn_norm, N, d.D, eps);
     group_fwd(c, l, MC_LM_Q, t->xn1, N, d.D);
-    proj_fwd(c, l, MC_LM_Q, m->cfg.qk_norm ? a->qn : a->q, t->xn1, w->q_w, w->q_b, N, d.q_dim, d.D);
-    proj_fwd(c, l, MC_LM_K, m->cfg.qk_norm ? a->kn : a->k, t->xn1, w->k_w, w->k_b, N, d.kv_dim, d.D);
-    proj_fwd(c, l, MC_LM_V, a->v, t->xn1, w->v_w, w->v_b, N, d.kv_dim, d.D);
+    /* the three frozen GEMMs first: the LoRA updates then come right before the RoPE that
+     * reads their outputs (a backend may fold them into it) */
+    be->matmul(be, qo, d.q_dim, t->xn1, w->q_w, w->q_b, N, d.q_dim, d.D);
+    be->matmul(be, ko, d.kv_dim, t->xn1, w->k_w, w->k_b, N, d.kv_dim, d.D);
+    be->matmul(be, a->v, d.kv_dim, t->xn1, w->v_w, w->v_b, N, d.kv_dim, d.D);
+    proj_lora_fwd(c, l, MC_LM_Q, qo, t->xn1, N, d.q_dim, d.D);
+    proj_lora_fwd(c, l, MC_LM_K, ko, t->xn1, N, d.kv_dim, d.D);
+    proj_lora_fwd(c, l, MC_LM_V, a->v, t->xn1, N, d.kv_dim, d.D);
     if (m->cfg.qk_norm) {
         be->rmsnorm(be, a->q, a->qn, w->q_norm, N * d.Hq, d.hd, eps);
         be->rmsnorm(be, a->k, a->kn, w->k_norm, N * d.Hkv, d.hd, eps);

@@ -1006,6 +1006,71 @@ static void test_rope(void) {
     }
 }
 
+/* The q, k and v projections' rank-r updates held for the RoPE of q and k: one launch adds
+ * them (TF32 products, as the cuBLASLt updates it replaces), rotates q and k and leaves the
+ * bf16 copies of k and v that the attention reads (checked through the attention's output);
+ * with only q's RoPE following, the updates of k and v still land. Ranks 16, 8 and 32, heads
+ * of 64 and 128, a row count that is not a multiple of the kernel's 16. */
+static void test_lora_rope(void) {
+    /* rank, head size, query heads, rows, both RoPEs */
+    const int cases[3][5] = {{16, 64, 6, 320, 1}, {8, 64, 6, 300, 0}, {32, 128, 4, 264, 1}};
+    const float s = 2.0f;
+    const int Hkv = 2;
+    int32_t pos[320];
+    for (int t = 0; t < 320; t++) pos[t] = t;
+    int32_t *dpos = dput(pos, sizeof pos);
+    for (int ci = 0; ci < 3; ci++) {
+        const int r = cases[ci][0], hd = cases[ci][1], Hq = cases[ci][2], M = cases[ci][3];
+        const int both = cases[ci][4], W = 3 * r, nq = Hq * hd, nk = Hkv * hd;
+        const size_t sq = (size_t)M * nq, sk = (size_t)M * nk;
+        float *xa = frand((size_t)M * W, 1.0f), *bq = frand((size_t)nq * r, 0.1f);
+        float *bk = frand((size_t)nk * r, 0.1f), *bv = frand((size_t)nk * r, 0.1f);
+        float *q = frand(sq, 1.0f), *k = frand(sk, 1.0f), *v = frand(sk, 1.0f);
+        float *att = falloc(sq), *got = falloc(sq);
+        void *d_xa = dputf(xa, (size_t)M * W), *d_bq = dputf(bq, (size_t)nq * r);
+        void *d_bk = dputf(bk, (size_t)nk * r), *d_bv = dputf(bv, (size_t)nk * r);
+        float *d_q = dputf(q, sq), *d_k = dputf(k, sk), *d_v = dputf(v, sk);
+        float *d_att = dputf(att, sq);
+        const long n0 = mc_cuda_lrope_stats(g_cu);
+        char what[96];
+        g_cu->gemm_f32(g_cu, false, true, M, nq, r, s, d_xa, W, d_bq, r, 1.0f, d_q, nq);
+        g_cu->gemm_f32(g_cu, false, true, M, nk, r, s, (float *)d_xa + r, W, d_bk, r, 1.0f, d_k,
+                       nk);
+        g_cu->gemm_f32(g_cu, false, true, M, nk, r, s, (float *)d_xa + 2 * r, W, d_bv, r, 1.0f,
+                       d_v, nk);
+        g_cu->rope(g_cu, d_q, nq, dpos, M, Hq, hd, 1e6f);
+        if (both) g_cu->rope(g_cu, d_k, nk, dpos, M, Hkv, hd, 1e6f);
+        g_ref->gemm_f32(g_ref, false, true, M, nq, r, s, xa, W, bq, r, 1.0f, q, nq);
+        g_ref->gemm_f32(g_ref, false, true, M, nk, r, s, xa + r, W, bk, r, 1.0f, k, nk);
+        g_ref->gemm_f32(g_ref, false, true, M, nk, r, s, xa + 2 * r, W, bv, r, 1.0f, v, nk);
+        g_ref->rope(g_ref, q, nq, pos, M, Hq, hd, 1e6f);
+        if (both) {
+            g_ref->rope(g_ref, k, nk, pos, M, Hkv, hd, 1e6f);
+            g_cu->attention(g_cu, d_att, d_q, d_k, d_v, M, 0, Hq, Hkv, hd);
+            g_ref->attention(g_ref, att, q, k, v, M, 0, Hq, Hkv, hd);
+        }
+        CHECK_OK(g_cu->sync(g_cu));
+        CHECK_INT((int)(mc_cuda_lrope_stats(g_cu) - n0), 1);
+        snprintf(what, sizeof what, "rope taking q/k/v updates, rank %d, hd %d, %d rows%s: q", r,
+                 hd, M, both ? "" : " (q's rope only)");
+        dget(got, d_q, sq);
+        cmp(what, got, q, sq, 1e-3);
+        dget(got, d_k, sk);
+        cmp("  k", got, k, sk, 1e-3);
+        dget(got, d_v, sk);
+        cmp("  v", got, v, sk, 1e-3);
+        if (both) {
+            dget(got, d_att, sq);
+            cmp("  attention over their bf16 copies", got, att, sq, 1e-2);
+        }
+        void *dev[8] = {d_xa, d_bq, d_bk, d_bv, d_q, d_k, d_v, d_att};
+        for (int i = 0; i < 8; i++) dfree(dev[i]);
+        float *host[9] = {xa, bq, bk, bv, q, k, v, att, got};
+        for (int i = 0; i < 9; i++) free(host[i]);
+    }
+    dfree(dpos);
+}
+
 static void test_attention(void) {
     /* hd, Hq, Hkv, T, pos0 */
     const int cases[][5] = {
@@ -1960,6 +2025,7 @@ int main(void) {
     RUN(test_kcat);
     RUN(test_dual);
     RUN(test_rope);
+    RUN(test_lora_rope);
     RUN(test_attention);
     RUN(test_attention_backward);
     RUN(test_attention_segments);

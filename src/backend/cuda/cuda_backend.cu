@@ -899,6 +899,7 @@ extern "C" mc_status mc_backend_cuda_create(int device, mc_backend **out) {
     c->lsw_fwd = c->fuse_on && !(env && strstr(env, "lswf"));
     c->lsw_bwd = c->fuse_on && !(env && strstr(env, "lswb"));
     c->kcat_on = c->fuse_on && !(env && strstr(env, "kcat"));
+    c->qkvupd_on = c->fuse_on && !(env && strstr(env, "qkvupd"));
     c->kkeep_on = !(env && strstr(env, "kkeep"));
     c->dual_on = c->fuse_on && !(env && strstr(env, "dual"));
     c->xq_on = !(env && strstr(env, "xq"));
@@ -1135,6 +1136,8 @@ extern "C" long mc_cuda_attention_reuse(const mc_backend *be) { return cu_ctx_c(
 extern "C" long mc_cuda_kcat_stats(const mc_backend *be) { return cu_ctx_c(be)->n_kcat; }
 
 extern "C" long mc_cuda_dual_stats(const mc_backend *be) { return cu_ctx_c(be)->n_dual; }
+
+extern "C" long mc_cuda_lrope_stats(const mc_backend *be) { return cu_ctx_c(be)->n_lrope; }
 
 extern "C" long mc_cuda_packed_stats(const mc_backend *be, int *live) {
     const mc_cuda *c = cu_ctx_c(be);

@@ -87,6 +87,10 @@ long mc_cuda_kcat_stats(const mc_backend *be);
  * t = s dy B) one kernel computed in one pass since creation. */
 long mc_cuda_dual_stats(const mc_backend *be);
 
+/* How many RoPE launches added the held rank-r LoRA updates of their inputs (q, k and v)
+ * since creation. */
+long mc_cuda_lrope_stats(const mc_backend *be);
+
 /* With MC_CUDA_PROFILE=1 in the environment at creation, every kernel and cuBLAS call is
  * timed with events (launches serialised, no graphs); this formats the per-name device
  * time table into buf (cap bytes, NUL-terminated) and returns its length; reset empties

@@ -208,6 +208,224 @@ static void rope_launch(mc_cuda *c, const RopeArgs &a) {
                   0, a, name);
 }
 
+/* ---- RoPE that first adds the held rank-r LoRA updates of its inputs ----
+ * The trainer issues the q, k and v projections' frozen GEMMs, then their updates C +=
+ * alpha A B^T (A [T, K]: the group's x A^T columns, B [N, K]), then the RoPE of q and k.
+ * lora_hold keeps the updates; the RoPE takes them, and one launch adds each update, rotates
+ * q and k and leaves bf16 copies of k and v for the attention: three updates' reads and
+ * writes of their outputs and two conversions fewer (heads of 64 or 128). A warp takes 16
+ * rows of one head: the update's [16, hd] tile comes from m16n8k8 TF32 tensor-core products
+ * (the precision of the cuBLASLt updates it replaces) whose accumulator layout pairs column
+ * i of the head with column i + hd/2 in the same thread, so the rotation follows in
+ * registers. */
+enum { LR_MAX = 3, LR_WARPS = 4, LR_KMAX = 32 };
+
+struct LoraRopeArgs {
+    float *x[LR_MAX];          /* [T, (hs[i + 1] - hs[i]) hd], rows without gaps */
+    __nv_bfloat16 *sh[LR_MAX]; /* bf16 copies of the results, or NULL */
+    const float *A[LR_MAX];    /* [T, lda[i]] (NULL: no update) */
+    const float *B[LR_MAX];    /* [N, ldb[i]] */
+    int lda[LR_MAX], ldb[LR_MAX], K[LR_MAX], rot[LR_MAX];
+    float alpha[LR_MAX];
+    int hs[LR_MAX + 1]; /* tensor i's heads: [hs[i], hs[i + 1]) of the launch's */
+    const int32_t *pos; /* [T] */
+    const float *inv;   /* [hd/2] */
+    int nt, T, hd;
+};
+
+/* x rounded to TF32 (to nearest), as the tensor cores read it. */
+static __device__ __forceinline__ uint32_t lr_tf32(float x) {
+    uint32_t r;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+    return r;
+}
+
+/* d += a b, m16n8k8, TF32 operands, f32 sums. */
+static __device__ __forceinline__ void lr_mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                              uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, "
+                 "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/* Block (h0, r0): warp w takes head h0 * LR_WARPS + w over rows r0 * 16 .. + 16. In the
+ * accumulator layout a thread holds rows g, g + 8 (g = lane / 4) and columns 2q, 2q + 1 (q =
+ * lane % 4) of each 8-column tile; tile j and tile j + hd/16 hold a rotation's pairs. */
+template <int HD>
+static __global__ void __launch_bounds__(LR_WARPS * 32) lora_rope_kernel(const LoraRopeArgs a) {
+    cu_dep_wait();
+    const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+    const int gh = (int)blockIdx.x * LR_WARPS + (int)(threadIdx.x >> 5);
+    int ti = -1;
+    for (int e = 0; e < a.nt; e++)
+        if (gh >= a.hs[e] && gh < a.hs[e + 1]) ti = e;
+    if (ti < 0) return;
+    constexpr int half = HD / 2;
+    const int ld = (a.hs[ti + 1] - a.hs[ti]) * HD;
+    const int c0 = (gh - a.hs[ti]) * HD; /* the head's first column */
+    const int r0 = (int)blockIdx.y * 16, ra = r0 + g, rb = ra + 8;
+    const bool va = ra < a.T, vb = rb < a.T;
+    const float *A = a.A[ti], *B = a.B[ti];
+    const int nks = A ? a.K[ti] / 8 : 0, ldb = a.ldb[ti];
+    const float al = a.alpha[ti];
+    /* the rows' x A^T fragments: k-step s holds columns 8s + q and 8s + q + 4 */
+    uint32_t af[LR_KMAX / 8][4];
+#pragma unroll
+    for (int s = 0; s < LR_KMAX / 8; s++) {
+        float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        if (s < nks) {
+            const float *pa = A + (size_t)ra * a.lda[ti] + 8 * s + q;
+            const float *pb = A + (size_t)rb * a.lda[ti] + 8 * s + q;
+            if (va) v[0] = pa[0], v[2] = pa[4];
+            if (vb) v[1] = pb[0], v[3] = pb[4];
+        }
+        for (int i = 0; i < 4; i++) af[s][i] = lr_tf32(v[i]);
+    }
+    float *x = a.x[ti];
+    __nv_bfloat16 *sh = a.sh[ti];
+    const bool rot = a.rot[ti] != 0;
+    const int32_t pa_ = va ? a.pos[ra] : 0, pb_ = vb ? a.pos[rb] : 0;
+#pragma unroll
+    for (int j = 0; j < half / 8; j++) {
+        const int cl = c0 + 8 * j + 2 * q, ch = cl + half; /* a thread's columns, both halves */
+        float2 xl[2] = {}, xh[2] = {};
+        if (va) {
+            xl[0] = *reinterpret_cast<const float2 *>(x + (size_t)ra * ld + cl);
+            xh[0] = *reinterpret_cast<const float2 *>(x + (size_t)ra * ld + ch);
+        }
+        if (vb) {
+            xl[1] = *reinterpret_cast<const float2 *>(x + (size_t)rb * ld + cl);
+            xh[1] = *reinterpret_cast<const float2 *>(x + (size_t)rb * ld + ch);
+        }
+        float ul[4] = {0.0f, 0.0f, 0.0f, 0.0f}, uh[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+        for (int s = 0; s < LR_KMAX / 8; s++) {
+            if (s >= nks) break;
+            /* B^T's 8 x 8 tiles: row k = 8s + q (+ 4), column n = the tile's g-th */
+            const float *bl = B + (size_t)(c0 + 8 * j + g) * ldb + 8 * s + q;
+            const float *bh = bl + (size_t)half * ldb;
+            lr_mma(ul, af[s], lr_tf32(bl[0]), lr_tf32(bl[4]));
+            lr_mma(uh, af[s], lr_tf32(bh[0]), lr_tf32(bh[4]));
+        }
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            const int row = r ? rb : ra;
+            if (!(r ? vb : va)) continue;
+            float y[4] = {fmaf(al, ul[2 * r], xl[r].x), fmaf(al, ul[2 * r + 1], xl[r].y),
+                          fmaf(al, uh[2 * r], xh[r].x), fmaf(al, uh[2 * r + 1], xh[r].y)};
+            if (rot) {
+                const int32_t p = r ? pb_ : pa_;
+                const int i = 8 * j + 2 * q;
+                cu_rope_rotate(y[0], y[2], p, a.inv[i], false, y[0], y[2]);
+                cu_rope_rotate(y[1], y[3], p, a.inv[i + 1], false, y[1], y[3]);
+            }
+            const size_t o = (size_t)row * ld;
+            *reinterpret_cast<float2 *>(x + o + cl) = make_float2(y[0], y[1]);
+            *reinterpret_cast<float2 *>(x + o + ch) = make_float2(y[2], y[3]);
+            if (sh) {
+                *reinterpret_cast<uint32_t *>(sh + o + cl) = cu_pack_bf16(y[0], y[1]);
+                *reinterpret_cast<uint32_t *>(sh + o + ch) = cu_pack_bf16(y[2], y[3]);
+            }
+        }
+    }
+}
+
+/* Whether held update u of pending p fits lora_rope_kernel over heads of hd columns: an f32
+ * output of whole heads over the rope's T rows, B stored [N, K] (tb), K a multiple of the
+ * products' 8. */
+static bool lr_fits(const cu_pending &p, const cu_lora_upd &u, int T, int hd) {
+    return p.lu_M == T && !u.C16 && u.tb && u.K >= 8 && u.K <= LR_KMAX && u.K % 8 == 0 &&
+           u.N % hd == 0 && cu_aligned16(u.C);
+}
+
+/* Rotates r's tensors (forward) after adding the held updates of pending p (p.n_lu > 0, each
+ * lr_fits) in one launch: an update of a rotated tensor first, the others' on their own; every
+ * tensor but the first (q) leaves a bf16 copy for the attention. */
+static void lora_rope_launch(mc_cuda *c, const cu_pending &p, const RopeArgs &r) {
+    LoraRopeArgs a;
+    memset(&a, 0, sizeof a);
+    a.pos = r.pos;
+    a.inv = r.inv;
+    a.T = r.T;
+    a.hd = r.hd;
+    bool used[3] = {false, false, false};
+    auto add = [&](float *x, int H, int rot, const cu_lora_upd *u) {
+        const int e = a.nt++;
+        a.x[e] = x;
+        a.rot[e] = rot;
+        a.hs[e + 1] = a.hs[e] + H;
+        if (u) {
+            a.A[e] = u->A;
+            a.B[e] = u->B;
+            a.lda[e] = u->lda;
+            a.ldb[e] = u->ldb;
+            a.K[e] = u->K;
+            a.alpha[e] = u->alpha;
+        }
+        if (e > 0)
+            a.sh[e] = (__nv_bfloat16 *)cu_shadow_for(c, x, (size_t)r.T * (size_t)H * r.hd, r.T);
+    };
+    for (int i = 0; i < r.nt; i++) {
+        const cu_lora_upd *u = NULL;
+        for (int e = 0; e < p.n_lu; e++)
+            if (!used[e] && p.lu[e].C == r.x[i]) {
+                u = &p.lu[e];
+                used[e] = true;
+            }
+        add(r.x[i], r.H[i], 1, u);
+    }
+    for (int e = 0; e < p.n_lu; e++)
+        if (!used[e]) add(p.lu[e].C, p.lu[e].N / r.hd, 0, &p.lu[e]);
+    const dim3 grid((unsigned)((a.hs[a.nt] + LR_WARPS - 1) / LR_WARPS),
+                    (unsigned)((r.T + 15) / 16));
+    c->n_lrope++;
+    if (r.hd == 64)
+        cu_launch(c, lora_rope_kernel<64>, grid, dim3(LR_WARPS * 32), 0, a, "rope lora");
+    else
+        cu_launch(c, lora_rope_kernel<128>, grid, dim3(LR_WARPS * 32), 0, a, "rope lora");
+}
+
+/* Whether x [T, ldx] may be rotated in the launch that adds the updates held in p: it is one
+ * update's whole output, or apart from what every update reads and writes. */
+static bool lr_apart(const cu_pending &p, const float *x, int ldx, int T) {
+    const size_t nx = (size_t)T * (size_t)ldx;
+    bool hit = false;
+    for (int e = 0; e < p.n_lu; e++) {
+        hit = hit || p.lu[e].C == x;
+        const cu_lora_upd &u = p.lu[e];
+        size_t na, nb;
+        cu_lora_spans(u, p.lu_M, u.N, &na, &nb);
+        if (u.C == x ? u.N != ldx
+                     : cu_f32_overlap(x, nx, u.C, (size_t)p.lu_M * (size_t)u.N) ||
+                           cu_f32_overlap(x, nx, u.A, na) || cu_f32_overlap(x, nx, u.B, nb))
+            return false;
+    }
+    return hit || p.n_lu < LR_MAX; /* a tensor of its own: LR_MAX in a launch */
+}
+
+/* Whether the forward RoPE of x [T, ldx] (H heads of hd) takes the updates held in c->pend
+ * into *q (a pending RoPE of x carrying them): one of them writes x and all fit the kernel
+ * (at most LR_MAX tensors: the held updates, one of them x's). */
+static bool lr_take(mc_cuda *c, cu_pending *q, const float *x, int ldx, int T, int H, int hd) {
+    const cu_pending &p = c->pend;
+    bool hit = false;
+    if (!c->qkvupd_on || p.kind != CU_PEND_LORA || ldx != H * hd || (hd != 64 && hd != 128) ||
+        !cu_aligned16(x))
+        return false;
+    for (int e = 0; e < p.n_lu; e++) {
+        if (!lr_fits(p, p.lu[e], T, hd)) return false;
+        hit = hit || p.lu[e].C == x;
+    }
+    if (!hit || !lr_apart(p, x, ldx, T)) return false;
+    for (int e = 0; e < p.n_lu; e++) q->lu[e] = p.lu[e];
+    q->n_lu = p.n_lu;
+    q->lu_M = p.lu_M;
+    q->lu_N = p.lu_N;
+    c->pend.kind = CU_PEND_NONE; /* carried by q now */
+    return true;
+}
+
 /* The pending rotation of one tensor as kernel arguments. */
 static RopeArgs rope_args1(const cu_pending *p) {
     RopeArgs a;
@@ -225,7 +443,10 @@ static RopeArgs rope_args1(const cu_pending *p) {
     return a;
 }
 
-void cu_flush_rope(mc_cuda *c, const cu_pending *p) { rope_launch(c, rope_args1(p)); }
+void cu_flush_rope(mc_cuda *c, const cu_pending *p) {
+    if (p->n_lu > 0) lora_rope_launch(c, *p, rope_args1(p));
+    else rope_launch(c, rope_args1(p));
+}
 
 static void rope_any(mc_backend *be, void *x, int ldx, const int32_t *pos, int T, int H, int hd,
                      float theta, bool backward) {
@@ -233,11 +454,17 @@ static void rope_any(mc_backend *be, void *x, int ldx, const int32_t *pos, int T
     cu_pending p;
     size_t span = (size_t)T * (size_t)ldx;
     if (T <= 0 || H <= 0 || hd < 2) return;
+    memset(&p, 0, sizeof p);
+    /* the held updates of q, k and v, added by this RoPE's launch (taken before the table's
+     * upload, which launches what is pending) */
+    const bool took = !backward && c->fuse_on && lr_take(c, &p, (const float *)x, ldx, T, H, hd);
     const float *inv = rope_table(c, theta, hd);
-    if (!inv) return;
+    if (!inv) {
+        if (took) cu_flush_lora(c, &p);
+        return;
+    }
     cu_note_write(c, x, span * sizeof(float));
     if (!backward && cu_gemv_take_rope(c, (float *)x, ldx, pos, T, H, hd, inv)) return;
-    memset(&p, 0, sizeof p);
     p.kind = CU_PEND_ROPE;
     p.rx = (float *)x;
     p.ldx = ldx;
@@ -253,7 +480,10 @@ static void rope_any(mc_backend *be, void *x, int ldx, const int32_t *pos, int T
     const cu_pending *q = &c->pend;
     if (q->kind == CU_PEND_ROPE && q->pos == pos && q->T == T && q->hd == hd && q->inv == inv &&
         q->backward == p.backward &&
-        !((const float *)x < q->rx + (size_t)T * q->ldx && q->rx < (const float *)x + span)) {
+        !((const float *)x < q->rx + (size_t)T * q->ldx && q->rx < (const float *)x + span) &&
+        (q->n_lu == 0 ||
+         (ldx == H * hd && cu_aligned16(x) && lr_apart(*q, (const float *)x, ldx, T)))) {
+        const cu_pending held = *q;
         RopeArgs a = rope_args1(q);
         c->pend.kind = CU_PEND_NONE;
         a.nt = 2;
@@ -261,7 +491,8 @@ static void rope_any(mc_backend *be, void *x, int ldx, const int32_t *pos, int T
         a.sh[1] = p.rsh;
         a.ldx[1] = ldx;
         a.H[1] = H;
-        rope_launch(c, a);
+        if (held.n_lu > 0) lora_rope_launch(c, held, a);
+        else rope_launch(c, a);
         return;
     }
     if (c->fuse_on) {

@@ -565,8 +565,8 @@ void cu_lowrank16(mc_cuda *c, const cu_lora_upd &u, int M, int N) {
 
 void cu_flush_lora(mc_cuda *c, const cu_pending *p) {
     for (int i = 0; i < p->n_lu; i++) {
-        if (p->lu[i].C16) cu_lowrank16(c, p->lu[i], p->lu_M, p->lu_N);
-        else lowrank_lt(c, p->lu[i], p->lu_M, p->lu_N);
+        if (p->lu[i].C16) cu_lowrank16(c, p->lu[i], p->lu_M, p->lu[i].N);
+        else lowrank_lt(c, p->lu[i], p->lu_M, p->lu[i].N);
     }
 }
 
@@ -581,29 +581,40 @@ static bool spans_meet(const void *a, size_t an, const void *b, size_t bn) {
     return (uintptr_t)a < (uintptr_t)b + bn && (uintptr_t)b < (uintptr_t)a + an;
 }
 
+/* Whether held update f ([M, f.N]) and update u ([M, N]) are independent: neither writes
+ * what the other reads or writes. */
+static bool upd_apart(const cu_lora_upd &f, const cu_lora_upd &u, int M) {
+    const size_t fc = (size_t)M * (size_t)f.N * sizeof(float);
+    const size_t uc = (size_t)M * (size_t)u.N * sizeof(float);
+    size_t fa, fb, ua, ub; /* floats */
+    cu_lora_spans(f, M, f.N, &fa, &fb);
+    cu_lora_spans(u, M, u.N, &ua, &ub);
+    return !spans_meet(f.C, fc, u.C, uc) && !spans_meet(f.C, fc, u.A, ua * sizeof(float)) &&
+           !spans_meet(f.C, fc, u.B, ub * sizeof(float)) &&
+           !spans_meet(u.C, uc, f.A, fa * sizeof(float)) &&
+           !spans_meet(u.C, uc, f.B, fb * sizeof(float));
+}
+
 /* Holds C += alpha A op(B), a rank-r update (K <= 32) of a training-sized output with no gap
- * between rows, for the SwiGLU (or its backward) that may read C next (c->lsw_fwd, lsw_bwd): a
- * second one of the same shape joins the first (gate, then up); anything else launches
- * them (cu_pending_flush). false when the product is not such an update. */
+ * between rows, for the op that may read C next: the SwiGLU or its backward (c->lsw_fwd,
+ * lsw_bwd) or the RoPE of q and k (c->qkvupd_on). Up to three independent ones over the same
+ * rows join (gate and up; q, k and v); anything else launches them (cu_pending_flush).
+ * false when the product is not such an update. */
 static bool lora_hold(mc_cuda *c, bool ta, bool tb, int M, int N, int K, float alpha,
                       const float *A, int lda, const float *B, int ldb, float beta, float *C,
                       __nv_bfloat16 *c16, int ldc, size_t sa, size_t sb) {
     cu_pending &p = c->pend;
-    const size_t sc = (size_t)M * (size_t)N * sizeof(float);
-    if (!(c->lsw_fwd || c->lsw_bwd) || !c->lora_lt || ta || beta != 1.0f || K < 1 || K > 32 ||
-        M < CU_LORA_LT_ROWS || ldc != N || N % 4 != 0 || !cu_aligned16(C))
+    if (!(c->lsw_fwd || c->lsw_bwd || c->qkvupd_on) || !c->lora_lt || ta || beta != 1.0f ||
+        K < 1 || K > 32 || M < CU_LORA_LT_ROWS || ldc != N || N % 4 != 0 || !cu_aligned16(C))
         return false;
-    unpack_ops(c, A, sa, B, sb); /* the SwiGLU that folds the update reads them in f32 */
-    const cu_lora_upd u = {C, c16, A, B, lda, ldb, tb ? 1 : 0, K, alpha};
-    if (p.kind == CU_PEND_LORA && p.n_lu == 1 && p.lu_M == M && p.lu_N == N) {
-        const cu_lora_upd &f = p.lu[0];
-        size_t fa, fb; /* floats */
-        cu_lora_spans(f, M, N, &fa, &fb);
-        if (!spans_meet(f.C, sc, C, sc) && !spans_meet(f.C, sc, A, sa) &&
-            !spans_meet(f.C, sc, B, sb) && !spans_meet(C, sc, f.A, fa * sizeof(float)) &&
-            !spans_meet(C, sc, f.B, fb * sizeof(float))) {
-            p.lu[1] = u;
-            p.n_lu = 2;
+    unpack_ops(c, A, sa, B, sb); /* the SwiGLU or RoPE that folds the update reads them in f32 */
+    const cu_lora_upd u = {C, c16, A, B, lda, ldb, tb ? 1 : 0, K, alpha, N};
+    if (p.kind == CU_PEND_LORA && p.n_lu < 3 && p.lu_M == M) {
+        bool apart = true;
+        for (int i = 0; i < p.n_lu && apart; i++) apart = upd_apart(p.lu[i], u, M);
+        if (apart) {
+            p.lu[p.n_lu++] = u;
+            if (p.lu_N != N) p.lu_N = 0; /* of different widths */
             return true;
         }
     }
@@ -648,7 +659,7 @@ static void gemm_f32_c(mc_cuda *c, bool ta, bool tb, int M, int N, int K, float 
         cu_note_write_keep(c, C, sc);
         if (lora_hold(c, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, c16, ldc, sa, sb))
             return;
-        const cu_lora_upd u = {C, c16, A, B, lda, ldb, tb ? 1 : 0, K, alpha};
+        const cu_lora_upd u = {C, c16, A, B, lda, ldb, tb ? 1 : 0, K, alpha, N};
         cu_lowrank16(c, u, M, N);
         return;
     }

@@ -252,6 +252,7 @@ struct cu_lora_upd {
     const float *A, *B;
     int lda, ldb, tb, K;
     float alpha;
+    int N; /* C's columns (held updates of different widths, cu_flush_lora) */
 };
 
 /* The floats update u's A and B span for an [M, N] output. */
@@ -301,9 +302,11 @@ struct cu_pending {
     /* the argmax keys of the rows, taken over by the GEMV (NULL: none), and the slot the
      * GEMV clears for the next one */
     unsigned long long *am, *am_clear;
-    /* lora: rank-r updates C += alpha A op(B) of [lu_M, lu_N] outputs, held for the SwiGLU
-     * (gate and up) or its backward (dout) that reads them next */
-    cu_lora_upd lu[2];
+    /* lora: rank-r updates C += alpha A op(B) of [lu_M, lu_N] outputs (lu_N 0: of different
+     * widths, lu[i].N each), held for the SwiGLU (gate and up) or its backward (dout) that
+     * reads them next, or for the RoPE of q and k (q, k and v); with kind CU_PEND_ROPE and
+     * n_lu > 0, the updates that RoPE launch adds first (cu_lora_rope) */
+    cu_lora_upd lu[3];
     int n_lu, lu_M, lu_N;
     /* mm: GEMMs of one input x [mm_M, mm_K] (its bf16 view mm_xc), each with the rank-r
      * update of its output taken so far */
@@ -456,6 +459,11 @@ struct mc_cuda {
      * each output of their own (MC_CUDA_NOFUSE=lswf: not the forward's, lswb: not the
      * backward's) */
     bool lsw_fwd, lsw_bwd;
+    /* the q, k and v projections' rank-r updates held for the RoPE of q and k, whose launch
+     * adds them (cu_lora_rope) and leaves the bf16 copies of k and v that the attention reads
+     * (MC_CUDA_NOFUSE=qkvupd: off); n_lrope: launches so made */
+    bool qkvupd_on;
+    long n_lrope;
     /* a projection's B-gradient and t products reading its output gradient's bf16 in one
      * pass (cuda_lora_dual.cu; MC_CUDA_NOFUSE=dual: off); dual_busy while a held one runs
      * on its own; n_dual: pairs so computed */

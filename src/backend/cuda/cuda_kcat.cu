@@ -144,7 +144,7 @@ bool cu_mm_take(mc_cuda *c, float *C, int M, int N, int K, float alpha, const fl
                 const float *B, int ldb, bool tb) {
     cu_pending &p = c->pend;
     if (p.kind != CU_PEND_MM || p.mm_M != M || K < 1 || K > KC_MAX_RANK) return false;
-    const cu_lora_upd u = {C, (__nv_bfloat16 *)C, A, B, lda, ldb, tb ? 1 : 0, K, alpha};
+    const cu_lora_upd u = {C, (__nv_bfloat16 *)C, A, B, lda, ldb, tb ? 1 : 0, K, alpha, N};
     size_t na, nb;
     cu_lora_spans(u, M, N, &na, &nb);
     int hit = -1;

@@ -1158,6 +1158,41 @@ static __global__ void dsum_kernel(const DsumArgs a) {
     }
 }
 
+/* dsum_kernel with 16-byte loads: a thread dots four elements, the hd / 4 threads of a row
+ * (consecutive lanes: hd is 16, 32, 64 or 128) sum them by shuffles, so a warp's loads are
+ * 512 contiguous bytes of each tensor and no lane walks a row alone. The same zeroing. */
+static __global__ void dsum4_kernel(const DsumArgs a) {
+    cu_dep_wait();
+    const size_t tid = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    const size_t nthr = (size_t)gridDim.x * blockDim.x;
+    const float4 z = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    for (size_t i = tid; i < a.nq4; i += nthr) a.dq[i] = z;
+    for (size_t i = tid; i < a.nkv4; i += nthr) {
+        a.dk[i] = z;
+        a.dv[i] = z;
+    }
+    const int lane = (int)(threadIdx.x & 31), sub = a.hd / 4;
+    const float4 *g4 = reinterpret_cast<const float4 *>(a.dout);
+    const float4 *o4 = reinterpret_cast<const float4 *>(a.out);
+    for (size_t base = tid - (size_t)lane; base < a.nq4; base += nthr) {
+        const size_t i = base + (size_t)lane;
+        float sum = 0.0f;
+        if (i < a.nq4) {
+            const float4 g = g4[i], o = o4[i];
+            sum = fmaf(bf16_round(g.x), o.x, sum);
+            sum = fmaf(bf16_round(g.y), o.y, sum);
+            sum = fmaf(bf16_round(g.z), o.z, sum);
+            sum = fmaf(bf16_round(g.w), o.w, sum);
+        }
+        for (int m = sub / 2; m > 0; m >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, m);
+        if (i < a.nq4 && lane % sub == 0) {
+            const size_t row = i / (size_t)sub;
+            const int t = (int)(row / (size_t)a.Hq), h = (int)(row % (size_t)a.Hq);
+            a.dsum[(size_t)h * a.T + t] = sum;
+        }
+    }
+}
+
 /* Appends a segment of T rows (its kept statistics in lse) to the batch c->attb of `kind`
  * (CU_PEND_ATTFWD or ATTBWD), which is pending from now on. */
 static void att_batch_push(mc_cuda *c, int kind, float *lse, int T) {
@@ -1413,8 +1448,13 @@ static void dsum_launch(mc_cuda *c, float *dq, float *dk, float *dv, const float
     d.T = T;
     d.Hq = Hq;
     d.hd = hd;
-    cu_launch(c, dsum_kernel, dim3(cu_blocks((size_t)T * Hq * 32, 256, (unsigned)c->n_sm * 8)),
-              dim3(256), 0, d, "attention_backward dsum");
+    if (cu_aligned16(dout) && cu_aligned16(out) && c->dsum4_on)
+        cu_launch(c, dsum4_kernel, dim3(cu_blocks(d.nq4, 256, (unsigned)c->n_sm * 8)), dim3(256),
+                  0, d, "attention_backward dsum");
+    else
+        cu_launch(c, dsum_kernel,
+                  dim3(cu_blocks((size_t)T * Hq * 32, 256, (unsigned)c->n_sm * 8)), dim3(256), 0,
+                  d, "attention_backward dsum");
 }
 
 /* Adds a segment whose forward kept its statistics to the pending batch, or starts a new

@@ -900,6 +900,7 @@ extern "C" mc_status mc_backend_cuda_create(int device, mc_backend **out) {
     c->lsw_bwd = c->fuse_on && !(env && strstr(env, "lswb"));
     c->kcat_on = c->fuse_on && !(env && strstr(env, "kcat"));
     c->qkvupd_on = c->fuse_on && !(env && strstr(env, "qkvupd"));
+    c->dsum4_on = !(env && strstr(env, "dsum4"));
     c->kkeep_on = !(env && strstr(env, "kkeep"));
     c->dual_on = c->fuse_on && !(env && strstr(env, "dual"));
     c->xq_on = !(env && strstr(env, "xq"));

@@ -464,6 +464,9 @@ struct mc_cuda {
      * (MC_CUDA_NOFUSE=qkvupd: off); n_lrope: launches so made */
     bool qkvupd_on;
     long n_lrope;
+    /* the attention backward's D rows by 16-byte loads, a row's threads summing by shuffles
+     * (MC_CUDA_NOFUSE=dsum4: a warp a row) */
+    bool dsum4_on;
     /* a projection's B-gradient and t products reading its output gradient's bf16 in one
      * pass (cuda_lora_dual.cu; MC_CUDA_NOFUSE=dual: off); dual_busy while a held one runs
      * on its own; n_dual: pairs so computed */

@@ -1132,11 +1132,8 @@ struct DsumArgs {
     int T, Hq, hd;
 };
 
-/* dsum[h, t] = rowsum(bf16(dout) * out) over head h of row t (a warp each), the D of the
- * backward, from the forward's kept output; also zeroes dq, dk and dv, which the backward
- * kernel adds into. */
-static __global__ void dsum_kernel(const DsumArgs a) {
-    cu_dep_wait();
+/* dq, dk and dv zeroed (float4 stores over the grid), which the backward kernel adds into. */
+static __device__ __forceinline__ void dsum_zero(const DsumArgs &a) {
     const size_t tid = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
     const size_t nthr = (size_t)gridDim.x * blockDim.x;
     const float4 z = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
@@ -1145,6 +1142,14 @@ static __global__ void dsum_kernel(const DsumArgs a) {
         a.dk[i] = z;
         a.dv[i] = z;
     }
+}
+
+/* dsum[h, t] = rowsum(bf16(dout) * out) over head h of row t (a warp each), the D of the
+ * backward, from the forward's kept output; also zeroes dq, dk and dv, which the backward
+ * kernel adds into. */
+static __global__ void dsum_kernel(const DsumArgs a) {
+    cu_dep_wait();
+    dsum_zero(a);
     const int lane = (int)(threadIdx.x & 31), rows = a.T * a.Hq;
     const int step = (int)((gridDim.x * blockDim.x) >> 5);
     for (int w = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5); w < rows; w += step) {
@@ -1163,14 +1168,9 @@ static __global__ void dsum_kernel(const DsumArgs a) {
  * 512 contiguous bytes of each tensor and no lane walks a row alone. The same zeroing. */
 static __global__ void dsum4_kernel(const DsumArgs a) {
     cu_dep_wait();
+    dsum_zero(a);
     const size_t tid = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
     const size_t nthr = (size_t)gridDim.x * blockDim.x;
-    const float4 z = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    for (size_t i = tid; i < a.nq4; i += nthr) a.dq[i] = z;
-    for (size_t i = tid; i < a.nkv4; i += nthr) {
-        a.dk[i] = z;
-        a.dv[i] = z;
-    }
     const int lane = (int)(threadIdx.x & 31), sub = a.hd / 4;
     const float4 *g4 = reinterpret_cast<const float4 *>(a.dout);
     const float4 *o4 = reinterpret_cast<const float4 *>(a.out);

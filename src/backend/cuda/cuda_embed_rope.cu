@@ -218,7 +218,7 @@ static void rope_launch(mc_cuda *c, const RopeArgs &a) {
  * (the precision of the cuBLASLt updates it replaces) whose accumulator layout pairs column
  * i of the head with column i + hd/2 in the same thread, so the rotation follows in
  * registers. */
-enum { LR_MAX = 3, LR_WARPS = 4, LR_KMAX = 32 };
+enum { LR_MAX = CU_LORA_HELD, LR_WARPS = 4, LR_KMAX = 32 };
 
 struct LoraRopeArgs {
     float *x[LR_MAX];          /* [T, (hs[i + 1] - hs[i]) hd], rows without gaps */
@@ -333,10 +333,10 @@ static __global__ void __launch_bounds__(LR_WARPS * 32) lora_rope_kernel(const L
 
 /* Whether held update u of pending p fits lora_rope_kernel over heads of hd columns: an f32
  * output of whole heads over the rope's T rows, B stored [N, K] (tb), K a multiple of the
- * products' 8. */
+ * products' 8 (lora_hold holds only 16-byte aligned outputs without gaps between rows). */
 static bool lr_fits(const cu_pending &p, const cu_lora_upd &u, int T, int hd) {
     return p.lu_M == T && !u.C16 && u.tb && u.K >= 8 && u.K <= LR_KMAX && u.K % 8 == 0 &&
-           u.N % hd == 0 && cu_aligned16(u.C);
+           u.N % hd == 0;
 }
 
 /* Rotates r's tensors (forward) after adding the held updates of pending p (p.n_lu > 0, each
@@ -349,7 +349,7 @@ static void lora_rope_launch(mc_cuda *c, const cu_pending &p, const RopeArgs &r)
     a.inv = r.inv;
     a.T = r.T;
     a.hd = r.hd;
-    bool used[3] = {false, false, false};
+    bool used[LR_MAX] = {};
     auto add = [&](float *x, int H, int rot, const cu_lora_upd *u) {
         const int e = a.nt++;
         a.x[e] = x;

@@ -609,7 +609,7 @@ static bool lora_hold(mc_cuda *c, bool ta, bool tb, int M, int N, int K, float a
         return false;
     unpack_ops(c, A, sa, B, sb); /* the SwiGLU or RoPE that folds the update reads them in f32 */
     const cu_lora_upd u = {C, c16, A, B, lda, ldb, tb ? 1 : 0, K, alpha, N};
-    if (p.kind == CU_PEND_LORA && p.n_lu < 3 && p.lu_M == M) {
+    if (p.kind == CU_PEND_LORA && p.n_lu < CU_LORA_HELD && p.lu_M == M) {
         bool apart = true;
         for (int i = 0; i < p.n_lu && apart; i++) apart = upd_apart(p.lu[i], u, M);
         if (apart) {

@@ -246,6 +246,9 @@ struct cu_gemv_ent {
 
 /* C [M, N] (leading dimension N) += alpha A op(B), A [M, K] (lda), op(B) [K, N]: B^T of
  * B [N, K] when tb, else B [K, N] (ldb). */
+/* Rank-r updates held at once (gate and up; q, k and v). */
+enum { CU_LORA_HELD = 3 };
+
 struct cu_lora_upd {
     float *C;
     __nv_bfloat16 *C16; /* C's packed bf16 (cu_packed), or NULL: C is f32 */
@@ -305,8 +308,8 @@ struct cu_pending {
     /* lora: rank-r updates C += alpha A op(B) of [lu_M, lu_N] outputs (lu_N 0: of different
      * widths, lu[i].N each), held for the SwiGLU (gate and up) or its backward (dout) that
      * reads them next, or for the RoPE of q and k (q, k and v); with kind CU_PEND_ROPE and
-     * n_lu > 0, the updates that RoPE launch adds first (cu_lora_rope) */
-    cu_lora_upd lu[3];
+     * n_lu > 0, the updates that RoPE launch adds first (cuda_embed_rope.cu) */
+    cu_lora_upd lu[CU_LORA_HELD];
     int n_lu, lu_M, lu_N;
     /* mm: GEMMs of one input x [mm_M, mm_K] (its bf16 view mm_xc), each with the rank-r
      * update of its output taken so far */
@@ -460,7 +463,7 @@ struct mc_cuda {
      * backward's) */
     bool lsw_fwd, lsw_bwd;
     /* the q, k and v projections' rank-r updates held for the RoPE of q and k, whose launch
-     * adds them (cu_lora_rope) and leaves the bf16 copies of k and v that the attention reads
+     * adds them (cuda_embed_rope.cu) and leaves the bf16 copies of k and v that the attention reads
      * (MC_CUDA_NOFUSE=qkvupd: off); n_lrope: launches so made */
     bool qkvupd_on;
     long n_lrope;

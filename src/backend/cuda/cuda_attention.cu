@@ -19,8 +19,10 @@
  *    the splits' (max, sum, output) triples.
  * Backward: FlashAttention-2 style: a block owns 64 keys and one query head and walks the
  * query tiles at or after its keys, accumulating dK and dV in registers (added atomically
- * into the kv head the group shares) and adding dQ with atomics; a plain per-row kernel
- * covers other head sizes. */
+ * into the kv head the group shares) and adding dQ with atomics. The query and output
+ * gradient tiles come from bf16 copies (made by the kernel that computes D) with cp.async,
+ * the next tile's copies in flight while the block works on the current one; a plain
+ * per-row kernel covers other head sizes. */
 #include <cooperative_groups.h>
 #include <math.h>
 
@@ -113,14 +115,14 @@ template <int HD> constexpr int flash_smem() { return 3 * 64 * (HD + 8) * 2; }
 /* With bf16 K/V copies: the Q tile and two buffers each of K and V tiles. */
 template <int HD> constexpr int flash_smem_kb() { return 5 * 64 * (HD + 8) * 2; }
 
-/* Rows row0..row0+63 of a bf16 matrix (row stride ld, HD columns from src) into
- * dst[64][HD + 8] with cp.async (16 bytes each, no registers held); rows >= nvalid are
+/* Rows row0..row0+ROWS-1 of a bf16 matrix (row stride ld, HD columns from src) into
+ * dst[ROWS][HD + 8] with cp.async (16 bytes each, no registers held); rows >= nvalid are
  * zero-filled. 128 threads; the caller commits and waits. */
-template <int HD>
+template <int HD, int ROWS = 64>
 static __device__ __forceinline__ void cp_tile(bf16 *dst, const bf16 *src, int ld, int row0,
                                                int nvalid) {
-    constexpr int C = HD / 8, LD = HD + 8, N = 64 * C / 128;
-    static_assert(N * 128 == 64 * C, "tile does not split over 128 threads");
+    constexpr int C = HD / 8, LD = HD + 8, N = ROWS * C / 128;
+    static_assert(N * 128 == ROWS * C, "tile does not split over 128 threads");
 #pragma unroll
     for (int j = 0; j < N; j++) {
         const int i = (int)threadIdx.x + j * 128, r = i / C, c = i - r * C;
@@ -735,8 +737,8 @@ static __global__ void __cluster_dims__(1, 1, DEC_SPLIT) __launch_bounds__(DEC_T
 struct BwdArgs {
     float *dq;              /* [T, Hq*HD], zeroed (dQ is added atomically) */
     float *dk, *dv;         /* [T, Hkv*HD], zeroed (the query heads of a group add to them) */
-    const float *q, *k, *v; /* as the forward */
-    const float *dout;      /* [T, Hq*HD] */
+    const float *k, *v;     /* as the forward */
+    const bf16 *qb, *dob;   /* bf16 copies of q and dout [T, Hq*HD] */
     const float *lse;       /* [Hq, T] */
     const float *dsum;      /* [Hq, ldd] */
     int T, Hq, Hkv, ldd;
@@ -747,14 +749,26 @@ struct BwdArgs {
  * the first one's, its D at dsum + r0 (rows of ldd, all segments' rows). */
 struct BwdBatchArgs {
     float *dq, *dk, *dv;
-    const float *q, *k, *v, *dout, *dsum;
+    const float *k, *v, *dsum;
+    const bf16 *qb, *dob;
     int Hq, Hkv, ldd, n;
     float scale, scale_log2;
     cu_att_seg seg[CU_ATT_BATCH];
 };
 
+/* K and V tiles, two buffers each of the Q and dO tiles, dS^T, and the rows' LSE and D. */
 template <int HD, int BMQ> constexpr int bwd_smem() {
-    return (2 * 64 * (HD + 8) + 2 * BMQ * (HD + 8) + 64 * (BMQ + 8)) * 2 + 2 * BMQ * 4;
+    return (2 * 64 * (HD + 8) + 4 * BMQ * (HD + 8) + 64 * (BMQ + 8)) * 2 + 2 * BMQ * 4;
+}
+
+/* Starts the copies of query tile i0's Q and dO rows of head h into buffer pair (qs, ds). */
+template <int HD, int BMQ>
+static __device__ __forceinline__ void bwd_fetch(const BwdArgs &a, bf16 *qs, bf16 *ds, int h,
+                                                 int i0) {
+    const int qdim = a.Hq * HD;
+    cp_tile<HD, BMQ>(qs, a.qb + h * HD, qdim, i0, a.T);
+    cp_tile<HD, BMQ>(ds, a.dob + h * HD, qdim, i0, a.T);
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
 }
 
 /* The backward of key/value tile n0 of head h: dK and dV of its 64 keys, and their share
@@ -765,8 +779,8 @@ static __device__ __forceinline__ void flash_bwd_tile(const BwdArgs &a, const in
     constexpr int BN = 64, LD = HD + 8, LDS = BMQ + 8;
     constexpr int RB = BMQ / 16, CW = 4 / RB, NCOL = HD / CW;
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    bf16 *Ks = reinterpret_cast<bf16 *>(smem_raw), *Vs = Ks + BN * LD, *Qs = Vs + BN * LD;
-    bf16 *dOs = Qs + BMQ * LD, *dSs = dOs + BMQ * LD;
+    bf16 *Ks = reinterpret_cast<bf16 *>(smem_raw), *Vs = Ks + BN * LD, *Qb = Vs + BN * LD;
+    bf16 *dOb = Qb + 2 * BMQ * LD, *dSs = dOb + 2 * BMQ * LD;
     float *lse_s = reinterpret_cast<float *>(dSs + BN * LDS), *D_s = lse_s + BMQ;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, cq = lane & 3;
     const int mat = lane >> 3, rr = lane & 7;
@@ -776,6 +790,8 @@ static __device__ __forceinline__ void flash_bwd_tile(const BwdArgs &a, const in
     const int key0 = n0 + kr0, key1 = key0 + 8;
     const int rb = warp % RB, cb = warp / RB;
 
+    const int i_first = (n0 / BMQ) * BMQ;
+    bwd_fetch<HD, BMQ>(a, Qb, dOb, h, i_first);
     load_tile<HD, BN>(Ks, a.k + hk * HD, kvdim, n0, a.T);
     load_tile<HD, BN>(Vs, a.v + hk * HD, kvdim, n0, a.T);
     float dK[HD / 8][4], dV[HD / 8][4];
@@ -785,15 +801,22 @@ static __device__ __forceinline__ void flash_bwd_tile(const BwdArgs &a, const in
         for (int e = 0; e < 4; e++) dK[i][e] = dV[i][e] = 0.0f;
 
     {
-        for (int i0 = (n0 / BMQ) * BMQ; i0 < a.T; i0 += BMQ) {
+        for (int i0 = i_first, it = 0; i0 < a.T; i0 += BMQ, it++) {
+            /* every warp is past the last tile: its buffers, dS^T, LSE and D are free */
             __syncthreads();
-            load_tile<HD, BMQ>(Qs, a.q + h * HD, qdim, i0, a.T);
-            load_tile<HD, BMQ>(dOs, a.dout + h * HD, qdim, i0, a.T);
+            const bf16 *Qs = Qb + (it & 1) * BMQ * LD, *dOs = dOb + (it & 1) * BMQ * LD;
+            if (i0 + BMQ < a.T) {
+                const int nb = ((it + 1) & 1) * BMQ * LD;
+                bwd_fetch<HD, BMQ>(a, Qb + nb, dOb + nb, h, i0 + BMQ);
+            }
             for (int i = threadIdx.x; i < BMQ; i += 128) {
                 const int row = i0 + i;
                 lse_s[i] = row < a.T ? a.lse[(size_t)h * a.T + row] : INFINITY;
                 D_s[i] = row < a.T ? a.dsum[(size_t)h * a.ldd + row] : 0.0f;
             }
+            /* this tile's copies landed (the next tile's may still be in flight) */
+            if (i0 + BMQ < a.T) asm volatile("cp.async.wait_group 1;\n" ::: "memory");
+            else asm volatile("cp.async.wait_group 0;\n" ::: "memory");
             __syncthreads();
             /* S^T = K Q^T and dP^T = V dO^T for this warp's 16 keys */
             float st[BMQ / 8][4], dpt[BMQ / 8][4];
@@ -925,10 +948,10 @@ static __global__ void __launch_bounds__(128) flash_bwd_batch_kernel(const BwdBa
     a.dq = b.dq + qo;
     a.dk = b.dk + ko;
     a.dv = b.dv + ko;
-    a.q = b.q + qo;
     a.k = b.k + ko;
     a.v = b.v + ko;
-    a.dout = b.dout + qo;
+    a.qb = b.qb + qo;
+    a.dob = b.dob + qo;
     a.lse = sg.lse;
     a.dsum = b.dsum + sg.r0;
     a.T = sg.T;
@@ -1125,8 +1148,9 @@ static float *lse_keep(mc_cuda *c, const void *out, const void *q, const void *k
 }
 
 struct DsumArgs {
-    const float *dout, *out; /* [T, Hq*hd] */
-    float *dsum;             /* [Hq, T] */
+    const float *dout, *out, *q; /* [T, Hq*hd] */
+    bf16 *dob, *qb;              /* bf16 copies of dout and q for the backward's tiles */
+    float *dsum;                 /* [Hq, T] */
     float4 *dq, *dk, *dv;    /* zeroed: [nq4], [nkv4], [nkv4] */
     size_t nq4, nkv4;
     int T, Hq, hd;
@@ -1146,7 +1170,7 @@ static __device__ __forceinline__ void dsum_zero(const DsumArgs &a) {
 
 /* dsum[h, t] = rowsum(bf16(dout) * out) over head h of row t (a warp each), the D of the
  * backward, from the forward's kept output; also zeroes dq, dk and dv, which the backward
- * kernel adds into. */
+ * kernel adds into, and writes the bf16 copies of dout and q that it reads. */
 static __global__ void dsum_kernel(const DsumArgs a) {
     cu_dep_wait();
     dsum_zero(a);
@@ -1156,8 +1180,12 @@ static __global__ void dsum_kernel(const DsumArgs a) {
         const int t = w / a.Hq, h = w - t * a.Hq;
         const size_t off = ((size_t)t * a.Hq + h) * a.hd;
         float sum = 0.0f;
-        for (int d = lane; d < a.hd; d += 32)
-            sum = fmaf(bf16_round(a.dout[off + d]), a.out[off + d], sum);
+        for (int d = lane; d < a.hd; d += 32) {
+            const bf16 g = __float2bfloat16(a.dout[off + d]);
+            a.dob[off + d] = g;
+            a.qb[off + d] = __float2bfloat16(a.q[off + d]);
+            sum = fmaf(__bfloat162float(g), a.out[off + d], sum);
+        }
         sum = cu_warp_sum(sum);
         if (lane == 0) a.dsum[(size_t)h * a.T + t] = sum;
     }
@@ -1165,7 +1193,8 @@ static __global__ void dsum_kernel(const DsumArgs a) {
 
 /* dsum_kernel with 16-byte loads: a thread dots four elements, the hd / 4 threads of a row
  * (consecutive lanes: hd is 16, 32, 64 or 128) sum them by shuffles, so a warp's loads are
- * 512 contiguous bytes of each tensor and no lane walks a row alone. The same zeroing. */
+ * 512 contiguous bytes of each tensor and no lane walks a row alone. The same zeroing and
+ * copies. */
 static __global__ void dsum4_kernel(const DsumArgs a) {
     cu_dep_wait();
     dsum_zero(a);
@@ -1174,11 +1203,16 @@ static __global__ void dsum4_kernel(const DsumArgs a) {
     const int lane = (int)(threadIdx.x & 31), sub = a.hd / 4;
     const float4 *g4 = reinterpret_cast<const float4 *>(a.dout);
     const float4 *o4 = reinterpret_cast<const float4 *>(a.out);
+    const float4 *q4 = reinterpret_cast<const float4 *>(a.q);
     for (size_t base = tid - (size_t)lane; base < a.nq4; base += nthr) {
         const size_t i = base + (size_t)lane;
         float sum = 0.0f;
         if (i < a.nq4) {
-            const float4 g = g4[i], o = o4[i];
+            const float4 g = g4[i], o = o4[i], qv = q4[i];
+            reinterpret_cast<uint2 *>(a.dob)[i] =
+                make_uint2(cu_pack_bf16(g.x, g.y), cu_pack_bf16(g.z, g.w));
+            reinterpret_cast<uint2 *>(a.qb)[i] =
+                make_uint2(cu_pack_bf16(qv.x, qv.y), cu_pack_bf16(qv.z, qv.w));
             sum = fmaf(bf16_round(g.x), o.x, sum);
             sum = fmaf(bf16_round(g.y), o.y, sum);
             sum = fmaf(bf16_round(g.z), o.z, sum);
@@ -1432,9 +1466,18 @@ void cu_attention_rows(mc_backend *be, void *out, const void *q, const void *k_n
     }
 }
 
-/* D of T rows (from the kept output) into dsum [Hq, T], and dq, dk, dv zeroed. */
+/* The bf16 copies of q and dout ([2, T, Hq*hd]: q's, then dout's) the backward's tiles read,
+ * in scratch; NULL on failure (recorded). */
+static bf16 *bwd_copies(mc_cuda *c, int T, int Hq, int hd) {
+    const size_t nq = (size_t)T * (size_t)Hq * (size_t)hd;
+    return (bf16 *)cu_scratch(c, CU_S_ATT_BF16, 2 * nq * sizeof(bf16), false);
+}
+
+/* D of T rows (from the kept output) into dsum [Hq, T], dq, dk, dv zeroed, and the bf16
+ * copies of q and dout into qb ([2, T, Hq*hd], bwd_copies). */
 static void dsum_launch(mc_cuda *c, float *dq, float *dk, float *dv, const float *dout,
-                        const float *out, float *dsum, int T, int Hq, int Hkv, int hd) {
+                        const float *out, const float *q, bf16 *qb, float *dsum, int T, int Hq,
+                        int Hkv, int hd) {
     DsumArgs d;
     memset(&d, 0, sizeof d);
     d.dq = (float4 *)dq; /* flash_ok: 16-byte aligned, hd a multiple of 16 */
@@ -1444,6 +1487,9 @@ static void dsum_launch(mc_cuda *c, float *dq, float *dk, float *dv, const float
     d.nkv4 = (size_t)T * Hkv * hd / 4;
     d.dout = dout;
     d.out = out;
+    d.q = q;
+    d.qb = qb;
+    d.dob = qb + (size_t)T * Hq * hd;
     d.dsum = dsum;
     d.T = T;
     d.Hq = Hq;
@@ -1498,17 +1544,18 @@ void cu_flush_attbwd(mc_cuda *c) {
     const cu_att_batch &b = c->attb;
     const size_t nd = (size_t)b.Hq * (size_t)b.rows;
     float *dsum = (float *)cu_scratch(c, CU_S_ATT_STATS, nd * sizeof(float), false);
-    if (!dsum) return;
-    dsum_launch(c, b.dq, b.dk, b.dv, b.dout, b.out, dsum, b.rows, b.Hq, b.Hkv, b.hd);
+    bf16 *qb = bwd_copies(c, b.rows, b.Hq, b.hd);
+    if (!dsum || !qb) return;
+    dsum_launch(c, b.dq, b.dk, b.dv, b.dout, b.out, b.q, qb, dsum, b.rows, b.Hq, b.Hkv, b.hd);
     BwdBatchArgs a;
     memset(&a, 0, sizeof a);
     a.dq = b.dq;
     a.dk = b.dk;
     a.dv = b.dv;
-    a.q = b.q;
     a.k = b.k;
     a.v = b.v;
-    a.dout = b.dout;
+    a.qb = qb;
+    a.dob = qb + nd * (size_t)b.hd;
     a.dsum = dsum;
     a.Hq = b.Hq;
     a.Hkv = b.Hkv;
@@ -1578,23 +1625,31 @@ void cu_attention_backward(mc_backend *be, void *dq, void *dk, void *dv, const v
         f.Hq = Hq;
         f.Hkv = Hkv;
         f.scale_log2 = (1.0f / sqrtf((float)hd)) * LOG2E;
+        const bf16 *qb, *dob;
         if (kept) { /* the forward's statistics: only D is left to compute */
+            bf16 *cp = bwd_copies(c, T, Hq, hd);
+            if (!cp) return;
             dsum_launch(c, (float *)dq, (float *)dk, (float *)dv, f.dout,
-                        (const float *)kept->out, f.dsum, T, Hq, Hkv, hd);
+                        (const float *)kept->out, f.q, cp, f.dsum, T, Hq, Hkv, hd);
+            qb = cp;
+            dob = cp + nq;
             f.lse = kept->lse;
             c->n_lse_hit++;
         } else {
             flash_fwd(c, hd, f);
+            qb = (const bf16 *)cu_act_as(c, f.q, nq, MC_BF16);
+            dob = (const bf16 *)cu_act_as(c, f.dout, nq, MC_BF16);
+            if (!qb || !dob) return;
         }
         BwdArgs b;
         memset(&b, 0, sizeof b);
         b.dq = (float *)dq;
         b.dk = (float *)dk;
         b.dv = (float *)dv;
-        b.q = f.q;
         b.k = f.k;
         b.v = f.v;
-        b.dout = f.dout;
+        b.qb = qb;
+        b.dob = dob;
         b.lse = f.lse;
         b.dsum = f.dsum;
         b.T = T;

@@ -116,6 +116,7 @@ enum cu_scratch_id {
     CU_S_ATT_PART = 0, /* attention split partials */
     CU_S_ATT_CNT,      /* attention split counters (kept zero between uses) */
     CU_S_ATT_STATS,    /* attention backward: LSE and D per row and head */
+    CU_S_ATT_BF16,     /* attention backward: bf16 copies of q and dout */
     CU_S_XENT_LOGITS,  /* linear_xent: [rows, V] f32 logits */
     CU_S_XENT_GRAD,    /* linear_xent: [rows, V] gradient in the weight dtype */
     CU_S_XENT_LOSS,    /* linear_xent: [T] double per-row losses */

@@ -145,16 +145,20 @@ static __device__ __forceinline__ void flash_step(const FlashArgs &a, const bf16
                                                   float (&o)[HD / 8][4], float &m0, float &m1,
                                                   float &l0, float &l1) {
     constexpr int BN = 64, LD = HD + 8;
-    const int lane = threadIdx.x & 31, g = lane >> 2, cq = lane & 3;
+    const int lane = threadIdx.x & 31, cq = lane & 3;
+    const int mat = lane >> 3, rr = lane & 7;
     float s[BN / 8][4];
 #pragma unroll
     for (int nt = 0; nt < BN / 8; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
 #pragma unroll
     for (int kk = 0; kk < HD / 16; kk++)
 #pragma unroll
-        for (int nt = 0; nt < BN / 8; nt++) {
-            const bf16 *kr = Ks + (nt * 8 + g) * LD + kk * 16 + 2 * cq;
-            cu_mma16816(s[nt], qf[kk], lds32(kr), lds32(kr + 8));
+        for (int nt = 0; nt < BN / 8; nt += 2) {
+            /* the B fragments of key tiles nt and nt + 1 in one ldmatrix */
+            uint32_t b[4];
+            cu_ldsm_x4(b, Ks + ((nt + (mat >> 1)) * 8 + rr) * LD + kk * 16 + (mat & 1) * 8);
+            cu_mma16816(s[nt], qf[kk], b[0], b[1]);
+            cu_mma16816(s[nt + 1], qf[kk], b[2], b[3]);
         }
     float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
@@ -196,7 +200,6 @@ static __device__ __forceinline__ void flash_step(const FlashArgs &a, const bf16
         o[dt][2] *= al1;
         o[dt][3] *= al1;
     }
-    const int mat = lane >> 3, rr = lane & 7;
 #pragma unroll
     for (int kq = 0; kq < BN / 16; kq++) {
         uint32_t pa[4];
@@ -761,6 +764,10 @@ template <int HD, int BMQ> constexpr int bwd_smem() {
     return (2 * 64 * (HD + 8) + 4 * BMQ * (HD + 8) + 64 * (BMQ + 8)) * 2 + 2 * BMQ * 4;
 }
 
+/* Blocks of the backward an SM keeps resident: at head size 64 its registers are capped so
+ * that three fit (with their shared memory); larger heads take what they need. */
+#define BWD_MINB (HD <= 64 ? 3 : 1)
+
 /* Starts the copies of query tile i0's Q and dO rows of head h into buffer pair (qs, ds). */
 template <int HD, int BMQ>
 static __device__ __forceinline__ void bwd_fetch(const BwdArgs &a, bf16 *qs, bf16 *ds, int h,
@@ -826,21 +833,22 @@ static __device__ __forceinline__ void flash_bwd_tile(const BwdArgs &a, const in
                 for (int e = 0; e < 4; e++) st[nt][e] = dpt[nt][e] = 0.0f;
 #pragma unroll
             for (int kk = 0; kk < HD / 16; kk++) {
+                /* A fragments of this warp's 16 keys (rows; k halves in matrices 2, 3) */
                 uint32_t ka[4], va[4];
-                ka[0] = lds32(Ks + kr0 * LD + kk * 16 + 2 * cq);
-                ka[1] = lds32(Ks + (kr0 + 8) * LD + kk * 16 + 2 * cq);
-                ka[2] = lds32(Ks + kr0 * LD + kk * 16 + 8 + 2 * cq);
-                ka[3] = lds32(Ks + (kr0 + 8) * LD + kk * 16 + 8 + 2 * cq);
-                va[0] = lds32(Vs + kr0 * LD + kk * 16 + 2 * cq);
-                va[1] = lds32(Vs + (kr0 + 8) * LD + kk * 16 + 2 * cq);
-                va[2] = lds32(Vs + kr0 * LD + kk * 16 + 8 + 2 * cq);
-                va[3] = lds32(Vs + (kr0 + 8) * LD + kk * 16 + 8 + 2 * cq);
+                const int ao = (warp * 16 + (mat & 1) * 8 + rr) * LD + kk * 16 + (mat >> 1) * 8;
+                cu_ldsm_x4(ka, Ks + ao);
+                cu_ldsm_x4(va, Vs + ao);
 #pragma unroll
-                for (int nt = 0; nt < BMQ / 8; nt++) {
-                    const bf16 *qr = Qs + (nt * 8 + g) * LD + kk * 16 + 2 * cq;
-                    const bf16 *orow = dOs + (nt * 8 + g) * LD + kk * 16 + 2 * cq;
-                    cu_mma16816(st[nt], ka, lds32(qr), lds32(qr + 8));
-                    cu_mma16816(dpt[nt], va, lds32(orow), lds32(orow + 8));
+                for (int nt = 0; nt < BMQ / 8; nt += 2) {
+                    /* B fragments of query tiles nt and nt + 1 */
+                    const int bo = ((nt + (mat >> 1)) * 8 + rr) * LD + kk * 16 + (mat & 1) * 8;
+                    uint32_t qb4[4], ob4[4];
+                    cu_ldsm_x4(qb4, Qs + bo);
+                    cu_ldsm_x4(ob4, dOs + bo);
+                    cu_mma16816(st[nt], ka, qb4[0], qb4[1]);
+                    cu_mma16816(st[nt + 1], ka, qb4[2], qb4[3]);
+                    cu_mma16816(dpt[nt], va, ob4[0], ob4[1]);
+                    cu_mma16816(dpt[nt + 1], va, ob4[2], ob4[3]);
                 }
             }
             /* P^T = exp2(S^T scale log2e - lse) on the causal part; dS^T = P^T (dP^T - D) */
@@ -931,14 +939,14 @@ static __device__ __forceinline__ void flash_bwd_tile(const BwdArgs &a, const in
 }
 
 template <int HD, int BMQ>
-static __global__ void __launch_bounds__(128) flash_bwd_kernel(const BwdArgs a) {
+static __global__ void __launch_bounds__(128, BWD_MINB) flash_bwd_kernel(const BwdArgs a) {
     cu_dep_wait();
     flash_bwd_tile<HD, BMQ>(a, blockIdx.x * 64, blockIdx.y);
 }
 
 /* Grid (Hq x segments, key tiles of the longest segment): see seg_tile. */
 template <int HD, int BMQ>
-static __global__ void __launch_bounds__(128) flash_bwd_batch_kernel(const BwdBatchArgs b) {
+static __global__ void __launch_bounds__(128, BWD_MINB) flash_bwd_batch_kernel(const BwdBatchArgs b) {
     cu_dep_wait();
     cu_att_seg sg;
     int n0, h;

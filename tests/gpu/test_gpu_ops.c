@@ -839,6 +839,44 @@ static void kcat_cases(mc_backend *be, const char *tag) {
     free(got);
 }
 
+/* A group's A-gradient sum over token rows, gA += s T^T x with x read through its bf16
+ * shadow, by the kernel of its own: against the CPU within bf16 rounding (1e-2) for 48, 32,
+ * 16 and 8 ranks, token rows not a multiple of the kernel's 64, sums accumulated over two
+ * passes, counting the products the kernel took. */
+static void test_agrad(void) {
+    const int M = 320, N = 384, D = 64, W = 48;
+    const float s = 0.5f;
+    wpair w = make_w(MC_BF16, (size_t)D * N, 0.1f);
+    float *x = frand((size_t)M * N, 1.0f), *T = frand((size_t)M * W, 1.0f);
+    float *gA = falloc((size_t)W * N), *got = falloc((size_t)W * N);
+    void *d_x = dputf(x, (size_t)M * N), *d_T = dputf(T, (size_t)M * W);
+    void *d_gA = dputf(gA, (size_t)W * N), *d_y = dputf(got, (size_t)M * D);
+    static const int ranks[4] = {48, 32, 16, 8};
+    /* x W^T converts x: the bf16 shadow the A gradient reads */
+    g_cu->matmul(g_cu, d_y, D, d_x, w.gpu, (mc_wt){NULL, MC_F32, false}, M, D, N);
+    for (int i = 0; i < 4; i++) {
+        const int r = ranks[i];
+        const long n0 = mc_cuda_ga_stats(g_cu);
+        char what[96];
+        memset(gA, 0, (size_t)W * N * sizeof(float));
+        dset(d_gA, gA, (size_t)W * N);
+        for (int pass = 0; pass < 2; pass++) {
+            g_cu->gemm_f32(g_cu, true, false, r, N, M, s, d_T, W, d_x, N, 1.0f, d_gA, N);
+            g_ref->gemm_f32(g_ref, true, false, r, N, M, s, T, W, x, N, 1.0f, gA, N);
+        }
+        CHECK_OK(g_cu->sync(g_cu));
+        CHECK_INT((int)(mc_cuda_ga_stats(g_cu) - n0), 2);
+        snprintf(what, sizeof what, "A gradient, %d ranks, over two passes", r);
+        dget(got, d_gA, (size_t)W * N);
+        cmp(what, got, gA, (size_t)r * N, 1e-2);
+    }
+    void *dev[4] = {d_x, d_T, d_gA, d_y};
+    for (int i = 0; i < 4; i++) dfree(dev[i]);
+    float *host[4] = {x, T, gA, got};
+    for (int i = 0; i < 4; i++) free(host[i]);
+    free_w(&w);
+}
+
 /* A projection's two LoRA products of its packed output gradient dy (the B gradient's sum
  * over rows, then t = s dy B) in one pass: against the CPU within bf16 rounding (1e-2), for
  * ranks 16 and 8, token rows not a multiple of the kernel's 128, B gradients accumulated over
@@ -2024,6 +2062,7 @@ int main(void) {
     RUN(test_packed);
     RUN(test_kcat);
     RUN(test_dual);
+    RUN(test_agrad);
     RUN(test_rope);
     RUN(test_lora_rope);
     RUN(test_attention);

@@ -903,6 +903,7 @@ extern "C" mc_status mc_backend_cuda_create(int device, mc_backend **out) {
     c->dsum4_on = !(env && strstr(env, "dsum4"));
     c->kkeep_on = !(env && strstr(env, "kkeep"));
     c->dual_on = c->fuse_on && !(env && strstr(env, "dual"));
+    c->ga_on = c->fuse_on && !(env && strstr(env, "agrad"));
     c->xq_on = !(env && strstr(env, "xq"));
     c->bias_epi = !(env && strstr(env, "biasepi"));
     c->pack_on = !(env && strstr(env, "pack"));
@@ -1137,6 +1138,7 @@ extern "C" long mc_cuda_attention_reuse(const mc_backend *be) { return cu_ctx_c(
 extern "C" long mc_cuda_kcat_stats(const mc_backend *be) { return cu_ctx_c(be)->n_kcat; }
 
 extern "C" long mc_cuda_dual_stats(const mc_backend *be) { return cu_ctx_c(be)->n_dual; }
+extern "C" long mc_cuda_ga_stats(const mc_backend *be) { return cu_ctx_c(be)->n_ga; }
 
 extern "C" long mc_cuda_lrope_stats(const mc_backend *be) { return cu_ctx_c(be)->n_lrope; }
 

@@ -87,6 +87,10 @@ long mc_cuda_kcat_stats(const mc_backend *be);
  * t = s dy B) one kernel computed in one pass since creation. */
 long mc_cuda_dual_stats(const mc_backend *be);
 
+/* How many A-gradient sums over token rows (gA += s T^T x, x read in bf16) the kernel of
+ * their own computed since creation. */
+long mc_cuda_ga_stats(const mc_backend *be);
+
 /* How many RoPE launches added the held rank-r LoRA updates of their inputs (q, k and v)
  * since creation. */
 long mc_cuda_lrope_stats(const mc_backend *be);

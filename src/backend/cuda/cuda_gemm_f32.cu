@@ -666,6 +666,10 @@ static void gemm_f32_c(mc_cuda *c, bool ta, bool tb, int M, int N, int K, float 
     if (beta != 0.0f) cu_unpack(c, C, sc);
     cu_note_write(c, C, sc);
     if (lora_hold(c, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, NULL, ldc, sa, sb)) return;
+    /* an A gradient's sum over rows of an x read in bf16: a kernel of its own */
+    if (ta && !tb && beta == 1.0f && c->lora16 &&
+        cu_ga_run(c, M, N, K, alpha, A, lda, B, ldb, C, ldc))
+        return;
     if (c->lora_lt && K > 0 && (ta ? K : M) >= CU_LORA_LT_ROWS && (beta == 0.0f || beta == 1.0f)) {
         /* The token rows are M (x A^T, dy B, the rank-r updates) or K (the gradients'
          * sums over rows, op(A) = A^T). The tensor cores take the FMAs that bind the skinny

@@ -476,6 +476,10 @@ struct mc_cuda {
      * on its own; n_dual: pairs so computed */
     bool dual_on, dual_busy;
     long n_dual;
+    /* the A gradients' sums over rows of x read in bf16 by a kernel of their own (cuda_lora_
+     * dual.cu; MC_CUDA_NOFUSE=agrad: cuBLASLt's split-K GEMM); n_ga: products so computed */
+    bool ga_on;
+    long n_ga;
     /* the rank-r updates of the gate and up outputs computed by their GEMMs, over the
      * input widened by x A^T and the weight by B (K concatenation, cuda_kcat.cu;
      * MC_CUDA_NOFUSE=kcat: off), the widened weights kept while they take at most half the
@@ -585,6 +589,10 @@ bool cu_dual_take(mc_cuda *c, int M, int r, int N, float alpha, const float *dy,
                   const float *B, int ldb, float *t, int ldt);
 /* Runs a held B-gradient product on its own. */
 void cu_flush_dual(mc_cuda *c, const cu_pending *p);
+/* gA [R, ldg] += alpha T^T x (T [M, ldt] f32, R <= 48 ranks; x [M, ldx] packed or with a
+ * bf16 shadow) in one kernel; false when it does not qualify (nothing changed). */
+bool cu_ga_run(mc_cuda *c, int R, int N, int M, float alpha, const float *T, int ldt,
+               const float *x, int ldx, float *gA, int ldg);
 /* Raises the dual kernel's shared-memory limit (setup). */
 void cu_dual_init(mc_cuda *c);
 /* The rank-r update u of a packed [M, N] output in bf16 on the tensor cores. */

@@ -240,3 +240,169 @@ bool cu_dual_take(mc_cuda *c, int M, int r, int N, float alpha, const float *dy,
     c->n_dual++;
     return true;
 }
+
+/* ---- the A gradients' sums over the token rows ----
+ * gA += alpha T^T x for a group of projections (T = [t_1 .. t_n], [tokens, R] f32, R <= 48;
+ * x [tokens, N] read in bf16 from its packed range or shadow, as the cuBLASLt product it
+ * replaces reads it). cuBLASLt runs this [R x tokens] x [tokens x N] shape as a split-K
+ * GEMM of a few dozen blocks. Here block (j, s) takes columns 128 j .. of x over its share
+ * of the rows, 32 rows a step, the next two steps' tiles in flight (cp.async) while the
+ * tensor cores (m16n8k16, bf16 operands, f32 sums) work on the current one; warp w owns
+ * columns 32 w .. of the tile for all R ranks, and the block's [R, 128] sums go into gA
+ * with vector atomics (the last bits depend on the order blocks finish, as the B
+ * gradients' do). */
+enum {
+    GA_BN = 128,         /* columns of x a block */
+    GA_BK = 32,          /* token rows a step */
+    GA_ST = 3,           /* steps' tiles in shared memory */
+    GA_RT = 3,           /* ranks in tiles of 16: up to 48 */
+    GA_THREADS = 128,
+    GA_LX = GA_BN + 8,   /* shared-memory row of an x tile (bf16) */
+    GA_LT = 16 * GA_RT + 4 /* shared-memory row of a T tile (f32) */
+};
+
+struct GaArgs {
+    const float *T;  /* [M, ldt]: R columns */
+    const bf16 *x;   /* [M, ldx] */
+    float *gA;       /* [R, ldg] += alpha T^T x */
+    int M, N, R, ldt, ldx, ldg;
+    int rows;        /* token rows a block: a multiple of GA_BK */
+    float alpha;
+};
+
+/* Starts the copies of the x tile (rows m0 .. m0 + GA_BK, zeros from m1 on; columns n0 ..)
+ * and of the same rows of T (R columns) into xs and ts; the caller commits. */
+static __device__ __forceinline__ void ga_load(const GaArgs &a, bf16 *xs, float *ts, int m0,
+                                               int m1, int n0) {
+    constexpr int C = GA_BN / 8; /* 16-byte chunks of an x row */
+#pragma unroll
+    for (int j = 0; j < GA_BK * C / GA_THREADS; j++) {
+        const int i = (int)threadIdx.x + j * GA_THREADS, r = i / C, c = i - r * C;
+        const bool ok = m0 + r < m1;
+        cu_cp_async16(xs + r * GA_LX + c * 8,
+                      ok ? a.x + (size_t)(m0 + r) * a.ldx + n0 + c * 8 : a.x, ok ? 16 : 0);
+    }
+    const int c4 = a.R / 4; /* 16-byte chunks of a T row */
+    for (int i = (int)threadIdx.x; i < GA_BK * c4; i += GA_THREADS) {
+        const int r = i / c4, c = i - r * c4;
+        const bool ok = m0 + r < m1;
+        cu_cp_async16(ts + r * GA_LT + c * 4, ok ? a.T + (size_t)(m0 + r) * a.ldt + c * 4 : a.T,
+                      ok ? 16 : 0);
+    }
+}
+
+template <int RT>
+static __global__ void __launch_bounds__(GA_THREADS) ga_kernel(const GaArgs a) {
+    __shared__ __align__(16) bf16 xs[GA_ST][GA_BK * GA_LX];
+    __shared__ __align__(16) float ts[GA_ST][GA_BK * GA_LT];
+    const int warp = (int)threadIdx.x >> 5, lane = (int)threadIdx.x & 31;
+    const int g = lane >> 2, cq = lane & 3, mat = lane >> 3, rr = lane & 7;
+    const int n0 = (int)blockIdx.x * GA_BN, m0 = (int)blockIdx.y * a.rows;
+    const int m1 = min(m0 + a.rows, a.M), steps = (m1 - m0 + GA_BK - 1) / GA_BK;
+    float acc[RT][4][4];
+#pragma unroll
+    for (int i = 0; i < RT; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) acc[i][j][0] = acc[i][j][1] = acc[i][j][2] = acc[i][j][3] = 0.0f;
+    cu_dep_wait();
+    /* a commit group a step (empty past the last), so step s is in when at most
+     * GA_ST - 1 groups are pending */
+    for (int i = 0; i < GA_ST - 1; i++) {
+        if (i < steps) ga_load(a, xs[i], ts[i], m0 + i * GA_BK, m1, n0);
+        asm volatile("cp.async.commit_group;\n" ::: "memory");
+    }
+    for (int s = 0; s < steps; s++) {
+        const int buf = s % GA_ST;
+        if (s + GA_ST - 1 < steps) {
+            const int nb = (s + GA_ST - 1) % GA_ST;
+            ga_load(a, xs[nb], ts[nb], m0 + (s + GA_ST - 1) * GA_BK, m1, n0);
+        }
+        asm volatile("cp.async.commit_group;\n" ::: "memory");
+        asm volatile("cp.async.wait_group %0;\n" ::"n"(GA_ST - 1) : "memory");
+        __syncthreads();
+        const float *tt = ts[buf];
+#pragma unroll
+        for (int kk = 0; kk < GA_BK / 16; kk++) {
+            /* x rows kk*16 .. as the B operand (k = token row, n = column): the fragments of
+             * this warp's four 8-column tiles */
+            uint32_t b[2][4];
+#pragma unroll
+            for (int h = 0; h < 2; h++)
+                cu_ldsm_x4_t(b[h], xs[buf] + (kk * 16 + (mat & 1) * 8 + rr) * GA_LX + warp * 32 +
+                                       h * 16 + (mat >> 1) * 8);
+            const float *t0 = tt + (kk * 16 + 2 * cq) * GA_LT + g;
+#pragma unroll
+            for (int rt = 0; rt < RT; rt++) {
+                /* T^T's rows rt*16 + (g, g + 8), token rows 2cq, 2cq + 1 (+ 8); ranks from R
+                 * on (never copied in) read as zeros */
+                const float *p = t0 + rt * 16;
+                const bool lo = rt * 16 + g < a.R, hi = rt * 16 + g + 8 < a.R;
+                const auto v = [&](bool ok, int i) { return ok ? p[i] : 0.0f; };
+                uint32_t af[4];
+                af[0] = cu_pack_bf16(v(lo, 0), v(lo, GA_LT));
+                af[1] = cu_pack_bf16(v(hi, 8), v(hi, GA_LT + 8));
+                af[2] = cu_pack_bf16(v(lo, 8 * GA_LT), v(lo, 9 * GA_LT));
+                af[3] = cu_pack_bf16(v(hi, 8 * GA_LT + 8), v(hi, 9 * GA_LT + 8));
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    cu_mma16816(acc[rt][2 * h], af, b[h][0], b[h][1]);
+                    cu_mma16816(acc[rt][2 * h + 1], af, b[h][2], b[h][3]);
+                }
+            }
+        }
+        __syncthreads(); /* a later step's copies go into this step's buffers */
+    }
+#pragma unroll
+    for (int rt = 0; rt < RT; rt++)
+#pragma unroll
+        for (int nt = 0; nt < 4; nt++) {
+            const int col = n0 + warp * 32 + nt * 8 + 2 * cq, k0 = rt * 16 + g;
+            if (k0 < a.R)
+                atomicAdd(reinterpret_cast<float2 *>(a.gA + (size_t)k0 * a.ldg + col),
+                          make_float2(a.alpha * acc[rt][nt][0], a.alpha * acc[rt][nt][1]));
+            if (k0 + 8 < a.R)
+                atomicAdd(reinterpret_cast<float2 *>(a.gA + (size_t)(k0 + 8) * a.ldg + col),
+                          make_float2(a.alpha * acc[rt][nt][2], a.alpha * acc[rt][nt][3]));
+        }
+}
+
+bool cu_ga_run(mc_cuda *c, int R, int N, int M, float alpha, const float *T, int ldt,
+               const float *x, int ldx, float *gA, int ldg) {
+    if (!c->ga_on || M < 256 || R < 4 || R > 16 * GA_RT || R % 4 || N % GA_BN || ldt % 4 ||
+        ldx % 8 || ldg % 2 || !cu_aligned16(T) || ((uintptr_t)gA & 7u))
+        return false;
+    const size_t nx = (size_t)(M - 1) * (size_t)ldx + (size_t)N;
+    const size_t nt = (size_t)(M - 1) * (size_t)ldt + (size_t)R;
+    const size_t ng = (size_t)(R - 1) * (size_t)ldg + (size_t)N;
+    const bf16 *x16 = dual_dy16(c, x, M, ldx);
+    /* T is read in f32: not a packed range; gA is written while T and x are read */
+    if (!x16 || !cu_aligned16(x16) || cu_packed_find(c, T, nt) || cu_f32_overlap(gA, ng, T, nt) ||
+        cu_f32_overlap(gA, ng, x, nx))
+        return false;
+    GaArgs a;
+    memset(&a, 0, sizeof a);
+    a.T = T;
+    a.x = x16;
+    a.gA = gA;
+    a.M = M;
+    a.N = N;
+    a.R = R;
+    a.ldt = ldt;
+    a.ldx = ldx;
+    a.ldg = ldg;
+    a.alpha = alpha;
+    /* splits of the rows so that the grid fills about two blocks an SM */
+    const int tiles = N / GA_BN, steps = (M + GA_BK - 1) / GA_BK;
+    int splits = (2 * c->n_sm + tiles - 1) / tiles;
+    if (splits > steps) splits = steps;
+    if (splits < 1) splits = 1;
+    a.rows = (steps + splits - 1) / splits * GA_BK;
+    splits = (M + a.rows - 1) / a.rows;
+    cu_note_write(c, gA, ng * sizeof(float));
+    const dim3 grid((unsigned)tiles, (unsigned)splits);
+    if (R <= 16) cu_launch(c, ga_kernel<1>, grid, dim3(GA_THREADS), 0, a, "gemm_f32 A gradient");
+    else if (R <= 32) cu_launch(c, ga_kernel<2>, grid, dim3(GA_THREADS), 0, a, "gemm_f32 A gradient");
+    else cu_launch(c, ga_kernel<3>, grid, dim3(GA_THREADS), 0, a, "gemm_f32 A gradient");
+    c->n_ga++;
+    return true;
+}

@@ -263,12 +263,10 @@ static void proj_fwd(mc_trainer_core *c, int l, mc_lora_module k, void *y, const
     proj_lora_fwd(c, l, k, y, x, N, out, in);
 }
 
-/* Backward of proj_fwd given dy [N, out]: dx_acc (+)= dy W (accumulate selects), and when
- * adapted: gB += s dy^T (xd A^T) (xd A^T as the forward kept it) and t = s dy B (k's
- * columns of c->lora_tmp2); with dropout also gA += t^T xd and dx_acc += dropout'(t A),
- * which group_bwd otherwise does for the whole group. */
-static void proj_bwd(mc_trainer_core *c, int l, mc_lora_module k, void *dx_acc, bool accumulate,
-                     const void *dy, const void *x, mc_wt w, int N, int out, int in) {
+/* When projection k of layer l is adapted, given dy [N, out]: gB += s dy^T (xd A^T) (xd A^T
+ * as the forward kept it) and t = s dy B (k's columns of c->lora_tmp2). */
+static void proj_lora_bwd(mc_trainer_core *c, int l, mc_lora_module k, const void *dy, int N,
+                          int out) {
     mc_backend *be = c->m->be;
     const mc_lora_mod *mod = mc_adapter_mod(c->a, l, k);
     const mc_adapter *a = c->a;
@@ -276,15 +274,30 @@ static void proj_bwd(mc_trainer_core *c, int l, mc_lora_module k, void *dx_acc, 
     const float s = a->scale;
     int ldx, ldt;
     float *xa, *t;
-    size_t n;
-    be->matmul_dx(be, dx_acc, dy, w, N, out, in, accumulate);
     if (!mod) return;
     xa = lora_xa(c, l, k, &ldx);
     t = lora_dyb(c, l, k, &ldt);
     be->gemm_f32(be, true, false, out, r, N, s, (const float *)dy, out, xa, ldx, 1.0f,
                  c->grads + (mod->B - a->params), r);
     be->gemm_f32(be, false, false, N, r, out, s, (const float *)dy, out, mod->B, r, 0.0f, t, ldt);
-    if (a->dropout <= 0) return;
+}
+
+/* Backward of proj_fwd given dy [N, out]: dx_acc (+)= dy W (accumulate selects), and when
+ * adapted proj_lora_bwd; with dropout also gA += t^T xd and dx_acc += dropout'(t A), which
+ * group_bwd otherwise does for the whole group. */
+static void proj_bwd(mc_trainer_core *c, int l, mc_lora_module k, void *dx_acc, bool accumulate,
+                     const void *dy, const void *x, mc_wt w, int N, int out, int in) {
+    mc_backend *be = c->m->be;
+    const mc_lora_mod *mod = mc_adapter_mod(c->a, l, k);
+    const mc_adapter *a = c->a;
+    const int r = a->rank;
+    int ldt;
+    float *t;
+    size_t n;
+    be->matmul_dx(be, dx_acc, dy, w, N, out, in, accumulate);
+    proj_lora_bwd(c, l, k, dy, N, out);
+    if (!mod || a->dropout <= 0) return;
+    t = lora_dyb(c, l, k, &ldt);
     n = (size_t)N * (size_t)in;
     be->gemm_f32(be, true, false, r, in, N, 1.0f, t, ldt, lora_input(c, l, (int)k, x, N, in), in,
                  1.0f, c->grads + (mod->A - a->params), in);
@@ -292,6 +305,23 @@ static void proj_bwd(mc_trainer_core *c, int l, mc_lora_module k, void *dx_acc, 
                  (float *)c->drop_buf, in);
     be->dropout(be, c->drop_buf, c->drop_buf, n, a->dropout, drop_seed(c, l, (int)k));
     be->add(be, dx_acc, c->drop_buf, n);
+}
+
+/* proj_bwd of the n projections ks[i] of one input x [N, in] into dx_acc (overwritten by
+ * the first): without dropout their frozen input-gradient GEMMs first, then their LoRA
+ * products (a backend may run the products of consecutive projections together). */
+static void projs_bwd(mc_trainer_core *c, int l, int n, const mc_lora_module *ks, void *dx_acc,
+                      const void *const *dys, const void *x, const mc_wt *ws, const int *outs,
+                      int N, int in) {
+    mc_backend *be = c->m->be;
+    int i;
+    if (c->a->dropout > 0) {
+        for (i = 0; i < n; i++)
+            proj_bwd(c, l, ks[i], dx_acc, i > 0, dys[i], x, ws[i], N, outs[i], in);
+        return;
+    }
+    for (i = 0; i < n; i++) be->matmul_dx(be, dx_acc, dys[i], ws[i], N, outs[i], in, i > 0);
+    for (i = 0; i < n; i++) proj_lora_bwd(c, l, ks[i], dys[i], N, outs[i]);
 }
 
 /* Without dropout, the rest of the backward of k's group after proj_bwd of its members:
@@ -420,8 +450,13 @@ static void layer_bwd(mc_trainer_core *c, const mc_batch *b, int l, const void *
     be->swiglu_backward(be, dh, dup, late && need_h ? t->h : NULL, dh, a->gate, a->up,
                         (size_t)N * (size_t)d.F);
     group_bwd(c, l, MC_LM_DOWN, NULL, t->h, N, d.F);
-    proj_bwd(c, l, MC_LM_GATE, c->dtmp, false, dh, t->xn2, w->gate_w, N, d.F, d.D);
-    proj_bwd(c, l, MC_LM_UP, c->dtmp, true, dup, t->xn2, w->up_w, N, d.F, d.D);
+    {
+        const mc_lora_module ks[2] = {MC_LM_GATE, MC_LM_UP};
+        const void *dys[2] = {dh, dup};
+        const mc_wt ws[2] = {w->gate_w, w->up_w};
+        const int outs[2] = {d.F, d.F};
+        projs_bwd(c, l, 2, ks, c->dtmp, dys, t->xn2, ws, outs, N, d.D);
+    }
     group_bwd(c, l, MC_LM_GATE, c->dtmp, NULL, N, d.D);
     /* xn2 = rmsnorm(x_mid): dx_mid = dx_out + rmsnorm'(dxn2) */
     be->rmsnorm_backward(be, c->dx, late && need_xn2 ? t->xn2 : NULL, c->dtmp, a->x_mid,
@@ -454,9 +489,13 @@ static void layer_bwd(mc_trainer_core *c, const mc_batch *b, int l, const void *
         be->rmsnorm_backward(be, datt, NULL, c->dk, a->kn, w->k_norm, N * d.Hkv, d.hd, eps);
         (void)be->copy(be, c->dk, datt, kb);
     }
-    proj_bwd(c, l, MC_LM_Q, c->dtmp, false, c->dq, t->xn1, w->q_w, N, d.q_dim, d.D);
-    proj_bwd(c, l, MC_LM_K, c->dtmp, true, c->dk, t->xn1, w->k_w, N, d.kv_dim, d.D);
-    proj_bwd(c, l, MC_LM_V, c->dtmp, true, c->dv, t->xn1, w->v_w, N, d.kv_dim, d.D);
+    {
+        const mc_lora_module ks[3] = {MC_LM_Q, MC_LM_K, MC_LM_V};
+        const void *dys[3] = {c->dq, c->dk, c->dv};
+        const mc_wt ws[3] = {w->q_w, w->k_w, w->v_w};
+        const int outs[3] = {d.q_dim, d.kv_dim, d.kv_dim};
+        projs_bwd(c, l, 3, ks, c->dtmp, dys, t->xn1, ws, outs, N, d.D);
+    }
     group_bwd(c, l, MC_LM_Q, c->dtmp, NULL, N, d.D);
     /* xn1 = rmsnorm(x_in): dx_in = dx_mid + rmsnorm'(dxn1) */
     be->rmsnorm_backward(be, c->dx, late && need_xn1 ? t->xn1 : NULL, c->dtmp, x_in,

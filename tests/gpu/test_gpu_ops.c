@@ -841,8 +841,8 @@ static void kcat_cases(mc_backend *be, const char *tag) {
 
 /* A group's A-gradient sum over token rows, gA += s T^T x with x read through its bf16
  * shadow, by the kernel of its own: against the CPU within bf16 rounding (1e-2) for 48, 32,
- * 16 and 8 ranks, token rows not a multiple of the kernel's 64, sums accumulated over two
- * passes, counting the products the kernel took. */
+ * 16 and 8 ranks, token rows not a multiple of the kernel's 32-row steps, sums accumulated
+ * over two passes, counting the products the kernel took; then an f32 x with no bf16 view. */
 static void test_agrad(void) {
     const int M = 320, N = 384, D = 64, W = 48;
     const float s = 0.5f;
@@ -869,6 +869,20 @@ static void test_agrad(void) {
         snprintf(what, sizeof what, "A gradient, %d ranks, over two passes", r);
         dget(got, d_gA, (size_t)W * N);
         cmp(what, got, gA, (size_t)r * N, 1e-2);
+    }
+    {
+        /* an x without a bf16 view: read in f32 and rounded on the way */
+        void *d_x2 = dputf(x, (size_t)M * N);
+        const long n0 = mc_cuda_ga_stats(g_cu);
+        memset(gA, 0, (size_t)W * N * sizeof(float));
+        dset(d_gA, gA, (size_t)W * N);
+        g_cu->gemm_f32(g_cu, true, false, 16, N, M, s, d_T, W, d_x2, N, 1.0f, d_gA, N);
+        g_ref->gemm_f32(g_ref, true, false, 16, N, M, s, T, W, x, N, 1.0f, gA, N);
+        CHECK_OK(g_cu->sync(g_cu));
+        CHECK_INT((int)(mc_cuda_ga_stats(g_cu) - n0), 1);
+        dget(got, d_gA, (size_t)W * N);
+        cmp("A gradient of an f32 x, 16 ranks", got, gA, (size_t)16 * N, 1e-2);
+        dfree(d_x2);
     }
     void *dev[4] = {d_x, d_T, d_gA, d_y};
     for (int i = 0; i < 4; i++) dfree(dev[i]);
@@ -946,6 +960,56 @@ static void test_dual(void) {
         free(dq);
         free(dx);
         free_w(&wq);
+    }
+    {
+        /* three projections of one input (q, k and v): their frozen GEMMs' input gradients
+         * first, then their three pairs, which go out as one launch; their x A^T and t in
+         * neighbouring columns of one buffer each (t cleared as one block) */
+        const int Nq[3] = {256, 128, 128};
+        wpair wq[3];
+        float *dq[3], *gq[3];
+        void *d_dq[3], *d_gq[3];
+        float *dx = falloc(nD);
+        void *d_dx = dputf(got, nD);
+        const long n0 = mc_cuda_dual_stats(g_cu);
+        memset(t, 0, (size_t)M * W * sizeof(float));
+        for (int i = 0; i < 3; i++) {
+            wq[i] = make_w(MC_BF16, (size_t)Nq[i] * D, 0.1f);
+            dq[i] = frand((size_t)M * Nq[i], 1.0f);
+            gq[i] = falloc((size_t)Nq[i] * 16);
+            d_dq[i] = dputf(dq[i], (size_t)M * Nq[i]);
+            d_gq[i] = dputf(gq[i], (size_t)Nq[i] * 16);
+            g_cu->matmul_dx(g_cu, d_dx, d_dq[i], wq[i].gpu, M, Nq[i], D, i > 0);
+        }
+        for (int i = 0; i < 3; i++) {
+            const float *xai = (const float *)d_xa + 16 * i;
+            float *ti = (float *)d_t + 16 * i;
+            g_cu->gemm_f32(g_cu, true, false, Nq[i], 16, M, s, d_dq[i], Nq[i], xai, W, 1.0f,
+                           d_gq[i], 16);
+            g_cu->gemm_f32(g_cu, false, false, M, 16, Nq[i], s, d_dq[i], Nq[i], d_B, W, 0.0f, ti,
+                           W);
+            g_ref->gemm_f32(g_ref, true, false, Nq[i], 16, M, s, dq[i], Nq[i], xa + 16 * i, W,
+                            1.0f, gq[i], 16);
+            g_ref->gemm_f32(g_ref, false, false, M, 16, Nq[i], s, dq[i], Nq[i], B, W, 0.0f,
+                            t + 16 * i, W);
+        }
+        CHECK_OK(g_cu->sync(g_cu));
+        CHECK_INT((int)(mc_cuda_dual_stats(g_cu) - n0), 3);
+        for (int i = 0; i < 3; i++) {
+            char what[96];
+            snprintf(what, sizeof what, "dual, three in one launch: B gradient %d", i);
+            dget(got, d_gq[i], (size_t)Nq[i] * 16);
+            cmp(what, got, gq[i], (size_t)Nq[i] * 16, 1e-2);
+            dfree(d_dq[i]);
+            dfree(d_gq[i]);
+            free(dq[i]);
+            free(gq[i]);
+            free_w(&wq[i]);
+        }
+        dget(got, d_t, (size_t)M * W);
+        cmp("  their t = s dy B", got, t, (size_t)M * W, 1e-2);
+        dfree(d_dx);
+        free(dx);
     }
     {
         /* the B gradient product followed by another op: it runs on its own */

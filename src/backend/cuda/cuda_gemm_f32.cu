@@ -681,6 +681,9 @@ static void gemm_f32_c(mc_cuda *c, bool ta, bool tb, int M, int N, int K, float 
                                              "lt gemm_f32 lowrank", "lt gemm_f32 rows bf16",
                                              "lt gemm_f32 splitk bf16"};
         const void *a16 = NULL, *b16 = NULL;
+        /* what is pending goes first: it may convert operands of its own into the slots
+         * the bf16 copies below take */
+        cu_pending_flush(c);
         const bool lo16 = c->lora16 && (ta || K > 64) &&
                           lora_bf16_ops(c, ta, M, N, sa / sizeof(float), sb / sizeof(float),
                                         A, B, &a16, &b16);
@@ -712,9 +715,8 @@ void cu_gemm_f32(mc_backend *be, bool ta, bool tb, int M, int N, int K, float al
     gemm_f32_c(cu_ctx(be), ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
-void cu_flush_dual(mc_cuda *c, const cu_pending *p) {
-    c->dual_busy = true;
-    gemm_f32_c(c, true, false, p->du_N, p->du_r, p->du_M, p->du_alpha, p->du_dy, p->du_ldy,
-               p->du_xa, p->du_ldx, 1.0f, p->du_gB, p->du_ldg);
-    c->dual_busy = false;
+void cu_gemm_f32_c(mc_cuda *c, bool ta, bool tb, int M, int N, int K, float alpha,
+                   const float *A, int lda, const float *B, int ldb, float beta, float *C,
+                   int ldc) {
+    gemm_f32_c(c, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }

@@ -276,6 +276,21 @@ struct cu_mm_ent {
     cu_lora_upd u;
 };
 
+/* A projection's B-gradient product gB [N, ldg] += alpha_b dy^T xa over the token rows of
+ * a dy [rows, ldy] that is packed or has a bf16 shadow (dy16), held for the t [rows, ldt] =
+ * alpha_t dy B that reads the same dy (taken: it came); pairs of up to CU_DUAL_MAX
+ * projections go out in one launch (cuda_lora_dual.cu). */
+enum { CU_DUAL_MAX = 3 };
+
+struct cu_dual_ent {
+    const float *dy, *xa, *B;
+    const void *dy16;
+    float *gB, *t;
+    int ldy, ldx, ldb, ldg, ldt, N, r;
+    float alpha_b, alpha_t;
+    bool taken;
+};
+
 struct cu_pending {
     int kind;
     /* add: y[0..n) = (src ? src : y)[0..n) + x[0..n); copy: y[0..n) = x[0..n) (floats) */
@@ -318,14 +333,10 @@ struct cu_pending {
     int n_mm, mm_M, mm_K;
     const float *mm_x;
     const void *mm_xc;
-    /* dual: gB [du_N, du_ldg] += du_alpha dy^T xa over du_M token rows of a dy [du_M,
-     * du_ldy] that is packed or has a bf16 shadow, held for the t = s dy B that reads the
-     * same dy (cuda_lora_dual.cu) */
-    const float *du_dy, *du_xa;
-    const void *du_dy16; /* dy's bf16 (packed range or shadow) */
-    float *du_gB;
-    int du_ldy, du_ldx, du_ldg, du_N, du_r, du_M;
-    float du_alpha;
+    /* dual: the pairs of up to CU_DUAL_MAX projections over du_M token rows
+     * (cuda_lora_dual.cu), all but the last taken */
+    cu_dual_ent du[CU_DUAL_MAX];
+    int n_du, du_M;
 };
 
 /* A frozen weight W [N, K] (bf16) widened for the rank-r updates of a GEMM of kk columns
@@ -587,8 +598,12 @@ bool cu_dual_hold(mc_cuda *c, int N, int r, int M, float alpha, const float *dy,
  * when this is not the held product's partner. */
 bool cu_dual_take(mc_cuda *c, int M, int r, int N, float alpha, const float *dy, int ldy,
                   const float *B, int ldb, float *t, int ldt);
-/* Runs a held B-gradient product on its own. */
+/* Launches the held pairs (a last B-gradient product whose t never came on its own). */
 void cu_flush_dual(mc_cuda *c, const cu_pending *p);
+/* gemm_f32 on the backend's context. */
+void cu_gemm_f32_c(mc_cuda *c, bool ta, bool tb, int M, int N, int K, float alpha,
+                   const float *A, int lda, const float *B, int ldb, float beta, float *C,
+                   int ldc);
 /* gA [R, ldg] += alpha T^T x (T [M, ldt] f32, R <= 48 ranks; x [M, ldx] packed or with a
  * bf16 shadow) in one kernel; false when it does not qualify (nothing changed). */
 bool cu_ga_run(mc_cuda *c, int R, int N, int M, float alpha, const float *T, int ldt,

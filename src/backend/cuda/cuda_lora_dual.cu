@@ -14,7 +14,11 @@
  * block owns 128 token rows and a stride of column tiles, keeps its rows of t in registers
  * across its tiles and adds each tile's 128 rows of gB with vector atomics; its t rows go
  * out the same way into t cleared just before. Atomic sums make the last bits of gB and t
- * depend on the order blocks finish (as the attention backward's do). */
+ * depend on the order blocks finish (as the attention backward's do). The pairs of up to
+ * CU_DUAL_MAX projections that follow one another (the trainer issues a group's frozen
+ * input-gradient GEMMs first: q, k and v; gate and up) stay held and go out as one launch,
+ * the grid's blocks shared out in proportion to each dy's column tiles, so that k's and
+ * v's small products run beside q's instead of after it. */
 #include <string.h>
 
 #include "cuda_internal.h"
@@ -33,27 +37,33 @@ enum {
     DU_SMEM = (2 * DU_BM * DU_LD + DU_R * DU_LX) * 2 + 2 * DU_BN * DU_LB * 4
 };
 
-struct DualArgs {
+/* One projection's pair of products in a launch. */
+struct DualEnt {
     const bf16 *dy;   /* [M, ldy] */
     const float *xa;  /* [M, ldx]: x A^T, r columns */
     const float *B;   /* [N, ldb]: the adapter's B, r columns */
     float *gB;        /* [N, ldg] += alpha_b dy^T xa */
     float *t;         /* [M, ldt] = alpha_t dy B (cleared before the launch) */
-    int M, N, r, ldy, ldx, ldb, ldg, ldt;
+    int N, r, ldy, ldx, ldb, ldg, ldt;
+    int chunks;       /* blocks along dy's column tiles */
     float alpha_b, alpha_t;
-    int tiles, chunks; /* column tiles of dy; blocks along them */
+};
+
+struct DualArgs {
+    DualEnt e[CU_DUAL_MAX]; /* blocks [0, e[0].chunks) take entry 0, the next e[1].chunks 1 */
+    int n, M;
 };
 
 /* Starts the copies of dy's column tile `tile` (rows m0 .., zeros past M) into dst and of
  * the tile's rows of B (f32, r <= 16 columns; zeros from column r on) into bs. */
-static __device__ __forceinline__ void du_load(const DualArgs &a, bf16 *dst, float *bs, int m0,
-                                               int tile) {
+static __device__ __forceinline__ void du_load(const DualEnt &a, int M, bf16 *dst, float *bs,
+                                               int m0, int tile) {
     constexpr int C = DU_BN / 8; /* 16-byte chunks a row */
     const int n0 = tile * DU_BN;
 #pragma unroll
     for (int j = 0; j < DU_BM * C / DU_THREADS; j++) {
         const int i = (int)threadIdx.x + j * DU_THREADS, r = i / C, c = i - r * C;
-        const bool ok = m0 + r < a.M;
+        const bool ok = m0 + r < M;
         cu_cp_async16(dst + r * DU_LD + c * 8,
                       ok ? a.dy + (size_t)(m0 + r) * a.ldy + n0 + c * 8 : a.dy, ok ? 16 : 0);
     }
@@ -65,32 +75,44 @@ static __device__ __forceinline__ void du_load(const DualArgs &a, bf16 *dst, flo
     asm volatile("cp.async.commit_group;\n" ::: "memory");
 }
 
-static __global__ void __launch_bounds__(DU_THREADS) dual_kernel(const DualArgs a) {
+static __global__ void __launch_bounds__(DU_THREADS) dual_kernel(const DualArgs d) {
     extern __shared__ __align__(16) unsigned char du_smem[];
+    /* this block's entry (constant indices: the arguments stay in the parameter space) */
+    int first = (int)blockIdx.x;
+    DualEnt a = d.e[0];
+    if (d.n > 1 && first >= d.e[0].chunks) {
+        first -= d.e[0].chunks;
+        a = d.e[1];
+        if (d.n > 2 && first >= d.e[1].chunks) {
+            first -= d.e[1].chunks;
+            a = d.e[2];
+        }
+    }
+    const int M = d.M, tiles = a.N / DU_BN;
     bf16 *dyS = reinterpret_cast<bf16 *>(du_smem);    /* [2][DU_BM][DU_LD] */
     bf16 *xtS = dyS + 2 * DU_BM * DU_LD;               /* [DU_R][DU_LX]: xa^T */
     float *bS = reinterpret_cast<float *>(xtS + DU_R * DU_LX); /* [2][DU_BN][DU_LB]: B rows */
     const int warp = (int)threadIdx.x >> 5, lane = (int)threadIdx.x & 31;
     const int g = lane >> 2, cq = lane & 3, mat = lane >> 3, rr = lane & 7;
-    const int m0 = (int)blockIdx.y * DU_BM, first = (int)blockIdx.x;
+    const int m0 = (int)blockIdx.y * DU_BM;
     cu_dep_wait();
-    if (first < a.tiles) du_load(a, dyS, bS, m0, first);
+    if (first < tiles) du_load(a, M, dyS, bS, m0, first);
     /* xa^T of the block's rows, zeros past r and M */
     for (int i = (int)threadIdx.x; i < DU_R * DU_BM; i += DU_THREADS) {
         const int j = i / DU_BM, m = i - j * DU_BM;
-        const float v = j < a.r && m0 + m < a.M ? a.xa[(size_t)(m0 + m) * a.ldx + j] : 0.0f;
+        const float v = j < a.r && m0 + m < M ? a.xa[(size_t)(m0 + m) * a.ldx + j] : 0.0f;
         xtS[j * DU_LX + m] = __float2bfloat16(v);
     }
     float tacc[2][4];
 #pragma unroll
     for (int i = 0; i < 2; i++) tacc[i][0] = tacc[i][1] = tacc[i][2] = tacc[i][3] = 0.0f;
     int buf = 0;
-    for (int tile = first; tile < a.tiles; tile += a.chunks, buf ^= 1) {
+    for (int tile = first; tile < tiles; tile += a.chunks, buf ^= 1) {
         const int n0 = tile * DU_BN;
         const bf16 *cur = dyS + buf * DU_BM * DU_LD;
         const float *bs = bS + buf * DU_BN * DU_LB;
-        if (tile + a.chunks < a.tiles) {
-            du_load(a, dyS + (buf ^ 1) * DU_BM * DU_LD, bS + (buf ^ 1) * DU_BN * DU_LB, m0,
+        if (tile + a.chunks < tiles) {
+            du_load(a, M, dyS + (buf ^ 1) * DU_BM * DU_LD, bS + (buf ^ 1) * DU_BN * DU_LB, m0,
                     tile + a.chunks);
             asm volatile("cp.async.wait_group 1;\n" ::: "memory");
         } else {
@@ -140,10 +162,10 @@ static __global__ void __launch_bounds__(DU_THREADS) dual_kernel(const DualArgs 
     for (int nt = 0; nt < 2; nt++) {
         const int j = nt * 8 + 2 * cq, m = m0 + warp * 16 + g;
         if (j >= a.r) continue;
-        if (m < a.M)
+        if (m < M)
             atomicAdd(reinterpret_cast<float2 *>(a.t + (size_t)m * a.ldt + j),
                       make_float2(a.alpha_t * tacc[nt][0], a.alpha_t * tacc[nt][1]));
-        if (m + 8 < a.M)
+        if (m + 8 < M)
             atomicAdd(reinterpret_cast<float2 *>(a.t + (size_t)(m + 8) * a.ldt + j),
                       make_float2(a.alpha_t * tacc[nt][2], a.alpha_t * tacc[nt][3]));
     }
@@ -160,110 +182,222 @@ void cu_dual_init(mc_cuda *c) {
     cu_smem_limit(c, (const void *)dual_kernel, DU_SMEM, "dual setup");
 }
 
+/* The floats an entry's operands span over M token rows. */
+static size_t du_span_dy(const cu_dual_ent &e, int M) { return (size_t)M * (size_t)e.ldy; }
+static size_t du_span_xa(const cu_dual_ent &e, int M) {
+    return (size_t)(M - 1) * (size_t)e.ldx + (size_t)e.r;
+}
+static size_t du_span_gB(const cu_dual_ent &e) {
+    return (size_t)(e.N - 1) * (size_t)e.ldg + (size_t)e.r;
+}
+static size_t du_span_B(const cu_dual_ent &e) {
+    return (size_t)(e.N - 1) * (size_t)e.ldb + (size_t)e.r;
+}
+static size_t du_span_t(const cu_dual_ent &e, int M) {
+    return (size_t)(M - 1) * (size_t)e.ldt + (size_t)e.r;
+}
+
+/* Whether t [M, ldt] (r columns) meets held entry e's t: exactly for column blocks of rows
+ * of one leading dimension (a group's t side by side), else by their spans. */
+static bool du_t_meets(const cu_dual_ent &e, int M, const float *t, int ldt, int r) {
+    const ptrdiff_t d = t - e.t; /* t's first column from e's */
+    if (ldt == e.ldt && (d >= 0 ? d + r <= ldt : e.r - d <= ldt)) /* both within one row */
+        return d >= 0 ? d < e.r : -d < r;
+    return cu_f32_overlap(t, (size_t)(M - 1) * (size_t)ldt + (size_t)r, e.t, du_span_t(e, M));
+}
+
+/* Whether [p, p + n) (floats) meets what held entry e reads or writes (its B and t once
+ * taken). */
+static bool du_meets(const cu_dual_ent &e, int M, const float *p, size_t n) {
+    return cu_f32_overlap(p, n, e.dy, du_span_dy(e, M)) ||
+           cu_f32_overlap(p, n, e.xa, du_span_xa(e, M)) ||
+           cu_f32_overlap(p, n, e.gB, du_span_gB(e)) ||
+           (e.taken && (cu_f32_overlap(p, n, e.B, du_span_B(e)) ||
+                        cu_f32_overlap(p, n, e.t, du_span_t(e, M))));
+}
+
 bool cu_dual_hold(mc_cuda *c, int N, int r, int M, float alpha, const float *dy, int ldy,
                   const float *xa, int ldx, float *gB, int ldg) {
     if (!c->dual_on || r < 4 || r > DU_R || r % 4 || N % DU_BN || ldy % 8 || ldg % 2 ||
         M < 256)
         return false;
     const bf16 *d16 = dual_dy16(c, dy, M, ldy);
+    cu_dual_ent e;
+    memset(&e, 0, sizeof e);
+    e.dy = dy;
+    e.dy16 = d16;
+    e.xa = xa;
+    e.gB = gB;
+    e.ldy = ldy;
+    e.ldx = ldx;
+    e.ldg = ldg;
+    e.N = N;
+    e.r = r;
+    e.alpha_b = alpha;
     if (!d16 || !cu_aligned16(d16) || ((uintptr_t)gB & 7u) ||
-        cu_packed_find(c, xa, (size_t)(M - 1) * (size_t)ldx + (size_t)r) ||
-        cu_f32_overlap(gB, (size_t)(N - 1) * (size_t)ldg + (size_t)r, xa,
-                       (size_t)(M - 1) * (size_t)ldx + (size_t)r))
+        cu_packed_find(c, xa, du_span_xa(e, M)) ||
+        cu_f32_overlap(gB, du_span_gB(e), xa, du_span_xa(e, M)))
         return false;
-    cu_pending_flush(c);
     cu_pending &p = c->pend;
-    p.kind = CU_PEND_DUAL;
-    p.du_dy = dy;
-    p.du_dy16 = d16;
-    p.du_ldy = ldy;
-    p.du_xa = xa;
-    p.du_ldx = ldx;
-    p.du_gB = gB;
-    p.du_ldg = ldg;
-    p.du_N = N;
-    p.du_r = r;
-    p.du_M = M;
-    p.du_alpha = alpha;
+    /* joins the held pairs when they are all complete and apart from it: none writes what
+     * it reads, it writes nothing they read or write */
+    bool join = p.kind == CU_PEND_DUAL && p.n_du < CU_DUAL_MAX && p.du_M == M &&
+                p.du[p.n_du - 1].taken;
+    for (int i = 0; i < p.n_du && join; i++) {
+        const cu_dual_ent &h = p.du[i];
+        join = !du_meets(h, M, gB, du_span_gB(e)) &&
+               !cu_f32_overlap(h.gB, du_span_gB(h), dy, du_span_dy(e, M)) &&
+               !cu_f32_overlap(h.gB, du_span_gB(h), xa, du_span_xa(e, M)) &&
+               !cu_f32_overlap(h.t, du_span_t(h, M), dy, du_span_dy(e, M)) &&
+               !cu_f32_overlap(h.t, du_span_t(h, M), xa, du_span_xa(e, M));
+    }
+    if (!join) {
+        cu_pending_flush(c);
+        p.kind = CU_PEND_DUAL;
+        p.n_du = 0;
+        p.du_M = M;
+    }
+    p.du[p.n_du++] = e;
     return true;
 }
 
 bool cu_dual_take(mc_cuda *c, int M, int r, int N, float alpha, const float *dy, int ldy,
                   const float *B, int ldb, float *t, int ldt) {
-    const cu_pending &p = c->pend;
-    if (p.kind != CU_PEND_DUAL || p.du_dy != dy || p.du_ldy != ldy || p.du_M != M ||
-        p.du_N != N || p.du_r != r || ldt % 2 || ((uintptr_t)t & 7u) || ldb % 4 ||
-        !cu_aligned16(B))
+    cu_pending &p = c->pend;
+    if (p.kind != CU_PEND_DUAL || p.du_M != M || p.n_du < 1) return false;
+    cu_dual_ent &e = p.du[p.n_du - 1];
+    if (e.taken || e.dy != dy || e.ldy != ldy || e.N != N || e.r != r || ldt % 2 ||
+        ((uintptr_t)t & 7u) || ldb % 4 || !cu_aligned16(B))
         return false;
-    const size_t nt = (size_t)(M - 1) * (size_t)ldt + (size_t)r;
-    const size_t nb = (size_t)(N - 1) * (size_t)ldb + (size_t)r;
-    const size_t ng = (size_t)(N - 1) * (size_t)p.du_ldg + (size_t)r;
-    const size_t nx = (size_t)(M - 1) * (size_t)p.du_ldx + (size_t)r;
-    /* t is written while the others are read: it must meet none of them */
+    cu_dual_ent f = e;
+    f.B = B;
+    f.ldb = ldb;
+    f.t = t;
+    f.ldt = ldt;
+    f.alpha_t = alpha;
+    const size_t nt = du_span_t(f, M), nb = du_span_B(f), ng = du_span_gB(f);
+    /* t is written while the others are read: it must meet none of them, nor anything
+     * the other held pairs read or write; B must not be written by them */
     if (cu_packed_find(c, B, nb) || cu_f32_overlap(t, nt, B, nb) ||
-        cu_f32_overlap(t, nt, p.du_gB, ng) || cu_f32_overlap(t, nt, p.du_xa, nx) ||
-        cu_f32_overlap(p.du_gB, ng, B, nb) || cu_f32_overlap(t, nt, dy, (size_t)M * ldy) ||
-        cu_f32_overlap(p.du_gB, ng, dy, (size_t)M * ldy))
+        cu_f32_overlap(t, nt, f.gB, ng) || cu_f32_overlap(t, nt, f.xa, du_span_xa(f, M)) ||
+        cu_f32_overlap(f.gB, ng, B, nb) || cu_f32_overlap(t, nt, dy, du_span_dy(f, M)) ||
+        cu_f32_overlap(f.gB, ng, dy, du_span_dy(f, M)))
         return false;
+    for (int i = 0; i + 1 < p.n_du; i++) {
+        const cu_dual_ent &h = p.du[i];
+        if (cu_f32_overlap(t, nt, h.dy, du_span_dy(h, M)) ||
+            cu_f32_overlap(t, nt, h.xa, du_span_xa(h, M)) ||
+            cu_f32_overlap(t, nt, h.gB, du_span_gB(h)) ||
+            cu_f32_overlap(t, nt, h.B, du_span_B(h)) ||
+            du_t_meets(h, M, t, ldt, r) || cu_f32_overlap(h.gB, du_span_gB(h), B, nb) ||
+            cu_f32_overlap(h.t, du_span_t(h, M), B, nb))
+            return false;
+    }
+    f.taken = true;
+    e = f;
+    cu_note_write(c, t, nt * sizeof(float));
+    cu_note_write(c, f.gB, ng * sizeof(float));
+    return true; /* launched with the group (cu_flush_dual) */
+}
+
+/* One launch of the first n held pairs of p (all taken): their t cleared (one 2-D clear for
+ * neighbouring column blocks of one t), the grid's blocks shared out by column tiles. */
+static void dual_launch(mc_cuda *c, const cu_pending &p, int n) {
+    const int M = p.du_M, rows = (M + DU_BM - 1) / DU_BM, wave = 2 * c->n_sm;
     DualArgs a;
     memset(&a, 0, sizeof a);
-    a.dy = (const bf16 *)p.du_dy16;
-    a.xa = p.du_xa;
-    a.B = B;
-    a.gB = p.du_gB;
-    a.t = t;
+    a.n = n;
     a.M = M;
-    a.N = N;
-    a.r = r;
-    a.ldy = ldy;
-    a.ldx = p.du_ldx;
-    a.ldb = ldb;
-    a.ldg = p.du_ldg;
-    a.ldt = ldt;
-    a.alpha_b = p.du_alpha;
-    a.alpha_t = alpha;
-    a.tiles = N / DU_BN;
-    /* one wave of two blocks an SM (a second, part-full wave would double the time) */
-    const int rows = (M + DU_BM - 1) / DU_BM, wave = 2 * c->n_sm;
-    a.chunks = wave / rows > 1 ? wave / rows : 1;
-    if (a.chunks > a.tiles) a.chunks = a.tiles;
-    c->pend.kind = CU_PEND_NONE; /* taken */
-    cu_note_write(c, t, nt * sizeof(float));
-    cu_note_write(c, a.gB, ng * sizeof(float));
+    int all = 0, blocks = 0;
+    for (int i = 0; i < n; i++) all += p.du[i].N / DU_BN;
     cu_break(c);
-    if (!cu_check(c, cudaMemset2DAsync(t, (size_t)ldt * sizeof(float), 0,
-                                       (size_t)r * sizeof(float), (size_t)M, c->stream),
-                  "dual clear"))
-        return true;
-    cu_launch(c, dual_kernel, dim3((unsigned)a.chunks, (unsigned)rows), dim3(DU_THREADS),
+    for (int i = 0; i < n; i++) {
+        const cu_dual_ent &h = p.du[i];
+        DualEnt &d = a.e[i];
+        const int tiles = h.N / DU_BN;
+        /* one wave of two blocks an SM (a second, part-full wave would double the time) */
+        int ch = (int)((2L * wave * tiles + (long)rows * all) / (2L * rows * all));
+        d.chunks = ch < 1 ? 1 : ch > tiles ? tiles : ch;
+        blocks += d.chunks;
+        d.dy = (const bf16 *)h.dy16;
+        d.xa = h.xa;
+        d.B = h.B;
+        d.gB = h.gB;
+        d.t = h.t;
+        d.N = h.N;
+        d.r = h.r;
+        d.ldy = h.ldy;
+        d.ldx = h.ldx;
+        d.ldb = h.ldb;
+        d.ldg = h.ldg;
+        d.ldt = h.ldt;
+        d.alpha_b = h.alpha_b;
+        d.alpha_t = h.alpha_t;
+        /* the clear of t, merged with the next pairs' where their columns follow on */
+        int last = i, width = h.r;
+        while (last + 1 < n && p.du[last + 1].ldt == h.ldt &&
+               p.du[last + 1].t == p.du[last].t + p.du[last].r) {
+            last++;
+            width += p.du[last].r;
+        }
+        if (i == 0 || p.du[i - 1].ldt != h.ldt || p.du[i - 1].t + p.du[i - 1].r != h.t) {
+            if (!cu_check(c, cudaMemset2DAsync(h.t, (size_t)h.ldt * sizeof(float), 0,
+                                               (size_t)width * sizeof(float), (size_t)M,
+                                               c->stream),
+                          "dual clear"))
+                return;
+        }
+    }
+    cu_launch(c, dual_kernel, dim3((unsigned)blocks, (unsigned)rows), dim3(DU_THREADS),
               (unsigned)DU_SMEM, a, "gemm_f32 dual bf16");
-    c->n_dual++;
-    return true;
+    c->n_dual += n;
+}
+
+void cu_flush_dual(mc_cuda *c, const cu_pending *p) {
+    int n = p->n_du;
+    if (n > 0 && !p->du[n - 1].taken) n--;
+    if (n > 0) dual_launch(c, *p, n);
+    if (n == p->n_du) return;
+    /* the last B-gradient product, whose t never came: on its own */
+    const cu_dual_ent &h = p->du[n];
+    c->dual_busy = true;
+    cu_gemm_f32_c(c, true, false, h.N, h.r, p->du_M, h.alpha_b, h.dy, h.ldy, h.xa, h.ldx,
+                  1.0f, h.gB, h.ldg);
+    c->dual_busy = false;
 }
 
 /* ---- the A gradients' sums over the token rows ----
  * gA += alpha T^T x for a group of projections (T = [t_1 .. t_n], [tokens, R] f32, R <= 48;
  * x [tokens, N] read in bf16 from its packed range or shadow, as the cuBLASLt product it
- * replaces reads it). cuBLASLt runs this [R x tokens] x [tokens x N] shape as a split-K
- * GEMM of a few dozen blocks. Here block (j, s) takes columns 128 j .. of x over its share
- * of the rows, 32 rows a step, the next two steps' tiles in flight (cp.async) while the
- * tensor cores (m16n8k16, bf16 operands, f32 sums) work on the current one; warp w owns
- * columns 32 w .. of the tile for all R ranks, and the block's [R, 128] sums go into gA
- * with vector atomics (the last bits depend on the order blocks finish, as the B
- * gradients' do). */
+ * replaces reads it, or else in f32 and rounded to bf16 on the way, as the other LoRA
+ * products' bf16 operands are). cuBLASLt runs this [R x tokens] x [tokens x N] shape as a
+ * split-K GEMM of a few dozen blocks. Here block (j, s) takes columns 128 j .. of x over
+ * its share of the rows, 32 rows a step, the next steps' tiles in flight (cp.async; two
+ * ahead for bf16 x, one for f32) while the tensor cores (m16n8k16, bf16 operands, f32 sums)
+ * work on the current one; warp w owns columns 32 w .. of the tile for all R ranks, and the
+ * block's [R, 128] sums go into gA with vector atomics (the last bits depend on the order
+ * blocks finish, as the B gradients' do). */
 enum {
-    GA_BN = 128,         /* columns of x a block */
-    GA_BK = 32,          /* token rows a step */
-    GA_ST = 3,           /* steps' tiles in shared memory */
-    GA_RT = 3,           /* ranks in tiles of 16: up to 48 */
+    GA_BN = 128,           /* columns of x a block */
+    GA_BK = 32,            /* token rows a step */
+    GA_RT = 3,             /* ranks in tiles of 16: up to 48 */
     GA_THREADS = 128,
-    GA_LX = GA_BN + 8,   /* shared-memory row of an x tile (bf16) */
+    GA_LX = GA_BN + 8,     /* shared-memory row of a bf16 x tile */
+    GA_LXF = GA_BN + 4,    /* shared-memory row of an f32 x tile */
     GA_LT = 16 * GA_RT + 4 /* shared-memory row of a T tile (f32) */
+};
+
+/* Steps' tiles in shared memory for x of element type X, and their bytes. */
+template <typename X> struct GaTile {
+    static constexpr int ST = sizeof(X) == 2 ? 3 : 2;
+    static constexpr int LX = sizeof(X) == 2 ? GA_LX : GA_LXF;
+    static constexpr int XB = GA_BK * LX * (int)sizeof(X), TB = GA_BK * GA_LT * 4;
+    static constexpr int SMEM = ST * (XB + TB);
 };
 
 struct GaArgs {
     const float *T;  /* [M, ldt]: R columns */
-    const bf16 *x;   /* [M, ldx] */
+    const void *x;   /* [M, ldx]: bf16 or f32 (the kernel's X) */
     float *gA;       /* [R, ldg] += alpha T^T x */
     int M, N, R, ldt, ldx, ldg;
     int rows;        /* token rows a block: a multiple of GA_BK */
@@ -272,15 +406,17 @@ struct GaArgs {
 
 /* Starts the copies of the x tile (rows m0 .. m0 + GA_BK, zeros from m1 on; columns n0 ..)
  * and of the same rows of T (R columns) into xs and ts; the caller commits. */
-static __device__ __forceinline__ void ga_load(const GaArgs &a, bf16 *xs, float *ts, int m0,
+template <typename X>
+static __device__ __forceinline__ void ga_load(const GaArgs &a, X *xs, float *ts, int m0,
                                                int m1, int n0) {
-    constexpr int C = GA_BN / 8; /* 16-byte chunks of an x row */
+    constexpr int E = 16 / (int)sizeof(X), C = GA_BN / E; /* 16-byte chunks of an x row */
+    const X *xg = static_cast<const X *>(a.x);
 #pragma unroll
     for (int j = 0; j < GA_BK * C / GA_THREADS; j++) {
         const int i = (int)threadIdx.x + j * GA_THREADS, r = i / C, c = i - r * C;
         const bool ok = m0 + r < m1;
-        cu_cp_async16(xs + r * GA_LX + c * 8,
-                      ok ? a.x + (size_t)(m0 + r) * a.ldx + n0 + c * 8 : a.x, ok ? 16 : 0);
+        cu_cp_async16(xs + r * GaTile<X>::LX + c * E,
+                      ok ? xg + (size_t)(m0 + r) * a.ldx + n0 + c * E : xg, ok ? 16 : 0);
     }
     const int c4 = a.R / 4; /* 16-byte chunks of a T row */
     for (int i = (int)threadIdx.x; i < GA_BK * c4; i += GA_THREADS) {
@@ -291,45 +427,69 @@ static __device__ __forceinline__ void ga_load(const GaArgs &a, bf16 *xs, float 
     }
 }
 
-template <int RT>
+/* B fragments (k = token rows kk*16 .., n = this warp's four 8-column tiles) of an x tile:
+ * by ldmatrix from bf16, by pairs of f32 loads rounded to bf16 from f32. */
+static __device__ __forceinline__ void ga_bfrag(uint32_t (&b)[2][4], const bf16 *xs, int kk,
+                                                int warp, int lane) {
+    const int mat = lane >> 3, rr = lane & 7;
+#pragma unroll
+    for (int h = 0; h < 2; h++)
+        cu_ldsm_x4_t(b[h], xs + (kk * 16 + (mat & 1) * 8 + rr) * GA_LX + warp * 32 + h * 16 +
+                               (mat >> 1) * 8);
+}
+
+static __device__ __forceinline__ void ga_bfrag(uint32_t (&b)[2][4], const float *xs, int kk,
+                                                int warp, int lane) {
+    const int g = lane >> 2, cq = lane & 3;
+#pragma unroll
+    for (int nt = 0; nt < 4; nt++) {
+        const float *p = xs + (kk * 16 + 2 * cq) * GA_LXF + warp * 32 + nt * 8 + g;
+        b[nt >> 1][(nt & 1) * 2] = cu_pack_bf16(p[0], p[GA_LXF]);
+        b[nt >> 1][(nt & 1) * 2 + 1] = cu_pack_bf16(p[8 * GA_LXF], p[9 * GA_LXF]);
+    }
+}
+
+template <int RT, typename X>
 static __global__ void __launch_bounds__(GA_THREADS) ga_kernel(const GaArgs a) {
-    __shared__ __align__(16) bf16 xs[GA_ST][GA_BK * GA_LX];
-    __shared__ __align__(16) float ts[GA_ST][GA_BK * GA_LT];
+    typedef GaTile<X> G;
+    __shared__ __align__(16) unsigned char ga_smem[G::SMEM];
+    X *xs0 = reinterpret_cast<X *>(ga_smem);
+    float *ts0 = reinterpret_cast<float *>(ga_smem + G::ST * G::XB);
     const int warp = (int)threadIdx.x >> 5, lane = (int)threadIdx.x & 31;
-    const int g = lane >> 2, cq = lane & 3, mat = lane >> 3, rr = lane & 7;
+    const int g = lane >> 2, cq = lane & 3;
     const int n0 = (int)blockIdx.x * GA_BN, m0 = (int)blockIdx.y * a.rows;
     const int m1 = min(m0 + a.rows, a.M), steps = (m1 - m0 + GA_BK - 1) / GA_BK;
     float acc[RT][4][4];
 #pragma unroll
     for (int i = 0; i < RT; i++)
 #pragma unroll
-        for (int j = 0; j < 4; j++) acc[i][j][0] = acc[i][j][1] = acc[i][j][2] = acc[i][j][3] = 0.0f;
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[i][j][e] = 0.0f;
     cu_dep_wait();
-    /* a commit group a step (empty past the last), so step s is in when at most
-     * GA_ST - 1 groups are pending */
-    for (int i = 0; i < GA_ST - 1; i++) {
-        if (i < steps) ga_load(a, xs[i], ts[i], m0 + i * GA_BK, m1, n0);
+    /* a commit group a step (empty past the last), so step s is in when at most ST - 1
+     * groups are pending */
+    for (int i = 0; i < G::ST - 1; i++) {
+        if (i < steps)
+            ga_load(a, xs0 + i * GA_BK * G::LX, ts0 + i * GA_BK * GA_LT, m0 + i * GA_BK, m1, n0);
         asm volatile("cp.async.commit_group;\n" ::: "memory");
     }
     for (int s = 0; s < steps; s++) {
-        const int buf = s % GA_ST;
-        if (s + GA_ST - 1 < steps) {
-            const int nb = (s + GA_ST - 1) % GA_ST;
-            ga_load(a, xs[nb], ts[nb], m0 + (s + GA_ST - 1) * GA_BK, m1, n0);
+        const int buf = s % G::ST;
+        if (s + G::ST - 1 < steps) {
+            const int nb = (s + G::ST - 1) % G::ST;
+            ga_load(a, xs0 + nb * GA_BK * G::LX, ts0 + nb * GA_BK * GA_LT,
+                    m0 + (s + G::ST - 1) * GA_BK, m1, n0);
         }
         asm volatile("cp.async.commit_group;\n" ::: "memory");
-        asm volatile("cp.async.wait_group %0;\n" ::"n"(GA_ST - 1) : "memory");
+        asm volatile("cp.async.wait_group %0;\n" ::"n"(G::ST - 1) : "memory");
         __syncthreads();
-        const float *tt = ts[buf];
+        const X *xt = xs0 + buf * GA_BK * G::LX;
+        const float *tt = ts0 + buf * GA_BK * GA_LT;
 #pragma unroll
         for (int kk = 0; kk < GA_BK / 16; kk++) {
-            /* x rows kk*16 .. as the B operand (k = token row, n = column): the fragments of
-             * this warp's four 8-column tiles */
             uint32_t b[2][4];
-#pragma unroll
-            for (int h = 0; h < 2; h++)
-                cu_ldsm_x4_t(b[h], xs[buf] + (kk * 16 + (mat & 1) * 8 + rr) * GA_LX + warp * 32 +
-                                       h * 16 + (mat >> 1) * 8);
+            ga_bfrag(b, xt, kk, warp, lane);
             const float *t0 = tt + (kk * 16 + 2 * cq) * GA_LT + g;
 #pragma unroll
             for (int rt = 0; rt < RT; rt++) {
@@ -366,6 +526,15 @@ static __global__ void __launch_bounds__(GA_THREADS) ga_kernel(const GaArgs a) {
         }
 }
 
+/* Launches ga_kernel for R ranks over x of element type X. */
+template <typename X>
+static void ga_launch(mc_cuda *c, const GaArgs &a, dim3 grid) {
+    static const char *name = "gemm_f32 A gradient";
+    if (a.R <= 16) cu_launch(c, ga_kernel<1, X>, grid, dim3(GA_THREADS), 0, a, name);
+    else if (a.R <= 32) cu_launch(c, ga_kernel<2, X>, grid, dim3(GA_THREADS), 0, a, name);
+    else cu_launch(c, ga_kernel<3, X>, grid, dim3(GA_THREADS), 0, a, name);
+}
+
 bool cu_ga_run(mc_cuda *c, int R, int N, int M, float alpha, const float *T, int ldt,
                const float *x, int ldx, float *gA, int ldg) {
     if (!c->ga_on || M < 256 || R < 4 || R > 16 * GA_RT || R % 4 || N % GA_BN || ldt % 4 ||
@@ -375,14 +544,23 @@ bool cu_ga_run(mc_cuda *c, int R, int N, int M, float alpha, const float *T, int
     const size_t nt = (size_t)(M - 1) * (size_t)ldt + (size_t)R;
     const size_t ng = (size_t)(R - 1) * (size_t)ldg + (size_t)N;
     const bf16 *x16 = dual_dy16(c, x, M, ldx);
-    /* T is read in f32: not a packed range; gA is written while T and x are read */
-    if (!x16 || !cu_aligned16(x16) || cu_packed_find(c, T, nt) || cu_f32_overlap(gA, ng, T, nt) ||
+    /* T (and an x without a bf16 view) are read in f32: not packed ranges; gA is written
+     * while T and x are read */
+    if ((x16 ? !cu_aligned16(x16) : !cu_aligned16(x) || cu_packed_find(c, x, nx)) ||
+        cu_packed_find(c, T, nt) || cu_f32_overlap(gA, ng, T, nt) ||
         cu_f32_overlap(gA, ng, x, nx))
         return false;
+    /* splits of the rows so that the grid fills about two blocks an SM */
+    const int tiles = N / GA_BN, steps = (M + GA_BK - 1) / GA_BK;
+    int splits = (2 * c->n_sm + tiles - 1) / tiles;
+    if (splits > steps) splits = steps;
+    if (splits < 1) splits = 1;
+    const int rows = (steps + splits - 1) / splits * GA_BK;
+    const dim3 grid((unsigned)tiles, (unsigned)((M + rows - 1) / rows));
     GaArgs a;
     memset(&a, 0, sizeof a);
     a.T = T;
-    a.x = x16;
+    a.x = x16 ? (const void *)x16 : (const void *)x;
     a.gA = gA;
     a.M = M;
     a.N = N;
@@ -390,19 +568,11 @@ bool cu_ga_run(mc_cuda *c, int R, int N, int M, float alpha, const float *T, int
     a.ldt = ldt;
     a.ldx = ldx;
     a.ldg = ldg;
+    a.rows = rows;
     a.alpha = alpha;
-    /* splits of the rows so that the grid fills about two blocks an SM */
-    const int tiles = N / GA_BN, steps = (M + GA_BK - 1) / GA_BK;
-    int splits = (2 * c->n_sm + tiles - 1) / tiles;
-    if (splits > steps) splits = steps;
-    if (splits < 1) splits = 1;
-    a.rows = (steps + splits - 1) / splits * GA_BK;
-    splits = (M + a.rows - 1) / a.rows;
     cu_note_write(c, gA, ng * sizeof(float));
-    const dim3 grid((unsigned)tiles, (unsigned)splits);
-    if (R <= 16) cu_launch(c, ga_kernel<1>, grid, dim3(GA_THREADS), 0, a, "gemm_f32 A gradient");
-    else if (R <= 32) cu_launch(c, ga_kernel<2>, grid, dim3(GA_THREADS), 0, a, "gemm_f32 A gradient");
-    else cu_launch(c, ga_kernel<3>, grid, dim3(GA_THREADS), 0, a, "gemm_f32 A gradient");
+    if (x16) ga_launch<bf16>(c, a, grid);
+    else ga_launch<float>(c, a, grid);
     c->n_ga++;
     return true;
 }

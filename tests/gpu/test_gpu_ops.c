@@ -977,6 +977,7 @@ static void test_dual(void) {
             wq[i] = make_w(MC_BF16, (size_t)Nq[i] * D, 0.1f);
             dq[i] = frand((size_t)M * Nq[i], 1.0f);
             gq[i] = falloc((size_t)Nq[i] * 16);
+            memset(gq[i], 0, (size_t)Nq[i] * 16 * sizeof(float));
             d_dq[i] = dputf(dq[i], (size_t)M * Nq[i]);
             d_gq[i] = dputf(gq[i], (size_t)Nq[i] * 16);
             g_cu->matmul_dx(g_cu, d_dx, d_dq[i], wq[i].gpu, M, Nq[i], D, i > 0);

@@ -766,7 +766,7 @@ template <int HD, int BMQ> constexpr int bwd_smem() {
 
 /* Blocks of the backward an SM keeps resident: at head size 64 its registers are capped so
  * that three fit (with their shared memory); larger heads take what they need. */
-#define BWD_MINB (HD <= 64 ? 3 : 1)
+template <int HD> constexpr int bwd_min_blocks() { return HD <= 64 ? 3 : 1; }
 
 /* Starts the copies of query tile i0's Q and dO rows of head h into buffer pair (qs, ds). */
 template <int HD, int BMQ>
@@ -812,7 +812,8 @@ static __device__ __forceinline__ void flash_bwd_tile(const BwdArgs &a, const in
             /* every warp is past the last tile: its buffers, dS^T, LSE and D are free */
             __syncthreads();
             const bf16 *Qs = Qb + (it & 1) * BMQ * LD, *dOs = dOb + (it & 1) * BMQ * LD;
-            if (i0 + BMQ < a.T) {
+            const bool more = i0 + BMQ < a.T;
+            if (more) {
                 const int nb = ((it + 1) & 1) * BMQ * LD;
                 bwd_fetch<HD, BMQ>(a, Qb + nb, dOb + nb, h, i0 + BMQ);
             }
@@ -822,7 +823,7 @@ static __device__ __forceinline__ void flash_bwd_tile(const BwdArgs &a, const in
                 D_s[i] = row < a.T ? a.dsum[(size_t)h * a.ldd + row] : 0.0f;
             }
             /* this tile's copies landed (the next tile's may still be in flight) */
-            if (i0 + BMQ < a.T) asm volatile("cp.async.wait_group 1;\n" ::: "memory");
+            if (more) asm volatile("cp.async.wait_group 1;\n" ::: "memory");
             else asm volatile("cp.async.wait_group 0;\n" ::: "memory");
             __syncthreads();
             /* S^T = K Q^T and dP^T = V dO^T for this warp's 16 keys */
@@ -939,14 +940,16 @@ static __device__ __forceinline__ void flash_bwd_tile(const BwdArgs &a, const in
 }
 
 template <int HD, int BMQ>
-static __global__ void __launch_bounds__(128, BWD_MINB) flash_bwd_kernel(const BwdArgs a) {
+static __global__ void __launch_bounds__(128, bwd_min_blocks<HD>())
+    flash_bwd_kernel(const BwdArgs a) {
     cu_dep_wait();
     flash_bwd_tile<HD, BMQ>(a, blockIdx.x * 64, blockIdx.y);
 }
 
 /* Grid (Hq x segments, key tiles of the longest segment): see seg_tile. */
 template <int HD, int BMQ>
-static __global__ void __launch_bounds__(128, BWD_MINB) flash_bwd_batch_kernel(const BwdBatchArgs b) {
+static __global__ void __launch_bounds__(128, bwd_min_blocks<HD>())
+    flash_bwd_batch_kernel(const BwdBatchArgs b) {
     cu_dep_wait();
     cu_att_seg sg;
     int n0, h;

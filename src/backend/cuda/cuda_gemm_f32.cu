@@ -628,9 +628,9 @@ static bool lora_hold(mc_cuda *c, bool ta, bool tb, int M, int N, int K, float a
 }
 
 /* gemm_f32 on context c (cu_gemm_f32; cu_flush_dual runs a held product through it). */
-static void gemm_f32_c(mc_cuda *c, bool ta, bool tb, int M, int N, int K, float alpha,
-                       const float *A, int lda, const float *B, int ldb, float beta, float *C,
-                       int ldc) {
+void cu_gemm_f32_c(mc_cuda *c, bool ta, bool tb, int M, int N, int K, float alpha,
+                   const float *A, int lda, const float *B, int ldb, float beta, float *C,
+                   int ldc) {
     size_t sa = ta ? span_bytes(K, M, lda) : span_bytes(M, K, lda);
     size_t sb = tb ? span_bytes(N, K, ldb) : span_bytes(K, N, ldb);
     size_t sc = span_bytes(M, N, ldc);
@@ -712,11 +712,5 @@ static void gemm_f32_c(mc_cuda *c, bool ta, bool tb, int M, int N, int K, float 
 
 void cu_gemm_f32(mc_backend *be, bool ta, bool tb, int M, int N, int K, float alpha,
                  const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc) {
-    gemm_f32_c(cu_ctx(be), ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-}
-
-void cu_gemm_f32_c(mc_cuda *c, bool ta, bool tb, int M, int N, int K, float alpha,
-                   const float *A, int lda, const float *B, int ldb, float beta, float *C,
-                   int ldc) {
-    gemm_f32_c(c, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    cu_gemm_f32_c(cu_ctx(be), ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }

@@ -206,14 +206,24 @@ static bool du_t_meets(const cu_dual_ent &e, int M, const float *t, int ldt, int
     return cu_f32_overlap(t, (size_t)(M - 1) * (size_t)ldt + (size_t)r, e.t, du_span_t(e, M));
 }
 
-/* Whether [p, p + n) (floats) meets what held entry e reads or writes (its B and t once
- * taken). */
-static bool du_meets(const cu_dual_ent &e, int M, const float *p, size_t n) {
+/* Whether [p, p + n) (floats) meets what held entry e reads or writes, its t aside (its B
+ * once taken). */
+static bool du_meets_but_t(const cu_dual_ent &e, int M, const float *p, size_t n) {
     return cu_f32_overlap(p, n, e.dy, du_span_dy(e, M)) ||
            cu_f32_overlap(p, n, e.xa, du_span_xa(e, M)) ||
            cu_f32_overlap(p, n, e.gB, du_span_gB(e)) ||
-           (e.taken && (cu_f32_overlap(p, n, e.B, du_span_B(e)) ||
-                        cu_f32_overlap(p, n, e.t, du_span_t(e, M))));
+           (e.taken && cu_f32_overlap(p, n, e.B, du_span_B(e)));
+}
+
+/* The same with its t (once taken). */
+static bool du_meets(const cu_dual_ent &e, int M, const float *p, size_t n) {
+    return du_meets_but_t(e, M, p, n) ||
+           (e.taken && cu_f32_overlap(p, n, e.t, du_span_t(e, M)));
+}
+
+/* Whether b's t is the column block right after a's in the same rows. */
+static bool du_follows(const cu_dual_ent &a, const cu_dual_ent &b) {
+    return b.ldt == a.ldt && b.t == a.t + a.r;
 }
 
 bool cu_dual_hold(mc_cuda *c, int N, int r, int M, float alpha, const float *dy, int ldy,
@@ -285,11 +295,8 @@ bool cu_dual_take(mc_cuda *c, int M, int r, int N, float alpha, const float *dy,
         return false;
     for (int i = 0; i + 1 < p.n_du; i++) {
         const cu_dual_ent &h = p.du[i];
-        if (cu_f32_overlap(t, nt, h.dy, du_span_dy(h, M)) ||
-            cu_f32_overlap(t, nt, h.xa, du_span_xa(h, M)) ||
-            cu_f32_overlap(t, nt, h.gB, du_span_gB(h)) ||
-            cu_f32_overlap(t, nt, h.B, du_span_B(h)) ||
-            du_t_meets(h, M, t, ldt, r) || cu_f32_overlap(h.gB, du_span_gB(h), B, nb) ||
+        if (du_meets_but_t(h, M, t, nt) || du_t_meets(h, M, t, ldt, r) ||
+            cu_f32_overlap(h.gB, du_span_gB(h), B, nb) ||
             cu_f32_overlap(h.t, du_span_t(h, M), B, nb))
             return false;
     }
@@ -334,19 +341,13 @@ static void dual_launch(mc_cuda *c, const cu_pending &p, int n) {
         d.alpha_b = h.alpha_b;
         d.alpha_t = h.alpha_t;
         /* the clear of t, merged with the next pairs' where their columns follow on */
-        int last = i, width = h.r;
-        while (last + 1 < n && p.du[last + 1].ldt == h.ldt &&
-               p.du[last + 1].t == p.du[last].t + p.du[last].r) {
-            last++;
-            width += p.du[last].r;
-        }
-        if (i == 0 || p.du[i - 1].ldt != h.ldt || p.du[i - 1].t + p.du[i - 1].r != h.t) {
-            if (!cu_check(c, cudaMemset2DAsync(h.t, (size_t)h.ldt * sizeof(float), 0,
-                                               (size_t)width * sizeof(float), (size_t)M,
-                                               c->stream),
-                          "dual clear"))
-                return;
-        }
+        if (i > 0 && du_follows(p.du[i - 1], h)) continue;
+        int width = h.r;
+        for (int j = i; j + 1 < n && du_follows(p.du[j], p.du[j + 1]); j++) width += p.du[j + 1].r;
+        if (!cu_check(c, cudaMemset2DAsync(h.t, (size_t)h.ldt * sizeof(float), 0,
+                                           (size_t)width * sizeof(float), (size_t)M, c->stream),
+                      "dual clear"))
+            return;
     }
     cu_launch(c, dual_kernel, dim3((unsigned)blocks, (unsigned)rows), dim3(DU_THREADS),
               (unsigned)DU_SMEM, a, "gemm_f32 dual bf16");
